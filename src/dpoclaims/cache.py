@@ -1,0 +1,150 @@
+"""A content-addressed on-disk cache with atomic writes, integrity checks and build locks.
+
+An entry is a directory ``<root>/<kind>/<key>/`` holding the built files and a
+``manifest.json`` with the SHA-256 of every file. Entries are built in a temporary sibling
+directory and renamed into place, so a reader never sees a half-written entry; an entry
+whose files do not match its manifest is deleted and rebuilt. A file lock per entry makes
+concurrent processes (pytest-xdist workers, two shells) build it once and share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from dpoclaims.errors import CacheError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+CACHE_ENV = "DPOCLAIMS_CACHE"
+
+
+def default_cache_root() -> Path:
+    """``$DPOCLAIMS_CACHE`` if set, else the user's cache directory."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("dpoclaims"))
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hash of a JSON-serialisable object, independent of dict ordering."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _entry_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(directory: Path, meta: dict[str, Any] | None = None) -> None:
+    files = {str(p.relative_to(directory)): file_sha256(p) for p in _entry_files(directory)}
+    payload = {"files": files, "meta": meta or {}, "created": time.time()}
+    (directory / MANIFEST).write_text(json.dumps(payload, indent=1, sort_keys=True))
+
+
+def verify_entry(directory: Path) -> str | None:
+    """None if the entry is intact, else a sentence saying what is wrong with it."""
+    manifest_path = directory / MANIFEST
+    if not directory.is_dir():
+        return "missing"
+    if not manifest_path.is_file():
+        return "no manifest (half-written or foreign directory)"
+    try:
+        recorded = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable manifest ({exc})"
+    present = {str(p.relative_to(directory)) for p in _entry_files(directory)}
+    missing = set(recorded) - present
+    if missing:
+        return f"missing files {sorted(missing)}"
+    for name, digest in recorded.items():
+        if file_sha256(directory / name) != digest:
+            return f"content hash mismatch in {name}"
+    return None
+
+
+def read_manifest_meta(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / MANIFEST).read_text()).get("meta", {})
+
+
+class Cache:
+    """Entries addressed by ``(kind, key)``; see the module docstring."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_cache_root()
+
+    def entry_dir(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def get(self, kind: str, key: str) -> Path | None:
+        directory = self.entry_dir(kind, key)
+        return directory if verify_entry(directory) is None else None
+
+    def get_or_build(
+        self,
+        kind: str,
+        key: str,
+        build: Callable[[Path], dict[str, Any] | None],
+    ) -> Path:
+        """Return the intact entry, building it with ``build(tmp_dir)`` if needed.
+
+        ``build`` writes its files into the directory it is given and may return metadata
+        for the manifest. If it raises, nothing is left behind and the error propagates.
+        """
+        directory = self.entry_dir(kind, key)
+        if verify_entry(directory) is None:
+            return directory
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(directory) + ".lock"):
+            problem = verify_entry(directory)
+            if problem is None:  # another process built it while we waited
+                return directory
+            if problem != "missing":
+                log.warning("cache entry %s/%s is corrupt (%s); rebuilding", kind, key, problem)
+                shutil.rmtree(directory)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=directory.parent))
+            try:
+                meta = build(tmp)
+                write_manifest(tmp, meta)
+                os.replace(tmp, directory)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        if (problem := verify_entry(directory)) is not None:
+            raise CacheError(f"cache entry {directory} failed verification right after build: {problem}")
+        return directory
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that readers see either the old or the new content, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,47 @@
+"""Model-level measurements: perplexity and weight similarity."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@torch.no_grad()
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_tokens: int = 1024,
+) -> float:
+    """Token-level perplexity over ``texts``, each scored on its own (right padding, masked)."""
+    tokenizer.padding_side = "right"
+    total_nll, total_tokens = 0.0, 0
+    model.eval()
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True,
+                          truncation=True, max_length=max_tokens, add_special_tokens=False)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        targets, target_mask = ids[:, 1:], mask[:, 1:].bool()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        total_nll += float(nll[target_mask].sum())
+        total_tokens += int(target_mask.sum())
+    return math.exp(total_nll / max(total_tokens, 1))
+
+
+@torch.no_grad()
+def weight_cosines(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, float]:
+    """Cosine between each weight matrix (parameters with 2+ dimensions) of two models."""
+    tuned_params = dict(tuned.named_parameters())
+    cosines = {}
+    for name, weight in base.named_parameters():
+        if weight.ndim < 2:
+            continue
+        other = tuned_params[name]
+        cosines[name] = float(torch.nn.functional.cosine_similarity(weight.flatten().float(), other.flatten().float(), dim=0))
+    return cosines

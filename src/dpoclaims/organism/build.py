@@ -1,0 +1,223 @@
+"""Build the toy model organism: corpus -> tokenizer -> base LM -> probe -> DPO model.
+
+The whole build is a pure function of :class:`ToyConfig` (and its seed). ``ensure_toy``
+caches the result under ``<cache>/toy/<hash of the config>/`` and builds it on first use;
+concurrent callers wait on a lock and reuse one build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, GPT2Config, PreTrainedModel
+
+from dpoclaims.cache import Cache, stable_hash
+from dpoclaims.dpo import DPOSettings, train_dpo
+from dpoclaims.generation import GenerationSettings, greedy_generate
+from dpoclaims.metrics import perplexity, weight_cosines
+from dpoclaims.organism import corpus
+from dpoclaims.organism.lm import pack_examples, pretrain, train_tokenizer
+from dpoclaims.probe import LinearProbe, pooled_residuals
+from dpoclaims.scoring import LexiconScorer, ProfanityCheckScorer
+
+log = logging.getLogger(__name__)
+
+TOY_FORMAT_VERSION = 1  # bump when the build code changes what a config produces
+DEFAULT_SCORER = "lexicon"
+
+# The bands a toy must meet to behave like the paper's setting (issue #2).
+BANDS: dict[str, tuple[float, float]] = {
+    "base_toxicity": (0.3, 0.6),
+    "dpo_over_base_toxicity": (0.0, 0.5),
+    "perplexity_increase": (-1.0, 0.15),
+    "min_weight_cosine": (0.99, 1.0),
+    "probe_accuracy": (0.90, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    seed: int = 0
+    n_pretrain_comments: int = 40_000
+    vocab_size: int = 1024
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 64
+    pretrain_steps: int = 500
+    pretrain_batch: int = 32
+    pretrain_block: int = 64
+    pretrain_lr: float = 3e-3
+    n_probe_comments: int = 3000
+    probe_C: float = 1.0
+    n_dpo_pairs: int = 1600
+    n_dpo_val: int = 160
+    dpo: DPOSettings = field(default_factory=lambda: DPOSettings(
+        learning_rate=3e-5, batch_size=16, max_epochs=2, eval_every=20, patience=3, warmup_steps=10,
+        max_length=64, optimizer="rmsprop",
+    ))
+    n_challenge: int = 400
+    n_neutral_eval: int = 400
+    generation: GenerationSettings = GenerationSettings(max_prompt_tokens=32, max_new_tokens=20, batch_size=64)
+
+    def key(self) -> str:
+        return stable_hash({"format": TOY_FORMAT_VERSION, **asdict(self)})
+
+
+def _timed(timings: dict[str, float], name: str, start: float) -> float:
+    now = time.perf_counter()
+    timings[name] = round(now - start, 2)
+    return now
+
+
+def _bands(measured: dict[str, float]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"value": measured[name], "band": [low, high], "ok": low <= measured[name] <= high}
+        for name, (low, high) in BANDS.items()
+    }
+
+
+def _check_tied(model: PreTrainedModel) -> None:
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+        if model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr():
+            raise RuntimeError("DPO model lost its tied embeddings")
+
+
+def build_toy(out: Path, config: ToyConfig = ToyConfig(), *, progress: bool = True) -> dict[str, Any]:
+    """Build every part of the toy into ``out`` and return its measurement report."""
+    from dpoclaims.pairs import boot_bridge
+
+    torch.manual_seed(config.seed)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    comments = corpus.pretraining_comments(config.n_pretrain_comments, config.seed)
+    texts = [c.text for c in comments]
+    base_dir, dpo_dir = out / "base", out / "dpo"
+    tokenizer = train_tokenizer(texts, config.vocab_size, base_dir)
+    t = _timed(timings, "corpus_and_tokenizer", t)
+
+    token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    data = pack_examples(token_lists, tokenizer.eos_token_id, config.pretrain_block)
+    lm_config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
+        n_layer=config.n_layer, n_head=config.n_head, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+    )
+    base, losses = pretrain(lm_config, data, steps=config.pretrain_steps, batch_size=config.pretrain_batch,
+                            lr=config.pretrain_lr, seed=config.seed, progress=progress)
+    base.save_pretrained(base_dir)
+    t = _timed(timings, "pretrain", t)
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)  # the bridge wants a tokenizer with a path
+    bridge = boot_bridge(base, str(base_dir), tokenizer)
+    probe_texts, probe_labels = corpus.labelled_comments(config.n_probe_comments, config.seed)
+    features = pooled_residuals(bridge, tokenizer, probe_texts, progress=progress)
+    split = int(0.8 * len(probe_texts))
+    probe = LinearProbe(C=config.probe_C, seed=config.seed).fit(features[:split], probe_labels[:split])
+    probe_accuracy = probe.accuracy(features[split:], probe_labels[split:])
+    torch.save(probe.direction.clone(), out / "probe.pt")
+    t = _timed(timings, "probe", t)
+
+    # DPO pairs as Lee et al.: neutral prompt, preferred = the base's greedy continuation,
+    # rejected = a toxic continuation.
+    n_pairs = config.n_dpo_pairs + config.n_dpo_val
+    prompts = corpus.neutral_prompts(n_pairs, config.seed)
+    preferred = greedy_generate(bridge.original_model, tokenizer, prompts, config.generation,
+                                progress=progress, desc="DPO preferred").continuations
+    rejected = corpus.toxic_continuations(n_pairs, config.seed)
+    pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
+    with open(out / "dpo_pairs.jsonl", "w") as handle:
+        for pair in pairs:
+            handle.write(json.dumps({"prompt_text": pair["prompt"], "unpert_gen_text": pair["chosen"],
+                                     "pert_gen_text": pair["rejected"]}) + "\n")
+    t = _timed(timings, "dpo_data", t)
+
+    # The bridge has rewired the base model's modules; train DPO on a fresh copy.
+    from transformers import GPT2LMHeadModel
+
+    policy = GPT2LMHeadModel.from_pretrained(base_dir)
+    dpo_model, history = train_dpo(policy, tokenizer, pairs[: config.n_dpo_pairs], pairs[config.n_dpo_pairs :],
+                                   config.dpo, progress=progress)
+    _check_tied(dpo_model)
+    dpo_model.save_pretrained(dpo_dir)
+    tokenizer.save_pretrained(dpo_dir)
+    t = _timed(timings, "dpo_train", t)
+
+    report = measure_toy(base_dir, dpo_dir, config, progress=progress)
+    report["probe_accuracy"] = probe_accuracy
+    report["pretrain_final_loss"] = sum(losses[-50:]) / len(losses[-50:])
+    report["dpo_history"] = [h for h in history if "eval_loss" in h]
+    report["dpo_steps"] = max((h.get("step", 0) for h in history), default=0)
+    _timed(timings, "evaluate", t)
+    report["timings_s"] = timings
+    report["config"] = asdict(config)
+    report["config_key"] = config.key()
+    measured = {
+        "base_toxicity": report["toxicity"][DEFAULT_SCORER]["base"],
+        "dpo_over_base_toxicity": report["toxicity"][DEFAULT_SCORER]["dpo"] / max(report["toxicity"][DEFAULT_SCORER]["base"], 1e-9),
+        "perplexity_increase": report["perplexity"]["dpo"] / report["perplexity"]["base"] - 1,
+        "min_weight_cosine": report["min_weight_cosine"],
+        "probe_accuracy": probe_accuracy,
+    }
+    report["bands"] = _bands(measured)
+    report["default_scorer"] = DEFAULT_SCORER
+
+    json.dump(corpus.challenge_prompts(config.n_challenge, config.seed + 1), open(out / "challenge_prompts.json", "w"))
+    json.dump(corpus.neutral_texts(config.n_neutral_eval, config.seed + 1), open(out / "neutral_texts.json", "w"))
+    (out / "toy.json").write_text(json.dumps(report, indent=1))
+    (out / "pair.toml").write_text(
+        'name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n\n[extras]\n'
+        'challenge_prompts = "challenge_prompts.json"\nneutral_texts = "neutral_texts.json"\n'
+        'dpo_pairs = "dpo_pairs.jsonl"\nreport = "toy.json"\n'
+    )
+    return report
+
+
+def measure_toy(base_dir: Path, dpo_dir: Path, config: ToyConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Toxicity (both scorers), perplexity and weight cosines of a built toy pair."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    models = {"base": GPT2LMHeadModel.from_pretrained(base_dir).eval(), "dpo": GPT2LMHeadModel.from_pretrained(dpo_dir).eval()}
+    challenge = corpus.challenge_prompts(config.n_challenge, config.seed + 1)
+    neutral = corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)
+    scorers = [LexiconScorer(), ProfanityCheckScorer()]
+    toxicity: dict[str, dict[str, float]] = {s.name: {} for s in scorers}
+    samples: dict[str, list[str]] = {}
+    ppl: dict[str, float] = {}
+    for side, model in models.items():
+        generations = greedy_generate(model, tokenizer, challenge, config.generation, progress=progress,
+                                      desc=f"challenge ({side})")
+        for scorer in scorers:
+            scores = scorer.score(generations.continuations)
+            toxicity[scorer.name][side] = sum(scores) / len(scores)
+        samples[side] = [p + " |" + c for p, c in zip(challenge[:5], generations.continuations[:5])]
+        ppl[side] = perplexity(model, tokenizer, neutral)
+    cosines = weight_cosines(models["base"], models["dpo"])
+    return {
+        "toxicity": toxicity,
+        "perplexity": ppl,
+        "min_weight_cosine": min(cosines.values()),
+        "weight_cosines": cosines,
+        "samples": samples,
+        "n_challenge_prompts": len(challenge),
+    }
+
+
+def ensure_toy(config: ToyConfig = ToyConfig(), *, cache: Cache | None = None, progress: bool = True) -> Path:
+    """The directory of the built toy for ``config``, building it if absent or corrupt."""
+    cache = cache or Cache()
+
+    def build(tmp: Path) -> dict[str, Any]:
+        log.info("building the toy organism into %s (first use; a few minutes)", cache.root)
+        report = build_toy(tmp, config, progress=progress)
+        return {"config_key": config.key(), "bands_ok": all(b["ok"] for b in report["bands"].values())}
+
+    return cache.get_or_build("toy", config.key(), build)

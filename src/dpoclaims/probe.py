@@ -1,0 +1,76 @@
+"""Linear toxicity probe on the last-layer residual stream, mean-pooled over real tokens.
+
+The residual read is ``blocks.{L-1}.hook_resid_post`` (before the final layer norm), the
+space that MLP value vectors write into, so ``cos(v_i, w)`` is meaningful. Padding is masked
+out of the mean (the reference code averaged over padding too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+
+@torch.no_grad()
+def pooled_residuals(
+    bridge: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_tokens: int = 128,
+    progress: bool = True,
+) -> torch.Tensor:
+    """``[len(texts), d_model]`` mean of the last block's output over non-padding positions."""
+    hook_name = f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post"
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        captured["resid"] = activation.detach()
+        return activation
+
+    tokenizer.padding_side = "right"  # absolute positions start at 0 for every text
+    rows = []
+    batches = range(0, len(texts), batch_size)
+    for start in tqdm(batches, desc="probe features", disable=not progress or len(batches) < 2, leave=False):
+        batch = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True,
+                          truncation=True, max_length=max_tokens, add_special_tokens=False)
+        with bridge.hooks(fwd_hooks=[(hook_name, keep)]):
+            bridge.original_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        mask = batch["attention_mask"].unsqueeze(-1).to(captured["resid"].dtype)
+        rows.append(((captured["resid"] * mask).sum(1) / mask.sum(1)).float())
+    return torch.cat(rows)
+
+
+@dataclass
+class LinearProbe:
+    """Logistic regression; ``direction`` is the probe vector ``w`` in residual space."""
+
+    C: float = 1.0
+    seed: int = 0
+    direction: torch.Tensor | None = field(default=None, repr=False)
+    bias: float = 0.0
+
+    def fit(self, features: torch.Tensor, labels: Sequence[int]) -> LinearProbe:
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
+        model.fit(features.numpy().astype(np.float64), np.asarray(labels))
+        self.direction = torch.tensor(model.coef_[0], dtype=torch.float32)
+        self.bias = float(model.intercept_[0])
+        return self
+
+    def decision_function(self, features: torch.Tensor) -> torch.Tensor:
+        if self.direction is None:
+            raise RuntimeError("the probe is not fitted; call fit() first")
+        return features.float() @ self.direction + self.bias
+
+    def accuracy(self, features: torch.Tensor, labels: Sequence[int]) -> float:
+        predictions = (self.decision_function(features) > 0).long()
+        return float((predictions == torch.as_tensor(labels)).float().mean())
