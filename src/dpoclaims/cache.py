@@ -89,11 +89,22 @@ def read_manifest_meta(directory: Path) -> dict[str, Any]:
     return json.loads((directory / MANIFEST).read_text()).get("meta", {})
 
 
-class Cache:
-    """Entries addressed by ``(kind, key)``; see the module docstring."""
+class NotCached(CacheError):
+    """A read-only cache was asked for an entry it does not hold."""
 
-    def __init__(self, root: Path | str | None = None) -> None:
+
+class Cache:
+    """Entries addressed by ``(kind, key)``; see the module docstring.
+
+    A ``read_only`` cache never builds: a missing or corrupt entry raises :class:`NotCached`.
+    """
+
+    def __init__(self, root: Path | str | None = None, *, read_only: bool = False) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_root()
+        self.read_only = read_only
+
+    def reader(self) -> Cache:
+        return Cache(self.root, read_only=True)
 
     def entry_dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -116,6 +127,8 @@ class Cache:
         directory = self.entry_dir(kind, key)
         if verify_entry(directory) is None:
             return directory
+        if self.read_only:
+            raise NotCached(f"{kind}/{key} is not in the cache at {self.root}")
         directory.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(directory) + ".lock"):
             problem = verify_entry(directory)

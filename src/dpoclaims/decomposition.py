@@ -1,0 +1,187 @@
+"""The per-neuron probe-projection decomposition of DPO's toxicity reduction (Yang et al.).
+
+For model M, neuron i's projection is ``P_i^M = mean_{p,t} m_i^M(p,t) * (v_i^M . w_hat)``,
+with each model's own value vectors and its own greedy continuation. Neuron i contributes
+``D_i = P_i^base - P_i^DPO`` to the reduction (positive = less toxic). Means are over prompts
+of per-prompt means, so every prompt weighs the same and prompts can be bootstrapped.
+
+Groups (v1 names) use the cosine with the probe on the *base* weights, the sign of the mean
+base activation, and the activation change ``diff_i = mean m^base - mean m^DPO``:
+
+======  =========  ============  ========  ===========================
+group   cos        mean m_base   diff      effect
+======  =========  ============  ========  ===========================
+TP-     > 0        >= 0          > 0       reduces: toxic, less positive
+TN+     > 0        < 0           > 0       reduces: toxic, more negative
+AP+     < 0        >= 0          < 0       reduces: anti-toxic, more positive
+AN-     < 0        < 0           < 0       reduces: anti-toxic, less negative
+TP+     > 0        >= 0          < 0       mirror: toxic, more positive
+TN-     > 0        < 0           < 0       mirror: toxic, less negative
+AP-     < 0        >= 0          > 0       mirror: anti-toxic, less positive
+AN+     < 0        < 0           > 0       mirror: anti-toxic, more negative
+======  =========  ============  ========  ===========================
+
+(The reference notebook's "AN-" cell selected AN+; here each group is defined once.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dpoclaims.stats import Estimate, bootstrap, pearson_with_ci, ratio_of_means
+
+REDUCING_GROUPS = ("TP-", "TN+", "AP+", "AN-")
+MIRROR_GROUPS = ("TP+", "TN-", "AP-", "AN+")
+ALL_GROUPS = REDUCING_GROUPS + MIRROR_GROUPS
+# (cos > 0, mean base activation >= 0, diff > 0) for each group
+GROUP_SIGNS: dict[str, tuple[bool, bool, bool]] = {
+    "TP-": (True, True, True), "TN+": (True, False, True), "AP+": (False, True, False), "AN-": (False, False, False),
+    "TP+": (True, True, False), "TN-": (True, False, False), "AP-": (False, True, True), "AN+": (False, False, True),
+}
+GROUP_NAMES = {
+    "TP-": "toxic, less positive", "TN+": "toxic, more negative", "AP+": "anti-toxic, more positive",
+    "AN-": "anti-toxic, less negative", "TP+": "toxic, more positive", "TN-": "toxic, less negative",
+    "AP-": "anti-toxic, less positive", "AN+": "anti-toxic, more negative",
+}
+DENOMINATORS = ("v1", "emnlp")
+
+
+def probe_cosines(value_vectors: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+    """``[n_layers, d_mlp]`` cosine of each value vector with the probe."""
+    return torch.nn.functional.cosine_similarity(value_vectors.float(), probe.float().view(1, 1, -1), dim=-1)
+
+
+def top_toxic(cosines: torch.Tensor, n: int, *, mean_base_activation: torch.Tensor | None = None) -> torch.Tensor:
+    """Flat ids of the ``n`` neurons with the largest cosine; with ``mean_base_activation``,
+    only positively-activated toxic neurons (cos > 0 and mean activation > 0) qualify."""
+    flat = cosines.flatten().clone()
+    if mean_base_activation is not None:
+        eligible = (flat > 0) & (mean_base_activation.flatten() > 0)
+        flat[~eligible] = -float("inf")
+        n = min(n, int(eligible.sum()))
+    return torch.argsort(flat, descending=True, stable=True)[:n]
+
+
+@dataclass
+class Decomposition:
+    cosines: torch.Tensor  # [L, d_mlp], base weights
+    mean_base: torch.Tensor  # [L, d_mlp]
+    mean_dpo: torch.Tensor  # [L, d_mlp]
+    contribution_per_prompt: torch.Tensor  # [n_prompts, L, d_mlp]: D_i(p)
+    groups: dict[str, torch.Tensor]  # name -> bool mask [L, d_mlp]
+
+    @property
+    def contribution(self) -> torch.Tensor:
+        """``[L, d_mlp]``: D_i."""
+        return self.contribution_per_prompt.mean(0)
+
+    @property
+    def diff(self) -> torch.Tensor:
+        return self.mean_base - self.mean_dpo
+
+    @property
+    def net(self) -> float:
+        return float(self.contribution.sum())
+
+    @property
+    def gross(self) -> float:
+        d = self.contribution
+        return float(d[d > 0].sum())
+
+    def group_sum(self, group: str) -> float:
+        return float(self.contribution[self.groups[group]].sum())
+
+    def group_count(self, group: str) -> int:
+        return int(self.groups[group].sum())
+
+    def _per_prompt(self, mask: torch.Tensor) -> np.ndarray:
+        return self.contribution_per_prompt[:, mask].sum(1).double().numpy()
+
+    def share(self, group: str | tuple[str, ...], denominator: str = "v1", *, seed: int = 0) -> Estimate:
+        """A group's (or several groups') share of the reduction, with a bootstrap CI over prompts.
+
+        ``v1``: over the four reducing groups' total (how 31.8% arises);
+        ``emnlp``: over the gross reduction, the sum of all positive D_i.
+        Group membership is fixed from the full sample while prompts are resampled.
+        """
+        names = (group,) if isinstance(group, str) else group
+        mask = torch.zeros_like(self.cosines, dtype=torch.bool)
+        for name in names:
+            mask |= self.groups[name]
+        if denominator == "v1":
+            den_mask = torch.zeros_like(mask)
+            for name in REDUCING_GROUPS:
+                den_mask |= self.groups[name]
+        elif denominator == "emnlp":
+            den_mask = self.contribution > 0
+        else:
+            raise ValueError(f"denominator must be one of {DENOMINATORS}, not {denominator!r}")
+        return bootstrap(ratio_of_means, self._per_prompt(mask), self._per_prompt(den_mask), seed=seed)
+
+    def net_over_gross(self, *, seed: int = 0) -> Estimate:
+        return bootstrap(ratio_of_means, self._per_prompt(torch.ones_like(self.cosines, dtype=torch.bool)),
+                         self._per_prompt(self.contribution > 0), seed=seed)
+
+    def fraction_increasing(self) -> float:
+        """Fraction of neurons whose change increases the toxic projection (D_i < 0)."""
+        return float((self.contribution < 0).float().mean())
+
+    def cumulative_curve(self) -> dict[str, np.ndarray]:
+        """Cumulative D by neuron rank (largest D first), total and per reducing group."""
+        d = self.contribution.flatten()
+        order = torch.argsort(d, descending=True, stable=True)
+        curves = {"total": torch.cumsum(d[order], 0).numpy()}
+        for name in REDUCING_GROUPS:
+            member = self.groups[name].flatten()[order]
+            curves[name] = torch.cumsum(torch.where(member, d[order], torch.zeros_like(d[order])), 0).numpy()
+        return curves
+
+    def neurons_to_reach(self, fraction: float = 1.0) -> int:
+        """How many neurons, taken by decreasing D, first reach ``fraction`` of the net reduction."""
+        total = self.cumulative_curve()["total"]
+        target = fraction * self.net
+        reached = np.nonzero(total >= target)[0]
+        return int(reached[0]) + 1 if len(reached) else len(total)
+
+    def per_layer(self) -> dict[str, np.ndarray]:
+        """``group -> [n_layers]`` sum of D per layer, plus ``total``."""
+        d = self.contribution
+        out = {"total": d.sum(1).numpy()}
+        for name in ALL_GROUPS:
+            out[name] = torch.where(self.groups[name], d, torch.zeros_like(d)).sum(1).numpy()
+        return out
+
+    def change_cosine_correlation(self) -> Estimate:
+        return pearson_with_ci(self.diff.flatten().double().numpy(), self.cosines.flatten().double().numpy())
+
+
+def assign_groups(cosines: torch.Tensor, mean_base: torch.Tensor, diff: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Masks of the eight groups; neurons with cos == 0 or diff == 0 belong to none."""
+    toxic, anti = cosines > 0, cosines < 0
+    positive = mean_base >= 0
+    down, up = diff > 0, diff < 0
+    groups = {}
+    for name, (is_toxic, is_positive, is_down) in GROUP_SIGNS.items():
+        groups[name] = (toxic if is_toxic else anti) & (positive if is_positive else ~positive) & (down if is_down else up)
+    return groups
+
+
+def decompose(
+    base_values: torch.Tensor,
+    dpo_values: torch.Tensor,
+    probe: torch.Tensor,
+    base_activation: torch.Tensor,
+    dpo_activation: torch.Tensor,
+) -> Decomposition:
+    """``*_values``: ``[L, d_mlp, d_model]``; ``*_activation``: per-prompt means ``[n_prompts, L, d_mlp]``
+    of each model on its own continuations of the same prompts."""
+    unit = probe.float() / probe.float().norm()
+    base_projection = base_values.float() @ unit  # [L, d_mlp]
+    dpo_projection = dpo_values.float() @ unit
+    contribution = base_activation.float() * base_projection - dpo_activation.float() * dpo_projection
+    cosines = probe_cosines(base_values, probe)
+    mean_base, mean_dpo = base_activation.float().mean(0), dpo_activation.float().mean(0)
+    return Decomposition(cosines, mean_base, mean_dpo, contribution, assign_groups(cosines, mean_base, mean_base - mean_dpo))

@@ -1,0 +1,43 @@
+"""Prompt and text sets of a pair (challenge prompts, held-out neutral text)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dpoclaims.errors import CheckpointError, UnknownPairError
+from dpoclaims.pairs import ModelPair
+
+
+class MissingPromptSet(UnknownPairError):
+    """The pair names no file for a prompt set the claims need."""
+
+
+def read_texts(path: Path) -> list[str]:
+    """A JSON list of strings, JSONL with a ``text`` or ``prompt`` field, or plain text (a line each)."""
+    if not path.is_file():
+        raise CheckpointError(f"prompt file {path} does not exist")
+    raw = path.read_text()
+    try:
+        if path.suffix == ".json":
+            data = json.loads(raw)
+            if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+                raise CheckpointError(f"{path} must hold a JSON list of strings")
+            return data
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+            return [row["text"] if "text" in row else row["prompt"] if isinstance(row["prompt"], str) else row["prompt"]["text"]
+                    for row in rows]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot read prompts from {path}: {exc}") from exc
+    return [line for line in raw.splitlines() if line.strip()]
+
+
+def pair_texts(pair: ModelPair, key: str, limit: int | None = None) -> list[str]:
+    if key not in pair.spec.extras:
+        raise MissingPromptSet(
+            f"pair {pair.name!r} names no {key!r} file; add it under [extras] in the pair spec "
+            f"(a JSON list, JSONL or text file)"
+        )
+    texts = read_texts(pair.extra_path(key))
+    return texts[:limit] if limit else texts

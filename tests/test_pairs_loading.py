@@ -1,0 +1,201 @@
+"""Loading pairs: a DPO side from a Lee et al. state-dict file equals the same weights from
+an HF directory; gated (Llama) pairs; spec resolution."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+from conftest import D_MODEL, N_LAYER, N_POSITIONS, run_with_hooks, write_spec
+from dpoclaims.cache import Cache
+from dpoclaims.pairs import MLPLayout, PairSpec, load_pair, mlp_layout
+
+
+def _old_gpt2_buffers(n_layer: int, n_positions: int) -> dict[str, torch.Tensor]:
+    """The causal-mask buffers old GPT-2 state dicts carry."""
+    mask = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool)).view(1, 1, n_positions, n_positions)
+    buffers = {}
+    for layer in range(n_layer):
+        buffers[f"transformer.h.{layer}.attn.bias"] = mask
+        buffers[f"transformer.h.{layer}.attn.masked_bias"] = torch.tensor(-1e4)
+    return buffers
+
+
+def _state_variants(dpo_dir):
+    state = GPT2LMHeadModel.from_pretrained(dpo_dir).state_dict()
+    assert "lm_head.weight" in state
+    without_head = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    return {
+        "full": {"state": state},
+        "no_lm_head": {"state": without_head},
+        "old_buffers": {"state": {**without_head, **_old_gpt2_buffers(N_LAYER, N_POSITIONS)}},
+        "bare": dict(state),  # a bare state dict (no "state" key) is accepted too
+    }
+
+
+@pytest.fixture(scope="module")
+def dir_loaded(gpt2_pair_files, session_cache):
+    return load_pair(gpt2_pair_files.spec, cache=session_cache)
+
+
+@pytest.mark.parametrize("variant", ["full", "no_lm_head", "old_buffers", "bare"])
+def test_state_dict_dpo_equals_directory_dpo(tmp_path, gpt2_pair_files, dir_loaded, sample_batch, variant):
+    payload = _state_variants(gpt2_pair_files.dpo)[variant]
+    torch.save(payload, tmp_path / "dpo.pt")
+    spec = write_spec(tmp_path / "pair.toml", name="from_pt", base=str(gpt2_pair_files.base), dpo="dpo.pt",
+                      probe=str(gpt2_pair_files.probe))
+    from_pt = load_pair(spec, cache=Cache(tmp_path / "cache"))
+
+    assert from_pt.layout == dir_loaded.layout
+    assert from_pt.fingerprint == dir_loaded.fingerprint
+    for side in ("base", "dpo"):
+        torch.testing.assert_close(from_pt.value_vectors(side), dir_loaded.value_vectors(side), rtol=0, atol=0)
+        torch.testing.assert_close(from_pt.key_vectors(side), dir_loaded.key_vectors(side), rtol=0, atol=0)
+        torch.testing.assert_close(run_with_hooks(from_pt.model(side), sample_batch, []),
+                                   run_with_hooks(dir_loaded.model(side), sample_batch, []), rtol=0, atol=0)
+    # the DPO side really is the DPO model, not the base
+    assert not torch.allclose(from_pt.value_vectors("dpo"), from_pt.value_vectors("base"))
+
+
+def test_state_dict_dpo_has_tied_embeddings(tmp_path, gpt2_pair_files, sample_batch):
+    """Without lm_head.weight in the file, the unembedding is the (DPO) token embedding."""
+    payload = _state_variants(gpt2_pair_files.dpo)["no_lm_head"]
+    torch.save(payload, tmp_path / "dpo.pt")
+    spec = write_spec(tmp_path / "pair.toml", base=str(gpt2_pair_files.base), dpo="dpo.pt",
+                      probe=str(gpt2_pair_files.probe))
+    pair = load_pair(spec, cache=Cache(tmp_path / "cache"))
+    hf = pair.dpo.original_model
+    torch.testing.assert_close(hf.lm_head.weight, payload["state"]["transformer.wte.weight"], rtol=0, atol=0)
+
+
+def test_fingerprint_changes_with_any_part(tmp_path, gpt2_pair_files, dir_loaded):
+    # a different probe
+    torch.save(torch.ones(D_MODEL), tmp_path / "probe.pt")
+    spec = write_spec(tmp_path / "a.toml", base=str(gpt2_pair_files.base), dpo=str(gpt2_pair_files.dpo),
+                      probe="probe.pt")
+    assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint != dir_loaded.fingerprint
+    # DPO side = base
+    spec = write_spec(tmp_path / "b.toml", base=str(gpt2_pair_files.base), dpo=str(gpt2_pair_files.base),
+                      probe=str(gpt2_pair_files.probe))
+    assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint != dir_loaded.fingerprint
+
+
+def test_loaded_pair_fields(gpt2_pair, gpt2_pair_files):
+    assert gpt2_pair.name == "tiny"
+    assert gpt2_pair.layout == MLPLayout("gpt2", N_LAYER, D_MODEL, 4 * D_MODEL)
+    assert gpt2_pair.layout.n_neurons == N_LAYER * 4 * D_MODEL
+    assert gpt2_pair.layout.hook_names == [f"blocks.{i}.mlp.hook_post" for i in range(N_LAYER)]
+    torch.testing.assert_close(gpt2_pair.probe, torch.load(gpt2_pair_files.probe).float())
+    assert gpt2_pair.unit_probe.norm().item() == pytest.approx(1.0, abs=1e-6)
+    # value vectors are rows of the Conv1D c_proj weight ([d_mlp, d_model])
+    raw = GPT2LMHeadModel.from_pretrained(gpt2_pair_files.dpo)
+    for layer in range(N_LAYER):
+        torch.testing.assert_close(gpt2_pair.value_vectors("dpo")[layer], raw.transformer.h[layer].mlp.c_proj.weight,
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(gpt2_pair.key_vectors("dpo")[layer], raw.transformer.h[layer].mlp.c_fc.weight.T,
+                                   rtol=0, atol=0)
+    assert gpt2_pair.extra_path("notes").read_text() == "hello"
+    with pytest.raises(ValueError, match="side"):
+        gpt2_pair.model("other")
+
+
+def test_load_pair_from_directory_and_json(tmp_path, gpt2_pair_files, gpt2_pair):
+    """A directory holding pair.toml, and an equivalent JSON spec, load the same pair."""
+    by_dir = load_pair(gpt2_pair_files.root, cache=Cache(tmp_path / "c"))
+    assert by_dir.fingerprint == gpt2_pair.fingerprint
+    json_spec = tmp_path / "pair.json"
+    json_spec.write_text(json.dumps({"name": "j", "base": str(gpt2_pair_files.base), "dpo": str(gpt2_pair_files.dpo),
+                                     "probe": str(gpt2_pair_files.probe)}))
+    by_json = load_pair(json_spec, cache=Cache(tmp_path / "c"))
+    assert by_json.name == "j"
+    assert by_json.fingerprint == gpt2_pair.fingerprint
+
+
+def test_spec_relative_paths_resolve_against_spec_dir(tmp_path, gpt2_pair_files, monkeypatch):
+    spec = PairSpec.from_file(gpt2_pair_files.spec)
+    assert spec.root == str(gpt2_pair_files.root.resolve())
+    monkeypatch.chdir(tmp_path)  # not the spec's directory
+    assert spec.resolve("base") == str(gpt2_pair_files.root.resolve() / "base")
+    assert spec.resolve("org/hub-model") == "org/hub-model"
+    assert spec.extras == {"notes": "notes.txt"}
+    assert spec.name == "tiny"
+    unnamed = write_spec(tmp_path / "my_pair.toml", base="b", dpo="d", probe="p")
+    assert PairSpec.from_file(unnamed).name == "my_pair"
+
+
+# --------------------------------------------------------------------------- gated (Llama) pairs
+
+
+def test_gated_pair_layout_and_value_vectors(llama_pair, llama_pair_files):
+    assert llama_pair.layout == MLPLayout("gated", 2, D_MODEL, 64)
+    for side in ("base", "dpo"):
+        raw = LlamaForCausalLM.from_pretrained(getattr(llama_pair_files, side))
+        values = llama_pair.value_vectors(side)
+        assert values.shape == (2, 64, D_MODEL)
+        for layer in range(2):
+            mlp = raw.model.layers[layer].mlp
+            torch.testing.assert_close(values[layer], mlp.down_proj.weight.T, rtol=0, atol=0)
+            torch.testing.assert_close(llama_pair.key_vectors(side)[layer], mlp.up_proj.weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("side", ["base", "dpo"])
+def test_gated_hook_post_equals_down_proj_input(llama_pair, llama_pair_files, sample_batch, side):
+    """``blocks.L.mlp.hook_post`` of a gated MLP is act(gate) * up, the input of down_proj."""
+    raw = LlamaForCausalLM.from_pretrained(getattr(llama_pair_files, side)).eval()
+    down_in, recomputed, handles = {}, {}, []
+    for layer, block in enumerate(raw.model.layers):
+        mlp = block.mlp
+
+        def pre(module, args, layer=layer):
+            down_in[layer] = args[0].detach().clone()
+
+        def whole(module, args, output, layer=layer, mlp=mlp):
+            x = args[0]
+            recomputed[layer] = (mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)).detach().clone()
+
+        handles += [mlp.down_proj.register_forward_pre_hook(pre), mlp.register_forward_hook(whole)]
+    with torch.no_grad():
+        raw_logits = raw(**sample_batch).logits
+    for handle in handles:
+        handle.remove()
+
+    captured = {}
+
+    def keep(name):
+        def hook(activation, hook):
+            captured[name] = activation.detach().clone()
+            return activation
+
+        return hook
+
+    bridge = llama_pair.model(side)
+    hooks = [(name, keep(name)) for name in llama_pair.layout.hook_names]
+    logits = run_with_hooks(bridge, sample_batch, hooks)
+    torch.testing.assert_close(logits, raw_logits, rtol=1e-5, atol=1e-5)
+    for layer, name in enumerate(llama_pair.layout.hook_names):
+        assert captured[name].shape[-1] == 64
+        torch.testing.assert_close(captured[name], down_in[layer], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(captured[name], recomputed[layer], rtol=1e-5, atol=1e-6)
+
+
+def test_gated_state_dict_dpo_equals_directory(tmp_path, llama_pair, llama_pair_files, sample_batch):
+    spec = write_spec(tmp_path / "pair.toml", base=str(llama_pair_files.base), dpo=str(llama_pair_files.dpo_pt),
+                      probe=str(llama_pair_files.probe))
+    from_pt = load_pair(spec, cache=Cache(tmp_path / "c"))
+    assert from_pt.layout.kind == "gated"
+    assert from_pt.fingerprint == llama_pair.fingerprint
+    torch.testing.assert_close(from_pt.value_vectors("dpo"), llama_pair.value_vectors("dpo"), rtol=0, atol=0)
+    torch.testing.assert_close(run_with_hooks(from_pt.dpo, sample_batch, []),
+                               run_with_hooks(llama_pair.dpo, sample_batch, []), rtol=0, atol=0)
+
+
+def test_mlp_layout_of_configs():
+    from transformers import GPT2Config, LlamaConfig
+
+    assert mlp_layout(GPT2Config(n_embd=16, n_layer=3, n_head=2)) == MLPLayout("gpt2", 3, 16, 64)
+    assert mlp_layout(GPT2Config(n_embd=16, n_layer=3, n_head=2, n_inner=40)).d_mlp == 40
+    assert mlp_layout(LlamaConfig(hidden_size=16, intermediate_size=48, num_hidden_layers=5,
+                                  num_attention_heads=2)) == MLPLayout("gated", 5, 16, 48)

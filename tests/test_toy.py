@@ -1,0 +1,136 @@
+"""The toy organism end to end: a tiny build is complete, loadable, cached and reproducible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_toy_config
+from dpoclaims.cache import read_manifest_meta, verify_entry
+from dpoclaims.organism import build as build_module
+from dpoclaims.organism.build import BANDS, DEFAULT_SCORER, ensure_toy
+from dpoclaims.pairs import load_pair
+
+pytestmark = pytest.mark.slow
+
+REPORT_KEYS = {
+    "bands", "config", "config_key", "default_scorer", "dpo_history", "dpo_steps", "min_weight_cosine",
+    "n_challenge_prompts", "perplexity", "pretrain_final_loss", "probe_accuracy", "samples", "timings_s",
+    "toxicity", "weight_cosines",
+}
+
+
+@pytest.fixture(scope="module")
+def report(tiny_toy_dir):
+    return json.loads((tiny_toy_dir / "toy.json").read_text())
+
+
+def test_toy_entry_is_complete_and_verified(tiny_toy_dir, tiny_toy_cache):
+    config = tiny_toy_config()
+    assert tiny_toy_dir == tiny_toy_cache.entry_dir("toy", config.key())
+    assert verify_entry(tiny_toy_dir) is None
+    for name in ("base/config.json", "base/model.safetensors", "base/tokenizer.json", "dpo/config.json",
+                 "dpo/model.safetensors", "probe.pt", "dpo_pairs.jsonl", "challenge_prompts.json",
+                 "neutral_texts.json", "toy.json", "pair.toml"):
+        assert (tiny_toy_dir / name).is_file(), name
+    meta = read_manifest_meta(tiny_toy_dir)
+    assert meta["config_key"] == config.key()
+    assert isinstance(meta["bands_ok"], bool)
+
+
+def test_toy_report(report):
+    config = tiny_toy_config()
+    assert set(report) >= REPORT_KEYS
+    assert report["config_key"] == config.key()
+    assert report["default_scorer"] == DEFAULT_SCORER
+    assert report["config"]["seed"] == config.seed and report["config"]["n_embd"] == config.n_embd
+    assert set(report["bands"]) == set(BANDS)
+    for name, band in report["bands"].items():
+        low, high = BANDS[name]
+        assert band["band"] == [low, high]
+        assert band["ok"] == (low <= band["value"] <= high)
+    assert set(report["toxicity"]) == {"lexicon", "profanity-check"}
+    for values in report["toxicity"].values():
+        assert set(values) == {"base", "dpo"}
+        assert all(0.0 <= v <= 1.0 for v in values.values())
+    assert report["perplexity"]["base"] > 1 and report["perplexity"]["dpo"] > 1
+    assert report["n_challenge_prompts"] == config.n_challenge
+    assert 0.0 <= report["probe_accuracy"] <= 1.0
+    assert report["dpo_steps"] > 0
+    # DPO moved the weights, but only a little
+    assert 0.9 < report["min_weight_cosine"] < 1.0
+    assert report["bands"]["min_weight_cosine"]["value"] == report["min_weight_cosine"]
+    assert set(report["timings_s"]) == {"corpus_and_tokenizer", "pretrain", "probe", "dpo_data", "dpo_train",
+                                        "evaluate"}
+
+
+def test_toy_extras(tiny_toy_dir):
+    config = tiny_toy_config()
+    pairs = [json.loads(line) for line in (tiny_toy_dir / "dpo_pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == config.n_dpo_pairs + config.n_dpo_val
+    assert all(set(p) == {"prompt_text", "unpert_gen_text", "pert_gen_text"} for p in pairs)
+    assert len(json.loads((tiny_toy_dir / "challenge_prompts.json").read_text())) == config.n_challenge
+    assert len(json.loads((tiny_toy_dir / "neutral_texts.json").read_text())) == config.n_neutral_eval
+
+
+def test_toy_pair_loads(tiny_toy_dir):
+    config = tiny_toy_config()
+    pair = load_pair(tiny_toy_dir / "pair.toml")
+    assert pair.name == "toy"
+    assert pair.layout.kind == "gpt2"
+    assert (pair.layout.n_layers, pair.layout.d_model, pair.layout.d_mlp) == (config.n_layer, config.n_embd,
+                                                                              4 * config.n_embd)
+    assert pair.probe.shape == (config.n_embd,)
+    assert set(pair.spec.extras) == {"challenge_prompts", "neutral_texts", "dpo_pairs", "report"}
+    for key in pair.spec.extras:
+        assert pair.extra_path(key).is_file()
+    assert not torch.equal(pair.value_vectors("base"), pair.value_vectors("dpo"))
+    assert len(pair.tokenizer) <= config.vocab_size
+
+
+def test_named_toy_pair_goes_through_ensure_toy(tiny_toy_dir, tiny_toy_cache, monkeypatch):
+    """``load_pair("toy")`` resolves through ensure_toy and the cache (here with the tiny config)."""
+    calls = []
+
+    def tiny_ensure(config=None, *, cache=None, progress=True):
+        calls.append(cache)
+        return ensure_toy(tiny_toy_config(), cache=cache, progress=False)
+
+    monkeypatch.setattr(build_module, "ensure_toy", tiny_ensure)
+    pair = load_pair("toy", cache=tiny_toy_cache)
+    assert calls == [tiny_toy_cache]
+    assert pair.fingerprint == load_pair(tiny_toy_dir).fingerprint
+
+
+def test_ensure_toy_reuses_the_cached_build(tiny_toy_dir, tiny_toy_cache, monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("build_toy must not run for a cached toy")
+
+    monkeypatch.setattr(build_module, "build_toy", no_build)
+    assert ensure_toy(tiny_toy_config(), cache=tiny_toy_cache, progress=False) == tiny_toy_dir
+
+
+def test_toy_config_key():
+    assert tiny_toy_config().key() == tiny_toy_config().key()
+    assert tiny_toy_config(seed=1).key() != tiny_toy_config().key()
+
+
+def test_two_builds_with_the_same_seed_agree(tiny_toy_dir, tiny_toy_rebuild, report):
+    other_dir, other_report = tiny_toy_rebuild
+    for side in ("base", "dpo"):
+        ours = load_file(tiny_toy_dir / side / "model.safetensors")
+        theirs = load_file(other_dir / side / "model.safetensors")
+        assert set(ours) == set(theirs)
+        for name in ours:
+            torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5, msg=f"{side}: {name}")
+    assert (tiny_toy_dir / "base" / "tokenizer.json").read_text() == (other_dir / "base" / "tokenizer.json").read_text()
+    torch.testing.assert_close(torch.load(tiny_toy_dir / "probe.pt"), torch.load(other_dir / "probe.pt"),
+                               rtol=0, atol=1e-4)
+    assert (tiny_toy_dir / "dpo_pairs.jsonl").read_text() == (other_dir / "dpo_pairs.jsonl").read_text()
+    assert other_report["config_key"] == report["config_key"]
+    for scorer, values in report["toxicity"].items():
+        assert other_report["toxicity"][scorer] == pytest.approx(values, abs=1e-6)
+    assert other_report["perplexity"] == pytest.approx(report["perplexity"], rel=1e-4)
