@@ -29,6 +29,7 @@ from dpoclaims.pairs import MLPLayout, ModelPair
 
 Convention = Literal["v1", "emnlp"]
 CONVENTIONS: tuple[str, ...] = ("v1", "emnlp")
+CAPTURE_FORMAT = 2  # part of every cache key: bump when what a capture stores changes
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Capture:
     mean_activation: torch.Tensor  # [n_prompts, n_layers, d_mlp], per-prompt mean over positions
     n_positions: torch.Tensor  # [n_prompts]
     continuations: list[str]
+    continuation_ids: list[list[int]]
 
     @property
     def overall_mean(self) -> torch.Tensor:
@@ -49,14 +51,15 @@ class Capture:
                   str(directory / "capture.safetensors"))
         import json
 
-        (directory / "continuations.json").write_text(json.dumps(self.continuations))
+        (directory / "continuations.json").write_text(json.dumps({"text": self.continuations, "ids": self.continuation_ids}))
 
     @classmethod
     def load(cls, directory: Path) -> Capture:
         import json
 
         tensors = load_file(str(directory / "capture.safetensors"))
-        return cls(tensors["mean_activation"], tensors["n_positions"], json.loads((directory / "continuations.json").read_text()))
+        continuations = json.loads((directory / "continuations.json").read_text())
+        return cls(tensors["mean_activation"], tensors["n_positions"], continuations["text"], continuations["ids"])
 
 
 class _Accumulator:
@@ -105,7 +108,7 @@ def capture(
     model = bridge.original_model
     tokenizer = pair.tokenizer
     eos = tokenizer.eos_token_id
-    means, counts, continuations = [], [], []
+    means, counts, continuations, continuation_ids = [], [], [], []
     batches = range(0, len(prompts), settings.batch_size)
     for start in tqdm(batches, desc=f"capture {side} ({convention})", disable=not progress, leave=False):
         batch = encode_prompts(tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens)
@@ -139,12 +142,13 @@ def capture(
             if eos in row:
                 row = row[: row.index(eos)]
             rows.append(row)
+            continuation_ids.append(row)
             continuations.append(tokenizer.decode(row, skip_special_tokens=True))
         if convention == "emnlp":
             _emnlp_pass(pair, bridge, ids, mask, rows, settings.max_new_tokens, acc, extra_hooks)
         means.append((acc.sums / acc.counts.clamp(min=1)[:, None, None]).float())
         counts.append(acc.counts.float())
-    return Capture(torch.cat(means), torch.cat(counts), continuations)
+    return Capture(torch.cat(means), torch.cat(counts), continuations, continuation_ids)
 
 
 def _emnlp_pass(pair: ModelPair, bridge: Any, ids: torch.Tensor, mask: torch.Tensor, rows: list[list[int]],
@@ -182,7 +186,7 @@ def cached_capture(
 ) -> Capture:
     """:func:`capture`, cached by (pair fingerprint, side, prompts, settings, convention,
     intervention). ``intervention_id`` must identify ``extra_hooks`` uniquely."""
-    key = stable_hash({"pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
+    key = stable_hash({"format": CAPTURE_FORMAT, "pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
                        "settings": asdict(settings), "convention": convention, "intervention": intervention_id})
 
     def build(tmp: Path) -> dict[str, Any]:

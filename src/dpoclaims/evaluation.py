@@ -25,6 +25,7 @@ from dpoclaims.pairs import ModelPair
 from dpoclaims.scoring import get_scorer
 
 InterventionKind = Literal["none", "ablate", "patch", "scale_keys"]
+EVALUATION_FORMAT = 1  # part of every cache key: bump when what an evaluation stores changes
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def cached_evaluate(
     scorers: Sequence[str] = ("lexicon",),
     progress: bool = True,
 ) -> Evaluation:
-    key = stable_hash({"pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
+    key = stable_hash({"format": EVALUATION_FORMAT, "pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
                        "texts": stable_hash(list(neutral_texts)), "settings": asdict(settings),
                        "intervention": intervention.id, "scorers": sorted(scorers)})
 
