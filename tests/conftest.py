@@ -14,7 +14,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -22,38 +21,19 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from dpoclaims.quiet import quiet_third_party  # noqa: E402
+from tiny import (  # noqa: E402  (tests/tiny.py: plain helpers and constants)
+    D_MODEL, N_HEAD, N_LAYER, N_POSITIONS, TOKENIZER_VOCAB, PairFiles, run_with_hooks, save_pair, tiny_toy_config,
+)
+
+# huggingface_hub reads HF_HUB_OFFLINE once, at import; a plugin loaded before this file
+# (the root conftest) may already have imported it, so set the flag it consults directly.
+import huggingface_hub.constants  # noqa: E402
+
+huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 quiet_third_party()
 # pytest-xdist runs one worker per core; tiny models gain nothing from intra-op threads.
 torch.set_num_threads(1)
-
-D_MODEL = 32
-N_LAYER = 2
-N_HEAD = 2
-N_POSITIONS = 64
-TOKENIZER_VOCAB = 300
-
-
-def write_spec(path: Path, **keys: Any) -> Path:
-    """Write a pair spec TOML with the given top-level keys (strings) and an optional
-    ``extras`` dict; return its path."""
-    lines = []
-    extras = keys.pop("extras", None)
-    for key, value in keys.items():
-        lines.append(f"{key} = {_toml_str(value)}")
-    if extras is not None:
-        lines.append("")
-        lines.append("[extras]")
-        for key, value in extras.items():
-            lines.append(f"{key} = {_toml_str(value)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _toml_str(value: Any) -> str:
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
 
 
 @pytest.fixture(scope="session")
@@ -120,47 +100,18 @@ def make_llama(vocab_size: int) -> Callable[..., Any]:
     return make
 
 
-@dataclass(frozen=True)
-class PairFiles:
-    """A tiny pair on disk. ``spec`` uses the HF directory for the DPO side."""
-
-    root: Path
-    base: Path
-    dpo: Path  # HF directory
-    dpo_pt: Path  # Lee et al. format: {"state": state_dict}
-    probe: Path
-    tokenizer: Path
-    spec: Path
-
-
-def _save_pair(root: Path, base: Any, dpo: Any, tokenizer_dir: Path, d_model: int, probe_seed: int) -> PairFiles:
-    from transformers import AutoTokenizer
-
-    root.mkdir(parents=True, exist_ok=True)
-    base.save_pretrained(root / "base")
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(root / "base")
-    dpo.save_pretrained(root / "dpo")
-    torch.save({"state": dpo.state_dict()}, root / "dpo.pt")
-    generator = torch.Generator().manual_seed(probe_seed)
-    torch.save(torch.randn(d_model, generator=generator), root / "probe.pt")
-    spec = write_spec(root / "pair.toml", name="tiny", base="base", dpo="dpo", probe="probe.pt", tokenizer="base",
-                      extras={"notes": "notes.txt"})
-    (root / "notes.txt").write_text("hello")
-    return PairFiles(root, root / "base", root / "dpo", root / "dpo.pt", root / "probe.pt", root / "base", spec)
-
-
 @pytest.fixture(scope="session")
 def gpt2_pair_files(tmp_path_factory: pytest.TempPathFactory, make_gpt2, tokenizer_dir: Path) -> PairFiles:
     """A tiny GPT-2 pair: base (seed 0), a distinct "DPO" model (seed 1), a random probe."""
     root = tmp_path_factory.mktemp("gpt2_pair")
-    return _save_pair(root, make_gpt2(0), make_gpt2(1), tokenizer_dir, D_MODEL, probe_seed=2)
+    return save_pair(root, make_gpt2(0), make_gpt2(1), tokenizer_dir, D_MODEL, probe_seed=2)
 
 
 @pytest.fixture(scope="session")
 def llama_pair_files(tmp_path_factory: pytest.TempPathFactory, make_llama, tokenizer_dir: Path) -> PairFiles:
     """A tiny gated (Llama) pair."""
     root = tmp_path_factory.mktemp("llama_pair")
-    return _save_pair(root, make_llama(0), make_llama(1), tokenizer_dir, D_MODEL, probe_seed=3)
+    return save_pair(root, make_llama(0), make_llama(1), tokenizer_dir, D_MODEL, probe_seed=3)
 
 
 @pytest.fixture(scope="session")
@@ -200,32 +151,12 @@ def sample_batch(vocab_size: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def run_with_hooks(bridge: Any, batch: dict[str, torch.Tensor], hooks: list) -> torch.Tensor:
-    """Logits of ``bridge.original_model`` on ``batch`` with ``hooks`` attached."""
-    with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
-        return bridge.original_model(**batch).logits.detach().clone()
-
-
 @pytest.fixture(scope="session")
 def logits_with_hooks() -> Callable[..., torch.Tensor]:
     return run_with_hooks
 
 
 # --------------------------------------------------------------------------- the tiny toy organism
-
-
-def tiny_toy_config(seed: int = 0):
-    """A toy organism small enough to build in a few seconds."""
-    from dpoclaims.dpo import DPOSettings
-    from dpoclaims.organism.build import ToyConfig
-
-    return ToyConfig(
-        seed=seed, n_pretrain_comments=1500, vocab_size=600, n_layer=2, n_embd=32, n_head=2, pretrain_steps=30,
-        n_probe_comments=300, n_dpo_pairs=48, n_dpo_val=16,
-        dpo=DPOSettings(learning_rate=3e-5, batch_size=8, max_epochs=1, eval_every=4, patience=2, warmup_steps=1,
-                        max_length=64),
-        n_challenge=32, n_neutral_eval=32,
-    )
 
 
 @pytest.fixture(scope="session")

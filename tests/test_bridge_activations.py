@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from conftest import N_LAYER
+from tiny import N_LAYER
 
 
 def _capture_bridge(pair, side, batch):

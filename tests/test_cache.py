@@ -183,6 +183,7 @@ _WORKER = textwrap.dedent("""
     from dpoclaims.cache import Cache
 
     root, marker, go = sys.argv[1:4]
+    Path(go + f".ready.{os.getpid()}").touch()
     while not Path(go).exists():
         time.sleep(0.01)
 
@@ -204,7 +205,11 @@ def test_concurrent_processes_build_once(tmp_path):
     root = tmp_path / "cache"
     procs = [subprocess.Popen([sys.executable, str(script), str(root), str(marker), str(go)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    time.sleep(0.3)  # let both start and import before releasing them together
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("go.ready.*"))) < 2:  # both started: release them together
+        assert time.monotonic() < deadline, "workers did not start"
+        assert all(proc.poll() is None for proc in procs), "a worker died before starting"
+        time.sleep(0.02)
     go.touch()
     outputs = [proc.communicate(timeout=60) for proc in procs]
     for proc, (out, err) in zip(procs, outputs):

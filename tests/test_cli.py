@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import tiny_toy_config, write_spec
+from tiny import tiny_toy_config, write_spec
 from dpoclaims.cli import main
 from dpoclaims.organism import build as build_module
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-from conftest import run_with_hooks
+from tiny import run_with_hooks
 from dpoclaims.interventions import ablation_hooks, neuron_set_from_flat, patch_hooks, scaled_key_vectors
 
 D_MLP = 128  # 4 * D_MODEL for the tiny GPT-2

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import D_MODEL, write_spec
+from tiny import D_MODEL, write_spec
 from dpoclaims.cache import Cache
 from dpoclaims.errors import CheckpointError, DpoclaimsError, PairMismatchError, UnknownPairError
 from dpoclaims.pairs import PairSpec, load_pair
@@ -251,9 +251,6 @@ def test_state_dict_with_missing_tensors(tmp_path, gpt2_pair_files):
     assert "transformer.h.1.mlp.c_proj.weight" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: PairSpec.resolve returns a relative path unchanged when it is missing under the "
-    "spec's directory, and load_hf_model then finds it relative to the current working directory"))
 def test_missing_relative_base_is_not_taken_from_cwd(tmp_path, gpt2_pair_files, monkeypatch):
     """PairSpec: 'Paths are absolute or relative to root'. A spec whose relative ``base`` is
     missing next to it must fail, not silently load a same-named directory from the cwd."""

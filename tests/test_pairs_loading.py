@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-from conftest import D_MODEL, N_LAYER, N_POSITIONS, run_with_hooks, write_spec
+from tiny import D_MODEL, N_LAYER, N_POSITIONS, run_with_hooks, write_spec
 from dpoclaims.cache import Cache
 from dpoclaims.pairs import MLPLayout, PairSpec, load_pair, mlp_layout
 

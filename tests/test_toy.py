@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_toy_config
+from tiny import tiny_toy_config
 from dpoclaims.cache import read_manifest_meta, verify_entry
 from dpoclaims.organism import build as build_module
 from dpoclaims.organism.build import BANDS, DEFAULT_SCORER, ensure_toy

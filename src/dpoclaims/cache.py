@@ -73,6 +73,8 @@ def verify_entry(directory: Path) -> str | None:
         return "no manifest (half-written or foreign directory)"
     try:
         recorded = json.loads(manifest_path.read_text())["files"]
+        if not isinstance(recorded, dict):
+            raise TypeError("'files' is not a mapping")
     except (ValueError, KeyError, TypeError) as exc:
         return f"unreadable manifest ({exc})"
     present = {str(p.relative_to(directory)) for p in _entry_files(directory)}

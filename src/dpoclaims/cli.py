@@ -28,13 +28,14 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(cache.entry_dir("toy", config.key()), ignore_errors=True)
+    was_cached = cache.get("toy", config.key()) is not None
     start = time.perf_counter()
     directory = ensure_toy(config, cache=cache, progress=not args.no_progress)
     elapsed = time.perf_counter() - start
     report = json.loads((directory / "toy.json").read_text())
     report["toy_dir"] = str(directory)
     atomic_write_text(Path(args.report), json.dumps(report, indent=1))
-    print(f"toy organism: {directory}  ({elapsed:.1f} s{'' if elapsed > 5 else ', from cache'})")
+    print(f"toy organism: {directory}  ({elapsed:.1f} s{', from cache' if was_cached else ', built now'})")
     print(f"default scorer: {report['default_scorer']} (the toy's own lexicon: it knows the toy's toxic "
           "register exactly; profanity-check is the independent check)")
     for scorer, values in report["toxicity"].items():

@@ -38,6 +38,14 @@ GPT2_STYLE_MODEL_TYPES = frozenset({"gpt2", "gpt_neo", "gptj"})
 IGNORED_STATE_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
+PATH_SUFFIXES = frozenset({".pt", ".bin", ".safetensors", ".json", ".jsonl", ".toml", ".txt", ".csv", ".raw"})
+
+
+def _looks_like_path(value: str) -> bool:
+    """True for values that can only be paths (a hub id is ``name`` or ``org/name``)."""
+    return value.startswith((".", "~")) or Path(value).suffix in PATH_SUFFIXES or value.count("/") > 1
+
+
 @dataclass(frozen=True)
 class PairSpec:
     """Where a pair's parts live. Paths are absolute or relative to ``root``."""
@@ -51,12 +59,18 @@ class PairSpec:
     root: str | None = None
 
     def resolve(self, value: str) -> str:
-        """A path relative to the spec's root if it exists there, else the value unchanged
-        (a hub id or an absolute path)."""
-        if self.root is not None and not Path(value).is_absolute():
-            candidate = Path(self.root) / value
-            if candidate.exists():
-                return str(candidate)
+        """Resolve a spec value: relative paths are relative to the spec's directory, never
+        to the current directory; a bare name found nowhere there is taken as a hub id."""
+        if self.root is None or Path(value).expanduser().is_absolute():
+            return value
+        candidate = Path(self.root) / value
+        if candidate.exists() or _looks_like_path(value):
+            return str(candidate)  # a missing file is then reported with its full path
+        if Path(value).exists():
+            raise CheckpointError(
+                f"{value!r} is not in the spec's directory {self.root}; a {value!r} exists in the current "
+                "directory, but spec paths are relative to the spec file: give an absolute path or move it"
+            )
         return value
 
     @classmethod
@@ -300,7 +314,30 @@ def _toy_spec(cache: Cache) -> PairSpec:
     return PairSpec.from_file(ensure_toy(cache=cache) / "pair.toml")
 
 
-NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {"toy": _toy_spec}
+GPT2_MEDIUM_HELP = (
+    "The paper pair needs three files you obtain yourself: the base model (hub id 'gpt2-medium', "
+    "resolved from your Hugging Face cache, or a local directory: DPOCLAIMS_GPT2_BASE), Lee et al.'s DPO "
+    "checkpoint dpo.pt (DPOCLAIMS_GPT2_DPO) and their probe probe.pt (DPOCLAIMS_GPT2_PROBE), both "
+    "distributed by the authors of github.com/ajyl/dpo_toxic; plus the RealToxicityPrompts prompts.jsonl "
+    "(DPOCLAIMS_RTP_PATH) and Wikitext-2 raw test text (DPOCLAIMS_WIKITEXT_PATH) for the behavioural claims."
+)
+
+
+def _gpt2_medium_spec(cache: Cache) -> PairSpec:
+    """The paper's pair, assembled from environment variables (see ``GPT2_MEDIUM_HELP``)."""
+    import os
+
+    dpo, probe = os.environ.get("DPOCLAIMS_GPT2_DPO"), os.environ.get("DPOCLAIMS_GPT2_PROBE")
+    missing = [name for name, value in (("DPOCLAIMS_GPT2_DPO", dpo), ("DPOCLAIMS_GPT2_PROBE", probe)) if not value]
+    if missing:
+        raise CheckpointError(f"{', '.join(missing)} not set. {GPT2_MEDIUM_HELP}")
+    extras = {key: os.environ[env] for key, env in (("challenge_prompts", "DPOCLAIMS_RTP_PATH"),
+                                                   ("neutral_texts", "DPOCLAIMS_WIKITEXT_PATH")) if os.environ.get(env)}
+    return PairSpec(name="gpt2-medium", base=os.environ.get("DPOCLAIMS_GPT2_BASE", "gpt2-medium"),
+                    dpo=str(dpo), probe=str(probe), extras=extras)
+
+
+NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {"toy": _toy_spec, "gpt2-medium": _gpt2_medium_spec}
 DEFAULT_PAIR = "toy"
 
 
@@ -326,19 +363,24 @@ def load_pair(
     *,
     cache: Cache | None = None,
     dtype: torch.dtype = torch.float32,
+    device_map: Any = None,
 ) -> ModelPair:
-    """Load and validate a pair; see the module docstring for accepted sources."""
+    """Load and validate a pair; see the module docstring for accepted sources.
+
+    ``dtype`` (e.g. ``torch.bfloat16``) and ``device_map`` (e.g. ``"auto"`` for a model larger
+    than one device) are passed to ``from_pretrained``; the analyses cast to float32.
+    """
     spec = resolve_spec(pair, cache)
     base_source = spec.resolve(spec.base)
     dpo_source = spec.resolve(spec.dpo)
     tokenizer_source = spec.resolve(spec.tokenizer) if spec.tokenizer else base_source
     tokenizer = load_tokenizer(tokenizer_source)
-    base = load_hf_model(base_source, dtype=dtype)
+    base = load_hf_model(base_source, dtype=dtype, device_map=device_map)
     dpo_path = Path(dpo_source).expanduser()
     if dpo_path.suffix in (".pt", ".bin") or dpo_path.is_file():
         dpo = model_from_state_dict(base, read_state_dict_file(dpo_path), str(dpo_path))
     else:
-        dpo = load_hf_model(dpo_source, dtype=dtype)
+        dpo = load_hf_model(dpo_source, dtype=dtype, device_map=device_map)
     layout = check_compatible(base, dpo, tokenizer)
     probe = load_probe(spec.resolve(spec.probe), layout.d_model)
     print_id = fingerprint(base, dpo, tokenizer, probe)

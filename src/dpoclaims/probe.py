@@ -27,7 +27,12 @@ def pooled_residuals(
     max_tokens: int = 128,
     progress: bool = True,
 ) -> torch.Tensor:
-    """``[len(texts), d_model]`` mean of the last block's output over non-padding positions."""
+    """``[len(texts), d_model]`` mean of the last block's output over non-padding positions.
+
+    Empty texts are refused: they have no position to average over.
+    """
+    if any(not text.strip() for text in texts):
+        raise ValueError("pooled_residuals got an empty text; drop empty texts first")
     hook_name = f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post"
     captured: dict[str, torch.Tensor] = {}
 
@@ -44,7 +49,7 @@ def pooled_residuals(
         with bridge.hooks(fwd_hooks=[(hook_name, keep)]):
             bridge.original_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         mask = batch["attention_mask"].unsqueeze(-1).to(captured["resid"].dtype)
-        rows.append(((captured["resid"] * mask).sum(1) / mask.sum(1)).float())
+        rows.append(((captured["resid"] * mask).sum(1) / mask.sum(1).clamp(min=1)).float())
     return torch.cat(rows)
 
 

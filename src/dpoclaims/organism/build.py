@@ -169,8 +169,8 @@ def build_toy(out: Path, config: ToyConfig = ToyConfig(), *, progress: bool = Tr
     report["bands"] = _bands(measured)
     report["default_scorer"] = DEFAULT_SCORER
 
-    json.dump(corpus.challenge_prompts(config.n_challenge, config.seed + 1), open(out / "challenge_prompts.json", "w"))
-    json.dump(corpus.neutral_texts(config.n_neutral_eval, config.seed + 1), open(out / "neutral_texts.json", "w"))
+    (out / "challenge_prompts.json").write_text(json.dumps(corpus.challenge_prompts(config.n_challenge, config.seed + 1)))
+    (out / "neutral_texts.json").write_text(json.dumps(corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)))
     (out / "toy.json").write_text(json.dumps(report, indent=1))
     (out / "pair.toml").write_text(
         'name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n\n[extras]\n'
