@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase
@@ -114,3 +117,64 @@ def train_dpo(
     trained.eval()
     log.info("DPO settings %s", asdict(settings))
     return trained, list(trainer.state.log_history)
+
+
+LEE_FIELDS = ("prompt_text", "unpert_gen_text", "pert_gen_text")
+
+
+def read_lee_pairs(path: Path) -> list[dict[str, str]]:
+    """DPO pairs in Lee et al.'s JSONL format, as ``{"prompt", "chosen", "rejected"}`` rows.
+
+    ``unpert_gen_text`` (the unperturbed, greedy continuation) is preferred, ``pert_gen_text``
+    (the toxic, PPLM-steered one) rejected.
+    """
+    from dpoclaims.errors import CheckpointError
+
+    if not path.is_file():
+        raise CheckpointError(f"DPO pairs file {path} does not exist")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}:{number} is not JSON: {exc}") from exc
+        missing = [name for name in LEE_FIELDS if not isinstance(record.get(name), str)]
+        if missing:
+            raise CheckpointError(f"{path}:{number} lacks the text fields {missing} (needs {list(LEE_FIELDS)})")
+        rows.append({"prompt": record["prompt_text"], "chosen": record["unpert_gen_text"], "rejected": record["pert_gen_text"]})
+    if len(rows) < 2:
+        raise CheckpointError(f"{path} holds {len(rows)} pairs; at least 2 are needed (train and validation)")
+    return rows
+
+
+def split_pairs(pairs: Sequence[dict[str, str]], val_fraction: float, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Shuffle the pairs themselves (prompt, chosen and rejected stay together) and split."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+    shuffled = [pairs[i] for i in order]
+    return shuffled[n_val:], shuffled[:n_val]
+
+
+def train_dpo_from_files(base: str, pairs_path: Path, out_dir: Path, settings: DPOSettings, *,
+                         val_fraction: float = 0.05, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``base`` (local directory or hub id) on a Lee et al. JSONL and save an HF
+    directory (model + tokenizer) that loads as the DPO side of a pair."""
+    from dpoclaims.pairs import load_hf_model, load_tokenizer
+
+    train, val = split_pairs(read_lee_pairs(pairs_path), val_fraction, settings.seed)
+    tokenizer = load_tokenizer(base)
+    model = load_hf_model(base)
+    model.train()
+    trained, history = train_dpo(model, tokenizer, train, val, settings, progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    evals = [h for h in history if "eval_loss" in h]
+    summary = {"base": base, "pairs": str(pairs_path), "n_train": len(train), "n_val": len(val),
+               "settings": asdict(settings), "steps": max((h.get("step", 0) for h in history), default=0),
+               "best_eval_loss": min((h["eval_loss"] for h in evals), default=None), "eval_history": evals}
+    (out_dir / "dpo_training.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -186,6 +186,8 @@ def _looks_local(source: str) -> bool:
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    if _looks_local(source) and not Path(source).expanduser().exists():
+        raise CheckpointError(f"tokenizer source {source!r} does not exist")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError...
