@@ -1,0 +1,78 @@
+"""Gated-MLP families of the EMNLP version (Llama, Mistral, Gemma-2): tiny random stand-ins of
+each architecture load as pairs; the neuron activation is the input of ``down_proj``; a bf16
+pair is analysed in float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpoclaims.cache import Cache
+from dpoclaims.capture import capture
+from dpoclaims.generation import GenerationSettings
+from dpoclaims.pairs import load_pair
+
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+}
+
+
+def _save_family_pair(root: Path, family: str, tokenizer_dir: Path, vocab_size: int) -> Path:
+    import transformers
+    from transformers import AutoTokenizer
+
+    config_name, model_name = FAMILIES[family]
+    config = getattr(transformers, config_name)(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        initializer_range=0.2,
+    )
+    model_cls = getattr(transformers, model_name)
+    for seed, side in ((0, "base"), (1, "dpo")):
+        torch.manual_seed(seed)
+        model_cls(config).save_pretrained(root / side)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(root / "base")
+    torch.save(torch.randn(32, generator=torch.Generator().manual_seed(2)), root / "probe.pt")
+    (root / "pair.toml").write_text('base = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n')
+    return root / "pair.toml"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_gated_family_hook_is_the_input_of_down_proj(family, tmp_path, tokenizer_dir, vocab_size):
+    import transformers
+
+    spec = _save_family_pair(tmp_path, family, tokenizer_dir, vocab_size)
+    pair = load_pair(spec, cache=Cache(tmp_path / "cache"))
+    assert pair.layout.kind == "gated" and pair.layout.d_mlp == 64
+    raw = getattr(transformers, FAMILIES[family][1]).from_pretrained(tmp_path / "base").eval()
+    ids = torch.tensor([[3, 5, 7, 9, 11]])
+    for layer in range(pair.layout.n_layers):
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(activation, hook):
+            seen["bridge"] = activation.detach().clone()
+            return activation
+
+        handle = raw.model.layers[layer].mlp.down_proj.register_forward_pre_hook(
+            lambda module, args: seen.__setitem__("raw", args[0].detach().clone()))
+        with torch.no_grad():
+            raw(input_ids=ids)
+            with pair.base.hooks(fwd_hooks=[(pair.layout.hook_name(layer), keep)]):
+                pair.base.original_model(input_ids=ids)
+        handle.remove()
+        torch.testing.assert_close(seen["bridge"], seen["raw"], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(pair.value_vectors("base")[layer], raw.model.layers[layer].mlp.down_proj.weight.T)
+
+
+def test_bf16_pair_is_captured_and_analysed_in_float32(tmp_path, tokenizer_dir, vocab_size):
+    spec = _save_family_pair(tmp_path, "llama", tokenizer_dir, vocab_size)
+    pair = load_pair(spec, cache=Cache(tmp_path / "cache"), dtype=torch.bfloat16)
+    assert pair.base.original_model.dtype == torch.bfloat16
+    assert pair.value_vectors("dpo").dtype == torch.float32
+    result = capture(pair, "base", ["hello there", "thanks for sharing"], GenerationSettings(8, 4, 2), progress=False)
+    assert result.mean_activation.dtype == torch.float32
+    assert torch.isfinite(result.mean_activation).all() and result.mean_activation.abs().sum() > 0
