@@ -25,6 +25,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _short(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def verdict(record: dict[str, Any]) -> str:
     claim = record.get("claim")
     if claim is None:
@@ -66,9 +70,12 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
         ci = c.get("ci")
         ci_text = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-"
         lines.append(
-            f"| {r['id']} | {r['keyword']} | {c.get('statement', r.get('skip_reason', ''))} | {_fmt(c.get('paper'))} | "
+            f"| {r['id']} | {r['keyword']} | {c.get('statement') or _short(r.get('skip_reason', ''))} | {_fmt(c.get('paper'))} | "
             f"{_fmt(c.get('measured'))} | {ci_text} | {r['expected']} | {verdict(r)} | {r['outcome']} |"
         )
+    reasons = sorted({r["skip_reason"] for r in records if r.get("skip_reason")})
+    if reasons:
+        lines += ["", "Skipped, because:", ""] + [f"- {reason}" for reason in reasons]
     lines += ["", "Criteria:", ""]
     for r in records:
         if r.get("claim"):
