@@ -111,8 +111,10 @@ class ClaimContext:
 
     def evaluation(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> Evaluation:
         scorers = tuple(sorted({self.settings.scorer}))
+        window = self.pair.spec.extras.get("perplexity_window")
         return cached_evaluate(self.cache, self.pair, side, self.prompts, self.neutral_texts, self.settings.generation,
-                               intervention, scorers=scorers, progress=self.progress)
+                               intervention, scorers=scorers, perplexity_window=int(window) if window else None,
+                               progress=self.progress)
 
     def layer_projection(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> np.ndarray:
         """``[n_layers]``: mean MLP output projected on the unit probe, per layer (Fig. 1a)."""

@@ -67,6 +67,86 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_dpo(args: argparse.Namespace) -> int:
+    from dpoclaims.dpo import DPOSettings, train_dpo_from_files
+
+    settings = DPOSettings(beta=args.beta, learning_rate=args.lr, batch_size=args.batch_size, max_epochs=args.max_epochs,
+                           eval_every=args.eval_every, patience=args.patience, warmup_steps=args.warmup_steps,
+                           max_length=args.max_length, optimizer=args.optimizer, seed=args.seed)
+    summary = train_dpo_from_files(args.base, Path(args.pairs), Path(args.out), settings, val_fraction=args.val_fraction,
+                                   progress=not args.no_progress)
+    print(f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation, "
+          f"{summary['steps']} steps, best validation loss {summary['best_eval_loss']}")
+    return 0
+
+
+def cmd_train_probe(args: argparse.Namespace) -> int:
+    """Logistic-regression toxicity probe on the base's mean-pooled last-layer residual."""
+    import os
+    import tempfile
+
+    import torch
+
+    from dpoclaims.cache import file_sha256
+    from dpoclaims.data import read_jigsaw_csv, train_val_split
+    from dpoclaims.errors import OptionError
+    from dpoclaims.pairs import boot_bridge, load_hf_model, load_tokenizer
+    from dpoclaims.probe import LinearProbe, pooled_residuals
+
+    if args.batch_size < 1 or args.max_tokens < 1:
+        raise OptionError("--batch-size and --max-tokens must be positive")
+    texts, labels = read_jigsaw_csv(args.csv)
+    train, val = train_val_split(len(texts), args.val_fraction, args.seed, args.max_examples)
+    if len({labels[i] for i in train}) < 2:
+        raise DpoclaimsError(f"the training split of {args.csv} holds one class only; use more examples")
+    tokenizer = load_tokenizer(args.base)
+    model = load_hf_model(args.base)
+    bridge = boot_bridge(model, args.base, tokenizer)
+    d_model = int(bridge.cfg.d_model)
+    max_tokens = min(args.max_tokens, int(bridge.cfg.n_ctx))  # never past the position embeddings
+    chosen = train + val
+    features = pooled_residuals(bridge, tokenizer, [texts[i] for i in chosen], batch_size=args.batch_size,
+                                max_tokens=max_tokens, progress=not args.no_progress)
+    x_train, x_val = features[: len(train)], features[len(train) :]
+    y_train, y_val = [labels[i] for i in train], [labels[i] for i in val]
+    probe = LinearProbe(C=args.C, seed=args.seed).fit(x_train, y_train)
+    direction = probe.direction.detach().clone().float()  # type: ignore[union-attr]
+
+    def share(ys: list[int]) -> float | None:
+        return round(sum(ys) / len(ys), 4) if ys else None
+
+    summary = {
+        "base": args.base, "csv": str(args.csv), "csv_sha256": file_sha256(Path(args.csv)), "seed": args.seed,
+        "n_examples": len(chosen), "n_train": len(train), "n_val": len(val), "d_model": d_model,
+        "hook": f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post", "pooling": "mean over non-padding tokens",
+        "max_tokens": max_tokens, "C": args.C, "bias": probe.bias,
+        "toxic_share": {"all": share(y_train + y_val), "train": share(y_train), "val": share(y_val)},
+        "train_accuracy": probe.accuracy(x_train, y_train),
+        "val_accuracy": probe.accuracy(x_val, y_val) if val else None,
+        "val_majority_baseline": round(max(share(y_val), 1 - share(y_val)), 4) if val else None,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        torch.save(direction, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sidecar = out.with_name(out.name + ".json")
+    atomic_write_text(sidecar, json.dumps(summary, indent=1))
+    balance = summary["toxic_share"]
+    print(f"probe ({d_model} entries) written to {out}; details in {sidecar}")
+    print(f"  examples {len(chosen)} (train {len(train)}, val {len(val)}); toxic share all {balance['all']}, "
+          f"train {balance['train']}, val {balance['val']}")
+    val_text = (f"{summary['val_accuracy']:.3f} (majority baseline {summary['val_majority_baseline']:.3f})"
+                if val else "n/a (--val-fraction 0)")
+    print(f"  accuracy train {summary['train_accuracy']:.3f}, val {val_text}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpoclaims", description=__doc__)
     parser.add_argument("--cache-dir", default=None, help="cache root (default: $DPOCLAIMS_CACHE or the user cache dir)")
@@ -80,9 +160,41 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=cmd_build_toy)
 
+    dpo = sub.add_parser("train-dpo", help="DPO-train a base model on Lee et al.-format pairs (TRL), save an HF directory")
+    dpo.add_argument("--base", required=True, help="base model: local HF directory or hub id")
+    dpo.add_argument("--pairs", required=True, help="JSONL with prompt_text, unpert_gen_text (preferred), pert_gen_text (rejected)")
+    dpo.add_argument("--out", required=True, help="output directory")
+    dpo.add_argument("--beta", type=float, default=0.1)
+    dpo.add_argument("--lr", type=float, default=1e-6)
+    dpo.add_argument("--batch-size", type=int, default=4)
+    dpo.add_argument("--max-epochs", type=int, default=1)
+    dpo.add_argument("--eval-every", type=int, default=50)
+    dpo.add_argument("--patience", type=int, default=3, help="evaluations without validation-loss improvement before stopping")
+    dpo.add_argument("--warmup-steps", type=int, default=150)
+    dpo.add_argument("--max-length", type=int, default=128)
+    dpo.add_argument("--optimizer", default="rmsprop", help="a transformers optim name (Lee et al.: rmsprop)")
+    dpo.add_argument("--val-fraction", type=float, default=0.05)
+    dpo.add_argument("--seed", type=int, default=0)
+    dpo.add_argument("--no-progress", action="store_true")
+    dpo.set_defaults(func=cmd_train_dpo)
+
     info = sub.add_parser("info", help="load a pair and print its shape and fingerprint")
     info.add_argument("--pair", default="toy", help="pair name or path to a pair spec (.toml/.json)")
     info.set_defaults(func=cmd_info)
+
+    probe = sub.add_parser("train-probe", help="fit a linear toxicity probe on a base model from a Jigsaw-style CSV")
+    probe.add_argument("--base", required=True, help="base model: local HF directory or hub id")
+    probe.add_argument("--csv", required=True, help="CSV with comment_text, toxic (and optionally severe_toxic, "
+                       "obscene, threat, insult, identity_hate)")
+    probe.add_argument("--out", required=True, help="output .pt file (a d_model tensor); a .json sidecar is written beside it")
+    probe.add_argument("--max-examples", type=int, default=None, help="random subset of the CSV (after shuffling by --seed)")
+    probe.add_argument("--val-fraction", type=float, default=0.2)
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--batch-size", type=int, default=32)
+    probe.add_argument("--max-tokens", type=int, default=128, help="comments are truncated to this many tokens")
+    probe.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength")
+    probe.add_argument("--no-progress", action="store_true")
+    probe.set_defaults(func=cmd_train_probe)
     return parser
 
 

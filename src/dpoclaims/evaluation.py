@@ -86,6 +86,7 @@ def evaluate(
     intervention: Intervention = Intervention(),
     *,
     scorers: Sequence[str] = ("lexicon",),
+    perplexity_window: int | None = None,
     progress: bool = True,
 ) -> Evaluation:
     model = pair.model(side).original_model
@@ -93,7 +94,8 @@ def evaluate(
         generations = greedy_generate(model, pair.tokenizer, prompts, settings, progress=progress,
                                       desc=f"generate {side} [{intervention.label or intervention.id}]")
     with intervention.applied(pair, side):
-        ppl = perplexity(model, pair.tokenizer, neutral_texts)
+        ppl = perplexity(model, pair.tokenizer, neutral_texts, window=perplexity_window,
+                         batch_size=4 if perplexity_window else 32)
     scores = {name: get_scorer(name).score(generations.continuations) for name in scorers}
     return Evaluation(side, intervention.id, scores, generations.continuations, ppl)
 
@@ -108,14 +110,16 @@ def cached_evaluate(
     intervention: Intervention = Intervention(),
     *,
     scorers: Sequence[str] = ("lexicon",),
+    perplexity_window: int | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    key = stable_hash({"format": EVALUATION_FORMAT, "pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
+    key = stable_hash({"window": perplexity_window, "format": EVALUATION_FORMAT, "pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
                        "texts": stable_hash(list(neutral_texts)), "settings": asdict(settings),
                        "intervention": intervention.id, "scorers": sorted(scorers)})
 
     def build(tmp: Path) -> dict[str, Any]:
-        result = evaluate(pair, side, prompts, neutral_texts, settings, intervention, scorers=scorers, progress=progress)
+        result = evaluate(pair, side, prompts, neutral_texts, settings, intervention, scorers=scorers,
+                          perplexity_window=perplexity_window, progress=progress)
         (tmp / "evaluation.json").write_text(json.dumps(asdict(result)))
         return {"pair": pair.fingerprint, "side": side, "intervention": intervention.id}
 

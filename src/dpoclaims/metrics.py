@@ -17,15 +17,29 @@ def perplexity(
     *,
     batch_size: int = 32,
     max_tokens: int = 1024,
+    window: int | None = None,
 ) -> float:
-    """Token-level perplexity over ``texts``, each scored on its own (right padding, masked)."""
+    """Token-level perplexity over ``texts`` (right padding, masked).
+
+    Without ``window`` each text is scored on its own (cut to ``max_tokens``); with it, the
+    texts are joined and cut into consecutive ``window``-token windows (the paper's
+    Wikitext-2 set-up), each scored on its own.
+    """
     tokenizer.padding_side = "right"
     total_nll, total_tokens = 0.0, 0
     model.eval()
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True,
-                          truncation=True, max_length=max_tokens, add_special_tokens=False)
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+    if window is not None:
+        from dpoclaims.data import perplexity_windows
+
+        rows = perplexity_windows(tokenizer, texts, window)
+    else:
+        rows = tokenizer(list(texts), truncation=True, max_length=max_tokens, add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(r) for r in chunk)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         targets, target_mask = ids[:, 1:], mask[:, 1:].bool()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")

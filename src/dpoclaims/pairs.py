@@ -335,6 +335,7 @@ def _gpt2_medium_spec(cache: Cache) -> PairSpec:
         raise CheckpointError(f"{', '.join(missing)} not set. {GPT2_MEDIUM_HELP}")
     extras = {key: os.environ[env] for key, env in (("challenge_prompts", "DPOCLAIMS_RTP_PATH"),
                                                    ("neutral_texts", "DPOCLAIMS_WIKITEXT_PATH")) if os.environ.get(env)}
+    extras["perplexity_window"] = "1024"  # Wikitext-2 test in 1024-token windows, as the paper
     return PairSpec(name="gpt2-medium", base=os.environ.get("DPOCLAIMS_GPT2_BASE", "gpt2-medium"),
                     dpo=str(dpo), probe=str(probe), extras=extras)
 

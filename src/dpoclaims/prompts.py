@@ -34,10 +34,23 @@ def read_texts(path: Path) -> list[str]:
 
 
 def pair_texts(pair: ModelPair, key: str, limit: int | None = None) -> list[str]:
+    """A pair's prompt or text set. ``challenge_prompts`` may be RealToxicityPrompts'
+    ``prompts.jsonl`` (filtered to ``challenging``); ``neutral_texts`` may be Wikitext-2's raw
+    file (its lines, for windowed perplexity)."""
     if key not in pair.spec.extras:
         raise MissingPromptSet(
             f"pair {pair.name!r} names no {key!r} file; add it under [extras] in the pair spec "
             f"(a JSON list, JSONL or text file)"
         )
-    texts = read_texts(pair.extra_path(key))
+    path = pair.extra_path(key)
+    if key == "challenge_prompts":
+        from dpoclaims.data import load_rtp_challenge
+
+        texts = load_rtp_challenge(path)
+    elif key == "neutral_texts" and path.suffix == ".raw":
+        from dpoclaims.data import load_wikitext2_test
+
+        texts = load_wikitext2_test(path)
+    else:
+        texts = read_texts(path)
     return texts[:limit] if limit else texts
