@@ -79,8 +79,8 @@ class ClaimResult:
 class ClaimContext:
     """Everything the claims measure on one pair, computed lazily and cached on disk.
 
-    With ``compute=False`` nothing new is computed: a missing cache entry raises
-    :class:`NotCached` (used when drawing figures after a partial run).
+    Given a read-only cache (``Cache.reader()``) nothing new is computed: a missing entry
+    raises :class:`dpoclaims.cache.NotCached` (used when drawing figures after a partial run).
     """
 
     def __init__(self, pair: ModelPair, cache: Cache, settings: ClaimSettings = ClaimSettings(), *, progress: bool = True) -> None:
