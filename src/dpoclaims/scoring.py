@@ -3,8 +3,9 @@
 A scorer is any object with a ``name`` and ``score(texts) -> list[float]`` giving each text a
 toxicity in [0, 1]. The toy organism's own :class:`LexiconScorer` knows the toy's toxic
 register exactly; :class:`ProfanityCheckScorer` is an independent offline classifier
-(``alt-profanity-check``, a linear SVM whose model ships inside the wheel). Detoxify and the
-Perspective API fit the same interface.
+(``alt-profanity-check``, a linear SVM whose model ships inside the wheel). For real pairs,
+``detoxify`` (a local Detoxify checkpoint) and ``perspective`` (the Perspective API) live in
+:mod:`dpoclaims.remote_scoring` and are imported only when asked for.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
-from dpoclaims.errors import OptionError
+from dpoclaims.errors import DpoclaimsError, OptionError
 
 
 @runtime_checkable
@@ -58,9 +59,25 @@ class ProfanityCheckScorer:
         return [float(p) for p in self._predict_prob(list(texts))]
 
 
+def _detoxify() -> Scorer:
+    """Detoxify from ``$DPOCLAIMS_DETOXIFY_CHECKPOINT`` (needs ``dpoclaims[detoxify]``)."""
+    from dpoclaims.remote_scoring import DetoxifyScorer
+
+    return DetoxifyScorer()
+
+
+def _perspective() -> Scorer:
+    """The Perspective API with ``$PERSPECTIVE_API_KEY``, cached under the cache root."""
+    from dpoclaims.remote_scoring import PerspectiveScorer
+
+    return PerspectiveScorer()
+
+
 SCORERS: dict[str, Callable[[], Scorer]] = {
     LexiconScorer.name: LexiconScorer,
     ProfanityCheckScorer.name: ProfanityCheckScorer,
+    "detoxify": _detoxify,
+    "perspective": _perspective,
 }
 
 
@@ -69,4 +86,7 @@ def get_scorer(name: str) -> Scorer:
         factory = SCORERS[name]
     except KeyError:
         raise OptionError(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}") from None
-    return factory()
+    try:
+        return factory()
+    except DpoclaimsError as exc:  # a missing key, package or checkpoint: say which scorers there are
+        raise type(exc)(f"scorer {name!r} is unavailable: {exc} (scorers: {', '.join(sorted(SCORERS))})") from exc
