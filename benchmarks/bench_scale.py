@@ -60,6 +60,18 @@ def build_gpt2_medium_stand_in(root: Path) -> Path:
     return root / "pair.toml"
 
 
+def peak_resident_bytes() -> int:
+    """This process's peak RSS. ``VmHWM`` belongs to the address space, which exec renews;
+    ``ru_maxrss`` would carry over the parent's peak into a child on Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(spec: str, sample_prompts: int, ppl_windows: int, repeats: int) -> dict:
     """Run in a fresh process so that peak memory is the measurement's own."""
     import torch
@@ -100,7 +112,7 @@ def measure(spec: str, sample_prompts: int, ppl_windows: int, repeats: int) -> d
     t = time.perf_counter()
     perplexity(model, pair.tokenizer, texts, batch_size=1, max_tokens=window)
     ppl_s_per_window = (time.perf_counter() - t) / ppl_windows
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_rss = peak_resident_bytes()
     new_tokens = len(prompts) * settings.max_new_tokens
     per_prompt_capture = med["capture_v1"] / len(prompts)
     per_prompt_generate = med["generate_no_hooks"] / len(prompts)
@@ -140,7 +152,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--keep", default=None, help="directory for the stand-in pair (default: a temp dir, removed)")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: child process
+    parser.add_argument("--build-stand-in", default=None, help=argparse.SUPPRESS)  # internal: child process
     args = parser.parse_args()
+    if args.build_stand_in:
+        build_gpt2_medium_stand_in(Path(args.build_stand_in))
+        return 0
     if args.measure:
         print(json.dumps(measure(args.measure, args.sample_prompts, args.ppl_windows, args.repeats)))
         return 0
@@ -160,7 +176,7 @@ def main() -> int:
         spec = root / "pair.toml"
         if not spec.is_file():
             print("writing the gpt2-medium-shaped stand-in pair ...", flush=True)
-            build_gpt2_medium_stand_in(root)
+            subprocess.run([sys.executable, __file__, "--build-stand-in", str(root)], check=True)
         results = {"gpt2-medium-random": child(str(spec), args.sample_prompts, args.ppl_windows),
                    "toy": child("toy", 400, 8)}
     results["machine"] = {"cpu_count": os.cpu_count()}
