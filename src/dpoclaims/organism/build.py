@@ -28,8 +28,9 @@ from dpoclaims.scoring import LexiconScorer, ProfanityCheckScorer
 
 log = logging.getLogger(__name__)
 
-TOY_FORMAT_VERSION = 1  # bump when the build code changes what a config produces
+TOY_FORMAT_VERSION = 2  # bump when the build code changes what a config produces
 DEFAULT_SCORER = "lexicon"
+TOY_THREADS = 2
 
 # The bands a toy must meet to behave like the paper's setting (issue #2).
 BANDS: dict[str, tuple[float, float]] = {
@@ -91,7 +92,21 @@ def _check_tied(model: PreTrainedModel) -> None:
 
 
 def build_toy(out: Path, config: ToyConfig = ToyConfig(), *, progress: bool = True) -> dict[str, Any]:
-    """Build every part of the toy into ``out`` and return its measurement report."""
+    """Build every part of the toy into ``out`` and return its measurement report.
+
+    The build always runs on ``TOY_THREADS`` torch threads, whatever the caller uses: float
+    sums depend on the thread count, and DPO amplifies such differences, so a fixed count is
+    what makes the same seed give the same toy (e.g. inside a one-thread xdist worker).
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(TOY_THREADS)
+    try:
+        return _build_toy(out, config, progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any]:
     from dpoclaims.pairs import boot_bridge
 
     torch.manual_seed(config.seed)
