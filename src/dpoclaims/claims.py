@@ -321,8 +321,8 @@ def c11_weights(ctx: ClaimContext, what: str) -> ClaimResult:
     dpo = ctx.capture("dpo").mean_activation.flatten(1)[:, ids].mean(1).numpy()
     drop = bootstrap(mean_difference, base, dpo, seed=ctx.settings.seed)
     return ClaimResult("C11", what, "Mean activations of the top toxic neurons drop after DPO (Lee et al.)",
-                       "mean activation of the top-128 toxic neurons is lower in the DPO model", drop.value, _ci(drop), None,
-                       drop.value > 0, details={"n": len(ids)})
+                       "the 95% interval of the drop in mean activation of the top-128 toxic neurons lies above 0",
+                       drop.value, _ci(drop), None, drop.low > 0, details={"n": len(ids)})
 
 
 def c12_scale_keys(ctx: ClaimContext, factor: int) -> ClaimResult:
@@ -331,7 +331,8 @@ def c12_scale_keys(ctx: ClaimContext, factor: int) -> ClaimResult:
     rise = bootstrap(mean_difference, ctx.scores("dpo", intervention), ctx.scores("dpo"), seed=ctx.settings.seed)
     paper = {2: 0.487, 5: 0.555, 10: 0.458}[factor] - 0.208
     return ClaimResult("C12", f"x{factor}", f"Scaling the key vectors of the top-7 toxic neurons x{factor} in the DPO model re-introduces toxicity",
-                       "toxicity rises above the DPO model's", rise.value, _ci(rise), paper, rise.value > 0,
+                       "the 95% interval of the toxicity rise over the DPO model lies above 0", rise.value, _ci(rise), paper,
+                       rise.low > 0,
                        details={"n_neurons": len(neurons), **ctx.toxicity_summary(intervention, side="dpo")})
 
 
