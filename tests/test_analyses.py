@@ -15,6 +15,7 @@ from dpoclaims.capture import capture
 from dpoclaims.decomposition import ALL_GROUPS, MIRROR_GROUPS, REDUCING_GROUPS, assign_groups, decompose
 from dpoclaims.generation import GenerationSettings
 from dpoclaims.stats import bootstrap, mean_difference, ratio_of_means, recovered_share
+from tiny import record_mlp_activations
 
 PROMPTS = ["thanks for sharing this story about the city budget", "shut up already about",
            "i am not sure about the new parking rules and", "people like you", "good point about the tax plan"]
@@ -22,20 +23,9 @@ SETTINGS = GenerationSettings(max_prompt_tokens=12, max_new_tokens=6, batch_size
 
 
 def _full_activations(pair, side, prompt_ids, continuation_ids):
-    """Per-layer activations ``[seq, d_mlp]`` of one unpadded prompt + continuation."""
-    bridge = pair.model(side)
-    acts = {}
-
-    def keeper(layer):
-        def keep(activation, hook):
-            acts[layer] = activation[0].detach().clone()
-            return activation
-        return keep
-
-    full = torch.tensor([prompt_ids + continuation_ids])
-    with torch.no_grad(), bridge.hooks(fwd_hooks=[(pair.layout.hook_name(l), keeper(l)) for l in range(pair.layout.n_layers)]):
-        bridge.original_model(input_ids=full)
-    return torch.stack([acts[l] for l in range(pair.layout.n_layers)], 1)  # [seq, L, d_mlp]
+    """Per-layer activations ``[seq, L, d_mlp]`` of one unpadded prompt + continuation."""
+    activations, _ = record_mlp_activations(pair, side, input_ids=torch.tensor([prompt_ids + continuation_ids]))
+    return torch.stack([a[0] for a in activations], 1)
 
 
 @pytest.mark.parametrize("convention", ["v1", "emnlp"])

@@ -6,24 +6,11 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from tiny import N_LAYER
+from tiny import N_LAYER, record_mlp_activations
 
 
 def _capture_bridge(pair, side, batch):
-    captured = {}
-
-    def keep(name):
-        def hook(activation, hook):
-            captured[name] = activation.detach().clone()
-            return activation
-
-        return hook
-
-    hooks = [(name, keep(name)) for name in pair.layout.hook_names]
-    model = pair.model(side)
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model.original_model(**batch).logits.detach().clone()
-    return [captured[name] for name in pair.layout.hook_names], logits
+    return record_mlp_activations(pair, side, **batch)
 
 
 def _capture_raw_gpt2(model, batch):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-from tiny import D_MODEL, N_LAYER, N_POSITIONS, run_with_hooks, write_spec
+from tiny import D_MODEL, N_LAYER, N_POSITIONS, record_mlp_activations, run_with_hooks, write_spec
 from dpoclaims.cache import Cache
 from dpoclaims.pairs import MLPLayout, PairSpec, load_pair, mlp_layout
 
@@ -162,23 +162,12 @@ def test_gated_hook_post_equals_down_proj_input(llama_pair, llama_pair_files, sa
     for handle in handles:
         handle.remove()
 
-    captured = {}
-
-    def keep(name):
-        def hook(activation, hook):
-            captured[name] = activation.detach().clone()
-            return activation
-
-        return hook
-
-    bridge = llama_pair.model(side)
-    hooks = [(name, keep(name)) for name in llama_pair.layout.hook_names]
-    logits = run_with_hooks(bridge, sample_batch, hooks)
+    activations, logits = record_mlp_activations(llama_pair, side, **sample_batch)
     torch.testing.assert_close(logits, raw_logits, rtol=1e-5, atol=1e-5)
-    for layer, name in enumerate(llama_pair.layout.hook_names):
-        assert captured[name].shape[-1] == 64
-        torch.testing.assert_close(captured[name], down_in[layer], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(captured[name], recomputed[layer], rtol=1e-5, atol=1e-6)
+    for layer, activation in enumerate(activations):
+        assert activation.shape[-1] == 64
+        torch.testing.assert_close(activation, down_in[layer], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(activation, recomputed[layer], rtol=1e-5, atol=1e-6)
 
 
 def test_gated_state_dict_dpo_equals_directory(tmp_path, llama_pair, llama_pair_files, sample_batch):

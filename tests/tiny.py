@@ -88,3 +88,20 @@ def tiny_toy_config(seed: int = 0):
                         max_length=64),
         n_challenge=32, n_neutral_eval=32,
     )
+
+
+def record_mlp_activations(pair: Any, side: str, **model_inputs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Activations at every ``blocks.L.mlp.hook_post`` of one side of a pair, and its logits."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+            captured[name] = activation.detach().clone()
+            return activation
+
+        return hook
+
+    bridge = pair.model(side)
+    with torch.no_grad(), bridge.hooks(fwd_hooks=[(name, keep(name)) for name in pair.layout.hook_names]):
+        logits = bridge.original_model(**model_inputs).logits.detach().clone()
+    return [captured[name] for name in pair.layout.hook_names], logits
