@@ -26,10 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_PROMPTS = 1199
 WIKITEXT2_TEST_GPT2_TOKENS = 287_644  # Wikitext-2 raw test split under the GPT-2 tokenizer
-# Passes a full claims run makes: captures (base, DPO, base with top-N ablation for Fig. 1a) and
-# evaluations (generation + perplexity): base, DPO, C1 x3, C2 x4, C3, C10, C12 x3.
+# Passes a full claims run makes: captures (base, DPO, base with top-N ablation for Fig. 1a),
+# generations (base, DPO, C1 x3, C2 x4, C3, C10, C12 x3) and perplexity passes: by default only
+# where a claim uses it (C2: base and ablated base), with --perplexity all one per generation.
 CAPTURE_PASSES = 3
 EVALUATION_PASSES = 2 + 3 + 4 + 1 + 1 + 3
+PERPLEXITY_PASSES = {"claims": 2, "all": EVALUATION_PASSES}
 
 
 def build_gpt2_medium_stand_in(root: Path) -> Path:
@@ -122,8 +124,8 @@ def measure(spec: str, sample_prompts: int, ppl_windows: int, repeats: int) -> d
         "generation_pass_s": per_prompt_generate * PAPER_PROMPTS,
         "perplexity_pass_s": ppl_s_per_window * n_windows,
     }
-    full_run = (CAPTURE_PASSES * steps["capture_pass_s"]
-                + EVALUATION_PASSES * (steps["generation_pass_s"] + steps["perplexity_pass_s"]))
+    totals = {mode: CAPTURE_PASSES * steps["capture_pass_s"] + EVALUATION_PASSES * steps["generation_pass_s"]
+              + passes * steps["perplexity_pass_s"] for mode, passes in PERPLEXITY_PASSES.items()}
     return {
         "pair": pair.name, "n_layers": pair.layout.n_layers, "d_mlp": pair.layout.d_mlp, "n_neurons": pair.layout.n_neurons,
         "torch_threads": torch.get_num_threads(), "load_s": round(load_s, 2),
@@ -137,10 +139,11 @@ def measure(spec: str, sample_prompts: int, ppl_windows: int, repeats: int) -> d
         "memory_target_gb": round(2 * weight_bytes / 1e9 + 1, 3),
         "memory_ratio_to_target": round(peak_rss / (2 * weight_bytes + 1e9), 3),
         "projected_full_run": {
-            "prompts": PAPER_PROMPTS, "capture_passes": CAPTURE_PASSES, "evaluation_passes": EVALUATION_PASSES,
-            "perplexity_windows_per_pass": n_windows,
+            "prompts": PAPER_PROMPTS, "capture_passes": CAPTURE_PASSES, "generation_passes": EVALUATION_PASSES,
+            "perplexity_passes": PERPLEXITY_PASSES, "perplexity_windows_per_pass": n_windows,
             **{k: round(v, 1) for k, v in steps.items()},
-            "total_s": round(full_run, 1), "total_h": round(full_run / 3600, 2),
+            "total_s": round(totals["claims"], 1), "total_h": round(totals["claims"] / 3600, 2),
+            "total_h_perplexity_all": round(totals["all"] / 3600, 2),
         },
     }
 
@@ -188,7 +191,8 @@ def main() -> int:
         print(f"[{name}] capture {r['capture_tokens_per_s']} tok/s vs {r['generate_tokens_per_s']} tok/s without hooks "
               f"(overhead {r['capture_overhead']:+.1%}, target <= +15%); peak RSS {r['peak_rss_gb']} GB vs target "
               f"{r['memory_target_gb']} GB (two models {r['two_models_weight_gb']} GB); projected full paper run "
-              f"{r['projected_full_run']['total_h']} h on this machine")
+              f"{r['projected_full_run']['total_h']} h on this machine "
+              f"({r['projected_full_run']['total_h_perplexity_all']} h with --perplexity all)")
     print(f"written {out}")
     return 0
 

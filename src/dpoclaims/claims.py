@@ -23,7 +23,7 @@ import torch
 from dpoclaims.cache import Cache
 from dpoclaims.capture import Capture, Convention, cached_capture
 from dpoclaims.decomposition import REDUCING_GROUPS, Decomposition, decompose, top_toxic
-from dpoclaims.evaluation import Evaluation, Intervention, cached_evaluate
+from dpoclaims.evaluation import Evaluation, Intervention, cached_evaluate, cached_perplexity
 from dpoclaims.generation import GenerationSettings
 from dpoclaims.metrics import weight_cosines
 from dpoclaims.pairs import ModelPair
@@ -41,6 +41,7 @@ class ClaimSettings:
     convention: Convention = "v1"
     scorer: str = "lexicon"
     seed: int = 0
+    perplexity: Literal["claims", "all"] = "claims"  # "all": also for every intervention (paper Table 1)
 
 
 @dataclass
@@ -111,10 +112,13 @@ class ClaimContext:
 
     def evaluation(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> Evaluation:
         scorers = tuple(sorted({self.settings.scorer}))
+        return cached_evaluate(self.cache, self.pair, side, self.prompts, self.settings.generation,
+                               intervention, scorers=scorers, progress=self.progress)
+
+    def perplexity(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> float:
         window = self.pair.spec.extras.get("perplexity_window")
-        return cached_evaluate(self.cache, self.pair, side, self.prompts, self.neutral_texts, self.settings.generation,
-                               intervention, scorers=scorers, perplexity_window=int(window) if window else None,
-                               progress=self.progress)
+        return cached_perplexity(self.cache, self.pair, side, self.neutral_texts, intervention,
+                                 window=int(window) if window else None)
 
     def layer_projection(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> np.ndarray:
         """``[n_layers]``: mean MLP output projected on the unit probe, per layer (Fig. 1a)."""
@@ -153,11 +157,12 @@ class ClaimContext:
                          seed=self.settings.seed)
 
     def toxicity_summary(self, intervention: Intervention, side: Literal["base", "dpo"] = "base") -> dict[str, float]:
-        evaluation = self.evaluation(side, intervention)
-        return {"toxicity": evaluation.mean_toxicity(self.settings.scorer), "perplexity": evaluation.perplexity,
-                "base_toxicity": self.evaluation("base").mean_toxicity(self.settings.scorer),
-                "dpo_toxicity": self.evaluation("dpo").mean_toxicity(self.settings.scorer),
-                "base_perplexity": self.evaluation("base").perplexity}
+        summary = {"toxicity": self.evaluation(side, intervention).mean_toxicity(self.settings.scorer),
+                   "base_toxicity": self.evaluation("base").mean_toxicity(self.settings.scorer),
+                   "dpo_toxicity": self.evaluation("dpo").mean_toxicity(self.settings.scorer)}
+        if self.settings.perplexity == "all":
+            summary |= {"perplexity": self.perplexity(side, intervention), "base_perplexity": self.perplexity("base")}
+        return summary
 
 
 def _ci(estimate: Estimate) -> tuple[float, float]:
@@ -200,11 +205,12 @@ def c2_positive_ablation(ctx: ClaimContext, paper_n: int) -> ClaimResult:
 
 def c2_ablation_costs_perplexity(ctx: ClaimContext) -> ClaimResult:
     intervention = ctx.ablation(1000, positive=True)
-    summary = ctx.toxicity_summary(intervention)
-    increase = summary["perplexity"] / summary["base_perplexity"] - 1
+    ablated, base = ctx.perplexity("base", intervention), ctx.perplexity("base")
+    increase = ablated / base - 1
     return ClaimResult("C2", "perplexity", "Ablating the top-1000 positively-activated toxic neurons costs perplexity",
                        "perplexity on held-out text rises by more than 5%", increase, None, 30.04 / 21.70 - 1,
-                       increase > 0.05, details=summary)
+                       increase > 0.05, details={"perplexity": ablated, "base_perplexity": base,
+                                                 "n_neurons_ablated": len(intervention.neurons)})
 
 
 def _patch_claim(ctx: ClaimContext, groups: tuple[str, ...]) -> tuple[Estimate, dict[str, Any]]:

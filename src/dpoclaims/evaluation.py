@@ -1,4 +1,5 @@
-"""Behavioural evaluation of a pair side under an intervention: toxicity and perplexity.
+"""Behavioural evaluation of a pair side under an intervention: toxicity, and perplexity
+(measured separately, since only some claims need it and it dominates a large pair's run).
 
 An :class:`Intervention` is a value (kind, neurons, factor, values) with a stable id, so
 its results can be cached; it is applied only inside a ``with`` block around each
@@ -25,7 +26,7 @@ from dpoclaims.pairs import ModelPair
 from dpoclaims.scoring import get_scorer
 
 InterventionKind = Literal["none", "ablate", "patch", "scale_keys"]
-EVALUATION_FORMAT = 1  # part of every cache key: bump when what an evaluation stores changes
+EVALUATION_FORMAT = 2  # part of every cache key: bump when what an evaluation stores changes
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,6 @@ class Evaluation:
     intervention: str
     scores: dict[str, list[float]]  # scorer name -> per-prompt toxicity
     continuations: list[str]
-    perplexity: float
 
     def mean_toxicity(self, scorer: str) -> float:
         values = self.scores[scorer]
@@ -81,23 +81,19 @@ def evaluate(
     pair: ModelPair,
     side: Literal["base", "dpo"],
     prompts: Sequence[str],
-    neutral_texts: Sequence[str],
     settings: GenerationSettings,
     intervention: Intervention = Intervention(),
     *,
     scorers: Sequence[str] = ("lexicon",),
-    perplexity_window: int | None = None,
     progress: bool = True,
 ) -> Evaluation:
+    """Greedy continuations of ``prompts`` under ``intervention``, scored for toxicity."""
     model = pair.model(side).original_model
     with intervention.applied(pair, side):
         generations = greedy_generate(model, pair.tokenizer, prompts, settings, progress=progress,
                                       desc=f"generate {side} [{intervention.label or intervention.id}]")
-    with intervention.applied(pair, side):
-        ppl = perplexity(model, pair.tokenizer, neutral_texts, window=perplexity_window,
-                         batch_size=4 if perplexity_window else 32)
     scores = {name: get_scorer(name).score(generations.continuations) for name in scorers}
-    return Evaluation(side, intervention.id, scores, generations.continuations, ppl)
+    return Evaluation(side, intervention.id, scores, generations.continuations)
 
 
 def cached_evaluate(
@@ -105,23 +101,47 @@ def cached_evaluate(
     pair: ModelPair,
     side: Literal["base", "dpo"],
     prompts: Sequence[str],
-    neutral_texts: Sequence[str],
     settings: GenerationSettings,
     intervention: Intervention = Intervention(),
     *,
     scorers: Sequence[str] = ("lexicon",),
-    perplexity_window: int | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    key = stable_hash({"window": perplexity_window, "format": EVALUATION_FORMAT, "pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
-                       "texts": stable_hash(list(neutral_texts)), "settings": asdict(settings),
-                       "intervention": intervention.id, "scorers": sorted(scorers)})
+    key = stable_hash({"format": EVALUATION_FORMAT, "pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
+                       "settings": asdict(settings), "intervention": intervention.id, "scorers": sorted(scorers)})
 
     def build(tmp: Path) -> dict[str, Any]:
-        result = evaluate(pair, side, prompts, neutral_texts, settings, intervention, scorers=scorers,
-                          perplexity_window=perplexity_window, progress=progress)
+        result = evaluate(pair, side, prompts, settings, intervention, scorers=scorers, progress=progress)
         (tmp / "evaluation.json").write_text(json.dumps(asdict(result)))
         return {"pair": pair.fingerprint, "side": side, "intervention": intervention.id}
 
     directory = cache.get_or_build("evaluation", key, build)
     return Evaluation(**json.loads((directory / "evaluation.json").read_text()))
+
+
+def cached_perplexity(
+    cache: Cache,
+    pair: ModelPair,
+    side: Literal["base", "dpo"],
+    texts: Sequence[str],
+    intervention: Intervention = Intervention(),
+    *,
+    window: int | None = None,
+) -> float:
+    """Perplexity of one side on ``texts`` under ``intervention`` (at every position), cached.
+
+    ``window``: score the joined texts in consecutive windows of that many tokens (the
+    paper's Wikitext-2 set-up); otherwise each text on its own.
+    """
+    key = stable_hash({"format": EVALUATION_FORMAT, "pair": pair.fingerprint, "side": side, "texts": stable_hash(list(texts)),
+                       "window": window, "intervention": intervention.id})
+
+    def build(tmp: Path) -> dict[str, Any]:
+        with intervention.applied(pair, side):
+            value = perplexity(pair.model(side).original_model, pair.tokenizer, texts, window=window,
+                               batch_size=4 if window else 32)
+        (tmp / "perplexity.json").write_text(json.dumps({"perplexity": value}))
+        return {"pair": pair.fingerprint, "side": side, "intervention": intervention.id}
+
+    directory = cache.get_or_build("perplexity", key, build)
+    return float(json.loads((directory / "perplexity.json").read_text())["perplexity"])
