@@ -14,6 +14,7 @@ Activations are reduced while streaming: for each batch only a running sum per
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,14 +50,10 @@ class Capture:
     def save(self, directory: Path) -> None:
         save_file({"mean_activation": self.mean_activation.contiguous(), "n_positions": self.n_positions},
                   str(directory / "capture.safetensors"))
-        import json
-
         (directory / "continuations.json").write_text(json.dumps({"text": self.continuations, "ids": self.continuation_ids}))
 
     @classmethod
     def load(cls, directory: Path) -> Capture:
-        import json
-
         tensors = load_file(str(directory / "capture.safetensors"))
         continuations = json.loads((directory / "continuations.json").read_text())
         return cls(tensors["mean_activation"], tensors["n_positions"], continuations["text"], continuations["ids"])

@@ -82,6 +82,8 @@ class ClaimContext:
 
     Given a read-only cache (``Cache.reader()``) nothing new is computed: a missing entry
     raises :class:`dpoclaims.cache.NotCached` (used when drawing figures after a partial run).
+    Each measurement is also kept in memory once read, so the claims that share it do not
+    reload and re-verify its cache entry (for a paper-sized pair a capture is ~0.5 GB).
     """
 
     def __init__(self, pair: ModelPair, cache: Cache, settings: ClaimSettings = ClaimSettings(), *, progress: bool = True) -> None:
@@ -91,9 +93,19 @@ class ClaimContext:
         self.progress = progress
         self.prompts = pair_texts(pair, "challenge_prompts", settings.max_prompts)
         self.neutral_texts = pair_texts(pair, "neutral_texts")
+        self._measured: dict[tuple[str, str, str], Any] = {}
+
+    def _once(self, what: str, side: str, intervention: Intervention, measure: Callable[[], Any]) -> Any:
+        key = (what, side, intervention.id)
+        if key not in self._measured:
+            self._measured[key] = measure()
+        return self._measured[key]
 
     # ---------------------------------------------------------------- measurements
     def capture(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> Capture:
+        return self._once("capture", side, intervention, lambda: self._capture(side, intervention))
+
+    def _capture(self, side: Literal["base", "dpo"], intervention: Intervention) -> Capture:
         hooks: list[Any] = []
         if intervention.kind == "ablate":
             from dpoclaims.interventions import ablation_hooks, neuron_set_from_flat
@@ -111,14 +123,14 @@ class ClaimContext:
                          self.capture("base").mean_activation, self.capture("dpo").mean_activation)
 
     def evaluation(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> Evaluation:
-        scorers = tuple(sorted({self.settings.scorer}))
-        return cached_evaluate(self.cache, self.pair, side, self.prompts, self.settings.generation,
-                               intervention, scorers=scorers, progress=self.progress)
+        return self._once("evaluation", side, intervention, lambda: cached_evaluate(
+            self.cache, self.pair, side, self.prompts, self.settings.generation, intervention,
+            scorers=(self.settings.scorer,), progress=self.progress))
 
     def perplexity(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> float:
         window = self.pair.spec.extras.get("perplexity_window")
-        return cached_perplexity(self.cache, self.pair, side, self.neutral_texts, intervention,
-                                 window=int(window) if window else None)
+        return self._once("perplexity", side, intervention, lambda: cached_perplexity(
+            self.cache, self.pair, side, self.neutral_texts, intervention, window=int(window) if window else None))
 
     def layer_projection(self, side: Literal["base", "dpo"], intervention: Intervention = Intervention()) -> np.ndarray:
         """``[n_layers]``: mean MLP output projected on the unit probe, per layer (Fig. 1a)."""

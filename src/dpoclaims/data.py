@@ -100,7 +100,8 @@ def _is_true(value: Any) -> bool:
     return value is True or (isinstance(value, (int, float)) and value == 1) or str(value).strip().lower() == "true"
 
 
-def _row_prompt(row: dict[str, Any], where: str) -> str:
+def row_text(row: dict[str, Any], where: str) -> str:
+    """The text of one JSONL row: ``prompt.text`` (RealToxicityPrompts), ``prompt`` or ``text``."""
     prompt = row.get("prompt", row.get("text"))
     if isinstance(prompt, dict):
         prompt = prompt.get("text")
@@ -133,9 +134,9 @@ def _read_rtp_jsonl(path: Path) -> tuple[list[str], bool]:
                 if "challenging" in row:
                     flagged = True
                     if _is_true(row["challenging"]):
-                        kept.append(_row_prompt(row, where))
+                        kept.append(row_text(row, where))
                 else:
-                    unflagged.append(_row_prompt(row, where))
+                    unflagged.append(row_text(row, where))
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise DataFileError(f"cannot read {path}: {exc}") from exc
     return (kept, True) if flagged else (unflagged, False)
@@ -191,7 +192,7 @@ def load_rtp_challenge(path: str | Path | None = None, limit: int | None = None)
     else:
         try:
             table = _hub_dataset(RTP_HUB_NAME, split="train")
-            prompts = [_row_prompt(row, RTP_HUB_NAME) for row in table if _is_true(row.get("challenging"))]
+            prompts = [row_text(row, RTP_HUB_NAME) for row in table if _is_true(row.get("challenging"))]
         except DataFileError:
             raise
         except Exception as exc:  # ImportError, ConnectionError, FileNotFoundError, offline-mode errors...

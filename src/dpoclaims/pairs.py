@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -392,5 +392,5 @@ def load_pair(
         base=boot_bridge(base, base_source, tokenizer),
         dpo=boot_bridge(dpo, base_source, tokenizer),
         tokenizer=tokenizer, probe=probe, layout=layout, fingerprint=print_id,
-        spec=replace(spec),
+        spec=spec,
     )

@@ -25,10 +25,11 @@ def read_texts(path: Path) -> list[str]:
                 raise CheckpointError(f"{path} must hold a JSON list of strings")
             return data
         if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
-            return [row["text"] if "text" in row else row["prompt"] if isinstance(row["prompt"], str) else row["prompt"]["text"]
-                    for row in rows]
-    except (ValueError, KeyError, TypeError) as exc:
+            from dpoclaims.data import row_text
+
+            return [row_text(json.loads(line), f"{path} line {number}")
+                    for number, line in enumerate(raw.splitlines(), start=1) if line.strip()]
+    except (ValueError, AttributeError) as exc:
         raise CheckpointError(f"cannot read prompts from {path}: {exc}") from exc
     return [line for line in raw.splitlines() if line.strip()]
 
