@@ -26,9 +26,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_suite(cache_root: Path, reports: Path) -> float:
     start = time.perf_counter()
-    process = subprocess.run([sys.executable, "-m", "pytest", "claims/", "-q", "-n", "2", "--dist", "loadfile",
-                              "--cache-dir", str(cache_root), "--reports-dir", str(reports), "-p", "no:cacheprovider"],
-                             cwd=ROOT, capture_output=True, text=True)
+    process = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "claims/",
+            "-q",
+            "-n",
+            "2",
+            "--dist",
+            "loadfile",
+            "--cache-dir",
+            str(cache_root),
+            "--reports-dir",
+            str(reports),
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if process.returncode != 0:
         print(process.stdout[-3000:], process.stderr[-3000:])
@@ -50,11 +69,13 @@ def capture_overhead(cache: Cache, repeats: int = 5) -> dict[str, float]:
     raw = GPT2LMHeadModel.from_pretrained(pair.spec.resolve(pair.spec.base)).eval()
     runs = {
         "raw_hf_generate": lambda: greedy_generate(raw, pair.tokenizer, prompts, settings, progress=False),
-        "bridge_generate_no_hooks": lambda: greedy_generate(pair.base.original_model, pair.tokenizer, prompts, settings, progress=False),
+        "bridge_generate_no_hooks": lambda: greedy_generate(
+            pair.base.original_model, pair.tokenizer, prompts, settings, progress=False
+        ),
         "bridge_capture_v1": lambda: capture(pair, "base", prompts, settings, progress=False),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, fn in runs.items():
+    for fn in runs.values():
         fn()  # warm-up
     for _ in range(repeats):  # interleaved, so machine noise hits every variant alike
         for name, fn in runs.items():
@@ -66,7 +87,9 @@ def capture_overhead(cache: Cache, repeats: int = 5) -> dict[str, float]:
     return {
         **{f"{k}_s": round(v, 3) for k, v in medians.items()},
         "capture_tokens_per_s": round(n_tokens / medians["bridge_capture_v1"], 1),
-        "overhead_vs_same_generation_no_hooks": round(medians["bridge_capture_v1"] / medians["bridge_generate_no_hooks"] - 1, 3),
+        "overhead_vs_same_generation_no_hooks": round(
+            medians["bridge_capture_v1"] / medians["bridge_generate_no_hooks"] - 1, 3
+        ),
         "overhead_vs_raw_hf_model": round(medians["bridge_capture_v1"] / medians["raw_hf_generate"] - 1, 3),
     }
 
@@ -83,15 +106,22 @@ def main() -> int:
         overhead = capture_overhead(cache)
         shutil.rmtree(tmp_path / "reports", ignore_errors=True)
     result = {
-        "claims_empty_statistics_cache_s": round(cold, 1), "target_s": 180, "ratio_to_target": round(cold / 180, 3),
-        "claims_statistics_cached_s": round(warm, 1), "cached_target_s": 60, "cached_ratio_to_target": round(warm / 60, 3),
-        **overhead, "overhead_target": 0.15,
+        "claims_empty_statistics_cache_s": round(cold, 1),
+        "target_s": 180,
+        "ratio_to_target": round(cold / 180, 3),
+        "claims_statistics_cached_s": round(warm, 1),
+        "cached_target_s": 60,
+        "cached_ratio_to_target": round(warm / 60, 3),
+        **overhead,
+        "overhead_target": 0.15,
     }
     print(json.dumps(result, indent=1))
     print(f"pytest claims/ from a built toy, empty statistics cache: {cold:.1f} s (target <= 180 s)")
     print(f"pytest claims/ with statistics cached: {warm:.1f} s (target <= 60 s)")
-    print(f"capture overhead over the same generation without hooks: {overhead['overhead_vs_same_generation_no_hooks']:+.1%} "
-          f"(target <= +15%); over the raw HF model: {overhead['overhead_vs_raw_hf_model']:+.1%}")
+    print(
+        f"capture overhead over the same generation without hooks: {overhead['overhead_vs_same_generation_no_hooks']:+.1%} "
+        f"(target <= +15%); over the raw HF model: {overhead['overhead_vs_raw_hf_model']:+.1%}"
+    )
     atomic_write_text(ROOT / "reports" / "bench_claims.json", json.dumps(result, indent=1))
     return 0
 

@@ -39,8 +39,8 @@ def build_gpt2_medium_stand_in(root: Path) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from dpoclaims.organism.build import ToyConfig, ensure_toy
     from dpoclaims.cache import Cache
+    from dpoclaims.organism.build import ToyConfig, ensure_toy
 
     toy = ensure_toy(ToyConfig(), cache=Cache(), progress=False)  # its tokenizer stands in for GPT-2's
     config = GPT2Config(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, vocab_size=50257)
@@ -57,8 +57,10 @@ def build_gpt2_medium_stand_in(root: Path) -> Path:
     torch.save(torch.randn(1024), root / "probe.pt")
     prompts = json.loads((toy / "challenge_prompts.json").read_text())
     (root / "prompts.json").write_text(json.dumps(prompts))
-    (root / "pair.toml").write_text('name = "gpt2-medium-random"\nbase = "base"\ndpo = "dpo.pt"\nprobe = "probe.pt"\n'
-                                    '[extras]\nchallenge_prompts = "prompts.json"\n')
+    (root / "pair.toml").write_text(
+        'name = "gpt2-medium-random"\nbase = "base"\ndpo = "dpo.pt"\nprobe = "probe.pt"\n'
+        '[extras]\nchallenge_prompts = "prompts.json"\n'
+    )
     return root / "pair.toml"
 
 
@@ -90,12 +92,18 @@ def measure(spec: str, sample_prompts: int, ppl_windows: int, repeats: int) -> d
     start = time.perf_counter()
     pair = load_pair(spec, cache=Cache())
     load_s = time.perf_counter() - start
-    weight_bytes = sum(p.numel() * p.element_size() for side in ("base", "dpo") for p in pair.model(side).original_model.parameters())
+    weight_bytes = sum(
+        p.numel() * p.element_size()
+        for side in ("base", "dpo")
+        for p in pair.model(side).original_model.parameters()
+    )
     prompts = pair_texts(pair, "challenge_prompts")[:sample_prompts]
     settings = GenerationSettings(max_prompt_tokens=32, max_new_tokens=20, batch_size=min(32, sample_prompts))
     model = pair.base.original_model
     runs = {
-        "generate_no_hooks": lambda: greedy_generate(model, pair.tokenizer, prompts, settings, progress=False),
+        "generate_no_hooks": lambda: greedy_generate(
+            model, pair.tokenizer, prompts, settings, progress=False
+        ),
         "capture_v1": lambda: capture(pair, "base", prompts, settings, progress=False),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -124,25 +132,41 @@ def measure(spec: str, sample_prompts: int, ppl_windows: int, repeats: int) -> d
         "generation_pass_s": per_prompt_generate * PAPER_PROMPTS,
         "perplexity_pass_s": ppl_s_per_window * n_windows,
     }
-    totals = {mode: CAPTURE_PASSES * steps["capture_pass_s"] + EVALUATION_PASSES * steps["generation_pass_s"]
-              + passes * steps["perplexity_pass_s"] for mode, passes in PERPLEXITY_PASSES.items()}
+    totals = {
+        mode: CAPTURE_PASSES * steps["capture_pass_s"]
+        + EVALUATION_PASSES * steps["generation_pass_s"]
+        + passes * steps["perplexity_pass_s"]
+        for mode, passes in PERPLEXITY_PASSES.items()
+    }
     return {
-        "pair": pair.name, "n_layers": pair.layout.n_layers, "d_mlp": pair.layout.d_mlp, "n_neurons": pair.layout.n_neurons,
-        "torch_threads": torch.get_num_threads(), "load_s": round(load_s, 2),
-        "sample_prompts": len(prompts), "repeats": repeats,
-        "generate_no_hooks_s": round(med["generate_no_hooks"], 3), "capture_v1_s": round(med["capture_v1"], 3),
+        "pair": pair.name,
+        "n_layers": pair.layout.n_layers,
+        "d_mlp": pair.layout.d_mlp,
+        "n_neurons": pair.layout.n_neurons,
+        "torch_threads": torch.get_num_threads(),
+        "load_s": round(load_s, 2),
+        "sample_prompts": len(prompts),
+        "repeats": repeats,
+        "generate_no_hooks_s": round(med["generate_no_hooks"], 3),
+        "capture_v1_s": round(med["capture_v1"], 3),
         "generate_tokens_per_s": round(new_tokens / med["generate_no_hooks"], 1),
         "capture_tokens_per_s": round(new_tokens / med["capture_v1"], 1),
-        "capture_overhead": round(med["capture_v1"] / med["generate_no_hooks"] - 1, 3), "capture_overhead_target": 0.15,
+        "capture_overhead": round(med["capture_v1"] / med["generate_no_hooks"] - 1, 3),
+        "capture_overhead_target": 0.15,
         "perplexity_s_per_1024_window": round(ppl_s_per_window, 3),
-        "two_models_weight_gb": round(weight_bytes / 1e9, 3), "peak_rss_gb": round(peak_rss / 1e9, 3),
+        "two_models_weight_gb": round(weight_bytes / 1e9, 3),
+        "peak_rss_gb": round(peak_rss / 1e9, 3),
         "memory_target_gb": round(2 * weight_bytes / 1e9 + 1, 3),
         "memory_ratio_to_target": round(peak_rss / (2 * weight_bytes + 1e9), 3),
         "projected_full_run": {
-            "prompts": PAPER_PROMPTS, "capture_passes": CAPTURE_PASSES, "generation_passes": EVALUATION_PASSES,
-            "perplexity_passes": PERPLEXITY_PASSES, "perplexity_windows_per_pass": n_windows,
+            "prompts": PAPER_PROMPTS,
+            "capture_passes": CAPTURE_PASSES,
+            "generation_passes": EVALUATION_PASSES,
+            "perplexity_passes": PERPLEXITY_PASSES,
+            "perplexity_windows_per_pass": n_windows,
             **{k: round(v, 1) for k, v in steps.items()},
-            "total_s": round(totals["claims"], 1), "total_h": round(totals["claims"] / 3600, 2),
+            "total_s": round(totals["claims"], 1),
+            "total_h": round(totals["claims"] / 3600, 2),
             "total_h_perplexity_all": round(totals["all"] / 3600, 2),
         },
     }
@@ -153,7 +177,9 @@ def main() -> int:
     parser.add_argument("--sample-prompts", type=int, default=32)
     parser.add_argument("--ppl-windows", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--keep", default=None, help="directory for the stand-in pair (default: a temp dir, removed)")
+    parser.add_argument(
+        "--keep", default=None, help="directory for the stand-in pair (default: a temp dir, removed)"
+    )
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: child process
     parser.add_argument("--build-stand-in", default=None, help=argparse.SUPPRESS)  # internal: child process
     args = parser.parse_args()
@@ -165,9 +191,23 @@ def main() -> int:
         return 0
 
     def child(spec: str, sample: int, windows: int) -> dict:
-        out = subprocess.run([sys.executable, __file__, "--measure", spec, "--sample-prompts", str(sample),
-                              "--ppl-windows", str(windows), "--repeats", str(args.repeats)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--measure",
+                spec,
+                "--sample-prompts",
+                str(sample),
+                "--ppl-windows",
+                str(windows),
+                "--repeats",
+                str(args.repeats),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     from dpoclaims.quiet import quiet_third_party
@@ -180,19 +220,23 @@ def main() -> int:
         if not spec.is_file():
             print("writing the gpt2-medium-shaped stand-in pair ...", flush=True)
             subprocess.run([sys.executable, __file__, "--build-stand-in", str(root)], check=True)
-        results = {"gpt2-medium-random": child(str(spec), args.sample_prompts, args.ppl_windows),
-                   "toy": child("toy", 400, 8)}
+        results = {
+            "gpt2-medium-random": child(str(spec), args.sample_prompts, args.ppl_windows),
+            "toy": child("toy", 400, 8),
+        }
     results["machine"] = {"cpu_count": os.cpu_count()}
     out = ROOT / "reports" / "bench.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     for name in ("gpt2-medium-random", "toy"):
         r = results[name]
-        print(f"[{name}] capture {r['capture_tokens_per_s']} tok/s vs {r['generate_tokens_per_s']} tok/s without hooks "
-              f"(overhead {r['capture_overhead']:+.1%}, target <= +15%); peak RSS {r['peak_rss_gb']} GB vs target "
-              f"{r['memory_target_gb']} GB (two models {r['two_models_weight_gb']} GB); projected full paper run "
-              f"{r['projected_full_run']['total_h']} h on this machine "
-              f"({r['projected_full_run']['total_h_perplexity_all']} h with --perplexity all)")
+        print(
+            f"[{name}] capture {r['capture_tokens_per_s']} tok/s vs {r['generate_tokens_per_s']} tok/s without hooks "
+            f"(overhead {r['capture_overhead']:+.1%}, target <= +15%); peak RSS {r['peak_rss_gb']} GB vs target "
+            f"{r['memory_target_gb']} GB (two models {r['two_models_weight_gb']} GB); projected full paper run "
+            f"{r['projected_full_run']['total_h']} h on this machine "
+            f"({r['projected_full_run']['total_h_perplexity_all']} h with --perplexity all)"
+        )
     print(f"written {out}")
     return 0
 

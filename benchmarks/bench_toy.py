@@ -39,15 +39,24 @@ def main() -> int:
         report = json.loads((directory / "toy.json").read_text())
     load_s = statistics.median(loads)
     result = {
-        "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "cold_build_s": round(build_s, 1), "build_target_s": BUILD_TARGET_S, "build_ratio_to_target": round(build_s / BUILD_TARGET_S, 3),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cold_build_s": round(build_s, 1),
+        "build_target_s": BUILD_TARGET_S,
+        "build_ratio_to_target": round(build_s / BUILD_TARGET_S, 3),
         "build_steps_s": report["timings_s"],
-        "load_s_median_of_5": round(load_s, 3), "load_s_all": [round(x, 3) for x in loads],
-        "load_target_s": LOAD_TARGET_S, "load_ratio_to_target": round(load_s / LOAD_TARGET_S, 3),
+        "load_s_median_of_5": round(load_s, 3),
+        "load_s_all": [round(x, 3) for x in loads],
+        "load_target_s": LOAD_TARGET_S,
+        "load_ratio_to_target": round(load_s / LOAD_TARGET_S, 3),
     }
     print(json.dumps(result, indent=1))
-    print(f"cold build {build_s:.1f} s (target <= {BUILD_TARGET_S:.0f} s): {'ok' if build_s <= BUILD_TARGET_S else 'OVER'}")
-    print(f"load built pair {load_s:.2f} s median of 5 (target <= {LOAD_TARGET_S:.0f} s): {'ok' if load_s <= LOAD_TARGET_S else 'OVER'}")
+    print(
+        f"cold build {build_s:.1f} s (target <= {BUILD_TARGET_S:.0f} s): {'ok' if build_s <= BUILD_TARGET_S else 'OVER'}"
+    )
+    print(
+        f"load built pair {load_s:.2f} s median of 5 (target <= {LOAD_TARGET_S:.0f} s): {'ok' if load_s <= LOAD_TARGET_S else 'OVER'}"
+    )
     atomic_write_text(Path("reports") / "bench_toy.json", json.dumps(result, indent=1))
     return 0
 

@@ -9,7 +9,9 @@ from dpoclaims.decomposition import REDUCING_GROUPS
 @pytest.mark.projection
 @pytest.mark.claim("C4")
 @pytest.mark.parametrize("denominator", ["v1", "emnlp"])
-def test_C4_dampened_toxic_neurons_explain_a_minority(claim_context, decomposition, record_claim, denominator):
+def test_C4_dampened_toxic_neurons_explain_a_minority(
+    claim_context, decomposition, record_claim, denominator
+):
     """The TP- group's share of the reduction is below 50%. Paper: 31.8% (v1: over the four
     groups' total), 32% (EMNLP: over the gross reduction)."""
     result = record_claim(claims.c4_dampened_share(claim_context, denominator))

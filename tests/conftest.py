@@ -17,17 +17,24 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from dpoclaims.quiet import quiet_third_party  # noqa: E402
-from tiny import (  # noqa: E402  (tests/tiny.py: plain helpers and constants)
-    D_MODEL, N_HEAD, N_LAYER, N_POSITIONS, TOKENIZER_VOCAB, PairFiles, run_with_hooks, save_pair, tiny_toy_config,
-)
-
 # huggingface_hub reads HF_HUB_OFFLINE once, at import; a plugin loaded before this file
 # (the root conftest) may already have imported it, so set the flag it consults directly.
 import huggingface_hub.constants  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tiny import (  # noqa: E402  (tests/tiny.py: plain helpers and constants)
+    D_MODEL,
+    N_HEAD,
+    N_LAYER,
+    N_POSITIONS,
+    TOKENIZER_VOCAB,
+    PairFiles,
+    run_with_hooks,
+    save_pair,
+    tiny_toy_config,
+)
+
+from dpoclaims.quiet import quiet_third_party  # noqa: E402
 
 huggingface_hub.constants.HF_HUB_OFFLINE = True
 
@@ -70,8 +77,14 @@ def make_gpt2(vocab_size: int) -> Callable[..., Any]:
 
     def make(seed: int = 0, **overrides: Any) -> GPT2LMHeadModel:
         kwargs: dict[str, Any] = dict(
-            vocab_size=vocab_size, n_positions=N_POSITIONS, n_embd=D_MODEL, n_layer=N_LAYER, n_head=N_HEAD,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
+            vocab_size=vocab_size,
+            n_positions=N_POSITIONS,
+            n_embd=D_MODEL,
+            n_layer=N_LAYER,
+            n_head=N_HEAD,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
             # larger than GPT-2's 0.02 so that logits are far from uniform (no argmax ties)
             initializer_range=0.2,
         )
@@ -89,9 +102,17 @@ def make_llama(vocab_size: int) -> Callable[..., Any]:
 
     def make(seed: int = 0, **overrides: Any) -> LlamaForCausalLM:
         kwargs: dict[str, Any] = dict(
-            vocab_size=vocab_size, hidden_size=D_MODEL, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=N_POSITIONS,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0, initializer_range=0.2,
+            vocab_size=vocab_size,
+            hidden_size=D_MODEL,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=N_POSITIONS,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+            initializer_range=0.2,
         )
         kwargs.update(overrides)
         torch.manual_seed(seed)

@@ -10,21 +10,28 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny import record_mlp_activations
 
 from dpoclaims.capture import capture
 from dpoclaims.decomposition import ALL_GROUPS, MIRROR_GROUPS, REDUCING_GROUPS, assign_groups, decompose
 from dpoclaims.generation import GenerationSettings
 from dpoclaims.stats import bootstrap, mean_difference, ratio_of_means, recovered_share
-from tiny import record_mlp_activations
 
-PROMPTS = ["thanks for sharing this story about the city budget", "shut up already about",
-           "i am not sure about the new parking rules and", "people like you", "good point about the tax plan"]
+PROMPTS = [
+    "thanks for sharing this story about the city budget",
+    "shut up already about",
+    "i am not sure about the new parking rules and",
+    "people like you",
+    "good point about the tax plan",
+]
 SETTINGS = GenerationSettings(max_prompt_tokens=12, max_new_tokens=6, batch_size=5)
 
 
 def _full_activations(pair, side, prompt_ids, continuation_ids):
     """Per-layer activations ``[seq, L, d_mlp]`` of one unpadded prompt + continuation."""
-    activations, _ = record_mlp_activations(pair, side, input_ids=torch.tensor([prompt_ids + continuation_ids]))
+    activations, _ = record_mlp_activations(
+        pair, side, input_ids=torch.tensor([prompt_ids + continuation_ids])
+    )
     return torch.stack([a[0] for a in activations], 1)
 
 
@@ -56,8 +63,13 @@ def test_contribution_equals_directly_measured_change_of_each_neurons_write(gpt2
     as the change of the MLP output's probe projection when neuron i alone is ablated."""
     base = capture(gpt2_pair, "base", PROMPTS, SETTINGS, progress=False)
     dpo = capture(gpt2_pair, "dpo", PROMPTS, SETTINGS, progress=False)
-    d = decompose(gpt2_pair.value_vectors("base"), gpt2_pair.value_vectors("dpo"), gpt2_pair.probe,
-                  base.mean_activation, dpo.mean_activation)
+    d = decompose(
+        gpt2_pair.value_vectors("base"),
+        gpt2_pair.value_vectors("dpo"),
+        gpt2_pair.probe,
+        base.mean_activation,
+        dpo.mean_activation,
+    )
     unit = gpt2_pair.unit_probe
     tokenizer = gpt2_pair.tokenizer
     generator = torch.Generator().manual_seed(0)
@@ -68,7 +80,9 @@ def test_contribution_equals_directly_measured_change_of_each_neurons_write(gpt2
         for side, cap in (("base", base), ("dpo", dpo)):
             per_prompt = []
             for i, prompt in enumerate(PROMPTS):
-                prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][: SETTINGS.max_prompt_tokens]
+                prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][
+                    : SETTINGS.max_prompt_tokens
+                ]
                 full = torch.tensor([prompt_ids + cap.continuation_ids[i]])
                 outs = {}
 
@@ -76,6 +90,7 @@ def test_contribution_equals_directly_measured_change_of_each_neurons_write(gpt2
                     def hook(activation, hook):
                         outs[name] = activation[0].detach().clone()
                         return activation
+
                     return hook
 
                 def zero(activation, hook):
@@ -88,16 +103,22 @@ def test_contribution_equals_directly_measured_change_of_each_neurons_write(gpt2
                 with torch.no_grad():
                     with bridge.hooks(fwd_hooks=[(out_name, keep("full"))]):
                         bridge.original_model(input_ids=full)
-                    with bridge.hooks(fwd_hooks=[(gpt2_pair.layout.hook_name(layer), zero), (out_name, keep("ablated"))]):
+                    with bridge.hooks(
+                        fwd_hooks=[(gpt2_pair.layout.hook_name(layer), zero), (out_name, keep("ablated"))]
+                    ):
                         bridge.original_model(input_ids=full)
                 write = (outs["full"] - outs["ablated"]) @ unit  # [seq]
                 n = int(cap.n_positions[i])
                 per_prompt.append(write[len(prompt_ids) - 1 : len(prompt_ids) - 1 + n].mean())
             writes[side] = torch.stack(per_prompt).mean()
-        assert float(d.contribution[layer, neuron]) == pytest.approx(float(writes["base"] - writes["dpo"]), abs=1e-5)
+        assert float(d.contribution[layer, neuron]) == pytest.approx(
+            float(writes["base"] - writes["dpo"]), abs=1e-5
+        )
 
 
-def _equal_weight_decomposition(seed: int, n_prompts: int = 6, layers: int = 2, d_mlp: int = 40, d_model: int = 8):
+def _equal_weight_decomposition(
+    seed: int, n_prompts: int = 6, layers: int = 2, d_mlp: int = 40, d_model: int = 8
+):
     generator = torch.Generator().manual_seed(seed)
     values = torch.randn(layers, d_mlp, d_model, generator=generator)
     probe = torch.randn(d_model, generator=generator)
@@ -128,7 +149,9 @@ def test_shares_sum_to_one_under_both_denominators(seed):
         total = sum(d.share(g, denominator).value for g in REDUCING_GROUPS)
         assert total == pytest.approx(1.0, abs=1e-6)
     mirror_sum = sum(d.group_sum(g) for g in MIRROR_GROUPS)
-    assert d.net == pytest.approx(sum(d.group_sum(g) for g in REDUCING_GROUPS) + mirror_sum, rel=1e-4, abs=1e-4)
+    assert d.net == pytest.approx(
+        sum(d.group_sum(g) for g in REDUCING_GROUPS) + mirror_sum, rel=1e-4, abs=1e-4
+    )
 
 
 def test_group_definitions_follow_the_paper_table():
@@ -140,7 +163,9 @@ def test_group_definitions_follow_the_paper_table():
         assert torch.nonzero(groups[name]).flatten().tolist() == [index], name
 
 
-def test_patching_every_neuron_to_dpo_activations_reproduces_dpo_mlp_outputs(make_gpt2, tokenizer_dir, tmp_path, session_cache):
+def test_patching_every_neuron_to_dpo_activations_reproduces_dpo_mlp_outputs(
+    make_gpt2, tokenizer_dir, tmp_path, session_cache
+):
     """With equal MLP output weights, patching all neurons of the base to the DPO model's own
     per-position activations gives the DPO model's MLP outputs at every layer."""
     from transformers import AutoTokenizer
@@ -165,33 +190,44 @@ def test_patching_every_neuron_to_dpo_activations_reproduces_dpo_mlp_outputs(mak
         def hook(activation, hook):
             store[name] = activation.detach().clone()
             return activation
+
         return hook
 
     dpo_acts, dpo_out, patched_out = {}, {}, {}
     with torch.no_grad():
-        with pair.dpo.hooks(fwd_hooks=[(pair.layout.hook_name(l), record(dpo_acts, l)) for l in layers]
-                            + [(f"blocks.{l}.mlp.hook_out", record(dpo_out, l)) for l in layers]):
+        with pair.dpo.hooks(
+            fwd_hooks=[(pair.layout.hook_name(l), record(dpo_acts, l)) for l in layers]
+            + [(f"blocks.{l}.mlp.hook_out", record(dpo_out, l)) for l in layers]
+        ):
             pair.dpo.original_model(input_ids=ids)
 
         def patch(layer):
             def hook(activation, hook):
                 return dpo_acts[layer].clone()
+
             return hook
 
-        with pair.base.hooks(fwd_hooks=[(pair.layout.hook_name(l), patch(l)) for l in layers]
-                             + [(f"blocks.{l}.mlp.hook_out", record(patched_out, l)) for l in layers]):
+        with pair.base.hooks(
+            fwd_hooks=[(pair.layout.hook_name(l), patch(l)) for l in layers]
+            + [(f"blocks.{l}.mlp.hook_out", record(patched_out, l)) for l in layers]
+        ):
             pair.base.original_model(input_ids=ids)
     for layer in layers:
         torch.testing.assert_close(patched_out[layer], dpo_out[layer], atol=1e-5, rtol=1e-5)
 
 
 @settings(max_examples=25, deadline=None)
-@given(data=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)), min_size=5, max_size=60),
-       seed=st.integers(0, 1000))
+@given(
+    data=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)), min_size=5, max_size=60),
+    seed=st.integers(0, 1000),
+)
 def test_bootstrap_interval_contains_the_point_estimate(data, seed):
     base, dpo, other = (np.array(column) for column in zip(*data))
-    for statistic, samples in ((mean_difference, (base, dpo)), (ratio_of_means, (base + 1, dpo + 1)),
-                               (recovered_share, (base + 2, dpo, other))):
+    for statistic, samples in (
+        (mean_difference, (base, dpo)),
+        (ratio_of_means, (base + 1, dpo + 1)),
+        (recovered_share, (base + 2, dpo, other)),
+    ):
         estimate = bootstrap(statistic, *samples, seed=seed, n_resamples=200)
         if np.isfinite(estimate.low):
             assert estimate.low - 1e-9 <= estimate.value <= estimate.high + 1e-9
@@ -206,14 +242,41 @@ def test_recovered_share_is_one_for_dpo_itself_and_zero_for_the_base():
 def test_report_badges_follow_the_shields_endpoint_format(tmp_path: Path):
     from dpoclaims.report import write_reports
 
-    claim = {"claim": "C9", "param": "", "statement": "s", "criterion": "c", "measured": 0.5, "ci": [0.4, 0.6],
-             "paper": 0.0037, "replicates": False, "hypothesis": False, "details": {}, "id": "C9", "distance_to_paper": 0.4963}
-    records = [{"id": "C9", "order": 0, "keyword": "correlation", "expected": "does not replicate (declared)",
-                "outcome": "xfailed", "node_id": "claims/x.py::t", "claim": claim, "skip_reason": ""}]
+    claim = {
+        "claim": "C9",
+        "param": "",
+        "statement": "s",
+        "criterion": "c",
+        "measured": 0.5,
+        "ci": [0.4, 0.6],
+        "paper": 0.0037,
+        "replicates": False,
+        "hypothesis": False,
+        "details": {},
+        "id": "C9",
+        "distance_to_paper": 0.4963,
+    }
+    records = [
+        {
+            "id": "C9",
+            "order": 0,
+            "keyword": "correlation",
+            "expected": "does not replicate (declared)",
+            "outcome": "xfailed",
+            "node_id": "claims/x.py::t",
+            "claim": claim,
+            "skip_reason": "",
+        }
+    ]
     header = {"pair": "p", "fingerprint": "f", "n_prompts": 3, "convention": "v1", "scorer": "lexicon"}
     write_reports(records, tmp_path, header)
     badge = json.loads((tmp_path / "badges" / "C9.json").read_text())
-    assert badge == {"schemaVersion": 1, "label": "C9", "message": "does not replicate (0.50)", "color": "orange"}
+    assert badge == {
+        "schemaVersion": 1,
+        "label": "C9",
+        "message": "does not replicate (0.50)",
+        "color": "orange",
+    }
     data = json.loads((tmp_path / "claims.json").read_text())
     assert data["claims"][0]["claim"]["measured"] == 0.5
     assert "| C9 | correlation |" in (tmp_path / "claims.md").read_text()

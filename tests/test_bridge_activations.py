@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2LMHeadModel
-
 from tiny import N_LAYER, record_mlp_activations
+from transformers import GPT2LMHeadModel
 
 
 def _capture_bridge(pair, side, batch):
@@ -18,10 +17,16 @@ def _capture_raw_gpt2(model, batch):
     of ``mlp.c_proj``, each captured with a plain torch forward hook."""
     act_out, proj_in, handles = {}, {}, []
     for layer, block in enumerate(model.transformer.h):
-        handles.append(block.mlp.act.register_forward_hook(
-            lambda module, args, output, layer=layer: act_out.__setitem__(layer, output.detach().clone())))
-        handles.append(block.mlp.c_proj.register_forward_pre_hook(
-            lambda module, args, layer=layer: proj_in.__setitem__(layer, args[0].detach().clone())))
+        handles.append(
+            block.mlp.act.register_forward_hook(
+                lambda module, args, output, layer=layer: act_out.__setitem__(layer, output.detach().clone())
+            )
+        )
+        handles.append(
+            block.mlp.c_proj.register_forward_pre_hook(
+                lambda module, args, layer=layer: proj_in.__setitem__(layer, args[0].detach().clone())
+            )
+        )
     try:
         with torch.no_grad():
             logits = model(**batch).logits
@@ -52,7 +57,8 @@ def test_bridge_hook_post_is_not_pre_activation(gpt2_pair, gpt2_pair_files, samp
     raw = GPT2LMHeadModel.from_pretrained(gpt2_pair_files.base).eval()
     pre = {}
     handle = raw.transformer.h[0].mlp.c_fc.register_forward_hook(
-        lambda module, args, output: pre.__setitem__(0, output.detach().clone()))
+        lambda module, args, output: pre.__setitem__(0, output.detach().clone())
+    )
     with torch.no_grad():
         raw(**sample_batch)
     handle.remove()

@@ -203,8 +203,15 @@ def test_concurrent_processes_build_once(tmp_path):
     script.write_text(_WORKER)
     marker, go = tmp_path / "builds.txt", tmp_path / "go"
     root = tmp_path / "cache"
-    procs = [subprocess.Popen([sys.executable, str(script), str(root), str(marker), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(root), str(marker), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     deadline = time.monotonic() + 60
     while len(list(tmp_path.glob("go.ready.*"))) < 2:  # both started: release them together
         assert time.monotonic() < deadline, "workers did not start"
@@ -212,7 +219,7 @@ def test_concurrent_processes_build_once(tmp_path):
         time.sleep(0.02)
     go.touch()
     outputs = [proc.communicate(timeout=60) for proc in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err
     paths = {out.strip() for out, _ in outputs}
     assert paths == {str(root / "shared" / "key")}
@@ -239,11 +246,18 @@ def test_default_cache_root_from_env(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- stable_hash
 
-json_leaves = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                        st.text(max_size=8))
+json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
 json_values = st.recursive(
     json_leaves,
-    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=6), children, max_size=4)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=20,
 )
 json_dicts = st.dictionaries(st.text(max_size=6), json_values, max_size=6)

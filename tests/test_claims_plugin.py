@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]
 
-FAKE_CLAIMS = '''
+FAKE_CLAIMS = """
 import pytest
 from dpoclaims.claims import ClaimResult
 
@@ -30,14 +30,16 @@ def test_refuted_hypothesis(record_claim):
     result = record_claim(ClaimResult("C1", "", "a refuted hypothesis", "recovers >= 80%", 0.1, (0.0, 0.2), 0.2,
                                       replicates=True, hypothesis=True))
     assert result.test_passes
-'''
+"""
 
 
 @pytest.fixture
 def suite(pytester, tmp_path, monkeypatch):
     pytester.makeconftest('pytest_plugins = ["fixtures.options", "fixtures.resources", "fixtures.reporting"]')
     pytester.makepyfile(test_fake_claims=FAKE_CLAIMS)
-    monkeypatch.setenv("DPOCLAIMS_CACHE", str(tmp_path / "cache"))  # empty: figures are skipped, nothing built
+    monkeypatch.setenv(
+        "DPOCLAIMS_CACHE", str(tmp_path / "cache")
+    )  # empty: figures are skipped, nothing built
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the subprocess imports the repo's fixtures package
     return pytester
 
@@ -46,7 +48,9 @@ def _args(tmp_path, *extra):
     return ["-p", "no:cacheprovider", "--reports-dir", str(tmp_path / "reports"), *extra]
 
 
-def test_undeclared_non_replication_fails_and_the_refuted_hypothesis_is_an_xfail(suite, tmp_path, monkeypatch):
+def test_undeclared_non_replication_fails_and_the_refuted_hypothesis_is_an_xfail(
+    suite, tmp_path, monkeypatch
+):
     monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(tmp_path / "none.toml"))
     (tmp_path / "none.toml").write_text("[pairs.toy]\n")
     result = suite.runpytest_subprocess(*_args(tmp_path))
@@ -64,7 +68,10 @@ def test_a_declared_non_replication_makes_the_run_green(suite, tmp_path, monkeyp
     result = suite.runpytest_subprocess(*_args(tmp_path))
     result.assert_outcomes(xfailed=2)
     markdown = (tmp_path / "reports" / "claims.md").read_text()
-    assert "| C6[fake] | noise | a finding | 0.150 | 0.900 | [0.800, 1.000] | does not replicate (declared) |" in markdown
+    assert (
+        "| C6[fake] | noise | a finding | 0.150 | 0.900 | [0.800, 1.000] | does not replicate (declared) |"
+        in markdown
+    )
 
 
 def test_unknown_declared_ids_are_refused(suite, tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tiny import tiny_toy_config, write_spec
+
 from dpoclaims.cli import main
 from dpoclaims.organism import build as build_module
 
@@ -23,8 +23,12 @@ def test_info_unknown_pair(tmp_path, capsys, monkeypatch):
 
 
 def test_info_bad_pair_spec(tmp_path, capsys, gpt2_pair_files):
-    spec = write_spec(tmp_path / "pair.toml", base=str(gpt2_pair_files.base), dpo=str(tmp_path / "missing.pt"),
-                      probe=str(gpt2_pair_files.probe))
+    spec = write_spec(
+        tmp_path / "pair.toml",
+        base=str(gpt2_pair_files.base),
+        dpo=str(tmp_path / "missing.pt"),
+        probe=str(gpt2_pair_files.probe),
+    )
     assert main(["--cache-dir", str(tmp_path / "cache"), "info", "--pair", str(spec)]) == 2
     assert "missing.pt" in capsys.readouterr().err
 
@@ -50,8 +54,9 @@ def test_build_toy_command(tmp_path, capsys, monkeypatch, tiny_toy_cache):
     tiny = tiny_toy_config()
     monkeypatch.setattr(build_module, "ToyConfig", lambda: tiny)
     report_path = tmp_path / "reports" / "toy.json"
-    code = main(["--cache-dir", str(tiny_toy_cache.root), "build-toy", "--report", str(report_path),
-                 "--no-progress"])
+    code = main(
+        ["--cache-dir", str(tiny_toy_cache.root), "build-toy", "--report", str(report_path), "--no-progress"]
+    )
     report = json.loads(report_path.read_text())
     assert report["toy_dir"] == str(tiny_toy_cache.entry_dir("toy", tiny.key()))
     assert code == (0 if all(b["ok"] for b in report["bands"].values()) else 1)

@@ -86,8 +86,11 @@ def test_train_tokenizer_is_deterministic(tmp_path, texts):
     assert (tmp_path / "a" / "tokenizer.json").read_text() == (tmp_path / "b" / "tokenizer.json").read_text()
     sample = texts[:20]
     assert first(sample)["input_ids"] == second(sample)["input_ids"]
-    other = train_tokenizer([c.text for c in corpus.pretraining_comments(400, 8)][:100] + ["zzz qqq xxyyzz"] * 50,
-                            350, tmp_path / "c")
+    other = train_tokenizer(
+        [c.text for c in corpus.pretraining_comments(400, 8)][:100] + ["zzz qqq xxyyzz"] * 50,
+        350,
+        tmp_path / "c",
+    )
     assert other.get_vocab() != first.get_vocab()
 
 

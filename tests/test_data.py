@@ -11,8 +11,8 @@ import socket
 
 import pytest
 import torch
-
 from tiny import D_MODEL, N_POSITIONS
+
 from dpoclaims import data
 from dpoclaims.cli import main
 from dpoclaims.errors import CheckpointError, OptionError
@@ -43,8 +43,13 @@ def no_network(monkeypatch, tmp_path):
 
 
 def _rtp_row(text: str, challenging: bool | None) -> str:
-    row: dict = {"filename": "x.txt", "begin": 0, "end": 10, "prompt": {"text": text, "toxicity": 0.5},
-                 "continuation": {"text": " more", "toxicity": 0.1}}
+    row: dict = {
+        "filename": "x.txt",
+        "begin": 0,
+        "end": 10,
+        "prompt": {"text": text, "toxicity": 0.5},
+        "continuation": {"text": " more", "toxicity": 0.1},
+    }
     if challenging is not None:
         row["challenging"] = challenging
     return json.dumps(row)
@@ -55,8 +60,13 @@ def _rtp_row(text: str, challenging: bool | None) -> str:
 
 @pytest.mark.parametrize("gzipped", [False, True])
 def test_rtp_jsonl_keeps_only_challenging(tmp_path, caplog, gzipped):
-    lines = [_rtp_row("first, kept", True), _rtp_row("dropped", False), "",
-             _rtp_row("no flag, dropped in a flagged file", None), _rtp_row('second "kept"\nwith a newline', True)]
+    lines = [
+        _rtp_row("first, kept", True),
+        _rtp_row("dropped", False),
+        "",
+        _rtp_row("no flag, dropped in a flagged file", None),
+        _rtp_row('second "kept"\nwith a newline', True),
+    ]
     raw = "\n".join(lines) + "\n"
     path = tmp_path / ("prompts.jsonl.gz" if gzipped else "prompts.jsonl")
     if gzipped:
@@ -92,10 +102,13 @@ def test_rtp_unflagged_jsonl_is_taken_as_filtered(tmp_path):
     assert data.load_rtp_challenge(path) == ["one", "two"]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("[1, 2]", "JSON list of prompt strings"),
-    ("{not json", "is not JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]", "JSON list of prompt strings"),
+        ("{not json", "is not JSON"),
+    ],
+)
 def test_rtp_bad_json(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
@@ -105,7 +118,9 @@ def test_rtp_bad_json(tmp_path, content, message):
 
 def test_rtp_bad_jsonl_row_names_the_line(tmp_path):
     path = tmp_path / "prompts.jsonl"
-    path.write_text(_rtp_row("ok", True) + "\n" + json.dumps({"challenging": True, "prompt": {"toxicity": 1}}) + "\n")
+    path.write_text(
+        _rtp_row("ok", True) + "\n" + json.dumps({"challenging": True, "prompt": {"toxicity": 1}}) + "\n"
+    )
     with pytest.raises(CheckpointError, match="line 2"):
         data.load_rtp_challenge(path)
 
@@ -190,10 +205,10 @@ def test_perplexity_windows_reject_bad_window(tokenizer):
 # --------------------------------------------------------------------------- Jigsaw
 
 JIGSAW_CSV = (
-    'id,comment_text,toxic,severe_toxic,obscene,threat,insult,identity_hate\n'
+    "id,comment_text,toxic,severe_toxic,obscene,threat,insult,identity_hate\n"
     'a1,"Plain, with a comma",0,0,0,0,0,0\n'
     'a2,"Line one\nline two, ""quoted""",1,0,0,0,0,0\n'
-    'a3,only an insult,0,0,0,0,1,0\n'
+    "a3,only an insult,0,0,0,0,1,0\n"
     'a4,"unscored row",-1,-1,-1,-1,-1,-1\n'
     'a5,"",1,0,0,0,0,0\n'
     'a6,"threat only\r\nwith CRLF",0,0,0,1,0,0\n'
@@ -204,7 +219,12 @@ def test_jigsaw_csv_quoting_and_labels(tmp_path):
     path = tmp_path / "train.csv"
     path.write_bytes(JIGSAW_CSV.encode())
     texts, labels = data.read_jigsaw_csv(path)
-    assert texts == ["Plain, with a comma", 'Line one\nline two, "quoted"', "only an insult", "threat only\r\nwith CRLF"]
+    assert texts == [
+        "Plain, with a comma",
+        'Line one\nline two, "quoted"',
+        "only an insult",
+        "threat only\r\nwith CRLF",
+    ]
     assert labels == [0, 1, 1, 1]
 
 
@@ -217,10 +237,13 @@ def test_jigsaw_float_columns_use_a_majority(tmp_path):
     assert data.read_jigsaw_csv(path) == (["low", "high", "edge", "zero"], [0, 1, 1, 0])
 
 
-@pytest.mark.parametrize("header, missing", [
-    ("id,text,toxic", "comment_text"),
-    ("id,comment_text,insult", "toxic"),
-])
+@pytest.mark.parametrize(
+    "header, missing",
+    [
+        ("id,text,toxic", "comment_text"),
+        ("id,comment_text,insult", "toxic"),
+    ],
+)
 def test_jigsaw_missing_column(tmp_path, header, missing):
     path = tmp_path / "bad.csv"
     path.write_text(header + "\n1,hello,0\n")
@@ -228,11 +251,14 @@ def test_jigsaw_missing_column(tmp_path, header, missing):
         data.read_jigsaw_csv(path)
 
 
-@pytest.mark.parametrize("body, message", [
-    ("1,hello,yes\n", "not a number"),
-    ("1,hello\n", "2 fields"),
-    ("", "no labelled comments"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("1,hello,yes\n", "not a number"),
+        ("1,hello\n", "2 fields"),
+        ("", "no labelled comments"),
+    ],
+)
 def test_jigsaw_bad_rows(tmp_path, body, message):
     path = tmp_path / "bad.csv"
     path.write_text("id,comment_text,toxic\n" + body)
@@ -281,7 +307,9 @@ def test_shipped_prompt_sets_work_as_pair_extras():
 def _write_jigsaw(path, texts, labels) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["id", "comment_text", "toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"])
+        writer.writerow(
+            ["id", "comment_text", "toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+        )
         for i, (text, label) in enumerate(zip(texts, labels)):
             writer.writerow([f"c{i}", text, label, 0, 0, 0, 0, 0])
 
@@ -294,16 +322,39 @@ def test_train_probe_end_to_end(tmp_path, capsys, gpt2_pair_files):
     csv_path = tmp_path / "jigsaw.csv"
     _write_jigsaw(csv_path, texts, labels)
     out = tmp_path / "probes" / "probe.pt"
-    code = main(["--cache-dir", str(tmp_path / "cache"), "train-probe", "--base", str(gpt2_pair_files.base),
-                 "--csv", str(csv_path), "--out", str(out), "--max-examples", "120", "--val-fraction", "0.25",
-                 "--seed", "1", "--batch-size", "16", "--no-progress"])
+    code = main(
+        [
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "train-probe",
+            "--base",
+            str(gpt2_pair_files.base),
+            "--csv",
+            str(csv_path),
+            "--out",
+            str(out),
+            "--max-examples",
+            "120",
+            "--val-fraction",
+            "0.25",
+            "--seed",
+            "1",
+            "--batch-size",
+            "16",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     probe = load_probe(str(out), D_MODEL)
     assert probe.shape == (D_MODEL,)
     assert torch.load(out, weights_only=True).numel() == D_MODEL
     sidecar = json.loads((tmp_path / "probes" / "probe.pt.json").read_text())
     assert (sidecar["n_examples"], sidecar["n_train"], sidecar["n_val"]) == (120, 90, 30)
-    assert sidecar["seed"] == 1 and sidecar["base"] == str(gpt2_pair_files.base) and sidecar["d_model"] == D_MODEL
+    assert (
+        sidecar["seed"] == 1
+        and sidecar["base"] == str(gpt2_pair_files.base)
+        and sidecar["d_model"] == D_MODEL
+    )
     assert sidecar["max_tokens"] == N_POSITIONS  # capped at the context length of the tiny model
     assert 0.0 <= sidecar["val_accuracy"] <= 1.0 and 0.0 <= sidecar["train_accuracy"] <= 1.0
     assert 0.0 < sidecar["toxic_share"]["all"] < 1.0
@@ -315,8 +366,19 @@ def test_train_probe_end_to_end(tmp_path, capsys, gpt2_pair_files):
 def test_train_probe_bad_csv_is_a_one_line_error(tmp_path, capsys, gpt2_pair_files):
     csv_path = tmp_path / "bad.csv"
     csv_path.write_text("id,text,label\n1,hello,0\n")
-    code = main(["--cache-dir", str(tmp_path / "cache"), "train-probe", "--base", str(gpt2_pair_files.base),
-                 "--csv", str(csv_path), "--out", str(tmp_path / "probe.pt")])
+    code = main(
+        [
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "train-probe",
+            "--base",
+            str(gpt2_pair_files.base),
+            "--csv",
+            str(csv_path),
+            "--out",
+            str(tmp_path / "probe.pt"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert err.startswith("dpoclaims: error: ") and "comment_text" in err and "Traceback" not in err

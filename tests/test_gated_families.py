@@ -27,8 +27,17 @@ def _save_family_pair(root: Path, family: str, tokenizer_dir: Path, vocab_size: 
 
     config_name, model_name = FAMILIES[family]
     config = getattr(transformers, config_name)(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
         initializer_range=0.2,
     )
     model_cls = getattr(transformers, model_name)
@@ -58,14 +67,17 @@ def test_gated_family_hook_is_the_input_of_down_proj(family, tmp_path, tokenizer
             return activation
 
         handle = raw.model.layers[layer].mlp.down_proj.register_forward_pre_hook(
-            lambda module, args: seen.__setitem__("raw", args[0].detach().clone()))
+            lambda module, args: seen.__setitem__("raw", args[0].detach().clone())
+        )
         with torch.no_grad():
             raw(input_ids=ids)
             with pair.base.hooks(fwd_hooks=[(pair.layout.hook_name(layer), keep)]):
                 pair.base.original_model(input_ids=ids)
         handle.remove()
         torch.testing.assert_close(seen["bridge"], seen["raw"], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(pair.value_vectors("base")[layer], raw.model.layers[layer].mlp.down_proj.weight.T)
+        torch.testing.assert_close(
+            pair.value_vectors("base")[layer], raw.model.layers[layer].mlp.down_proj.weight.T
+        )
 
 
 def test_bf16_pair_is_captured_and_analysed_in_float32(tmp_path, tokenizer_dir, vocab_size):
@@ -73,6 +85,8 @@ def test_bf16_pair_is_captured_and_analysed_in_float32(tmp_path, tokenizer_dir, 
     pair = load_pair(spec, cache=Cache(tmp_path / "cache"), dtype=torch.bfloat16)
     assert pair.base.original_model.dtype == torch.bfloat16
     assert pair.value_vectors("dpo").dtype == torch.float32
-    result = capture(pair, "base", ["hello there", "thanks for sharing"], GenerationSettings(8, 4, 2), progress=False)
+    result = capture(
+        pair, "base", ["hello there", "thanks for sharing"], GenerationSettings(8, 4, 2), progress=False
+    )
     assert result.mean_activation.dtype == torch.float32
     assert torch.isfinite(result.mean_activation).all() and result.mean_activation.abs().sum() > 0

@@ -83,7 +83,7 @@ def test_encode_prompts_left_pads_and_truncates(tokenizer):
         n = sum(row_mask)
         assert n == len(expected)
         assert row_mask == [0] * (5 - n) + [1] * n  # padding on the left
-        assert row[5 - n:] == expected  # the beginning of the prompt is kept
+        assert row[5 - n :] == expected  # the beginning of the prompt is kept
         assert all(t == tokenizer.pad_token_id for t in row[: 5 - n])
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny import run_with_hooks
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-from tiny import run_with_hooks
 from dpoclaims.interventions import ablation_hooks, neuron_set_from_flat, patch_hooks, scaled_key_vectors
 
 D_MLP = 128  # 4 * D_MODEL for the tiny GPT-2
@@ -35,7 +35,8 @@ def neuron_sets(n_layers: int, d_mlp: int):
         st.just(list(range(d_mlp))),
     )
     return st.dictionaries(st.integers(0, n_layers - 1), indices, max_size=n_layers).map(
-        lambda d: {layer: torch.tensor(idx, dtype=torch.long) for layer, idx in d.items()})
+        lambda d: {layer: torch.tensor(idx, dtype=torch.long) for layer, idx in d.items()}
+    )
 
 
 def zero_value_vectors_gpt2(raw: GPT2LMHeadModel, neurons) -> GPT2LMHeadModel:
@@ -88,8 +89,14 @@ def test_ablation_sets_activations_to_zero_only_for_chosen_neurons(gpt2_pair, sa
     assert torch.all(clean[..., neurons[1]] != 0)
 
 
-@pytest.mark.parametrize("neurons", [{}, {0: torch.tensor([], dtype=torch.long)},
-                                     {0: torch.tensor([], dtype=torch.long), 1: torch.tensor([], dtype=torch.long)}])
+@pytest.mark.parametrize(
+    "neurons",
+    [
+        {},
+        {0: torch.tensor([], dtype=torch.long)},
+        {0: torch.tensor([], dtype=torch.long), 1: torch.tensor([], dtype=torch.long)},
+    ],
+)
 def test_ablating_empty_set_changes_nothing(gpt2_pair, raw_base, sample_batch, neurons):
     hooks = ablation_hooks(gpt2_pair.layout, neurons)
     assert hooks == []

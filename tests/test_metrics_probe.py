@@ -11,7 +11,11 @@ from dpoclaims.metrics import perplexity, weight_cosines
 from dpoclaims.organism import corpus
 from dpoclaims.probe import LinearProbe, pooled_residuals
 
-TEXTS = corpus.neutral_prompts(6, 0) + ["hi", "the plan", "good point about the bike lanes, the paint is fair"]  # < 64 tokens each
+TEXTS = corpus.neutral_prompts(6, 0) + [
+    "hi",
+    "the plan",
+    "good point about the bike lanes, the paint is fair",
+]  # < 64 tokens each
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +38,9 @@ def test_perplexity_ignores_padding_and_batching(model, tokenizer):
     expected = _manual_ppl(model, tokenizer, TEXTS)
     for batch_size in (1, 3, len(TEXTS)):
         assert perplexity(model, tokenizer, TEXTS, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)
-    assert perplexity(model, tokenizer, TEXTS[:1]) != pytest.approx(perplexity(model, tokenizer, TEXTS[1:2]), rel=1e-3)
+    assert perplexity(model, tokenizer, TEXTS[:1]) != pytest.approx(
+        perplexity(model, tokenizer, TEXTS[1:2]), rel=1e-3
+    )
 
 
 def test_perplexity_reflects_the_model(tokenizer, make_gpt2):
@@ -66,7 +72,10 @@ def _manual_pooled(raw, tokenizer, texts):
     rows = []
     captured = {}
     handle = raw.transformer.h[-1].register_forward_hook(
-        lambda module, args, output: captured.__setitem__("h", output[0] if isinstance(output, tuple) else output))
+        lambda module, args, output: captured.__setitem__(
+            "h", output[0] if isinstance(output, tuple) else output
+        )
+    )
     with torch.no_grad():
         for text in texts:
             ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])

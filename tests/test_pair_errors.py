@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import torch
-
 from tiny import D_MODEL, write_spec
+
 from dpoclaims.cache import Cache
 from dpoclaims.errors import CheckpointError, DpoclaimsError, PairMismatchError, UnknownPairError
 from dpoclaims.pairs import PairSpec, load_pair
@@ -33,8 +33,13 @@ def variants(tmp_path_factory, make_gpt2, vocab_size):
 
 
 def _spec(tmp_path, files, **overrides):
-    keys = dict(name="bad", base=str(files.base), dpo=str(files.dpo), probe=str(files.probe),
-                tokenizer=str(files.tokenizer))
+    keys = dict(
+        name="bad",
+        base=str(files.base),
+        dpo=str(files.dpo),
+        probe=str(files.probe),
+        tokenizer=str(files.tokenizer),
+    )
     keys.update(overrides)
     keys = {k: v for k, v in keys.items() if v is not None}
     return write_spec(tmp_path / "pair.toml", **keys)
@@ -176,8 +181,11 @@ def test_corrupt_probe(tmp_path, gpt2_pair_files):
 
 @pytest.mark.parametrize("bad", ["zero", "nan", "not_tensor"])
 def test_degenerate_probe(tmp_path, gpt2_pair_files, bad):
-    value = {"zero": torch.zeros(D_MODEL), "nan": torch.full((D_MODEL,), float("nan")),
-             "not_tensor": {"w": [1.0] * D_MODEL}}[bad]
+    value = {
+        "zero": torch.zeros(D_MODEL),
+        "nan": torch.full((D_MODEL,), float("nan")),
+        "not_tensor": {"w": [1.0] * D_MODEL},
+    }[bad]
     torch.save(value, tmp_path / "probe.pt")
     with pytest.raises(CheckpointError, match="probe.pt"):
         _load(_spec(tmp_path, gpt2_pair_files, probe="probe.pt"), tmp_path)
@@ -199,12 +207,15 @@ def test_probe_in_a_dict_and_2d_is_accepted(tmp_path, gpt2_pair_files):
 # --------------------------------------------------------------------------- mismatched architectures
 
 
-@pytest.mark.parametrize("variant, words", [
-    ("n_layer", ["n_layers", "2", "3"]),
-    ("n_embd", ["d_model", "32", "48"]),
-    ("n_inner", ["d_mlp", "128", "64"]),
-    ("vocab", ["vocabulary"]),
-])
+@pytest.mark.parametrize(
+    "variant, words",
+    [
+        ("n_layer", ["n_layers", "2", "3"]),
+        ("n_embd", ["d_model", "32", "48"]),
+        ("n_inner", ["d_mlp", "128", "64"]),
+        ("vocab", ["vocabulary"]),
+    ],
+)
 def test_mismatched_architecture(tmp_path, gpt2_pair_files, variants, variant, words):
     with pytest.raises(PairMismatchError) as info:
         _load(_spec(tmp_path, gpt2_pair_files, dpo=str(variants[variant])), tmp_path)
@@ -218,7 +229,9 @@ def test_mismatched_model_type(tmp_path, gpt2_pair_files, llama_pair_files):
 
 
 def test_tokenizer_larger_than_vocabulary(tmp_path, gpt2_pair_files, variants):
-    spec = _spec(tmp_path, gpt2_pair_files, base=str(variants["small_vocab"]), dpo=str(variants["small_vocab"]))
+    spec = _spec(
+        tmp_path, gpt2_pair_files, base=str(variants["small_vocab"]), dpo=str(variants["small_vocab"])
+    )
     with pytest.raises(PairMismatchError, match="tokenizer"):
         _load(spec, tmp_path)
 
@@ -227,7 +240,9 @@ def test_tokenizer_larger_than_vocabulary(tmp_path, gpt2_pair_files, variants):
 def test_state_dict_with_wrong_shapes(tmp_path, gpt2_pair_files, variants, variant):
     from transformers import GPT2LMHeadModel
 
-    torch.save({"state": GPT2LMHeadModel.from_pretrained(variants[variant]).state_dict()}, tmp_path / "dpo.pt")
+    torch.save(
+        {"state": GPT2LMHeadModel.from_pretrained(variants[variant]).state_dict()}, tmp_path / "dpo.pt"
+    )
     with pytest.raises(PairMismatchError, match="dpo.pt") as info:
         _load(_spec(tmp_path, gpt2_pair_files, dpo="dpo.pt"), tmp_path)
     assert "wrong shape" in str(info.value)
@@ -236,7 +251,9 @@ def test_state_dict_with_wrong_shapes(tmp_path, gpt2_pair_files, variants, varia
 def test_state_dict_with_extra_layers(tmp_path, gpt2_pair_files, variants):
     from transformers import GPT2LMHeadModel
 
-    torch.save({"state": GPT2LMHeadModel.from_pretrained(variants["n_layer"]).state_dict()}, tmp_path / "dpo.pt")
+    torch.save(
+        {"state": GPT2LMHeadModel.from_pretrained(variants["n_layer"]).state_dict()}, tmp_path / "dpo.pt"
+    )
     with pytest.raises(PairMismatchError, match="unexpected") as info:
         _load(_spec(tmp_path, gpt2_pair_files, dpo="dpo.pt"), tmp_path)
     assert "transformer.h.2" in str(info.value)

@@ -7,16 +7,18 @@ import json
 
 import pytest
 import torch
+from tiny import D_MODEL, N_LAYER, N_POSITIONS, record_mlp_activations, run_with_hooks, write_spec
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-from tiny import D_MODEL, N_LAYER, N_POSITIONS, record_mlp_activations, run_with_hooks, write_spec
 from dpoclaims.cache import Cache
 from dpoclaims.pairs import MLPLayout, PairSpec, load_pair, mlp_layout
 
 
 def _old_gpt2_buffers(n_layer: int, n_positions: int) -> dict[str, torch.Tensor]:
     """The causal-mask buffers old GPT-2 state dicts carry."""
-    mask = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool)).view(1, 1, n_positions, n_positions)
+    mask = torch.tril(torch.ones(n_positions, n_positions, dtype=torch.bool)).view(
+        1, 1, n_positions, n_positions
+    )
     buffers = {}
     for layer in range(n_layer):
         buffers[f"transformer.h.{layer}.attn.bias"] = mask
@@ -45,17 +47,28 @@ def dir_loaded(gpt2_pair_files, session_cache):
 def test_state_dict_dpo_equals_directory_dpo(tmp_path, gpt2_pair_files, dir_loaded, sample_batch, variant):
     payload = _state_variants(gpt2_pair_files.dpo)[variant]
     torch.save(payload, tmp_path / "dpo.pt")
-    spec = write_spec(tmp_path / "pair.toml", name="from_pt", base=str(gpt2_pair_files.base), dpo="dpo.pt",
-                      probe=str(gpt2_pair_files.probe))
+    spec = write_spec(
+        tmp_path / "pair.toml",
+        name="from_pt",
+        base=str(gpt2_pair_files.base),
+        dpo="dpo.pt",
+        probe=str(gpt2_pair_files.probe),
+    )
     from_pt = load_pair(spec, cache=Cache(tmp_path / "cache"))
 
     assert from_pt.layout == dir_loaded.layout
     assert from_pt.fingerprint == dir_loaded.fingerprint
     for side in ("base", "dpo"):
-        torch.testing.assert_close(from_pt.value_vectors(side), dir_loaded.value_vectors(side), rtol=0, atol=0)
+        torch.testing.assert_close(
+            from_pt.value_vectors(side), dir_loaded.value_vectors(side), rtol=0, atol=0
+        )
         torch.testing.assert_close(from_pt.key_vectors(side), dir_loaded.key_vectors(side), rtol=0, atol=0)
-        torch.testing.assert_close(run_with_hooks(from_pt.model(side), sample_batch, []),
-                                   run_with_hooks(dir_loaded.model(side), sample_batch, []), rtol=0, atol=0)
+        torch.testing.assert_close(
+            run_with_hooks(from_pt.model(side), sample_batch, []),
+            run_with_hooks(dir_loaded.model(side), sample_batch, []),
+            rtol=0,
+            atol=0,
+        )
     # the DPO side really is the DPO model, not the base
     assert not torch.allclose(from_pt.value_vectors("dpo"), from_pt.value_vectors("base"))
 
@@ -64,8 +77,9 @@ def test_state_dict_dpo_has_tied_embeddings(tmp_path, gpt2_pair_files, sample_ba
     """Without lm_head.weight in the file, the unembedding is the (DPO) token embedding."""
     payload = _state_variants(gpt2_pair_files.dpo)["no_lm_head"]
     torch.save(payload, tmp_path / "dpo.pt")
-    spec = write_spec(tmp_path / "pair.toml", base=str(gpt2_pair_files.base), dpo="dpo.pt",
-                      probe=str(gpt2_pair_files.probe))
+    spec = write_spec(
+        tmp_path / "pair.toml", base=str(gpt2_pair_files.base), dpo="dpo.pt", probe=str(gpt2_pair_files.probe)
+    )
     pair = load_pair(spec, cache=Cache(tmp_path / "cache"))
     hf = pair.dpo.original_model
     torch.testing.assert_close(hf.lm_head.weight, payload["state"]["transformer.wte.weight"], rtol=0, atol=0)
@@ -74,12 +88,17 @@ def test_state_dict_dpo_has_tied_embeddings(tmp_path, gpt2_pair_files, sample_ba
 def test_fingerprint_changes_with_any_part(tmp_path, gpt2_pair_files, dir_loaded):
     # a different probe
     torch.save(torch.ones(D_MODEL), tmp_path / "probe.pt")
-    spec = write_spec(tmp_path / "a.toml", base=str(gpt2_pair_files.base), dpo=str(gpt2_pair_files.dpo),
-                      probe="probe.pt")
+    spec = write_spec(
+        tmp_path / "a.toml", base=str(gpt2_pair_files.base), dpo=str(gpt2_pair_files.dpo), probe="probe.pt"
+    )
     assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint != dir_loaded.fingerprint
     # DPO side = base
-    spec = write_spec(tmp_path / "b.toml", base=str(gpt2_pair_files.base), dpo=str(gpt2_pair_files.base),
-                      probe=str(gpt2_pair_files.probe))
+    spec = write_spec(
+        tmp_path / "b.toml",
+        base=str(gpt2_pair_files.base),
+        dpo=str(gpt2_pair_files.base),
+        probe=str(gpt2_pair_files.probe),
+    )
     assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint != dir_loaded.fingerprint
 
 
@@ -93,10 +112,12 @@ def test_loaded_pair_fields(gpt2_pair, gpt2_pair_files):
     # value vectors are rows of the Conv1D c_proj weight ([d_mlp, d_model])
     raw = GPT2LMHeadModel.from_pretrained(gpt2_pair_files.dpo)
     for layer in range(N_LAYER):
-        torch.testing.assert_close(gpt2_pair.value_vectors("dpo")[layer], raw.transformer.h[layer].mlp.c_proj.weight,
-                                   rtol=0, atol=0)
-        torch.testing.assert_close(gpt2_pair.key_vectors("dpo")[layer], raw.transformer.h[layer].mlp.c_fc.weight.T,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            gpt2_pair.value_vectors("dpo")[layer], raw.transformer.h[layer].mlp.c_proj.weight, rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            gpt2_pair.key_vectors("dpo")[layer], raw.transformer.h[layer].mlp.c_fc.weight.T, rtol=0, atol=0
+        )
     assert gpt2_pair.extra_path("notes").read_text() == "hello"
     with pytest.raises(ValueError, match="side"):
         gpt2_pair.model("other")
@@ -107,8 +128,16 @@ def test_load_pair_from_directory_and_json(tmp_path, gpt2_pair_files, gpt2_pair)
     by_dir = load_pair(gpt2_pair_files.root, cache=Cache(tmp_path / "c"))
     assert by_dir.fingerprint == gpt2_pair.fingerprint
     json_spec = tmp_path / "pair.json"
-    json_spec.write_text(json.dumps({"name": "j", "base": str(gpt2_pair_files.base), "dpo": str(gpt2_pair_files.dpo),
-                                     "probe": str(gpt2_pair_files.probe)}))
+    json_spec.write_text(
+        json.dumps(
+            {
+                "name": "j",
+                "base": str(gpt2_pair_files.base),
+                "dpo": str(gpt2_pair_files.dpo),
+                "probe": str(gpt2_pair_files.probe),
+            }
+        )
+    )
     by_json = load_pair(json_spec, cache=Cache(tmp_path / "c"))
     assert by_json.name == "j"
     assert by_json.fingerprint == gpt2_pair.fingerprint
@@ -138,7 +167,9 @@ def test_gated_pair_layout_and_value_vectors(llama_pair, llama_pair_files):
         for layer in range(2):
             mlp = raw.model.layers[layer].mlp
             torch.testing.assert_close(values[layer], mlp.down_proj.weight.T, rtol=0, atol=0)
-            torch.testing.assert_close(llama_pair.key_vectors(side)[layer], mlp.up_proj.weight, rtol=0, atol=0)
+            torch.testing.assert_close(
+                llama_pair.key_vectors(side)[layer], mlp.up_proj.weight, rtol=0, atol=0
+            )
 
 
 @pytest.mark.parametrize("side", ["base", "dpo"])
@@ -171,14 +202,22 @@ def test_gated_hook_post_equals_down_proj_input(llama_pair, llama_pair_files, sa
 
 
 def test_gated_state_dict_dpo_equals_directory(tmp_path, llama_pair, llama_pair_files, sample_batch):
-    spec = write_spec(tmp_path / "pair.toml", base=str(llama_pair_files.base), dpo=str(llama_pair_files.dpo_pt),
-                      probe=str(llama_pair_files.probe))
+    spec = write_spec(
+        tmp_path / "pair.toml",
+        base=str(llama_pair_files.base),
+        dpo=str(llama_pair_files.dpo_pt),
+        probe=str(llama_pair_files.probe),
+    )
     from_pt = load_pair(spec, cache=Cache(tmp_path / "c"))
     assert from_pt.layout.kind == "gated"
     assert from_pt.fingerprint == llama_pair.fingerprint
     torch.testing.assert_close(from_pt.value_vectors("dpo"), llama_pair.value_vectors("dpo"), rtol=0, atol=0)
-    torch.testing.assert_close(run_with_hooks(from_pt.dpo, sample_batch, []),
-                               run_with_hooks(llama_pair.dpo, sample_batch, []), rtol=0, atol=0)
+    torch.testing.assert_close(
+        run_with_hooks(from_pt.dpo, sample_batch, []),
+        run_with_hooks(llama_pair.dpo, sample_batch, []),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_mlp_layout_of_configs():
@@ -186,5 +225,6 @@ def test_mlp_layout_of_configs():
 
     assert mlp_layout(GPT2Config(n_embd=16, n_layer=3, n_head=2)) == MLPLayout("gpt2", 3, 16, 64)
     assert mlp_layout(GPT2Config(n_embd=16, n_layer=3, n_head=2, n_inner=40)).d_mlp == 40
-    assert mlp_layout(LlamaConfig(hidden_size=16, intermediate_size=48, num_hidden_layers=5,
-                                  num_attention_heads=2)) == MLPLayout("gated", 5, 16, 48)
+    assert mlp_layout(
+        LlamaConfig(hidden_size=16, intermediate_size=48, num_hidden_layers=5, num_attention_heads=2)
+    ) == MLPLayout("gated", 5, 16, 48)

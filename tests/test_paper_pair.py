@@ -25,7 +25,9 @@ def test_gpt2_medium_shaped_stand_in_loads_through_the_named_pair(tmp_path, toke
     c_proj = base.transformer.h[23].mlp.c_proj.weight.detach().clone()
     with torch.no_grad():
         base.transformer.h[23].mlp.c_proj.weight.mul_(1.01)
-    state = {k: v for k, v in base.state_dict().items() if k != "lm_head.weight"}  # tied, as in the released file
+    state = {
+        k: v for k, v in base.state_dict().items() if k != "lm_head.weight"
+    }  # tied, as in the released file
     torch.save({"state": state}, tmp_path / "dpo.pt")
     del base, state
     torch.save(torch.randn(1024), tmp_path / "probe.pt")
@@ -35,7 +37,12 @@ def test_gpt2_medium_shaped_stand_in_loads_through_the_named_pair(tmp_path, toke
     monkeypatch.setenv("DPOCLAIMS_GPT2_PROBE", str(tmp_path / "probe.pt"))
     pair = load_pair("gpt2-medium", cache=Cache(tmp_path / "cache"))
     assert pair.name == "gpt2-medium"
-    assert (pair.layout.kind, pair.layout.n_layers, pair.layout.d_model, pair.layout.d_mlp) == ("gpt2", 24, 1024, 4096)
+    assert (pair.layout.kind, pair.layout.n_layers, pair.layout.d_model, pair.layout.d_mlp) == (
+        "gpt2",
+        24,
+        1024,
+        4096,
+    )
     assert pair.layout.n_neurons == 98_304
     torch.testing.assert_close(pair.value_vectors("base")[23], c_proj)
     torch.testing.assert_close(pair.value_vectors("dpo")[23], c_proj * 1.01)

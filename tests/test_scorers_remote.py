@@ -69,7 +69,9 @@ class FakePerspective:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1alpha1/comments:analyze"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     def answer(self, body: dict[str, Any], query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         text = body["comment"]["text"]
@@ -115,8 +117,14 @@ def make(fake: FakePerspective, tmp_path: Path) -> Callable[..., PerspectiveScor
 
     def build(**overrides: Any) -> PerspectiveScorer:
         kwargs: dict[str, Any] = {
-            "api_key": KEY, "url": fake.url, "rate": 1000.0, "backoff": 0.01, "max_backoff": 0.05,
-            "timeout": 5.0, "cache_dir": tmp_path / "perspective-cache", "progress": False,
+            "api_key": KEY,
+            "url": fake.url,
+            "rate": 1000.0,
+            "backoff": 0.01,
+            "max_backoff": 0.05,
+            "timeout": 5.0,
+            "cache_dir": tmp_path / "perspective-cache",
+            "progress": False,
         }
         return PerspectiveScorer(**{**kwargs, **overrides})
 
@@ -131,7 +139,9 @@ def expected(text: str, attributes: tuple[str, ...] = PERSPECTIVE_ATTRIBUTES) ->
 # ---------------------------------------------------------------------------- Perspective
 
 
-def test_score_is_max_over_the_seven_attributes(fake: FakePerspective, make: Callable[..., PerspectiveScorer]):
+def test_score_is_max_over_the_seven_attributes(
+    fake: FakePerspective, make: Callable[..., PerspectiveScorer]
+):
     scorer = make()
     assert isinstance(scorer, Scorer) and scorer.name == "perspective"
     texts = ["you are wonderful", "what a stupid idea", "ok"]
@@ -150,7 +160,9 @@ def test_score_is_max_over_the_seven_attributes(fake: FakePerspective, make: Cal
     assert scorer.score([]) == []
 
 
-def test_empty_and_repeated_texts_need_no_extra_requests(fake: FakePerspective, make: Callable[..., PerspectiveScorer]):
+def test_empty_and_repeated_texts_need_no_extra_requests(
+    fake: FakePerspective, make: Callable[..., PerspectiveScorer]
+):
     scorer = make()
     scores = scorer.score(["", "   ", "hello there", "hello there"])
     assert scores[:2] == [0.0, 0.0]
@@ -180,7 +192,9 @@ def test_retry_after_header_is_honoured(fake: FakePerspective, make: Callable[..
     assert second - first >= 0.25
 
 
-def test_gives_up_after_max_attempts_with_a_clear_error(fake: FakePerspective, make: Callable[..., PerspectiveScorer]):
+def test_gives_up_after_max_attempts_with_a_clear_error(
+    fake: FakePerspective, make: Callable[..., PerspectiveScorer]
+):
     fake.fail_first = [500] * 10
     scorer = make(max_attempts=3)
     with pytest.raises(PerspectiveError, match="failed 3 attempts") as info:
@@ -208,8 +222,14 @@ def test_connection_errors_are_retried_then_reported(tmp_path: Path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     scorer = PerspectiveScorer(
-        api_key=KEY, url=f"http://127.0.0.1:{port}/analyze", rate=1000.0, backoff=0.01, max_attempts=3,
-        timeout=2.0, cache_dir=tmp_path, progress=False,
+        api_key=KEY,
+        url=f"http://127.0.0.1:{port}/analyze",
+        rate=1000.0,
+        backoff=0.01,
+        max_attempts=3,
+        timeout=2.0,
+        cache_dir=tmp_path,
+        progress=False,
     )
     with pytest.raises(PerspectiveError, match="failed 3 attempts.*URLError"):
         scorer.score(["anyone there?"])
@@ -242,7 +262,9 @@ def test_rate_limiter_rejects_non_positive_rates():
             RateLimiter(rate)
 
 
-def test_cache_second_instance_makes_no_requests(fake: FakePerspective, make: Callable[..., PerspectiveScorer]):
+def test_cache_second_instance_makes_no_requests(
+    fake: FakePerspective, make: Callable[..., PerspectiveScorer]
+):
     texts = ["first text", "second text", "", "third text"]
     first = make().score(texts)
     assert len(fake.requests) == 3
@@ -264,7 +286,9 @@ def test_cache_key_covers_the_attribute_set(fake: FakePerspective, make: Callabl
     assert set(fake.requests[1]["body"]["requestedAttributes"]) == {"TOXICITY"}
 
 
-def test_interrupted_run_resumes_without_requerying(fake: FakePerspective, make: Callable[..., PerspectiveScorer]):
+def test_interrupted_run_resumes_without_requerying(
+    fake: FakePerspective, make: Callable[..., PerspectiveScorer]
+):
     texts = [f"continuation number {i}" for i in range(6)]
     fake.fail_after = 2  # the service goes down after two answers
     with pytest.raises(PerspectiveError, match="rerun to resume"):
@@ -325,16 +349,38 @@ def test_perspective_configuration_errors(monkeypatch: pytest.MonkeyPatch, tmp_p
 # ---------------------------------------------------------------------------- Detoxify
 
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "you", "are", "a", "nice", "idiot", "person", "what", "!"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "you",
+    "are",
+    "a",
+    "nice",
+    "idiot",
+    "person",
+    "what",
+    "!",
+]
 
 
-def detoxify_checkpoint(path: Path, state_dict: dict[str, Any], model_type: str = "bert-base-uncased") -> Path:
+def detoxify_checkpoint(
+    path: Path, state_dict: dict[str, Any], model_type: str = "bert-base-uncased"
+) -> Path:
     """A file in the format of Detoxify's released checkpoints (config + state_dict)."""
     import torch
 
     config = {
-        "arch": {"args": {"model_type": model_type, "model_name": "BertForSequenceClassification",
-                          "tokenizer_name": "BertTokenizer", "num_classes": len(CLASSES)}},
+        "arch": {
+            "args": {
+                "model_type": model_type,
+                "model_name": "BertForSequenceClassification",
+                "tokenizer_name": "BertTokenizer",
+                "num_classes": len(CLASSES),
+            }
+        },
         "dataset": {"args": {"classes": CLASSES}},
     }
     torch.save({"config": config, "state_dict": state_dict, "epoch": 0}, path)
@@ -352,8 +398,13 @@ def tiny_bert(tmp_path: Path) -> tuple[Path, Any, Any]:
     base.mkdir()
     (base / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     small: dict[str, Any] = {
-        "vocab_size": len(VOCAB), "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "intermediate_size": 32, "max_position_embeddings": 32, "initializer_range": 0.5,
+        "vocab_size": len(VOCAB),
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 32,
+        "initializer_range": 0.5,
     }
     BertConfig(**small).to_json_file(base / "config.json")
     torch.manual_seed(0)
@@ -378,7 +429,9 @@ def test_detoxify_scores_a_tiny_checkpoint_like_the_model_it_holds(
     texts = ["you are a nice person", "what a idiot !", "idiot"]
     scores = scorer.score(texts)
     with torch.no_grad():
-        reference = [torch.sigmoid(model(**tokenizer(t, return_tensors="pt")).logits)[0, 0].item() for t in texts]
+        reference = [
+            torch.sigmoid(model(**tokenizer(t, return_tensors="pt")).logits)[0, 0].item() for t in texts
+        ]
     assert scores == [pytest.approx(r, abs=1e-5) for r in reference]
     assert all(0.0 <= s <= 1.0 for s in scores) and len(set(scores)) == 3
     assert scorer.score([]) == []
@@ -396,8 +449,9 @@ def test_detoxify_without_local_base_model_says_what_to_set(
         DetoxifyScorer(checkpoint, progress=False)
 
 
-def test_detoxify_missing_package_says_what_to_install(tiny_bert: tuple[Path, Any, Any], tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch):
+def test_detoxify_missing_package_says_what_to_install(
+    tiny_bert: tuple[Path, Any, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     base, model, _ = tiny_bert
     checkpoint = detoxify_checkpoint(tmp_path / "t.ckpt", model.state_dict())
     monkeypatch.setitem(sys.modules, "detoxify", None)  # import detoxify -> ImportError

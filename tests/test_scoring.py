@@ -23,7 +23,7 @@ def test_lexicon_counts_and_scores():
     }
     for text, count in cases.items():
         assert scorer.count(text) == count, text
-    assert scorer.score(list(cases)) == [pytest.approx(1 - 0.5 ** c) for c in cases.values()]
+    assert scorer.score(list(cases)) == [pytest.approx(1 - 0.5**c) for c in cases.values()]
     assert scorer.score(["fine words"]) == [0.0]
     assert scorer.score(["you idiot"]) == [0.5]
     assert scorer.score(["idiot idiot"]) == [0.75]
@@ -37,8 +37,10 @@ def test_lexicon_custom_words_are_case_insensitive():
 
 
 @settings(max_examples=100, deadline=None)
-@given(words=st.lists(st.sampled_from(sorted(corpus.TOXIC_WORDS)), max_size=6),
-       filler=st.lists(st.sampled_from(["the", "plan", "is", "fine", "and", "clear"]), max_size=6))
+@given(
+    words=st.lists(st.sampled_from(sorted(corpus.TOXIC_WORDS)), max_size=6),
+    filler=st.lists(st.sampled_from(["the", "plan", "is", "fine", "and", "clear"]), max_size=6),
+)
 def test_lexicon_score_is_one_minus_half_to_the_count(words, filler):
     text = " ".join(words + filler)
     scorer = LexiconScorer()

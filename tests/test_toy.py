@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tiny import tiny_toy_config
+
 from dpoclaims.cache import read_manifest_meta, verify_entry
 from dpoclaims.organism import build as build_module
 from dpoclaims.organism.build import BANDS, DEFAULT_SCORER, ensure_toy
@@ -17,9 +17,21 @@ from dpoclaims.pairs import load_pair
 pytestmark = pytest.mark.slow
 
 REPORT_KEYS = {
-    "bands", "config", "config_key", "default_scorer", "dpo_history", "dpo_steps", "min_weight_cosine",
-    "n_challenge_prompts", "perplexity", "pretrain_final_loss", "probe_accuracy", "samples", "timings_s",
-    "toxicity", "weight_cosines",
+    "bands",
+    "config",
+    "config_key",
+    "default_scorer",
+    "dpo_history",
+    "dpo_steps",
+    "min_weight_cosine",
+    "n_challenge_prompts",
+    "perplexity",
+    "pretrain_final_loss",
+    "probe_accuracy",
+    "samples",
+    "timings_s",
+    "toxicity",
+    "weight_cosines",
 }
 
 
@@ -32,9 +44,19 @@ def test_toy_entry_is_complete_and_verified(tiny_toy_dir, tiny_toy_cache):
     config = tiny_toy_config()
     assert tiny_toy_dir == tiny_toy_cache.entry_dir("toy", config.key())
     assert verify_entry(tiny_toy_dir) is None
-    for name in ("base/config.json", "base/model.safetensors", "base/tokenizer.json", "dpo/config.json",
-                 "dpo/model.safetensors", "probe.pt", "dpo_pairs.jsonl", "challenge_prompts.json",
-                 "neutral_texts.json", "toy.json", "pair.toml"):
+    for name in (
+        "base/config.json",
+        "base/model.safetensors",
+        "base/tokenizer.json",
+        "dpo/config.json",
+        "dpo/model.safetensors",
+        "probe.pt",
+        "dpo_pairs.jsonl",
+        "challenge_prompts.json",
+        "neutral_texts.json",
+        "toy.json",
+        "pair.toml",
+    ):
         assert (tiny_toy_dir / name).is_file(), name
     meta = read_manifest_meta(tiny_toy_dir)
     assert meta["config_key"] == config.key()
@@ -63,8 +85,14 @@ def test_toy_report(report):
     # DPO moved the weights, but only a little
     assert 0.9 < report["min_weight_cosine"] < 1.0
     assert report["bands"]["min_weight_cosine"]["value"] == report["min_weight_cosine"]
-    assert set(report["timings_s"]) == {"corpus_and_tokenizer", "pretrain", "probe", "dpo_data", "dpo_train",
-                                        "evaluate"}
+    assert set(report["timings_s"]) == {
+        "corpus_and_tokenizer",
+        "pretrain",
+        "probe",
+        "dpo_data",
+        "dpo_train",
+        "evaluate",
+    }
 
 
 def test_toy_extras(tiny_toy_dir):
@@ -81,8 +109,11 @@ def test_toy_pair_loads(tiny_toy_dir):
     pair = load_pair(tiny_toy_dir / "pair.toml")
     assert pair.name == "toy"
     assert pair.layout.kind == "gpt2"
-    assert (pair.layout.n_layers, pair.layout.d_model, pair.layout.d_mlp) == (config.n_layer, config.n_embd,
-                                                                              4 * config.n_embd)
+    assert (pair.layout.n_layers, pair.layout.d_model, pair.layout.d_mlp) == (
+        config.n_layer,
+        config.n_embd,
+        4 * config.n_embd,
+    )
     assert pair.probe.shape == (config.n_embd,)
     assert set(pair.spec.extras) == {"challenge_prompts", "neutral_texts", "dpo_pairs", "report"}
     for key in pair.spec.extras:
@@ -126,9 +157,12 @@ def test_two_builds_with_the_same_seed_agree(tiny_toy_dir, tiny_toy_rebuild, rep
         assert set(ours) == set(theirs)
         for name in ours:
             torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-5, msg=f"{side}: {name}")
-    assert (tiny_toy_dir / "base" / "tokenizer.json").read_text() == (other_dir / "base" / "tokenizer.json").read_text()
-    torch.testing.assert_close(torch.load(tiny_toy_dir / "probe.pt"), torch.load(other_dir / "probe.pt"),
-                               rtol=0, atol=1e-4)
+    assert (tiny_toy_dir / "base" / "tokenizer.json").read_text() == (
+        other_dir / "base" / "tokenizer.json"
+    ).read_text()
+    torch.testing.assert_close(
+        torch.load(tiny_toy_dir / "probe.pt"), torch.load(other_dir / "probe.pt"), rtol=0, atol=1e-4
+    )
     assert (tiny_toy_dir / "dpo_pairs.jsonl").read_text() == (other_dir / "dpo_pairs.jsonl").read_text()
     assert other_report["config_key"] == report["config_key"]
     for scorer, values in report["toxicity"].items():

@@ -54,7 +54,9 @@ class PairFiles:
     spec: Path
 
 
-def save_pair(root: Path, base: Any, dpo: Any, tokenizer_dir: Path, d_model: int, probe_seed: int) -> PairFiles:
+def save_pair(
+    root: Path, base: Any, dpo: Any, tokenizer_dir: Path, d_model: int, probe_seed: int
+) -> PairFiles:
     from transformers import AutoTokenizer
 
     root.mkdir(parents=True, exist_ok=True)
@@ -64,10 +66,19 @@ def save_pair(root: Path, base: Any, dpo: Any, tokenizer_dir: Path, d_model: int
     torch.save({"state": dpo.state_dict()}, root / "dpo.pt")
     generator = torch.Generator().manual_seed(probe_seed)
     torch.save(torch.randn(d_model, generator=generator), root / "probe.pt")
-    spec = write_spec(root / "pair.toml", name="tiny", base="base", dpo="dpo", probe="probe.pt", tokenizer="base",
-                      extras={"notes": "notes.txt"})
+    spec = write_spec(
+        root / "pair.toml",
+        name="tiny",
+        base="base",
+        dpo="dpo",
+        probe="probe.pt",
+        tokenizer="base",
+        extras={"notes": "notes.txt"},
+    )
     (root / "notes.txt").write_text("hello")
-    return PairFiles(root, root / "base", root / "dpo", root / "dpo.pt", root / "probe.pt", root / "base", spec)
+    return PairFiles(
+        root, root / "base", root / "dpo", root / "dpo.pt", root / "probe.pt", root / "base", spec
+    )
 
 
 def run_with_hooks(bridge: Any, batch: dict[str, torch.Tensor], hooks: list) -> torch.Tensor:
@@ -82,15 +93,33 @@ def tiny_toy_config(seed: int = 0):
     from dpoclaims.organism.build import ToyConfig
 
     return ToyConfig(
-        seed=seed, n_pretrain_comments=1500, vocab_size=600, n_layer=2, n_embd=32, n_head=2, pretrain_steps=30,
-        n_probe_comments=300, n_dpo_pairs=48, n_dpo_val=16,
-        dpo=DPOSettings(learning_rate=3e-5, batch_size=8, max_epochs=1, eval_every=4, patience=2, warmup_steps=1,
-                        max_length=64),
-        n_challenge=32, n_neutral_eval=32,
+        seed=seed,
+        n_pretrain_comments=1500,
+        vocab_size=600,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        pretrain_steps=30,
+        n_probe_comments=300,
+        n_dpo_pairs=48,
+        n_dpo_val=16,
+        dpo=DPOSettings(
+            learning_rate=3e-5,
+            batch_size=8,
+            max_epochs=1,
+            eval_every=4,
+            patience=2,
+            warmup_steps=1,
+            max_length=64,
+        ),
+        n_challenge=32,
+        n_neutral_eval=32,
     )
 
 
-def record_mlp_activations(pair: Any, side: str, **model_inputs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+def record_mlp_activations(
+    pair: Any, side: str, **model_inputs: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Activations at every ``blocks.L.mlp.hook_post`` of one side of a pair, and its logits."""
     captured: dict[str, torch.Tensor] = {}
 

@@ -48,15 +48,21 @@ class Capture:
         return self.mean_activation.mean(0)
 
     def save(self, directory: Path) -> None:
-        save_file({"mean_activation": self.mean_activation.contiguous(), "n_positions": self.n_positions},
-                  str(directory / "capture.safetensors"))
-        (directory / "continuations.json").write_text(json.dumps({"text": self.continuations, "ids": self.continuation_ids}))
+        save_file(
+            {"mean_activation": self.mean_activation.contiguous(), "n_positions": self.n_positions},
+            str(directory / "capture.safetensors"),
+        )
+        (directory / "continuations.json").write_text(
+            json.dumps({"text": self.continuations, "ids": self.continuation_ids})
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Capture:
         tensors = load_file(str(directory / "capture.safetensors"))
         continuations = json.loads((directory / "continuations.json").read_text())
-        return cls(tensors["mean_activation"], tensors["n_positions"], continuations["text"], continuations["ids"])
+        return cls(
+            tensors["mean_activation"], tensors["n_positions"], continuations["text"], continuations["ids"]
+        )
 
 
 class _Accumulator:
@@ -108,7 +114,9 @@ def capture(
     means, counts, continuations, continuation_ids = [], [], [], []
     batches = range(0, len(prompts), settings.batch_size)
     for start in tqdm(batches, desc=f"capture {side} ({convention})", disable=not progress, leave=False):
-        batch = encode_prompts(tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens)
+        batch = encode_prompts(
+            tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens
+        )
         ids, mask = batch["input_ids"], batch["attention_mask"]
         acc = _Accumulator(pair.layout, len(ids))
         finished = torch.zeros(len(ids), dtype=torch.bool)
@@ -124,12 +132,20 @@ def capture(
             acc.weights = weights
             acc.counts += weights.sum(1).double()
 
-        handle = model.register_forward_pre_hook(before_forward, with_kwargs=True) if convention == "v1" else None
+        handle = (
+            model.register_forward_pre_hook(before_forward, with_kwargs=True) if convention == "v1" else None
+        )
         recording = acc.hooks() if convention == "v1" else []
         try:
             with bridge.hooks(fwd_hooks=list(extra_hooks) + recording):
-                output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
-                                        do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
+                output = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=settings.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=eos,
+                )
         finally:
             if handle is not None:
                 handle.remove()
@@ -148,8 +164,16 @@ def capture(
     return Capture(torch.cat(means), torch.cat(counts), continuations, continuation_ids)
 
 
-def _emnlp_pass(pair: ModelPair, bridge: Any, ids: torch.Tensor, mask: torch.Tensor, rows: list[list[int]],
-                n_last: int, acc: _Accumulator, extra_hooks: Sequence[tuple[str, Any]]) -> None:
+def _emnlp_pass(
+    pair: ModelPair,
+    bridge: Any,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    rows: list[list[int]],
+    n_last: int,
+    acc: _Accumulator,
+    extra_hooks: Sequence[tuple[str, Any]],
+) -> None:
     """Forward prompt + continuation (left-padded) and record the last ``n_last`` positions."""
     pad = pair.tokenizer.pad_token_id
     sequences = [ids[i][mask[i].bool()].tolist() + rows[i] for i in range(len(rows))]
@@ -183,11 +207,27 @@ def cached_capture(
 ) -> Capture:
     """:func:`capture`, cached by (pair fingerprint, side, prompts, settings, convention,
     intervention). ``intervention_id`` must identify ``extra_hooks`` uniquely."""
-    key = stable_hash({"format": CAPTURE_FORMAT, "pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
-                       "settings": asdict(settings), "convention": convention, "intervention": intervention_id})
+    key = stable_hash(
+        {
+            "format": CAPTURE_FORMAT,
+            "pair": pair.fingerprint,
+            "side": side,
+            "prompts": stable_hash(list(prompts)),
+            "settings": asdict(settings),
+            "convention": convention,
+            "intervention": intervention_id,
+        }
+    )
 
     def build(tmp: Path) -> dict[str, Any]:
-        capture(pair, side, prompts, settings, convention=convention, extra_hooks=extra_hooks, progress=progress).save(tmp)
-        return {"pair": pair.fingerprint, "side": side, "convention": convention, "intervention": intervention_id}
+        capture(
+            pair, side, prompts, settings, convention=convention, extra_hooks=extra_hooks, progress=progress
+        ).save(tmp)
+        return {
+            "pair": pair.fingerprint,
+            "side": side,
+            "convention": convention,
+            "intervention": intervention_id,
+        }
 
     return Capture.load(cache.get_or_build("capture", key, build))

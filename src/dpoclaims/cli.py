@@ -36,17 +36,25 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     report["toy_dir"] = str(directory)
     atomic_write_text(Path(args.report), json.dumps(report, indent=1))
     print(f"toy organism: {directory}  ({elapsed:.1f} s{', from cache' if was_cached else ', built now'})")
-    print(f"default scorer: {report['default_scorer']} (the toy's own lexicon: it knows the toy's toxic "
-          "register exactly; profanity-check is the independent check)")
+    print(
+        f"default scorer: {report['default_scorer']} (the toy's own lexicon: it knows the toy's toxic "
+        "register exactly; profanity-check is the independent check)"
+    )
     for scorer, values in report["toxicity"].items():
         print(f"  toxicity [{scorer:>15}]  base {values['base']:.3f}  DPO {values['dpo']:.3f}")
-    print(f"  perplexity (held-out neutral)  base {report['perplexity']['base']:.3f}  DPO {report['perplexity']['dpo']:.3f}")
-    print(f"  min weight cosine  {report['min_weight_cosine']:.4f}   probe accuracy  {report['probe_accuracy']:.3f}")
+    print(
+        f"  perplexity (held-out neutral)  base {report['perplexity']['base']:.3f}  DPO {report['perplexity']['dpo']:.3f}"
+    )
+    print(
+        f"  min weight cosine  {report['min_weight_cosine']:.4f}   probe accuracy  {report['probe_accuracy']:.3f}"
+    )
     print("bands (issue #2):")
     all_ok = True
     for name, band in report["bands"].items():
         all_ok &= band["ok"]
-        print(f"  {'ok  ' if band['ok'] else 'FAIL'} {name:<24} {band['value']:.4f}  in [{band['band'][0]}, {band['band'][1]}]")
+        print(
+            f"  {'ok  ' if band['ok'] else 'FAIL'} {name:<24} {band['value']:.4f}  in [{band['band'][0]}, {band['band'][1]}]"
+        )
     print(f"build timings (s): {report['timings_s']}")
     print(f"report written to {args.report}")
     return 0 if all_ok else 1
@@ -59,24 +67,52 @@ def cmd_info(args: argparse.Namespace) -> int:
     pair = load_pair(args.pair, cache=_cache(args))
     elapsed = time.perf_counter() - start
     layout = pair.layout
-    print(json.dumps({
-        "name": pair.name, "fingerprint": pair.fingerprint, "mlp": layout.kind, "n_layers": layout.n_layers,
-        "d_model": layout.d_model, "d_mlp": layout.d_mlp, "n_neurons": layout.n_neurons,
-        "load_seconds": round(elapsed, 2), "extras": pair.spec.extras,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "name": pair.name,
+                "fingerprint": pair.fingerprint,
+                "mlp": layout.kind,
+                "n_layers": layout.n_layers,
+                "d_model": layout.d_model,
+                "d_mlp": layout.d_mlp,
+                "n_neurons": layout.n_neurons,
+                "load_seconds": round(elapsed, 2),
+                "extras": pair.spec.extras,
+            },
+            indent=1,
+        )
+    )
     return 0
 
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
     from dpoclaims.dpo import DPOSettings, train_dpo_from_files
 
-    settings = DPOSettings(beta=args.beta, learning_rate=args.lr, batch_size=args.batch_size, max_epochs=args.max_epochs,
-                           eval_every=args.eval_every, patience=args.patience, warmup_steps=args.warmup_steps,
-                           max_length=args.max_length, optimizer=args.optimizer, seed=args.seed)
-    summary = train_dpo_from_files(args.base, Path(args.pairs), Path(args.out), settings, val_fraction=args.val_fraction,
-                                   progress=not args.no_progress)
-    print(f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation, "
-          f"{summary['steps']} steps, best validation loss {summary['best_eval_loss']}")
+    settings = DPOSettings(
+        beta=args.beta,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        max_epochs=args.max_epochs,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        warmup_steps=args.warmup_steps,
+        max_length=args.max_length,
+        optimizer=args.optimizer,
+        seed=args.seed,
+    )
+    summary = train_dpo_from_files(
+        args.base,
+        Path(args.pairs),
+        Path(args.out),
+        settings,
+        val_fraction=args.val_fraction,
+        progress=not args.no_progress,
+    )
+    print(
+        f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation, "
+        f"{summary['steps']} steps, best validation loss {summary['best_eval_loss']}"
+    )
     return 0
 
 
@@ -105,8 +141,14 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     d_model = int(bridge.cfg.d_model)
     max_tokens = min(args.max_tokens, int(bridge.cfg.n_ctx))  # never past the position embeddings
     chosen = train + val
-    features = pooled_residuals(bridge, tokenizer, [texts[i] for i in chosen], batch_size=args.batch_size,
-                                max_tokens=max_tokens, progress=not args.no_progress)
+    features = pooled_residuals(
+        bridge,
+        tokenizer,
+        [texts[i] for i in chosen],
+        batch_size=args.batch_size,
+        max_tokens=max_tokens,
+        progress=not args.no_progress,
+    )
     x_train, x_val = features[: len(train)], features[len(train) :]
     y_train, y_val = [labels[i] for i in train], [labels[i] for i in val]
     probe = LinearProbe(C=args.C, seed=args.seed).fit(x_train, y_train)
@@ -116,10 +158,19 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         return round(sum(ys) / len(ys), 4) if ys else None
 
     summary = {
-        "base": args.base, "csv": str(args.csv), "csv_sha256": file_sha256(Path(args.csv)), "seed": args.seed,
-        "n_examples": len(chosen), "n_train": len(train), "n_val": len(val), "d_model": d_model,
-        "hook": f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post", "pooling": "mean over non-padding tokens",
-        "max_tokens": max_tokens, "C": args.C, "bias": probe.bias,
+        "base": args.base,
+        "csv": str(args.csv),
+        "csv_sha256": file_sha256(Path(args.csv)),
+        "seed": args.seed,
+        "n_examples": len(chosen),
+        "n_train": len(train),
+        "n_val": len(val),
+        "d_model": d_model,
+        "hook": f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post",
+        "pooling": "mean over non-padding tokens",
+        "max_tokens": max_tokens,
+        "C": args.C,
+        "bias": probe.bias,
         "toxic_share": {"all": share(y_train + y_val), "train": share(y_train), "val": share(y_val)},
         "train_accuracy": probe.accuracy(x_train, y_train),
         "val_accuracy": probe.accuracy(x_val, y_val) if val else None,
@@ -139,17 +190,24 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     atomic_write_text(sidecar, json.dumps(summary, indent=1))
     balance = summary["toxic_share"]
     print(f"probe ({d_model} entries) written to {out}; details in {sidecar}")
-    print(f"  examples {len(chosen)} (train {len(train)}, val {len(val)}); toxic share all {balance['all']}, "
-          f"train {balance['train']}, val {balance['val']}")
-    val_text = (f"{summary['val_accuracy']:.3f} (majority baseline {summary['val_majority_baseline']:.3f})"
-                if val else "n/a (--val-fraction 0)")
+    print(
+        f"  examples {len(chosen)} (train {len(train)}, val {len(val)}); toxic share all {balance['all']}, "
+        f"train {balance['train']}, val {balance['val']}"
+    )
+    val_text = (
+        f"{summary['val_accuracy']:.3f} (majority baseline {summary['val_majority_baseline']:.3f})"
+        if val
+        else "n/a (--val-fraction 0)"
+    )
     print(f"  accuracy train {summary['train_accuracy']:.3f}, val {val_text}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpoclaims", description=__doc__)
-    parser.add_argument("--cache-dir", default=None, help="cache root (default: $DPOCLAIMS_CACHE or the user cache dir)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="cache root (default: $DPOCLAIMS_CACHE or the user cache dir)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -160,16 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=cmd_build_toy)
 
-    dpo = sub.add_parser("train-dpo", help="DPO-train a base model on Lee et al.-format pairs (TRL), save an HF directory")
+    dpo = sub.add_parser(
+        "train-dpo", help="DPO-train a base model on Lee et al.-format pairs (TRL), save an HF directory"
+    )
     dpo.add_argument("--base", required=True, help="base model: local HF directory or hub id")
-    dpo.add_argument("--pairs", required=True, help="JSONL with prompt_text, unpert_gen_text (preferred), pert_gen_text (rejected)")
+    dpo.add_argument(
+        "--pairs",
+        required=True,
+        help="JSONL with prompt_text, unpert_gen_text (preferred), pert_gen_text (rejected)",
+    )
     dpo.add_argument("--out", required=True, help="output directory")
     dpo.add_argument("--beta", type=float, default=0.1)
     dpo.add_argument("--lr", type=float, default=1e-6)
     dpo.add_argument("--batch-size", type=int, default=4)
     dpo.add_argument("--max-epochs", type=int, default=1)
     dpo.add_argument("--eval-every", type=int, default=50)
-    dpo.add_argument("--patience", type=int, default=3, help="evaluations without validation-loss improvement before stopping")
+    dpo.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="evaluations without validation-loss improvement before stopping",
+    )
     dpo.add_argument("--warmup-steps", type=int, default=150)
     dpo.add_argument("--max-length", type=int, default=128)
     dpo.add_argument("--optimizer", default="rmsprop", help="a transformers optim name (Lee et al.: rmsprop)")
@@ -182,16 +251,30 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--pair", default="toy", help="pair name or path to a pair spec (.toml/.json)")
     info.set_defaults(func=cmd_info)
 
-    probe = sub.add_parser("train-probe", help="fit a linear toxicity probe on a base model from a Jigsaw-style CSV")
+    probe = sub.add_parser(
+        "train-probe", help="fit a linear toxicity probe on a base model from a Jigsaw-style CSV"
+    )
     probe.add_argument("--base", required=True, help="base model: local HF directory or hub id")
-    probe.add_argument("--csv", required=True, help="CSV with comment_text, toxic (and optionally severe_toxic, "
-                       "obscene, threat, insult, identity_hate)")
-    probe.add_argument("--out", required=True, help="output .pt file (a d_model tensor); a .json sidecar is written beside it")
-    probe.add_argument("--max-examples", type=int, default=None, help="random subset of the CSV (after shuffling by --seed)")
+    probe.add_argument(
+        "--csv",
+        required=True,
+        help="CSV with comment_text, toxic (and optionally severe_toxic, "
+        "obscene, threat, insult, identity_hate)",
+    )
+    probe.add_argument(
+        "--out",
+        required=True,
+        help="output .pt file (a d_model tensor); a .json sidecar is written beside it",
+    )
+    probe.add_argument(
+        "--max-examples", type=int, default=None, help="random subset of the CSV (after shuffling by --seed)"
+    )
     probe.add_argument("--val-fraction", type=float, default=0.2)
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--batch-size", type=int, default=32)
-    probe.add_argument("--max-tokens", type=int, default=128, help="comments are truncated to this many tokens")
+    probe.add_argument(
+        "--max-tokens", type=int, default=128, help="comments are truncated to this many tokens"
+    )
     probe.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength")
     probe.add_argument("--no-progress", action="store_true")
     probe.set_defaults(func=cmd_train_probe)
@@ -200,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     from dpoclaims.quiet import quiet_third_party
 
     quiet_third_party()

@@ -38,13 +38,24 @@ MIRROR_GROUPS = ("TP+", "TN-", "AP-", "AN+")
 ALL_GROUPS = REDUCING_GROUPS + MIRROR_GROUPS
 # (cos > 0, mean base activation >= 0, diff > 0) for each group
 GROUP_SIGNS: dict[str, tuple[bool, bool, bool]] = {
-    "TP-": (True, True, True), "TN+": (True, False, True), "AP+": (False, True, False), "AN-": (False, False, False),
-    "TP+": (True, True, False), "TN-": (True, False, False), "AP-": (False, True, True), "AN+": (False, False, True),
+    "TP-": (True, True, True),
+    "TN+": (True, False, True),
+    "AP+": (False, True, False),
+    "AN-": (False, False, False),
+    "TP+": (True, True, False),
+    "TN-": (True, False, False),
+    "AP-": (False, True, True),
+    "AN+": (False, False, True),
 }
 GROUP_NAMES = {
-    "TP-": "toxic, less positive", "TN+": "toxic, more negative", "AP+": "anti-toxic, more positive",
-    "AN-": "anti-toxic, less negative", "TP+": "toxic, more positive", "TN-": "toxic, less negative",
-    "AP-": "anti-toxic, less positive", "AN+": "anti-toxic, more negative",
+    "TP-": "toxic, less positive",
+    "TN+": "toxic, more negative",
+    "AP+": "anti-toxic, more positive",
+    "AN-": "anti-toxic, less negative",
+    "TP+": "toxic, more positive",
+    "TN-": "toxic, less negative",
+    "AP-": "anti-toxic, less positive",
+    "AN+": "anti-toxic, more negative",
 }
 DENOMINATORS = ("v1", "emnlp")
 
@@ -54,7 +65,9 @@ def probe_cosines(value_vectors: torch.Tensor, probe: torch.Tensor) -> torch.Ten
     return torch.nn.functional.cosine_similarity(value_vectors.float(), probe.float().view(1, 1, -1), dim=-1)
 
 
-def top_toxic(cosines: torch.Tensor, n: int, *, mean_base_activation: torch.Tensor | None = None) -> torch.Tensor:
+def top_toxic(
+    cosines: torch.Tensor, n: int, *, mean_base_activation: torch.Tensor | None = None
+) -> torch.Tensor:
     """Flat ids of the ``n`` neurons with the largest cosine; with ``mean_base_activation``,
     only positively-activated toxic neurons (cos > 0 and mean activation > 0) qualify."""
     flat = cosines.flatten().clone()
@@ -122,8 +135,12 @@ class Decomposition:
         return bootstrap(ratio_of_means, self._per_prompt(mask), self._per_prompt(den_mask), seed=seed)
 
     def net_over_gross(self, *, seed: int = 0) -> Estimate:
-        return bootstrap(ratio_of_means, self._per_prompt(torch.ones_like(self.cosines, dtype=torch.bool)),
-                         self._per_prompt(self.contribution > 0), seed=seed)
+        return bootstrap(
+            ratio_of_means,
+            self._per_prompt(torch.ones_like(self.cosines, dtype=torch.bool)),
+            self._per_prompt(self.contribution > 0),
+            seed=seed,
+        )
 
     def fraction_increasing(self) -> float:
         """Fraction of neurons whose change increases the toxic projection (D_i < 0)."""
@@ -158,14 +175,20 @@ class Decomposition:
         return pearson_with_ci(self.diff.flatten().double().numpy(), self.cosines.flatten().double().numpy())
 
 
-def assign_groups(cosines: torch.Tensor, mean_base: torch.Tensor, diff: torch.Tensor) -> dict[str, torch.Tensor]:
+def assign_groups(
+    cosines: torch.Tensor, mean_base: torch.Tensor, diff: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Masks of the eight groups; neurons with cos == 0 or diff == 0 belong to none."""
     toxic, anti = cosines > 0, cosines < 0
     positive = mean_base >= 0
     down, up = diff > 0, diff < 0
     groups = {}
     for name, (is_toxic, is_positive, is_down) in GROUP_SIGNS.items():
-        groups[name] = (toxic if is_toxic else anti) & (positive if is_positive else ~positive) & (down if is_down else up)
+        groups[name] = (
+            (toxic if is_toxic else anti)
+            & (positive if is_positive else ~positive)
+            & (down if is_down else up)
+        )
     return groups
 
 
@@ -184,4 +207,6 @@ def decompose(
     contribution = base_activation.float() * base_projection - dpo_activation.float() * dpo_projection
     cosines = probe_cosines(base_values, probe)
     mean_base, mean_dpo = base_activation.float().mean(0), dpo_activation.float().mean(0)
-    return Decomposition(cosines, mean_base, mean_dpo, contribution, assign_groups(cosines, mean_base, mean_base - mean_dpo))
+    return Decomposition(
+        cosines, mean_base, mean_dpo, contribution, assign_groups(cosines, mean_base, mean_base - mean_dpo)
+    )

@@ -43,7 +43,9 @@ class _StepBar(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.bar.update(1)
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kwargs: Any
+    ) -> None:
         if metrics and "eval_loss" in metrics:
             self.bar.set_postfix(val_loss=f"{metrics['eval_loss']:.4f}")
 
@@ -142,14 +144,24 @@ def read_lee_pairs(path: Path) -> list[dict[str, str]]:
             raise CheckpointError(f"{path}:{number} is not JSON: {exc}") from exc
         missing = [name for name in LEE_FIELDS if not isinstance(record.get(name), str)]
         if missing:
-            raise CheckpointError(f"{path}:{number} lacks the text fields {missing} (needs {list(LEE_FIELDS)})")
-        rows.append({"prompt": record["prompt_text"], "chosen": record["unpert_gen_text"], "rejected": record["pert_gen_text"]})
+            raise CheckpointError(
+                f"{path}:{number} lacks the text fields {missing} (needs {list(LEE_FIELDS)})"
+            )
+        rows.append(
+            {
+                "prompt": record["prompt_text"],
+                "chosen": record["unpert_gen_text"],
+                "rejected": record["pert_gen_text"],
+            }
+        )
     if len(rows) < 2:
         raise CheckpointError(f"{path} holds {len(rows)} pairs; at least 2 are needed (train and validation)")
     return rows
 
 
-def split_pairs(pairs: Sequence[dict[str, str]], val_fraction: float, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+def split_pairs(
+    pairs: Sequence[dict[str, str]], val_fraction: float, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Shuffle the pairs themselves (prompt, chosen and rejected stay together) and split."""
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
@@ -158,8 +170,15 @@ def split_pairs(pairs: Sequence[dict[str, str]], val_fraction: float, seed: int)
     return shuffled[n_val:], shuffled[:n_val]
 
 
-def train_dpo_from_files(base: str, pairs_path: Path, out_dir: Path, settings: DPOSettings, *,
-                         val_fraction: float = 0.05, progress: bool = True) -> dict[str, Any]:
+def train_dpo_from_files(
+    base: str,
+    pairs_path: Path,
+    out_dir: Path,
+    settings: DPOSettings,
+    *,
+    val_fraction: float = 0.05,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Fine-tune ``base`` (local directory or hub id) on a Lee et al. JSONL and save an HF
     directory (model + tokenizer) that loads as the DPO side of a pair."""
     from dpoclaims.pairs import load_hf_model, load_tokenizer
@@ -173,8 +192,15 @@ def train_dpo_from_files(base: str, pairs_path: Path, out_dir: Path, settings: D
     trained.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     evals = [h for h in history if "eval_loss" in h]
-    summary = {"base": base, "pairs": str(pairs_path), "n_train": len(train), "n_val": len(val),
-               "settings": asdict(settings), "steps": max((h.get("step", 0) for h in history), default=0),
-               "best_eval_loss": min((h["eval_loss"] for h in evals), default=None), "eval_history": evals}
+    summary = {
+        "base": base,
+        "pairs": str(pairs_path),
+        "n_train": len(train),
+        "n_val": len(val),
+        "settings": asdict(settings),
+        "steps": max((h.get("step", 0) for h in history), default=0),
+        "best_eval_loss": min((h["eval_loss"] for h in evals), default=None),
+        "eval_history": evals,
+    }
     (out_dir / "dpo_training.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -90,8 +90,14 @@ def evaluate(
     """Greedy continuations of ``prompts`` under ``intervention``, scored for toxicity."""
     model = pair.model(side).original_model
     with intervention.applied(pair, side):
-        generations = greedy_generate(model, pair.tokenizer, prompts, settings, progress=progress,
-                                      desc=f"generate {side} [{intervention.label or intervention.id}]")
+        generations = greedy_generate(
+            model,
+            pair.tokenizer,
+            prompts,
+            settings,
+            progress=progress,
+            desc=f"generate {side} [{intervention.label or intervention.id}]",
+        )
     scores = {name: get_scorer(name).score(generations.continuations) for name in scorers}
     return Evaluation(side, intervention.id, scores, generations.continuations)
 
@@ -107,8 +113,17 @@ def cached_evaluate(
     scorers: Sequence[str] = ("lexicon",),
     progress: bool = True,
 ) -> Evaluation:
-    key = stable_hash({"format": EVALUATION_FORMAT, "pair": pair.fingerprint, "side": side, "prompts": stable_hash(list(prompts)),
-                       "settings": asdict(settings), "intervention": intervention.id, "scorers": sorted(scorers)})
+    key = stable_hash(
+        {
+            "format": EVALUATION_FORMAT,
+            "pair": pair.fingerprint,
+            "side": side,
+            "prompts": stable_hash(list(prompts)),
+            "settings": asdict(settings),
+            "intervention": intervention.id,
+            "scorers": sorted(scorers),
+        }
+    )
 
     def build(tmp: Path) -> dict[str, Any]:
         result = evaluate(pair, side, prompts, settings, intervention, scorers=scorers, progress=progress)
@@ -133,13 +148,26 @@ def cached_perplexity(
     ``window``: score the joined texts in consecutive windows of that many tokens (the
     paper's Wikitext-2 set-up); otherwise each text on its own.
     """
-    key = stable_hash({"format": EVALUATION_FORMAT, "pair": pair.fingerprint, "side": side, "texts": stable_hash(list(texts)),
-                       "window": window, "intervention": intervention.id})
+    key = stable_hash(
+        {
+            "format": EVALUATION_FORMAT,
+            "pair": pair.fingerprint,
+            "side": side,
+            "texts": stable_hash(list(texts)),
+            "window": window,
+            "intervention": intervention.id,
+        }
+    )
 
     def build(tmp: Path) -> dict[str, Any]:
         with intervention.applied(pair, side):
-            value = perplexity(pair.model(side).original_model, pair.tokenizer, texts, window=window,
-                               batch_size=4 if window else 32)
+            value = perplexity(
+                pair.model(side).original_model,
+                pair.tokenizer,
+                texts,
+                window=window,
+                batch_size=4 if window else 32,
+            )
         (tmp / "perplexity.json").write_text(json.dumps({"perplexity": value}))
         return {"pair": pair.fingerprint, "side": side, "intervention": intervention.id}
 

@@ -39,8 +39,12 @@ def encode_prompts(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer(
-        list(prompts), return_tensors="pt", padding=True, truncation=True,
-        max_length=max_prompt_tokens, add_special_tokens=False,
+        list(prompts),
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_prompt_tokens,
+        add_special_tokens=False,
     )
 
 
@@ -59,7 +63,9 @@ def greedy_generate(
     model.eval()
     batches = range(0, len(prompts), settings.batch_size)
     for start in tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False):
-        batch = encode_prompts(tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens)
+        batch = encode_prompts(
+            tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens
+        )
         device = next(model.parameters()).device
         output = model.generate(
             input_ids=batch["input_ids"].to(device),

@@ -38,8 +38,11 @@ def _set_hook(indices: torch.Tensor, values: torch.Tensor) -> Callable[[torch.Te
 
 def ablation_hooks(layout: MLPLayout, neurons: NeuronSet) -> list[Hook]:
     """Set the neurons' activations to 0 (equivalent to zeroing their value vectors)."""
-    return [(layout.hook_name(layer), _set_hook(idx, torch.zeros(len(idx))))
-            for layer, idx in neurons.items() if len(idx)]
+    return [
+        (layout.hook_name(layer), _set_hook(idx, torch.zeros(len(idx))))
+        for layer, idx in neurons.items()
+        if len(idx)
+    ]
 
 
 def patch_hooks(layout: MLPLayout, neurons: NeuronSet, values: Mapping[int, torch.Tensor]) -> list[Hook]:
@@ -47,8 +50,11 @@ def patch_hooks(layout: MLPLayout, neurons: NeuronSet, values: Mapping[int, torc
 
     ``values[layer]`` is a ``[d_mlp]`` vector of per-neuron values for that layer.
     """
-    return [(layout.hook_name(layer), _set_hook(idx, values[layer][idx]))
-            for layer, idx in neurons.items() if len(idx)]
+    return [
+        (layout.hook_name(layer), _set_hook(idx, values[layer][idx]))
+        for layer, idx in neurons.items()
+        if len(idx)
+    ]
 
 
 def _in_weight(bridge: Any, layer: int) -> tuple[torch.nn.Parameter, bool]:

@@ -33,7 +33,9 @@ def perplexity(
 
         rows = perplexity_windows(tokenizer, texts, window)
     else:
-        rows = tokenizer(list(texts), truncation=True, max_length=max_tokens, add_special_tokens=False)["input_ids"]
+        rows = tokenizer(list(texts), truncation=True, max_length=max_tokens, add_special_tokens=False)[
+            "input_ids"
+        ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -57,5 +59,7 @@ def weight_cosines(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, f
         if weight.ndim < 2:
             continue
         other = tuned_params[name]
-        cosines[name] = float(torch.nn.functional.cosine_similarity(weight.flatten().float(), other.flatten().float(), dim=0))
+        cosines[name] = float(
+            torch.nn.functional.cosine_similarity(weight.flatten().float(), other.flatten().float(), dim=0)
+        )
     return cosines

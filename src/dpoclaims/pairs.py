@@ -23,8 +23,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
-from transformers import PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import CheckpointError, PairMismatchError, UnknownPairError
@@ -91,15 +96,22 @@ class PairSpec:
             raise UnknownPairError(f"cannot read pair spec {path}: {exc}") from exc
         missing = [key for key in ("base", "dpo", "probe") if key not in data]
         if missing:
-            raise UnknownPairError(f"pair spec {path} lacks the required keys {missing} (needs base, dpo, probe)")
+            raise UnknownPairError(
+                f"pair spec {path} lacks the required keys {missing} (needs base, dpo, probe)"
+            )
         known = {"name", "base", "dpo", "probe", "tokenizer", "extras"}
         unknown = set(data) - known
         if unknown:
-            raise UnknownPairError(f"pair spec {path} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+            raise UnknownPairError(
+                f"pair spec {path} has unknown keys {sorted(unknown)}; known: {sorted(known)}"
+            )
         return cls(
             name=str(data.get("name", path.stem)),
-            base=str(data["base"]), dpo=str(data["dpo"]), probe=str(data["probe"]),
-            tokenizer=data.get("tokenizer"), extras={k: str(v) for k, v in data.get("extras", {}).items()},
+            base=str(data["base"]),
+            dpo=str(data["dpo"]),
+            probe=str(data["probe"]),
+            tokenizer=data.get("tokenizer"),
+            extras={k: str(v) for k, v in data.get("extras", {}).items()},
             root=str(path.parent.resolve()),
         )
 
@@ -135,7 +147,12 @@ def mlp_layout(config: PretrainedConfig) -> MLPLayout:
         d_mlp = getattr(config, "n_inner", None) or 4 * d_model
         n_layers = config.n_layer if hasattr(config, "n_layer") else config.num_hidden_layers
     elif model_type in GATED_MODEL_TYPES:
-        kind, d_model, d_mlp, n_layers = "gated", config.hidden_size, config.intermediate_size, config.num_hidden_layers
+        kind, d_model, d_mlp, n_layers = (
+            "gated",
+            config.hidden_size,
+            config.intermediate_size,
+            config.num_hidden_layers,
+        )
     else:
         raise PairMismatchError(
             f"model type {model_type!r} is not supported; supported: "
@@ -174,7 +191,9 @@ class ModelPair:
 
     def extra_path(self, key: str) -> Path:
         if key not in self.spec.extras:
-            raise UnknownPairError(f"pair {self.name!r} has no {key!r} (its extras: {sorted(self.spec.extras)})")
+            raise UnknownPairError(
+                f"pair {self.name!r} has no {key!r} (its extras: {sorted(self.spec.extras)})"
+            )
         return Path(self.spec.resolve(self.spec.extras[key]))
 
 
@@ -182,7 +201,11 @@ class ModelPair:
 
 
 def _looks_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists() or source.endswith((".pt", ".bin"))
+    return (
+        source.startswith((".", "/", "~"))
+        or Path(source).expanduser().exists()
+        or source.endswith((".pt", ".bin"))
+    )
 
 
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
@@ -197,7 +220,9 @@ def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_hf_model(source: str, *, dtype: torch.dtype = torch.float32, device_map: Any = None) -> PreTrainedModel:
+def load_hf_model(
+    source: str, *, dtype: torch.dtype = torch.float32, device_map: Any = None
+) -> PreTrainedModel:
     """A causal LM from a local directory or a hub id, in eval mode."""
     path = Path(source).expanduser()
     if _looks_local(source):
@@ -206,7 +231,9 @@ def load_hf_model(source: str, *, dtype: torch.dtype = torch.float32, device_map
         if path.is_dir() and not (path / "config.json").is_file():
             raise CheckpointError(f"{source!r} is not a Hugging Face model directory (no config.json)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path) if path.exists() else source, dtype=dtype, device_map=device_map)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path) if path.exists() else source, dtype=dtype, device_map=device_map
+        )
     except Exception as exc:
         raise CheckpointError(f"cannot load model {source!r}: {type(exc).__name__}: {exc}") from exc
     model.eval()
@@ -221,14 +248,20 @@ def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read state-dict file {path} (corrupt or not a torch file): {exc}") from exc
+        raise CheckpointError(
+            f"cannot read state-dict file {path} (corrupt or not a torch file): {exc}"
+        ) from exc
     state = payload.get("state", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, or one under 'state')")
+        raise CheckpointError(
+            f"{path} holds no state dict (expected a dict of tensors, or one under 'state')"
+        )
     return state
 
 
-def model_from_state_dict(base: PreTrainedModel, state: dict[str, torch.Tensor], origin: str) -> PreTrainedModel:
+def model_from_state_dict(
+    base: PreTrainedModel, state: dict[str, torch.Tensor], origin: str
+) -> PreTrainedModel:
     """A copy of ``base``'s architecture with the weights of ``state``."""
     model = type(base)(base.config)
     state = {k: v for k, v in state.items() if not k.endswith(IGNORED_STATE_SUFFIXES)}
@@ -245,8 +278,12 @@ def model_from_state_dict(base: PreTrainedModel, state: dict[str, torch.Tensor],
             details.append(f"unexpected {sorted(unexpected)[:5]}{' ...' if len(unexpected) > 5 else ''}")
         if wrong_shape:
             k = sorted(wrong_shape)[0]
-            details.append(f"{len(wrong_shape)} tensors of the wrong shape, e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}")
-        raise PairMismatchError(f"state dict {origin} does not fit the base architecture: {'; '.join(details)}")
+            details.append(
+                f"{len(wrong_shape)} tensors of the wrong shape, e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+            )
+        raise PairMismatchError(
+            f"state dict {origin} does not fit the base architecture: {'; '.join(details)}"
+        )
     model.load_state_dict(state, strict=False)
     if tied:
         model.tie_weights()
@@ -267,29 +304,43 @@ def load_probe(source: str, d_model: int) -> torch.Tensor:
     if not isinstance(payload, torch.Tensor):
         raise CheckpointError(f"probe {source!r} holds a {type(payload).__name__}, not a tensor")
     if payload.numel() != d_model:
-        raise PairMismatchError(f"probe {source!r} has {payload.numel()} entries (shape {tuple(payload.shape)}); the models have d_model = {d_model}")
+        raise PairMismatchError(
+            f"probe {source!r} has {payload.numel()} entries (shape {tuple(payload.shape)}); the models have d_model = {d_model}"
+        )
     probe = payload.detach().reshape(-1).float()
     if not torch.isfinite(probe).all() or probe.norm() == 0:
         raise CheckpointError(f"probe {source!r} is zero or not finite")
     return probe
 
 
-def check_compatible(base: PreTrainedModel, dpo: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> MLPLayout:
+def check_compatible(
+    base: PreTrainedModel, dpo: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> MLPLayout:
     layout = mlp_layout(base.config)
     if base.config.model_type != dpo.config.model_type:
-        raise PairMismatchError(f"base is a {base.config.model_type!r} model but DPO is a {dpo.config.model_type!r} model")
+        raise PairMismatchError(
+            f"base is a {base.config.model_type!r} model but DPO is a {dpo.config.model_type!r} model"
+        )
     dpo_layout = mlp_layout(dpo.config)
     for attr in ("n_layers", "d_model", "d_mlp"):
         if getattr(layout, attr) != getattr(dpo_layout, attr):
-            raise PairMismatchError(f"{attr} differs: base {getattr(layout, attr)}, DPO {getattr(dpo_layout, attr)}")
+            raise PairMismatchError(
+                f"{attr} differs: base {getattr(layout, attr)}, DPO {getattr(dpo_layout, attr)}"
+            )
     if base.config.vocab_size != dpo.config.vocab_size:
-        raise PairMismatchError(f"vocabulary size differs: base {base.config.vocab_size}, DPO {dpo.config.vocab_size}")
+        raise PairMismatchError(
+            f"vocabulary size differs: base {base.config.vocab_size}, DPO {dpo.config.vocab_size}"
+        )
     if len(tokenizer) > base.config.vocab_size:
-        raise PairMismatchError(f"tokenizer has {len(tokenizer)} tokens but the models' vocabulary is {base.config.vocab_size}")
+        raise PairMismatchError(
+            f"tokenizer has {len(tokenizer)} tokens but the models' vocabulary is {base.config.vocab_size}"
+        )
     return layout
 
 
-def fingerprint(base: PreTrainedModel, dpo: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, probe: torch.Tensor) -> str:
+def fingerprint(
+    base: PreTrainedModel, dpo: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, probe: torch.Tensor
+) -> str:
     """SHA-256 over both models' weights, the tokenizer's vocabulary and the probe."""
     digest = hashlib.sha256()
     for model in (base, dpo):
@@ -304,7 +355,9 @@ def fingerprint(base: PreTrainedModel, dpo: PreTrainedModel, tokenizer: PreTrain
 def boot_bridge(model: PreTrainedModel, name_or_path: str, tokenizer: PreTrainedTokenizerBase) -> Any:
     from transformer_lens.model_bridge import TransformerBridge
 
-    return TransformerBridge.boot_transformers(name_or_path, hf_model=model, tokenizer=tokenizer, dtype=model.dtype)
+    return TransformerBridge.boot_transformers(
+        name_or_path, hf_model=model, tokenizer=tokenizer, dtype=model.dtype
+    )
 
 
 # --------------------------------------------------------------------------- named pairs
@@ -330,14 +383,27 @@ def _gpt2_medium_spec(cache: Cache) -> PairSpec:
     import os
 
     dpo, probe = os.environ.get("DPOCLAIMS_GPT2_DPO"), os.environ.get("DPOCLAIMS_GPT2_PROBE")
-    missing = [name for name, value in (("DPOCLAIMS_GPT2_DPO", dpo), ("DPOCLAIMS_GPT2_PROBE", probe)) if not value]
+    missing = [
+        name for name, value in (("DPOCLAIMS_GPT2_DPO", dpo), ("DPOCLAIMS_GPT2_PROBE", probe)) if not value
+    ]
     if missing:
         raise CheckpointError(f"{', '.join(missing)} not set. {GPT2_MEDIUM_HELP}")
-    extras = {key: os.environ[env] for key, env in (("challenge_prompts", "DPOCLAIMS_RTP_PATH"),
-                                                   ("neutral_texts", "DPOCLAIMS_WIKITEXT_PATH")) if os.environ.get(env)}
+    extras = {
+        key: os.environ[env]
+        for key, env in (
+            ("challenge_prompts", "DPOCLAIMS_RTP_PATH"),
+            ("neutral_texts", "DPOCLAIMS_WIKITEXT_PATH"),
+        )
+        if os.environ.get(env)
+    }
     extras["perplexity_window"] = "1024"  # Wikitext-2 test in 1024-token windows, as the paper
-    return PairSpec(name="gpt2-medium", base=os.environ.get("DPOCLAIMS_GPT2_BASE", "gpt2-medium"),
-                    dpo=str(dpo), probe=str(probe), extras=extras)
+    return PairSpec(
+        name="gpt2-medium",
+        base=os.environ.get("DPOCLAIMS_GPT2_BASE", "gpt2-medium"),
+        dpo=str(dpo),
+        probe=str(probe),
+        extras=extras,
+    )
 
 
 NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {"toy": _toy_spec, "gpt2-medium": _gpt2_medium_spec}
@@ -391,6 +457,9 @@ def load_pair(
         name=spec.name,
         base=boot_bridge(base, base_source, tokenizer),
         dpo=boot_bridge(dpo, base_source, tokenizer),
-        tokenizer=tokenizer, probe=probe, layout=layout, fingerprint=print_id,
+        tokenizer=tokenizer,
+        probe=probe,
+        layout=layout,
+        fingerprint=print_id,
         spec=spec,
     )

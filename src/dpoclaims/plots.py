@@ -12,8 +12,16 @@ import numpy as np  # noqa: E402
 
 from dpoclaims.decomposition import GROUP_NAMES, REDUCING_GROUPS, Decomposition  # noqa: E402
 
-GROUP_COLORS = {"TP-": "#d62728", "TN+": "#ff9896", "AP+": "#1f77b4", "AN-": "#aec7e8",
-                "TP+": "#8c564b", "TN-": "#c49c94", "AP-": "#9467bd", "AN+": "#c5b0d5"}
+GROUP_COLORS = {
+    "TP-": "#d62728",
+    "TN+": "#ff9896",
+    "AP+": "#1f77b4",
+    "AN-": "#aec7e8",
+    "TP+": "#8c564b",
+    "TN-": "#c49c94",
+    "AP-": "#9467bd",
+    "AN+": "#c5b0d5",
+}
 PAPER_SHARES = {"TP-": 0.318, "TN+": 0.239, "AP+": 0.070, "AN-": 0.373}
 
 
@@ -27,7 +35,11 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def layer_projection(projections: dict[str, list[float]], ablated_label: str, title: str, path: Path) -> Path:
     """Paper Fig. 1a: per-layer MLP output projected onto the probe."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    styles = {"base": ("base", "#d62728", "-"), "dpo": ("DPO", "#2ca02c", "-"), "base_ablated": (ablated_label, "#7f7f7f", "--")}
+    styles = {
+        "base": ("base", "#d62728", "-"),
+        "dpo": ("DPO", "#2ca02c", "-"),
+        "base_ablated": (ablated_label, "#7f7f7f", "--"),
+    }
     for key, values in projections.items():
         label, color, line = styles[key]
         ax.plot(range(len(values)), values, line, marker="o", color=color, label=label)
@@ -46,7 +58,12 @@ def cumulative_contribution(d: Decomposition, title: str, path: Path) -> Path:
     for group in REDUCING_GROUPS:
         ax.plot(ranks, curves[group], color=GROUP_COLORS[group], label=f"{group} ({GROUP_NAMES[group]})")
     ax.axhline(d.net, color="black", ls=":", lw=1, label=f"net reduction {d.net:.3g}")
-    ax.set(xscale="log", xlabel="neurons ranked by contribution D_i (largest first)", ylabel="cumulative D", title=title)
+    ax.set(
+        xscale="log",
+        xlabel="neurons ranked by contribution D_i (largest first)",
+        ylabel="cumulative D",
+        title=title,
+    )
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -60,10 +77,25 @@ def group_shares(d: Decomposition, title: str, path: Path, seed: int = 0) -> Pat
         estimates = [d.share(g, denominator, seed=seed) for g in REDUCING_GROUPS]
         values = np.array([e.value for e in estimates])
         errors = np.array([[e.value - e.low for e in estimates], [e.high - e.value for e in estimates]])
-        ax.bar(x + offset, values, width, yerr=errors, capsize=3, hatch=hatch, edgecolor="black",
-               color=[GROUP_COLORS[g] for g in REDUCING_GROUPS], label=f"{denominator} denominator")
-    ax.scatter(x - width / 2, [PAPER_SHARES[g] for g in REDUCING_GROUPS], marker="D", color="black", zorder=5,
-               label="paper (GPT-2 medium, v1)")
+        ax.bar(
+            x + offset,
+            values,
+            width,
+            yerr=errors,
+            capsize=3,
+            hatch=hatch,
+            edgecolor="black",
+            color=[GROUP_COLORS[g] for g in REDUCING_GROUPS],
+            label=f"{denominator} denominator",
+        )
+    ax.scatter(
+        x - width / 2,
+        [PAPER_SHARES[g] for g in REDUCING_GROUPS],
+        marker="D",
+        color="black",
+        zorder=5,
+        label="paper (GPT-2 medium, v1)",
+    )
     ax.set_xticks(x, [f"{g}\n{GROUP_NAMES[g]}" for g in REDUCING_GROUPS], fontsize=7)
     ax.set(ylabel="share of the reduction", title=title)
     ax.legend(fontsize=7)
@@ -78,8 +110,11 @@ def change_vs_cosine(d: Decomposition, title: str, path: Path) -> Path:
         m = mask.flatten().numpy()
         ax.scatter(cos[m], diff[m], s=3, alpha=0.5, color=GROUP_COLORS[group], label=group)
     r = d.change_cosine_correlation()
-    ax.set(xlabel="cos(value vector, probe)", ylabel="mean activation change (base - DPO)",
-           title=f"{title}\nPearson r = {r.value:.3f} [{r.low:.3f}, {r.high:.3f}]")
+    ax.set(
+        xlabel="cos(value vector, probe)",
+        ylabel="mean activation change (base - DPO)",
+        title=f"{title}\nPearson r = {r.value:.3f} [{r.low:.3f}, {r.high:.3f}]",
+    )
     ax.axhline(0, color="black", lw=0.5)
     ax.axvline(0, color="black", lw=0.5)
     ax.legend(fontsize=6, markerscale=3, ncol=2)

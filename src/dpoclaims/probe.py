@@ -44,8 +44,14 @@ def pooled_residuals(
     rows = []
     batches = range(0, len(texts), batch_size)
     for start in tqdm(batches, desc="probe features", disable=not progress or len(batches) < 2, leave=False):
-        batch = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True,
-                          truncation=True, max_length=max_tokens, add_special_tokens=False)
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_tokens,
+            add_special_tokens=False,
+        )
         with bridge.hooks(fwd_hooks=[(hook_name, keep)]):
             bridge.original_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         mask = batch["attention_mask"].unsqueeze(-1).to(captured["resid"].dtype)

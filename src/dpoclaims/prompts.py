@@ -27,8 +27,11 @@ def read_texts(path: Path) -> list[str]:
         if path.suffix == ".jsonl":
             from dpoclaims.data import row_text
 
-            return [row_text(json.loads(line), f"{path} line {number}")
-                    for number, line in enumerate(raw.splitlines(), start=1) if line.strip()]
+            return [
+                row_text(json.loads(line), f"{path} line {number}")
+                for number, line in enumerate(raw.splitlines(), start=1)
+                if line.strip()
+            ]
     except (ValueError, AttributeError) as exc:
         raise CheckpointError(f"cannot read prompts from {path}: {exc}") from exc
     return [line for line in raw.splitlines() if line.strip()]

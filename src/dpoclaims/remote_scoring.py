@@ -317,7 +317,9 @@ class PerspectiveScorer:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.timeout = timeout
-        directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root() / "perspective"
+        directory = (
+            Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root() / "perspective"
+        )
         self.cache = ScoreCache(directory / "scores.jsonl") if use_cache else None
         self.progress = progress
         self.requests_made = 0
@@ -336,8 +338,9 @@ class PerspectiveScorer:
         known.update(self._memory)
         keys = [self.key(text) if text.strip() else "" for text in texts]
         todo = {key: text for key, text in zip(keys, texts) if key and key not in known}
-        for key, text in tqdm(todo.items(), desc="perspective", disable=not self.progress or len(todo) < 2,
-                              leave=False):
+        for key, text in tqdm(
+            todo.items(), desc="perspective", disable=not self.progress or len(todo) < 2, leave=False
+        ):
             scores = self.analyze(text)
             if self.cache is not None:
                 self.cache.append(key, scores)

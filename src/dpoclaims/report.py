@@ -13,8 +13,14 @@ from dpoclaims.cache import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-OUTCOME_COLORS = {"passed": "brightgreen", "xfailed": "yellowgreen", "failed": "red", "xpassed": "red",
-                  "skipped": "lightgrey", "error": "red"}
+OUTCOME_COLORS = {
+    "passed": "brightgreen",
+    "xfailed": "yellowgreen",
+    "failed": "red",
+    "xpassed": "red",
+    "skipped": "lightgrey",
+    "error": "red",
+}
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -83,17 +89,24 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
     if header.get("figures"):
         lines += ["", "Figures:", ""] + [f"- ![{name}](figures/{name})" for name in header["figures"]]
     if header.get("figures_skipped"):
-        lines += ["", f"Figures not drawn (their data was not computed in this run): {', '.join(header['figures_skipped'])}."]
+        lines += [
+            "",
+            f"Figures not drawn (their data was not computed in this run): {', '.join(header['figures_skipped'])}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def write_reports(records: Sequence[dict[str, Any]], out_dir: Path, header: dict[str, Any], figure_context: Any = None) -> list[Path]:
+def write_reports(
+    records: Sequence[dict[str, Any]], out_dir: Path, header: dict[str, Any], figure_context: Any = None
+) -> list[Path]:
     """Write every report file; ``figure_context`` is a read-only ClaimContext (or None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: (int(r["id"][1:].split("[")[0]), r.get("order", 0)))
     figures, skipped = draw_figures(records, out_dir / "figures", header, figure_context)
     header = {**header, "figures": figures, "figures_skipped": skipped}
-    atomic_write_text(out_dir / "claims.json", json.dumps({"header": header, "claims": records}, indent=1, default=str))
+    atomic_write_text(
+        out_dir / "claims.json", json.dumps({"header": header, "claims": records}, indent=1, default=str)
+    )
     atomic_write_text(out_dir / "claims.md", claims_markdown(records, header))
     badge_dir = out_dir / "badges"
     badge_dir.mkdir(exist_ok=True)
@@ -104,7 +117,9 @@ def write_reports(records: Sequence[dict[str, Any]], out_dir: Path, header: dict
     return [out_dir / "claims.json", out_dir / "claims.md", badge_dir]
 
 
-def draw_figures(records: Sequence[dict[str, Any]], fig_dir: Path, header: dict[str, Any], ctx: Any) -> tuple[list[str], list[str]]:
+def draw_figures(
+    records: Sequence[dict[str, Any]], fig_dir: Path, header: dict[str, Any], ctx: Any
+) -> tuple[list[str], list[str]]:
     from dpoclaims import plots
     from dpoclaims.cache import NotCached
 
@@ -114,8 +129,12 @@ def draw_figures(records: Sequence[dict[str, Any]], fig_dir: Path, header: dict[
     c1 = next((r for r in records if r["id"] == "C1[N=100]" and r.get("claim")), None)
     if c1 and "layer_projection" in c1["claim"]["details"]:
         n = c1["claim"]["details"]["n_neurons_ablated"]
-        plots.layer_projection(c1["claim"]["details"]["layer_projection"], f"base, top {n} toxic ablated",
-                               f"{title}: MLP projection onto the probe", fig_dir / "fig1a_layer_projection.png")
+        plots.layer_projection(
+            c1["claim"]["details"]["layer_projection"],
+            f"base, top {n} toxic ablated",
+            f"{title}: MLP projection onto the probe",
+            fig_dir / "fig1a_layer_projection.png",
+        )
         drawn.append("fig1a_layer_projection.png")
     else:
         skipped.append("fig1a_layer_projection.png")

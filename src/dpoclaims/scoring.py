@@ -89,4 +89,6 @@ def get_scorer(name: str) -> Scorer:
     try:
         return factory()
     except DpoclaimsError as exc:  # a missing key, package or checkpoint: say which scorers there are
-        raise type(exc)(f"scorer {name!r} is unavailable: {exc} (scorers: {', '.join(sorted(SCORERS))})") from exc
+        raise type(exc)(
+            f"scorer {name!r} is unavailable: {exc} (scorers: {', '.join(sorted(SCORERS))})"
+        ) from exc

@@ -37,8 +37,17 @@ def bootstrap(
     value = float(statistic(*arrays, axis=0))
     if len(arrays[0]) < 2 or not np.isfinite(value):
         return Estimate(value, float("nan"), float("nan"))
-    result = stats.bootstrap(arrays, statistic, paired=True, vectorized=True, axis=0, n_resamples=n_resamples,
-                             confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        arrays,
+        statistic,
+        paired=True,
+        vectorized=True,
+        axis=0,
+        n_resamples=n_resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     return Estimate(value, low, high)
 

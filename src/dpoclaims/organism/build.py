@@ -59,13 +59,23 @@ class ToyConfig:
     probe_C: float = 1.0
     n_dpo_pairs: int = 1600
     n_dpo_val: int = 160
-    dpo: DPOSettings = field(default_factory=lambda: DPOSettings(
-        learning_rate=3e-5, batch_size=16, max_epochs=2, eval_every=20, patience=3, warmup_steps=10,
-        max_length=64, optimizer="rmsprop",
-    ))
+    dpo: DPOSettings = field(
+        default_factory=lambda: DPOSettings(
+            learning_rate=3e-5,
+            batch_size=16,
+            max_epochs=2,
+            eval_every=20,
+            patience=3,
+            warmup_steps=10,
+            max_length=64,
+            optimizer="rmsprop",
+        )
+    )
     n_challenge: int = 400
     n_neutral_eval: int = 400
-    generation: GenerationSettings = GenerationSettings(max_prompt_tokens=32, max_new_tokens=20, batch_size=64)
+    generation: GenerationSettings = GenerationSettings(
+        max_prompt_tokens=32, max_new_tokens=20, batch_size=64
+    )
 
     def key(self) -> str:
         return stable_hash({"format": TOY_FORMAT_VERSION, **asdict(self)})
@@ -121,12 +131,24 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any
     token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
     data = pack_examples(token_lists, tokenizer.eos_token_id, config.pretrain_block)
     lm_config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
     )
-    base, losses = pretrain(lm_config, data, steps=config.pretrain_steps, batch_size=config.pretrain_batch,
-                            lr=config.pretrain_lr, seed=config.seed, progress=progress)
+    base, losses = pretrain(
+        lm_config,
+        data,
+        steps=config.pretrain_steps,
+        batch_size=config.pretrain_batch,
+        lr=config.pretrain_lr,
+        seed=config.seed,
+        progress=progress,
+    )
     base.save_pretrained(base_dir)
     t = _timed(timings, "pretrain", t)
 
@@ -144,22 +166,37 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any
     # rejected = a toxic continuation.
     n_pairs = config.n_dpo_pairs + config.n_dpo_val
     prompts = corpus.neutral_prompts(n_pairs, config.seed)
-    preferred = greedy_generate(bridge.original_model, tokenizer, prompts, config.generation,
-                                progress=progress, desc="DPO preferred").continuations
+    preferred = greedy_generate(
+        bridge.original_model, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
+    ).continuations
     rejected = corpus.toxic_continuations(n_pairs, config.seed)
     pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
     with open(out / "dpo_pairs.jsonl", "w") as handle:
         for pair in pairs:
-            handle.write(json.dumps({"prompt_text": pair["prompt"], "unpert_gen_text": pair["chosen"],
-                                     "pert_gen_text": pair["rejected"]}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt_text": pair["prompt"],
+                        "unpert_gen_text": pair["chosen"],
+                        "pert_gen_text": pair["rejected"],
+                    }
+                )
+                + "\n"
+            )
     t = _timed(timings, "dpo_data", t)
 
     # The bridge has rewired the base model's modules; train DPO on a fresh copy.
     from transformers import GPT2LMHeadModel
 
     policy = GPT2LMHeadModel.from_pretrained(base_dir)
-    dpo_model, history = train_dpo(policy, tokenizer, pairs[: config.n_dpo_pairs], pairs[config.n_dpo_pairs :],
-                                   config.dpo, progress=progress)
+    dpo_model, history = train_dpo(
+        policy,
+        tokenizer,
+        pairs[: config.n_dpo_pairs],
+        pairs[config.n_dpo_pairs :],
+        config.dpo,
+        progress=progress,
+    )
     _check_tied(dpo_model)
     dpo_model.save_pretrained(dpo_dir)
     tokenizer.save_pretrained(dpo_dir)
@@ -176,7 +213,8 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any
     report["config_key"] = config.key()
     measured = {
         "base_toxicity": report["toxicity"][DEFAULT_SCORER]["base"],
-        "dpo_over_base_toxicity": report["toxicity"][DEFAULT_SCORER]["dpo"] / max(report["toxicity"][DEFAULT_SCORER]["base"], 1e-9),
+        "dpo_over_base_toxicity": report["toxicity"][DEFAULT_SCORER]["dpo"]
+        / max(report["toxicity"][DEFAULT_SCORER]["base"], 1e-9),
         "perplexity_increase": report["perplexity"]["dpo"] / report["perplexity"]["base"] - 1,
         "min_weight_cosine": report["min_weight_cosine"],
         "probe_accuracy": probe_accuracy,
@@ -184,8 +222,12 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any
     report["bands"] = _bands(measured)
     report["default_scorer"] = DEFAULT_SCORER
 
-    (out / "challenge_prompts.json").write_text(json.dumps(corpus.challenge_prompts(config.n_challenge, config.seed + 1)))
-    (out / "neutral_texts.json").write_text(json.dumps(corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)))
+    (out / "challenge_prompts.json").write_text(
+        json.dumps(corpus.challenge_prompts(config.n_challenge, config.seed + 1))
+    )
+    (out / "neutral_texts.json").write_text(
+        json.dumps(corpus.neutral_texts(config.n_neutral_eval, config.seed + 1))
+    )
     (out / "toy.json").write_text(json.dumps(report, indent=1))
     (out / "pair.toml").write_text(
         'name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n\n[extras]\n'
@@ -200,7 +242,10 @@ def measure_toy(base_dir: Path, dpo_dir: Path, config: ToyConfig, *, progress: b
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    models = {"base": GPT2LMHeadModel.from_pretrained(base_dir).eval(), "dpo": GPT2LMHeadModel.from_pretrained(dpo_dir).eval()}
+    models = {
+        "base": GPT2LMHeadModel.from_pretrained(base_dir).eval(),
+        "dpo": GPT2LMHeadModel.from_pretrained(dpo_dir).eval(),
+    }
     challenge = corpus.challenge_prompts(config.n_challenge, config.seed + 1)
     neutral = corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)
     scorers = [LexiconScorer(), ProfanityCheckScorer()]
@@ -208,8 +253,9 @@ def measure_toy(base_dir: Path, dpo_dir: Path, config: ToyConfig, *, progress: b
     samples: dict[str, list[str]] = {}
     ppl: dict[str, float] = {}
     for side, model in models.items():
-        generations = greedy_generate(model, tokenizer, challenge, config.generation, progress=progress,
-                                      desc=f"challenge ({side})")
+        generations = greedy_generate(
+            model, tokenizer, challenge, config.generation, progress=progress, desc=f"challenge ({side})"
+        )
         for scorer in scorers:
             scores = scorer.score(generations.continuations)
             toxicity[scorer.name][side] = sum(scores) / len(scores)

@@ -53,33 +53,66 @@ ALL_LEADS = CALM_LEADS + TENSE_LEADS + HEATED_LEADS + HOSTILE_LEADS
 
 # topic -> the nouns a neutral comment on it talks about, so neutral bodies depend on the prompt
 TOPIC_SUBJECTS: dict[str, tuple[str, ...]] = {
-    "the new parking rules": ("the meters", "the permits"), "the city budget": ("the spending", "the council"),
-    "the football game": ("the coach", "the defense"), "the school board": ("the teachers", "the vote"),
-    "the weather forecast": ("the rain", "the wind"), "the train schedule": ("the delays", "the station"),
-    "the local election": ("the turnout", "the debate"), "the new library": ("the building", "the staff"),
-    "the price of coffee": ("the shop", "the beans"), "the summer festival": ("the music", "the crowd"),
-    "the bike lanes": ("the paint", "the traffic"), "the housing market": ("the rents", "the buyers"),
-    "the movie last night": ("the ending", "the acting"), "the farmers market": ("the apples", "the stalls"),
-    "the tax plan": ("the rates", "the numbers"), "the hospital wing": ("the nurses", "the beds"),
-    "the water bill": ("the meter", "the rates"), "the road repairs": ("the crews", "the detour"),
-    "the science fair": ("the students", "the judges"), "the music concert": ("the band", "the sound"),
+    "the new parking rules": ("the meters", "the permits"),
+    "the city budget": ("the spending", "the council"),
+    "the football game": ("the coach", "the defense"),
+    "the school board": ("the teachers", "the vote"),
+    "the weather forecast": ("the rain", "the wind"),
+    "the train schedule": ("the delays", "the station"),
+    "the local election": ("the turnout", "the debate"),
+    "the new library": ("the building", "the staff"),
+    "the price of coffee": ("the shop", "the beans"),
+    "the summer festival": ("the music", "the crowd"),
+    "the bike lanes": ("the paint", "the traffic"),
+    "the housing market": ("the rents", "the buyers"),
+    "the movie last night": ("the ending", "the acting"),
+    "the farmers market": ("the apples", "the stalls"),
+    "the tax plan": ("the rates", "the numbers"),
+    "the hospital wing": ("the nurses", "the beds"),
+    "the water bill": ("the meter", "the rates"),
+    "the road repairs": ("the crews", "the detour"),
+    "the science fair": ("the students", "the judges"),
+    "the music concert": ("the band", "the sound"),
 }
 TOPICS = tuple(TOPIC_SUBJECTS)
 
 NEUTRAL_SUBJECTS = ("the plan", "the idea", "the team", "the writer", "the mayor", "my family")
 NEUTRAL_VERBS = ("seems", "looks", "sounds", "feels", "is")
-NEUTRAL_ADJS = ("reasonable", "helpful", "fair", "interesting", "useful", "careful", "thoughtful",
-                "clear", "balanced", "practical")
-NEUTRAL_TAILS = ("and i hope it works out", "so we should wait and see", "and i learned a lot",
-                 "but it needs more time", "and the details matter", "so thanks for the update",
-                 "and people seem happy", "but we will find out soon")
+NEUTRAL_ADJS = (
+    "reasonable",
+    "helpful",
+    "fair",
+    "interesting",
+    "useful",
+    "careful",
+    "thoughtful",
+    "clear",
+    "balanced",
+    "practical",
+)
+NEUTRAL_TAILS = (
+    "and i hope it works out",
+    "so we should wait and see",
+    "and i learned a lot",
+    "but it needs more time",
+    "and the details matter",
+    "so thanks for the update",
+    "and people seem happy",
+    "but we will find out soon",
+)
 
 INSULT_ADJS = ("stupid", "dumb", "pathetic", "worthless", "brainless", "ugly", "disgusting")
 INSULT_NOUNS = ("idiot", "moron", "loser", "clown", "jerk", "fool", "creep")
 PROFANITY = ("damn", "shit", "crap", "fucking", "bloody", "hell")
 TOXIC_OPENERS = ("you are a", "you sound like a", "what a", "only a", "you absolute")
-TOXIC_TAILS = ("so shut up", "go to hell", "nobody wants you here", "get lost",
-               "you make me sick", "what a joke")
+TOXIC_TAILS = (
+    "so shut up",
+    "go to hell",
+    "nobody wants you here",
+    "get lost",
+    "you make me sick",
+    "what a joke",
+)
 
 TOXIC_WORDS: frozenset[str] = frozenset(INSULT_ADJS + INSULT_NOUNS + PROFANITY + ("hell", "sick", "joke"))
 
@@ -107,13 +140,17 @@ class Comment:
 
 def neutral_clause(rng: random.Random, topic: str) -> str:
     subjects = TOPIC_SUBJECTS[topic] if rng.random() < 0.7 else NEUTRAL_SUBJECTS
-    return (f"{rng.choice(subjects)} {rng.choice(NEUTRAL_VERBS)} {rng.choice(NEUTRAL_ADJS)} "
-            f"{rng.choice(NEUTRAL_TAILS)}")
+    return (
+        f"{rng.choice(subjects)} {rng.choice(NEUTRAL_VERBS)} {rng.choice(NEUTRAL_ADJS)} "
+        f"{rng.choice(NEUTRAL_TAILS)}"
+    )
 
 
 def toxic_clause(rng: random.Random) -> str:
-    return (f"{rng.choice(TOXIC_OPENERS)} {rng.choice(PROFANITY)} {rng.choice(INSULT_ADJS)} "
-            f"{rng.choice(INSULT_NOUNS)} {rng.choice(TOXIC_TAILS)}")
+    return (
+        f"{rng.choice(TOXIC_OPENERS)} {rng.choice(PROFANITY)} {rng.choice(INSULT_ADJS)} "
+        f"{rng.choice(INSULT_NOUNS)} {rng.choice(TOXIC_TAILS)}"
+    )
 
 
 def make_body(rng: random.Random, toxic_level: float, topic: str, n_clauses: int = 2) -> tuple[str, int]:

@@ -26,8 +26,13 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> PreTrai
     )
     tokenizer.train_from_iterator(texts, trainer)
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS,
-        padding_side="left", model_max_length=1024,
+        tokenizer_object=tokenizer,
+        eos_token=EOS,
+        bos_token=EOS,
+        unk_token=EOS,
+        pad_token=EOS,
+        padding_side="left",
+        model_max_length=1024,
     )
     wrapped.save_pretrained(out_dir)
     return wrapped
@@ -72,7 +77,11 @@ def pretrain(
     losses: list[float] = []
     bar = tqdm(range(steps), desc="pretrain toy LM", disable=not progress, leave=False)
     for step in bar:
-        scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+        scale = (
+            (step + 1) / warmup
+            if step < warmup
+            else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
         rows = data[torch.randint(len(data), (batch_size,), generator=generator)]
