@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dpoclaims.cache import Cache, atomic_write_text
+from dpoclaims.cache import Cache
+from dpoclaims.files import atomic_write_text
 from dpoclaims.organism.build import ToyConfig, ensure_toy
 from dpoclaims.quiet import quiet_third_party
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dpoclaims.cache import MANIFEST, Cache, atomic_write_text, read_manifest_meta, stable_hash, verify_entry
+from dpoclaims.cache import MANIFEST, Cache, read_manifest_meta, stable_hash, verify_entry
+from dpoclaims.files import atomic_write_text
 
 
 class CountingBuild:

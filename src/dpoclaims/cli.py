@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from dpoclaims.cache import Cache, atomic_write_text
+from dpoclaims.cache import Cache
 from dpoclaims.errors import DpoclaimsError
+from dpoclaims.files import atomic_write_text
 
 
 def _cache(args: argparse.Namespace) -> Cache:

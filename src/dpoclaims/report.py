@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dpoclaims.cache import atomic_write_text
+from dpoclaims.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
