@@ -61,7 +61,7 @@ def capture_overhead(cache: Cache, repeats: int = 5) -> dict[str, float]:
 
     from dpoclaims.capture import capture
     from dpoclaims.generation import GenerationSettings, greedy_generate
-    from dpoclaims.pairs import load_pair
+    from dpoclaims.named_pairs import load_pair
     from dpoclaims.prompts import pair_texts
 
     pair = load_pair("toy", cache=cache)

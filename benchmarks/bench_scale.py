@@ -84,7 +84,7 @@ def measure(spec: str, sample_prompts: int, ppl_windows: int, repeats: int) -> d
     from dpoclaims.capture import capture
     from dpoclaims.generation import GenerationSettings, greedy_generate
     from dpoclaims.metrics import perplexity
-    from dpoclaims.pairs import load_pair
+    from dpoclaims.named_pairs import load_pair
     from dpoclaims.prompts import pair_texts
     from dpoclaims.quiet import quiet_third_party
 

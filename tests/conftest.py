@@ -58,7 +58,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tokenizer(tokenizer_dir: Path):
     """A fresh tokenizer per test (generation and probing mutate ``padding_side``)."""
-    from dpoclaims.pairs import load_tokenizer
+    from dpoclaims.models import load_tokenizer
 
     return load_tokenizer(str(tokenizer_dir))
 
@@ -148,14 +148,14 @@ def gpt2_pair(gpt2_pair_files: PairFiles, session_cache):
 
     Shared across tests: tests must only use hooks as context managers and restore weights.
     """
-    from dpoclaims.pairs import load_pair
+    from dpoclaims.named_pairs import load_pair
 
     return load_pair(gpt2_pair_files.spec, cache=session_cache)
 
 
 @pytest.fixture(scope="session")
 def llama_pair(llama_pair_files: PairFiles, session_cache):
-    from dpoclaims.pairs import load_pair
+    from dpoclaims.named_pairs import load_pair
 
     return load_pair(llama_pair_files.spec, cache=session_cache)
 

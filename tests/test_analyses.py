@@ -145,7 +145,7 @@ def test_groups_and_mirror_groups_partition_the_changed_neurons(seed):
 @given(seed=st.integers(0, 10_000))
 def test_shares_sum_to_one_under_both_denominators(seed):
     d = _equal_weight_decomposition(seed)
-    for denominator in ("v1", "emnlp"):
+    for denominator in ("four-groups", "gross"):
         total = sum(d.share(g, denominator).value for g in REDUCING_GROUPS)
         assert total == pytest.approx(1.0, abs=1e-6)
     mirror_sum = sum(d.group_sum(g) for g in MIRROR_GROUPS)
@@ -170,7 +170,7 @@ def test_patching_every_neuron_to_dpo_activations_reproduces_dpo_mlp_outputs(
     per-position activations gives the DPO model's MLP outputs at every layer."""
     from transformers import AutoTokenizer
 
-    from dpoclaims.pairs import load_pair
+    from dpoclaims.named_pairs import load_pair
 
     base, dpo = make_gpt2(0), make_gpt2(0)
     with torch.no_grad():

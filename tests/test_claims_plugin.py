@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,17 +21,15 @@ from dpoclaims.claims import ClaimResult
 @pytest.mark.noise
 @pytest.mark.claim("C6", param="fake")
 def test_finding(record_claim):
-    result = record_claim(ClaimResult("C6", "fake", "a finding", "net/gross <= 0.5", 0.9, (0.8, 1.0), 0.15,
-                                      replicates=False))
-    assert result.test_passes
+    record_claim(ClaimResult("C6", "fake", "a finding", "net/gross <= 0.5", 0.9, (0.8, 1.0), 0.15,
+                             replicates=False)).check()
 
 
 @pytest.mark.ablation
 @pytest.mark.claim("C1", hypothesis=True)
 def test_refuted_hypothesis(record_claim):
-    result = record_claim(ClaimResult("C1", "", "a refuted hypothesis", "recovers >= 80%", 0.1, (0.0, 0.2), 0.2,
-                                      replicates=True, hypothesis=True))
-    assert result.test_passes
+    record_claim(ClaimResult("C1", "", "a refuted hypothesis", "recovers >= 80%", 0.1, (0.0, 0.2), 0.2,
+                             replicates=True, hypothesis=True)).check()
 """
 
 
@@ -40,7 +40,8 @@ def suite(pytester, tmp_path, monkeypatch):
     monkeypatch.setenv(
         "DPOCLAIMS_CACHE", str(tmp_path / "cache")
     )  # empty: figures are skipped, nothing built
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the subprocess imports the repo's fixtures package
+    # the subprocess imports this checkout's fixtures package and library
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "src")]))
     return pytester
 
 
@@ -96,3 +97,108 @@ def test_under_xdist_the_controller_writes_the_reports(suite, tmp_path, monkeypa
     report = json.loads((tmp_path / "reports" / "claims.json").read_text())
     assert sorted(r["id"] for r in report["claims"]) == ["C1", "C6[fake]"]
     assert report["claims"][1]["claim"]["measured"] == 0.9
+
+
+CRASHING_CLAIMS = """
+import pytest
+
+
+@pytest.fixture
+def broken_fixture():
+    raise IndexError("a fixture crashed")
+
+
+@pytest.mark.ablation
+@pytest.mark.claim("C1", hypothesis=True)
+def test_refuted_hypothesis_that_crashes(record_claim):
+    [][0]
+
+
+@pytest.mark.noise
+@pytest.mark.claim("C6", param="fake")
+def test_declared_claim_that_crashes(record_claim):
+    raise RuntimeError("the claim crashed")
+
+
+@pytest.mark.noise
+@pytest.mark.claim("C6", param="setup")
+def test_declared_claim_whose_fixture_crashes(broken_fixture, record_claim):
+    pass
+"""
+
+
+def test_a_crash_is_never_an_expected_failure(suite, tmp_path, monkeypatch):
+    """Declared or not, a claim (or its fixture) that raises anything but its own assertion is red."""
+    suite.makepyfile(test_fake_claims=CRASHING_CLAIMS)
+    table = '[pairs.toy]\n"C6[fake]" = "declared"\n"C6[setup]" = "declared"\n'
+    (tmp_path / "table.toml").write_text(table)
+    monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(tmp_path / "table.toml"))
+    result = suite.runpytest_subprocess(*_args(tmp_path))
+    result.assert_outcomes(failed=2, errors=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+COUNT_LOADS_PLUGIN = """
+import os
+import dpoclaims.named_pairs
+import dpoclaims.pairs
+
+LOADS = []
+_load = dpoclaims.pairs.load_pair_from_spec
+
+
+def _counting(*args, **kwargs):
+    LOADS.append(1)
+    return _load(*args, **kwargs)
+
+
+dpoclaims.pairs.load_pair_from_spec = _counting
+dpoclaims.named_pairs.load_pair_from_spec = _counting
+
+
+def pytest_unconfigure(config):
+    role = "worker" if hasattr(config, "workerinput") else "controller"
+    with open(os.environ["LOAD_LOG"], "a") as handle:
+        handle.write(f"{role} {len(LOADS)}\n")
+"""
+
+
+def test_under_xdist_session_end_loads_no_model(tmp_path, gpt2_pair_files, monkeypatch):
+    """The controller writes every report (figures included) from what the workers recorded:
+    it never loads the pair, while each worker that ran a claim loaded it once."""
+    import subprocess
+
+    from tiny import write_spec
+
+    root = gpt2_pair_files.root
+    (tmp_path / "prompts.json").write_text(json.dumps([f"the plan {i} seems" for i in range(12)]))
+    (tmp_path / "neutral.json").write_text(json.dumps(["the plan seems fair and clear"] * 4))
+    spec = write_spec(
+        tmp_path / "pair.toml",
+        name="tiny",
+        base=str(root / "base"),
+        dpo=str(root / "dpo"),
+        probe=str(root / "probe.pt"),
+        extras={
+            "challenge_prompts": str(tmp_path / "prompts.json"),
+            "neutral_texts": str(tmp_path / "neutral.json"),
+        },
+    )
+    (tmp_path / "countloads.py").write_text(COUNT_LOADS_PLUGIN)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(ROOT / "src")]),
+        "LOAD_LOG": str(tmp_path / "loads.log"),
+        "DPOCLAIMS_CACHE": str(tmp_path / "cache"),
+    }
+    command = [sys.executable, "-m", "pytest", "claims/test_projection.py", "-k", "C4 or C9", "-p", "countloads",
+               "-p", "no:cacheprovider", "--pair", str(spec), "--scorer", "profanity-check",
+               "--reports-dir", str(tmp_path / "reports"), "-n", "2", "--dist", "load"]  # fmt: skip
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert (tmp_path / "reports" / "claims.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
+    loads = (tmp_path / "loads.log").read_text().split("\n")
+    assert "controller 0" in loads, loads
+    assert sorted(line for line in loads if line.startswith("worker")) == ["worker 1", "worker 1"], loads
+    report = json.loads((tmp_path / "reports" / "claims.json").read_text())
+    assert "fig2_cumulative_contribution.png" in report["header"]["figures"]
+    assert report["header"]["pair"] == "tiny"

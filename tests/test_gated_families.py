@@ -12,7 +12,7 @@ import torch
 from dpoclaims.cache import Cache
 from dpoclaims.capture import capture
 from dpoclaims.generation import GenerationSettings
-from dpoclaims.pairs import load_pair
+from dpoclaims.named_pairs import load_pair
 
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),

@@ -11,7 +11,8 @@ from tiny import D_MODEL, write_spec
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import CheckpointError, DpoclaimsError, PairMismatchError, UnknownPairError
-from dpoclaims.pairs import PairSpec, load_pair
+from dpoclaims.named_pairs import load_pair
+from dpoclaims.pairs import PairSpec
 
 
 @pytest.fixture(scope="module")

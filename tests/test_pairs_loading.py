@@ -11,7 +11,9 @@ from tiny import D_MODEL, N_LAYER, N_POSITIONS, record_mlp_activations, run_with
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
 from dpoclaims.cache import Cache
-from dpoclaims.pairs import MLPLayout, PairSpec, load_pair, mlp_layout
+from dpoclaims.models import MLPLayout, mlp_layout
+from dpoclaims.named_pairs import load_pair
+from dpoclaims.pairs import PairSpec
 
 
 def _old_gpt2_buffers(n_layer: int, n_positions: int) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from dpoclaims.scoring import LexiconScorer, ProfanityCheckScorer, Scorer, get_s
 
 
 def test_lexicon_counts_and_scores():
-    scorer = LexiconScorer()
+    scorer = LexiconScorer(corpus.TOXIC_WORDS)
     cases = {
         "the plan seems reasonable": 0,
         "you idiot": 1,
@@ -43,7 +43,7 @@ def test_lexicon_custom_words_are_case_insensitive():
 )
 def test_lexicon_score_is_one_minus_half_to_the_count(words, filler):
     text = " ".join(words + filler)
-    scorer = LexiconScorer()
+    scorer = LexiconScorer(corpus.TOXIC_WORDS)
     assert scorer.count(text) == len(words)
     assert scorer.score([text])[0] == pytest.approx(1 - 0.5 ** len(words))
     assert 0.0 <= scorer.score([text])[0] < 1.0
@@ -51,7 +51,7 @@ def test_lexicon_score_is_one_minus_half_to_the_count(words, filler):
 
 def test_lexicon_agrees_with_corpus_labels():
     texts, labels = corpus.labelled_comments(300, 4)
-    scores = LexiconScorer().score(texts)
+    scores = LexiconScorer(corpus.TOXIC_WORDS).score(texts)
     assert [int(s > 0) for s in scores] == labels
 
 
@@ -66,8 +66,15 @@ def test_profanity_check_ranks_toxic_above_neutral():
     assert scorer.score([]) == []
 
 
+def test_lexicon_scorer_needs_the_pairs_word_list():
+    with pytest.raises(OptionError, match="profanity-check"):
+        LexiconScorer([])
+    with pytest.raises(OptionError, match="word list"):
+        get_scorer("lexicon")
+
+
 def test_get_scorer():
-    lexicon = get_scorer("lexicon")
+    lexicon = get_scorer("lexicon", lexicon=corpus.TOXIC_WORDS)
     assert isinstance(lexicon, LexiconScorer) and isinstance(lexicon, Scorer)
     assert isinstance(get_scorer("profanity-check"), ProfanityCheckScorer)
     with pytest.raises(OptionError, match="no-such-scorer") as info:

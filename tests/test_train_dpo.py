@@ -31,7 +31,7 @@ def _write_pairs(path: Path, n: int) -> Path:
 
 def test_train_dpo_writes_a_directory_that_loads_as_the_dpo_side(tmp_path, gpt2_pair_files, capsys):
     from dpoclaims.cache import Cache
-    from dpoclaims.pairs import load_pair
+    from dpoclaims.named_pairs import load_pair
 
     pairs = _write_pairs(tmp_path / "pairs.jsonl", 24)
     out = tmp_path / "dpo"

@@ -9,24 +9,28 @@ Two position conventions:
   continuation, read in a second forward pass over the finished text.
 
 Activations are reduced while streaming: for each batch only a running sum per
-``(prompt, layer, neuron)`` is kept, never prompts x positions x neurons.
+``(prompt, layer, neuron)`` is kept, on the activations' device, never prompts x positions x
+neurons. The result comes back to the CPU as float32, so it does not depend on the device that
+made it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
-from dpoclaims.cache import Cache, stable_hash
-from dpoclaims.generation import GenerationSettings, encode_prompts
-from dpoclaims.pairs import MLPLayout, ModelPair
+from dpoclaims.errors import OptionError
+from dpoclaims.generation import GenerationSettings, greedy_generate
+from dpoclaims.interventions import Hook, Intervention
+from dpoclaims.models import MLPLayout
+from dpoclaims.pairs import ModelPair
 
 Convention = Literal["v1", "emnlp"]
 CONVENTIONS: tuple[str, ...] = ("v1", "emnlp")
@@ -68,23 +72,105 @@ class Capture:
 class _Accumulator:
     """Hooks that add activations at selected positions into per-prompt sums."""
 
-    def __init__(self, layout: MLPLayout, batch: int) -> None:
+    def __init__(self, layout: MLPLayout, batch: int, device: torch.device) -> None:
         self.layout = layout
-        self.sums = torch.zeros(batch, layout.n_layers, layout.d_mlp, dtype=torch.float64)
-        self.counts = torch.zeros(batch, dtype=torch.float64)
-        self.weights: torch.Tensor | None = None  # [batch, seq] weights of the current forward
+        self.sums = torch.zeros(batch, layout.n_layers, layout.d_mlp, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(batch, dtype=torch.float64, device=device)
+        self.position_weights: torch.Tensor | None = None  # [batch, seq]: 1 where the current forward records
 
-    def hooks(self) -> list[tuple[str, Any]]:
+    def set_positions(self, position_weights: torch.Tensor) -> None:
+        self.position_weights = position_weights
+        self.counts += position_weights.sum(1).double()
+
+    def hooks(self) -> list[Hook]:
         def make(layer: int) -> Any:
             def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-                assert self.weights is not None
-                w = self.weights.to(activation.dtype)
-                self.sums[:, layer] += torch.einsum("bs,bsn->bn", w, activation.detach()).double()
+                assert self.position_weights is not None
+                w = self.position_weights.to(activation.device, activation.dtype)
+                per_prompt = torch.einsum("bs,bsn->bn", w, activation.detach())  # [batch, d_mlp]
+                self.sums[:, layer] += per_prompt.to(self.sums.device).double()
                 return activation
 
             return hook
 
         return [(self.layout.hook_name(layer), make(layer)) for layer in range(self.layout.n_layers)]
+
+    def means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-prompt means ``[batch, n_layers, d_mlp]`` and counts ``[batch]``, float32 on the CPU."""
+        means = (self.sums / self.counts.clamp(min=1)[:, None, None]).float()
+        return means.cpu(), self.counts.float().cpu()
+
+
+class _Recorder:
+    """A :class:`dpoclaims.generation.BatchObserver` that records one side's activations."""
+
+    def __init__(
+        self, pair: ModelPair, side: str, convention: Convention, intervention: Intervention, n_last: int
+    ):
+        self.pair, self.convention, self.intervention, self.n_last = pair, convention, intervention, n_last
+        self.bridge = pair.model(side)
+        self.means: list[torch.Tensor] = []
+        self.counts: list[torch.Tensor] = []
+        self.acc: _Accumulator | None = None
+
+    @contextmanager
+    def generating(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[None]:
+        acc = self.acc = _Accumulator(self.pair.layout, len(input_ids), input_ids.device)
+        if self.convention != "v1":
+            with self.intervention.applied(self.bridge, self.pair.layout):
+                yield
+            return
+        eos = self.pair.tokenizer.eos_token_id
+        finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
+
+        def before_forward(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+            step_ids = kwargs.get("input_ids", args[0] if args else None)  # [batch, seq]
+            if step_ids.shape[1] == 1:  # a decoding step: its input is the previous new token
+                finished.logical_or_(step_ids[:, 0] == eos)
+            position_weights = torch.zeros(step_ids.shape, device=step_ids.device)
+            position_weights[:, -1] = (~finished).float()
+            acc.set_positions(position_weights)
+
+        handle = self.bridge.original_model.register_forward_pre_hook(before_forward, with_kwargs=True)
+        try:
+            with self.intervention.applied(self.bridge, self.pair.layout, acc.hooks()):
+                yield
+        finally:
+            handle.remove()
+
+    def generated(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[list[int]]) -> None:
+        assert self.acc is not None
+        if self.convention == "emnlp":
+            self._second_pass(input_ids, attention_mask, rows)
+        means, counts = self.acc.means()
+        self.means.append(means)
+        self.counts.append(counts)
+
+    def _second_pass(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[list[int]]
+    ) -> None:
+        """Forward prompt + continuation (left-padded) and record the last ``n_last`` positions."""
+        assert self.acc is not None
+        pad = self.pair.tokenizer.pad_token_id
+        sequences = [input_ids[i][attention_mask[i].bool()].tolist() + rows[i] for i in range(len(rows))]
+        width = max(len(s) for s in sequences)
+        full = torch.full((len(sequences), width), pad, dtype=torch.long)  # [batch, width]
+        full_mask = torch.zeros_like(full)
+        for i, seq in enumerate(sequences):
+            full[i, width - len(seq) :] = torch.tensor(seq)
+            full_mask[i, width - len(seq) :] = 1
+        position_weights = torch.zeros(full.shape)
+        position_weights[:, -self.n_last :] = 1.0
+        position_weights *= full_mask
+        device = input_ids.device
+        self.acc.set_positions(position_weights.to(device))
+        position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        with self.intervention.applied(self.bridge, self.pair.layout, self.acc.hooks()):
+            self.bridge.original_model(
+                input_ids=full.to(device),
+                attention_mask=full_mask.to(device),
+                position_ids=position_ids.to(device),
+            )
 
 
 @torch.no_grad()
@@ -95,139 +181,26 @@ def capture(
     settings: GenerationSettings = GenerationSettings(),
     *,
     convention: Convention = "v1",
-    extra_hooks: Sequence[tuple[str, Any]] = (),
+    intervention: Intervention = Intervention(),
     progress: bool = True,
 ) -> Capture:
-    """Generate greedily from ``prompts`` with one side of the pair and record activations.
-
-    ``extra_hooks`` (e.g. an ablation) stay on during generation and, for ``emnlp``, the
-    second pass; they run before the recording hooks, so recorded values are post-intervention.
-    """
+    """Generate greedily from ``prompts`` with one side of the pair, under ``intervention``,
+    and record activations (post-intervention) at the convention's positions."""
     if convention not in CONVENTIONS:
-        from dpoclaims.errors import OptionError
-
         raise OptionError(f"unknown position convention {convention!r}; choose from {CONVENTIONS}")
-    bridge = pair.model(side)
-    model = bridge.original_model
-    tokenizer = pair.tokenizer
-    eos = tokenizer.eos_token_id
-    means, counts, continuations, continuation_ids = [], [], [], []
-    batches = range(0, len(prompts), settings.batch_size)
-    for start in tqdm(batches, desc=f"capture {side} ({convention})", disable=not progress, leave=False):
-        batch = encode_prompts(
-            tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens
-        )
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        acc = _Accumulator(pair.layout, len(ids))
-        finished = torch.zeros(len(ids), dtype=torch.bool)
-
-        def before_forward(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-            step_ids = kwargs.get("input_ids", args[0] if args else None)
-            seq = step_ids.shape[1]
-            weights = torch.zeros(len(step_ids), seq)
-            if convention == "v1":
-                if seq == 1:  # a decoding step: its input is the previous new token
-                    finished.logical_or_(step_ids[:, 0] == eos)
-                weights[:, -1] = (~finished).float()
-            acc.weights = weights
-            acc.counts += weights.sum(1).double()
-
-        handle = (
-            model.register_forward_pre_hook(before_forward, with_kwargs=True) if convention == "v1" else None
-        )
-        recording = acc.hooks() if convention == "v1" else []
-        try:
-            with bridge.hooks(fwd_hooks=list(extra_hooks) + recording):
-                output = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=settings.max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=eos,
-                )
-        finally:
-            if handle is not None:
-                handle.remove()
-        new_tokens = output[:, ids.shape[1] :]
-        rows = []
-        for row in new_tokens.tolist():
-            if eos in row:
-                row = row[: row.index(eos)]
-            rows.append(row)
-            continuation_ids.append(row)
-            continuations.append(tokenizer.decode(row, skip_special_tokens=True))
-        if convention == "emnlp":
-            _emnlp_pass(pair, bridge, ids, mask, rows, settings.max_new_tokens, acc, extra_hooks)
-        means.append((acc.sums / acc.counts.clamp(min=1)[:, None, None]).float())
-        counts.append(acc.counts.float())
-    return Capture(torch.cat(means), torch.cat(counts), continuations, continuation_ids)
-
-
-def _emnlp_pass(
-    pair: ModelPair,
-    bridge: Any,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    rows: list[list[int]],
-    n_last: int,
-    acc: _Accumulator,
-    extra_hooks: Sequence[tuple[str, Any]],
-) -> None:
-    """Forward prompt + continuation (left-padded) and record the last ``n_last`` positions."""
-    pad = pair.tokenizer.pad_token_id
-    sequences = [ids[i][mask[i].bool()].tolist() + rows[i] for i in range(len(rows))]
-    width = max(len(s) for s in sequences)
-    full = torch.full((len(sequences), width), pad, dtype=torch.long)
-    full_mask = torch.zeros_like(full)
-    for i, seq in enumerate(sequences):
-        full[i, width - len(seq) :] = torch.tensor(seq)
-        full_mask[i, width - len(seq) :] = 1
-    weights = torch.zeros(full.shape)
-    weights[:, -n_last:] = 1.0
-    weights *= full_mask
-    acc.weights = weights
-    acc.counts += weights.sum(1).double()
-    position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)
-    with bridge.hooks(fwd_hooks=list(extra_hooks) + acc.hooks()):
-        bridge.original_model(input_ids=full, attention_mask=full_mask, position_ids=position_ids)
-
-
-def cached_capture(
-    cache: Cache,
-    pair: ModelPair,
-    side: Literal["base", "dpo"],
-    prompts: Sequence[str],
-    settings: GenerationSettings,
-    *,
-    convention: Convention = "v1",
-    extra_hooks: Sequence[tuple[str, Any]] = (),
-    intervention_id: str = "none",
-    progress: bool = True,
-) -> Capture:
-    """:func:`capture`, cached by (pair fingerprint, side, prompts, settings, convention,
-    intervention). ``intervention_id`` must identify ``extra_hooks`` uniquely."""
-    key = stable_hash(
-        {
-            "format": CAPTURE_FORMAT,
-            "pair": pair.fingerprint,
-            "side": side,
-            "prompts": stable_hash(list(prompts)),
-            "settings": asdict(settings),
-            "convention": convention,
-            "intervention": intervention_id,
-        }
+    recorder = _Recorder(pair, side, convention, intervention, settings.max_new_tokens)
+    generations = greedy_generate(
+        pair.model(side).original_model,
+        pair.tokenizer,
+        prompts,
+        settings,
+        progress=progress,
+        desc=f"capture {side} ({convention})",
+        observer=recorder,
     )
-
-    def build(tmp: Path) -> dict[str, Any]:
-        capture(
-            pair, side, prompts, settings, convention=convention, extra_hooks=extra_hooks, progress=progress
-        ).save(tmp)
-        return {
-            "pair": pair.fingerprint,
-            "side": side,
-            "convention": convention,
-            "intervention": intervention_id,
-        }
-
-    return Capture.load(cache.get_or_build("capture", key, build))
+    return Capture(
+        torch.cat(recorder.means),
+        torch.cat(recorder.counts),
+        generations.continuations,
+        generations.continuation_ids,
+    )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import DpoclaimsError
-from dpoclaims.files import atomic_write_text
+from dpoclaims.files import atomic_torch_save, atomic_write_text
 
 
 def _cache(args: argparse.Namespace) -> Cache:
@@ -62,7 +62,7 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from dpoclaims.pairs import load_pair
+    from dpoclaims.named_pairs import load_pair
 
     start = time.perf_counter()
     pair = load_pair(args.pair, cache=_cache(args))
@@ -119,15 +119,11 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
 
 def cmd_train_probe(args: argparse.Namespace) -> int:
     """Logistic-regression toxicity probe on the base's mean-pooled last-layer residual."""
-    import os
-    import tempfile
-
-    import torch
 
     from dpoclaims.cache import file_sha256
     from dpoclaims.data import read_jigsaw_csv, train_val_split
     from dpoclaims.errors import OptionError
-    from dpoclaims.pairs import boot_bridge, load_hf_model, load_tokenizer
+    from dpoclaims.models import boot_bridge, load_hf_model, load_tokenizer
     from dpoclaims.probe import LinearProbe, pooled_residuals
 
     if args.batch_size < 1 or args.max_tokens < 1:
@@ -178,15 +174,7 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         "val_majority_baseline": round(max(share(y_val), 1 - share(y_val)), 4) if val else None,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
-        torch.save(direction, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(out, direction)
     sidecar = out.with_name(out.name + ".json")
     atomic_write_text(sidecar, json.dumps(summary, indent=1))
     balance = summary["toxic_share"]

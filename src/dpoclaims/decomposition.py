@@ -6,10 +6,10 @@ with each model's own value vectors and its own greedy continuation. Neuron i co
 of per-prompt means, so every prompt weighs the same and prompts can be bootstrapped.
 
 Groups (v1 names) use the cosine with the probe on the *base* weights, the sign of the mean
-base activation, and the activation change ``diff_i = mean m^base - mean m^DPO``:
+base activation, and the activation change ``change_i = mean m^base - mean m^DPO``:
 
 ======  =========  ============  ========  ===========================
-group   cos        mean m_base   diff      effect
+group   cos        mean m_base   change    effect
 ======  =========  ============  ========  ===========================
 TP-     > 0        >= 0          > 0       reduces: toxic, less positive
 TN+     > 0        < 0           > 0       reduces: toxic, more negative
@@ -27,6 +27,7 @@ AN+     < 0        < 0           > 0       mirror: anti-toxic, more negative
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from dpoclaims.stats import Estimate, bootstrap, pearson_with_ci, ratio_of_means
 REDUCING_GROUPS = ("TP-", "TN+", "AP+", "AN-")
 MIRROR_GROUPS = ("TP+", "TN-", "AP-", "AN+")
 ALL_GROUPS = REDUCING_GROUPS + MIRROR_GROUPS
-# (cos > 0, mean base activation >= 0, diff > 0) for each group
+# (cos > 0, mean base activation >= 0, activation change > 0) for each group
 GROUP_SIGNS: dict[str, tuple[bool, bool, bool]] = {
     "TP-": (True, True, True),
     "TN+": (True, False, True),
@@ -57,25 +58,12 @@ GROUP_NAMES = {
     "AP-": "anti-toxic, less positive",
     "AN+": "anti-toxic, more negative",
 }
-DENOMINATORS = ("v1", "emnlp")
+DENOMINATORS = ("four-groups", "gross")  # v1: the four reducing groups' total; EMNLP: all positive D_i
 
 
 def probe_cosines(value_vectors: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
     """``[n_layers, d_mlp]`` cosine of each value vector with the probe."""
     return torch.nn.functional.cosine_similarity(value_vectors.float(), probe.float().view(1, 1, -1), dim=-1)
-
-
-def top_toxic(
-    cosines: torch.Tensor, n: int, *, mean_base_activation: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Flat ids of the ``n`` neurons with the largest cosine; with ``mean_base_activation``,
-    only positively-activated toxic neurons (cos > 0 and mean activation > 0) qualify."""
-    flat = cosines.flatten().clone()
-    if mean_base_activation is not None:
-        eligible = (flat > 0) & (mean_base_activation.flatten() > 0)
-        flat[~eligible] = -float("inf")
-        n = min(n, int(eligible.sum()))
-    return torch.argsort(flat, descending=True, stable=True)[:n]
 
 
 @dataclass
@@ -92,7 +80,8 @@ class Decomposition:
         return self.contribution_per_prompt.mean(0)
 
     @property
-    def diff(self) -> torch.Tensor:
+    def activation_change(self) -> torch.Tensor:
+        """``[L, d_mlp]``: mean m^base - mean m^DPO (positive = the neuron's activation dropped)."""
         return self.mean_base - self.mean_dpo
 
     @property
@@ -113,22 +102,24 @@ class Decomposition:
     def _per_prompt(self, mask: torch.Tensor) -> np.ndarray:
         return self.contribution_per_prompt[:, mask].sum(1).double().numpy()
 
-    def share(self, group: str | tuple[str, ...], denominator: str = "v1", *, seed: int = 0) -> Estimate:
+    def share(
+        self, group: str | tuple[str, ...], denominator: str = "four-groups", *, seed: int = 0
+    ) -> Estimate:
         """A group's (or several groups') share of the reduction, with a bootstrap CI over prompts.
 
-        ``v1``: over the four reducing groups' total (how 31.8% arises);
-        ``emnlp``: over the gross reduction, the sum of all positive D_i.
+        ``four-groups`` (v1): over the four reducing groups' total (how 31.8% arises);
+        ``gross`` (EMNLP): over the gross reduction, the sum of all positive D_i.
         Group membership is fixed from the full sample while prompts are resampled.
         """
         names = (group,) if isinstance(group, str) else group
         mask = torch.zeros_like(self.cosines, dtype=torch.bool)
         for name in names:
             mask |= self.groups[name]
-        if denominator == "v1":
+        if denominator == "four-groups":
             den_mask = torch.zeros_like(mask)
             for name in REDUCING_GROUPS:
                 den_mask |= self.groups[name]
-        elif denominator == "emnlp":
+        elif denominator == "gross":
             den_mask = self.contribution > 0
         else:
             raise ValueError(f"denominator must be one of {DENOMINATORS}, not {denominator!r}")
@@ -171,17 +162,53 @@ class Decomposition:
             out[name] = torch.where(self.groups[name], d, torch.zeros_like(d)).sum(1).numpy()
         return out
 
+    def figure_data(self, *, seed: int = 0, max_points: int = 4000) -> dict[str, Any]:
+        """What the report's decomposition figures draw, small enough to travel in a test report:
+        the cumulative curve (at most ``max_points`` ranks, log-spaced), group shares with
+        intervals under both denominators, per-layer sums, and a seeded sample of
+        (cosine, activation change, group) points."""
+        curves = self.cumulative_curve()
+        n = len(curves["total"])
+        ranks = np.unique(np.geomspace(1, n, num=min(n, max_points)).round().astype(int))
+        cos, change = self.cosines.flatten().numpy(), self.activation_change.flatten().numpy()
+        group_of = np.full(len(cos), "", dtype=object)
+        for name, mask in self.groups.items():
+            group_of[mask.flatten().numpy()] = name
+        sample = np.random.default_rng(seed).permutation(len(cos))[:max_points]
+        r = self.change_cosine_correlation()
+        return {
+            "net": self.net,
+            "cumulative": {"rank": ranks.tolist(), **{k: v[ranks - 1].tolist() for k, v in curves.items()}},
+            "shares": {
+                denominator: {g: _interval(self.share(g, denominator, seed=seed)) for g in REDUCING_GROUPS}
+                for denominator in DENOMINATORS
+            },
+            "per_layer": {k: v.tolist() for k, v in self.per_layer().items()},
+            "change_vs_cosine": {
+                "cosine": cos[sample].tolist(),
+                "change": change[sample].tolist(),
+                "group": group_of[sample].tolist(),
+                "r": [r.value, r.low, r.high],
+            },
+        }
+
     def change_cosine_correlation(self) -> Estimate:
-        return pearson_with_ci(self.diff.flatten().double().numpy(), self.cosines.flatten().double().numpy())
+        return pearson_with_ci(
+            self.activation_change.flatten().double().numpy(), self.cosines.flatten().double().numpy()
+        )
+
+
+def _interval(estimate: Estimate) -> list[float]:
+    return [estimate.value, estimate.low, estimate.high]
 
 
 def assign_groups(
-    cosines: torch.Tensor, mean_base: torch.Tensor, diff: torch.Tensor
+    cosines: torch.Tensor, mean_base: torch.Tensor, activation_change: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Masks of the eight groups; neurons with cos == 0 or diff == 0 belong to none."""
+    """Masks of the eight groups; neurons with cos == 0 or no activation change belong to none."""
     toxic, anti = cosines > 0, cosines < 0
     positive = mean_base >= 0
-    down, up = diff > 0, diff < 0
+    down, up = activation_change > 0, activation_change < 0
     groups = {}
     for name, (is_toxic, is_positive, is_down) in GROUP_SIGNS.items():
         groups[name] = (

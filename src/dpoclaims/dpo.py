@@ -181,7 +181,7 @@ def train_dpo_from_files(
 ) -> dict[str, Any]:
     """Fine-tune ``base`` (local directory or hub id) on a Lee et al. JSONL and save an HF
     directory (model + tokenizer) that loads as the DPO side of a pair."""
-    from dpoclaims.pairs import load_hf_model, load_tokenizer
+    from dpoclaims.models import load_hf_model, load_tokenizer
 
     train, val = split_pairs(read_lee_pairs(pairs_path), val_fraction, settings.seed)
     tokenizer = load_tokenizer(base)

@@ -9,7 +9,9 @@ Face model or on the ``original_model`` of a TransformerBridge, whose hooks then
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -48,6 +50,27 @@ def encode_prompts(
     )
 
 
+class BatchObserver(Protocol):
+    """Watches :func:`greedy_generate` batch by batch (e.g. to record activations)."""
+
+    def generating(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> AbstractContextManager[Any]:
+        """A context that is active while the batch ``[batch, prompt_len]`` generates."""
+        ...
+
+    def generated(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, continuation_ids: list[list[int]]
+    ) -> None:
+        """Called after the batch with its continuations (EOS and what follows removed)."""
+        ...
+
+
+def model_input_device(model: PreTrainedModel) -> torch.device:
+    """Where a model's inputs go: its input embedding's device (right with a device map too)."""
+    return model.get_input_embeddings().weight.device
+
+
 @torch.no_grad()
 def greedy_generate(
     model: PreTrainedModel,
@@ -57,28 +80,35 @@ def greedy_generate(
     *,
     progress: bool = True,
     desc: str = "generate",
+    observer: BatchObserver | None = None,
 ) -> Generations:
+    """Greedy continuations of ``prompts``, batch by batch, inputs on the model's device."""
     continuations: list[str] = []
     continuation_ids: list[list[int]] = []
     model.eval()
+    device = model_input_device(model)
+    eos = tokenizer.eos_token_id
     batches = range(0, len(prompts), settings.batch_size)
     for start in tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False):
         batch = encode_prompts(
             tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens
         )
-        device = next(model.parameters()).device
-        output = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-        for row in new_tokens:
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            continuation_ids.append(row)
-            continuations.append(tokenizer.decode(row, skip_special_tokens=True))
+        input_ids = batch["input_ids"].to(device)  # [batch, prompt_len]
+        attention_mask = batch["attention_mask"].to(device)
+        with observer.generating(input_ids, attention_mask) if observer else nullcontext():
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            )
+        rows = [
+            row[: row.index(eos)] if eos in row else row for row in output[:, input_ids.shape[1] :].tolist()
+        ]
+        if observer:
+            observer.generated(input_ids, attention_mask, rows)
+        continuation_ids.extend(rows)
+        continuations.extend(tokenizer.decode(row, skip_special_tokens=True) for row in rows)
     return Generations(list(prompts), continuations, continuation_ids)

@@ -37,11 +37,13 @@ def perplexity(
             "input_ids"
         ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = model.get_input_embeddings().weight.device
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         width = max(len(r) for r in chunk)
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
+        ids, mask = ids.to(device), mask.to(device)  # [batch, width]
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         targets, target_mask = ids[:, 1:], mask[:, 1:].bool()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")

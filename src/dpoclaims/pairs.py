@@ -1,47 +1,33 @@
 """Model pairs: a base LM, its DPO fine-tune, their tokenizer and a linear toxicity probe.
 
-Every pair, whatever its source, is loaded through one path (:func:`load_pair`) and ends up
-as two TransformerBridge models with raw (unprocessed) weights. Sources:
-
-- a local Hugging Face model directory;
-- a hub id (resolved by ``from_pretrained`` and its usual cache; fails clearly offline);
-- for the DPO side, a state-dict file in Lee et al.'s format (``torch.load(path)["state"]``,
-  Hugging Face key names) applied to the base architecture;
-- a probe as a ``.pt`` tensor with ``d_model`` entries.
-
-A pair is named (``toy``; see :data:`NAMED_PAIRS`) or described by a TOML/JSON spec file.
+A :class:`PairSpec` says where a pair's parts live; :func:`load_pair_from_spec` loads and
+validates them (shapes, vocabulary, probe) and fingerprints the result. Both models end up as
+TransformerBridge models with raw (unprocessed) weights (:mod:`dpoclaims.models`). Named pairs
+(``toy``, ``gpt2-medium``) and spec files are resolved by :mod:`dpoclaims.named_pairs`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dpoclaims.cache import Cache
 from dpoclaims.errors import CheckpointError, PairMismatchError, UnknownPairError
-
-log = logging.getLogger(__name__)
-
-MLPKind = Literal["gpt2", "gated"]
-GATED_MODEL_TYPES = frozenset({"llama", "gemma", "gemma2", "gemma3_text", "mistral", "qwen2", "qwen3"})
-GPT2_STYLE_MODEL_TYPES = frozenset({"gpt2", "gpt_neo", "gptj"})
-# Buffers that old GPT-2 state dicts carry and current transformers no longer registers.
-IGNORED_STATE_SUFFIXES = (".attn.bias", ".attn.masked_bias")
-
+from dpoclaims.files import TOMLDecodeError, load_checkpoint, read_toml
+from dpoclaims.models import (
+    MLPLayout,
+    boot_bridge,
+    load_hf_model,
+    load_tokenizer,
+    mlp_layout,
+    model_from_state_dict,
+    read_state_dict_file,
+)
 
 PATH_SUFFIXES = frozenset({".pt", ".bin", ".safetensors", ".json", ".jsonl", ".toml", ".txt", ".csv", ".raw"})
 
@@ -62,6 +48,7 @@ class PairSpec:
     tokenizer: str | None = None
     extras: dict[str, str] = field(default_factory=dict)  # e.g. prompt sets of the pair
     root: str | None = None
+    lexicon: frozenset[str] = frozenset()  # words of the pair's own lexicon scorer (the toy's), if any
 
     def resolve(self, value: str) -> str:
         """Resolve a spec value: relative paths are relative to the spec's directory, never
@@ -83,16 +70,12 @@ class PairSpec:
         path = Path(path)
         try:
             if path.suffix == ".toml":
-                try:
-                    import tomllib
-                except ModuleNotFoundError:  # Python < 3.11
-                    import tomli as tomllib  # type: ignore[no-redef]
-                data = tomllib.loads(path.read_text())
+                data = read_toml(path)
             elif path.suffix == ".json":
                 data = json.loads(path.read_text())
             else:
                 raise UnknownPairError(f"pair spec {path} must be a .toml or .json file")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TOMLDecodeError) as exc:
             raise UnknownPairError(f"cannot read pair spec {path}: {exc}") from exc
         missing = [key for key in ("base", "dpo", "probe") if key not in data]
         if missing:
@@ -114,51 +97,6 @@ class PairSpec:
             extras={k: str(v) for k, v in data.get("extras", {}).items()},
             root=str(path.parent.resolve()),
         )
-
-
-@dataclass(frozen=True)
-class MLPLayout:
-    """Where the MLP neurons are: one hook per layer whose activation is the neuron vector."""
-
-    kind: MLPKind
-    n_layers: int
-    d_model: int
-    d_mlp: int
-
-    def hook_name(self, layer: int) -> str:
-        # For GPT-2 the post-GELU activation (input of c_proj); for gated MLPs the input
-        # of down_proj. TransformerBridge names both blocks.L.mlp.hook_post.
-        return f"blocks.{layer}.mlp.hook_post"
-
-    @property
-    def hook_names(self) -> list[str]:
-        return [self.hook_name(layer) for layer in range(self.n_layers)]
-
-    @property
-    def n_neurons(self) -> int:
-        return self.n_layers * self.d_mlp
-
-
-def mlp_layout(config: PretrainedConfig) -> MLPLayout:
-    model_type = config.model_type
-    if model_type in GPT2_STYLE_MODEL_TYPES:
-        kind: MLPKind = "gpt2"
-        d_model = config.n_embd if hasattr(config, "n_embd") else config.hidden_size
-        d_mlp = getattr(config, "n_inner", None) or 4 * d_model
-        n_layers = config.n_layer if hasattr(config, "n_layer") else config.num_hidden_layers
-    elif model_type in GATED_MODEL_TYPES:
-        kind, d_model, d_mlp, n_layers = (
-            "gated",
-            config.hidden_size,
-            config.intermediate_size,
-            config.num_hidden_layers,
-        )
-    else:
-        raise PairMismatchError(
-            f"model type {model_type!r} is not supported; supported: "
-            f"{sorted(GPT2_STYLE_MODEL_TYPES | GATED_MODEL_TYPES)}"
-        )
-    return MLPLayout(kind, int(n_layers), int(d_model), int(d_mlp))
 
 
 @dataclass
@@ -197,108 +135,11 @@ class ModelPair:
         return Path(self.spec.resolve(self.spec.extras[key]))
 
 
-# --------------------------------------------------------------------------- loading parts
-
-
-def _looks_local(source: str) -> bool:
-    return (
-        source.startswith((".", "/", "~"))
-        or Path(source).expanduser().exists()
-        or source.endswith((".pt", ".bin"))
-    )
-
-
-def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    if _looks_local(source) and not Path(source).expanduser().exists():
-        raise CheckpointError(f"tokenizer source {source!r} does not exist")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except Exception as exc:  # transformers raises OSError, ValueError, EnvironmentError...
-        raise CheckpointError(f"cannot load a tokenizer from {source!r}: {exc}") from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_hf_model(
-    source: str, *, dtype: torch.dtype = torch.float32, device_map: Any = None
-) -> PreTrainedModel:
-    """A causal LM from a local directory or a hub id, in eval mode."""
-    path = Path(source).expanduser()
-    if _looks_local(source):
-        if not path.exists():
-            raise CheckpointError(f"model checkpoint {source!r} does not exist")
-        if path.is_dir() and not (path / "config.json").is_file():
-            raise CheckpointError(f"{source!r} is not a Hugging Face model directory (no config.json)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path) if path.exists() else source, dtype=dtype, device_map=device_map
-        )
-    except Exception as exc:
-        raise CheckpointError(f"cannot load model {source!r}: {type(exc).__name__}: {exc}") from exc
-    model.eval()
-    return model
-
-
-def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Lee et al.'s format: ``torch.load(path)["state"]`` with Hugging Face key names.
-    A bare state dict is accepted too."""
-    if not path.is_file():
-        raise CheckpointError(f"state-dict file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read state-dict file {path} (corrupt or not a torch file): {exc}"
-        ) from exc
-    state = payload.get("state", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(
-            f"{path} holds no state dict (expected a dict of tensors, or one under 'state')"
-        )
-    return state
-
-
-def model_from_state_dict(
-    base: PreTrainedModel, state: dict[str, torch.Tensor], origin: str
-) -> PreTrainedModel:
-    """A copy of ``base``'s architecture with the weights of ``state``."""
-    model = type(base)(base.config)
-    state = {k: v for k, v in state.items() if not k.endswith(IGNORED_STATE_SUFFIXES)}
-    expected = model.state_dict()
-    tied = {k for k in expected if k == "lm_head.weight"} if base.config.tie_word_embeddings else set()
-    missing = set(expected) - set(state) - tied
-    unexpected = set(state) - set(expected)
-    wrong_shape = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        details = []
-        if missing:
-            details.append(f"missing {sorted(missing)[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            details.append(f"unexpected {sorted(unexpected)[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong_shape:
-            k = sorted(wrong_shape)[0]
-            details.append(
-                f"{len(wrong_shape)} tensors of the wrong shape, e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-            )
-        raise PairMismatchError(
-            f"state dict {origin} does not fit the base architecture: {'; '.join(details)}"
-        )
-    model.load_state_dict(state, strict=False)
-    if tied:
-        model.tie_weights()
-    model.to(dtype=base.dtype).eval()
-    return model
+# --------------------------------------------------------------------------- loading
 
 
 def load_probe(source: str, d_model: int) -> torch.Tensor:
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"probe file {source!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read probe {source!r} (corrupt or not a torch file): {exc}") from exc
+    payload = load_checkpoint(Path(source).expanduser(), "probe")
     if isinstance(payload, dict) and "weight" in payload:
         payload = payload["weight"]
     if not isinstance(payload, torch.Tensor):
@@ -352,94 +193,14 @@ def fingerprint(
     return digest.hexdigest()[:20]
 
 
-def boot_bridge(model: PreTrainedModel, name_or_path: str, tokenizer: PreTrainedTokenizerBase) -> Any:
-    from transformer_lens.model_bridge import TransformerBridge
-
-    return TransformerBridge.boot_transformers(
-        name_or_path, hf_model=model, tokenizer=tokenizer, dtype=model.dtype
-    )
-
-
-# --------------------------------------------------------------------------- named pairs
-
-
-def _toy_spec(cache: Cache) -> PairSpec:
-    from dpoclaims.organism.build import ensure_toy
-
-    return PairSpec.from_file(ensure_toy(cache=cache) / "pair.toml")
-
-
-GPT2_MEDIUM_HELP = (
-    "The paper pair needs three files you obtain yourself: the base model (hub id 'gpt2-medium', "
-    "resolved from your Hugging Face cache, or a local directory: DPOCLAIMS_GPT2_BASE), Lee et al.'s DPO "
-    "checkpoint dpo.pt (DPOCLAIMS_GPT2_DPO) and their probe probe.pt (DPOCLAIMS_GPT2_PROBE), both "
-    "distributed by the authors of github.com/ajyl/dpo_toxic; plus the RealToxicityPrompts prompts.jsonl "
-    "(DPOCLAIMS_RTP_PATH) and Wikitext-2 raw test text (DPOCLAIMS_WIKITEXT_PATH) for the behavioural claims."
-)
-
-
-def _gpt2_medium_spec(cache: Cache) -> PairSpec:
-    """The paper's pair, assembled from environment variables (see ``GPT2_MEDIUM_HELP``)."""
-    import os
-
-    dpo, probe = os.environ.get("DPOCLAIMS_GPT2_DPO"), os.environ.get("DPOCLAIMS_GPT2_PROBE")
-    missing = [
-        name for name, value in (("DPOCLAIMS_GPT2_DPO", dpo), ("DPOCLAIMS_GPT2_PROBE", probe)) if not value
-    ]
-    if missing:
-        raise CheckpointError(f"{', '.join(missing)} not set. {GPT2_MEDIUM_HELP}")
-    extras = {
-        key: os.environ[env]
-        for key, env in (
-            ("challenge_prompts", "DPOCLAIMS_RTP_PATH"),
-            ("neutral_texts", "DPOCLAIMS_WIKITEXT_PATH"),
-        )
-        if os.environ.get(env)
-    }
-    extras["perplexity_window"] = "1024"  # Wikitext-2 test in 1024-token windows, as the paper
-    return PairSpec(
-        name="gpt2-medium",
-        base=os.environ.get("DPOCLAIMS_GPT2_BASE", "gpt2-medium"),
-        dpo=str(dpo),
-        probe=str(probe),
-        extras=extras,
-    )
-
-
-NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {"toy": _toy_spec, "gpt2-medium": _gpt2_medium_spec}
-DEFAULT_PAIR = "toy"
-
-
-def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> PairSpec:
-    if isinstance(pair, PairSpec):
-        return pair
-    cache = cache or Cache()
-    if isinstance(pair, str) and pair in NAMED_PAIRS:
-        return NAMED_PAIRS[pair](cache)
-    path = Path(pair).expanduser()
-    if path.is_file():
-        return PairSpec.from_file(path)
-    if path.is_dir() and (path / "pair.toml").is_file():
-        return PairSpec.from_file(path / "pair.toml")
-    raise UnknownPairError(
-        f"unknown pair {str(pair)!r}: not a named pair ({', '.join(sorted(NAMED_PAIRS))}) "
-        "nor a .toml/.json pair spec file or a directory holding pair.toml"
-    )
-
-
-def load_pair(
-    pair: str | Path | PairSpec = DEFAULT_PAIR,
-    *,
-    cache: Cache | None = None,
-    dtype: torch.dtype = torch.float32,
-    device_map: Any = None,
+def load_pair_from_spec(
+    spec: PairSpec, *, dtype: torch.dtype = torch.float32, device_map: Any = None
 ) -> ModelPair:
-    """Load and validate a pair; see the module docstring for accepted sources.
+    """Load and validate the pair ``spec`` describes.
 
     ``dtype`` (e.g. ``torch.bfloat16``) and ``device_map`` (e.g. ``"auto"`` for a model larger
     than one device) are passed to ``from_pretrained``; the analyses cast to float32.
     """
-    spec = resolve_spec(pair, cache)
     base_source = spec.resolve(spec.base)
     dpo_source = spec.resolve(spec.dpo)
     tokenizer_source = spec.resolve(spec.tokenizer) if spec.tokenizer else base_source
@@ -452,7 +213,7 @@ def load_pair(
         dpo = load_hf_model(dpo_source, dtype=dtype, device_map=device_map)
     layout = check_compatible(base, dpo, tokenizer)
     probe = load_probe(spec.resolve(spec.probe), layout.d_model)
-    print_id = fingerprint(base, dpo, tokenizer, probe)
+    pair_fingerprint = fingerprint(base, dpo, tokenizer, probe)
     return ModelPair(
         name=spec.name,
         base=boot_bridge(base, base_source, tokenizer),
@@ -460,6 +221,6 @@ def load_pair(
         tokenizer=tokenizer,
         probe=probe,
         layout=layout,
-        fingerprint=print_id,
+        fingerprint=pair_fingerprint,
         spec=spec,
     )

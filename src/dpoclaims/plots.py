@@ -1,8 +1,10 @@
-"""Figures of the claims report (PNG, matplotlib, no display needed)."""
+"""Figures of the claims report (PNG, matplotlib, no display needed), drawn only from what the
+claim tests recorded (:meth:`dpoclaims.decomposition.Decomposition.figure_data`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -10,7 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dpoclaims.decomposition import GROUP_NAMES, REDUCING_GROUPS, Decomposition  # noqa: E402
+from dpoclaims.decomposition import GROUP_NAMES, REDUCING_GROUPS  # noqa: E402
+from dpoclaims.paper import GROUP_SHARES  # noqa: E402
 
 GROUP_COLORS = {
     "TP-": "#d62728",
@@ -22,7 +25,6 @@ GROUP_COLORS = {
     "AP-": "#9467bd",
     "AN+": "#c5b0d5",
 }
-PAPER_SHARES = {"TP-": 0.318, "TN+": 0.239, "AP+": 0.070, "AN-": 0.373}
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -49,15 +51,16 @@ def layer_projection(projections: dict[str, list[float]], ablated_label: str, ti
     return _save(fig, path)
 
 
-def cumulative_contribution(d: Decomposition, title: str, path: Path) -> Path:
+def cumulative_contribution(data: dict[str, Any], title: str, path: Path) -> Path:
     """Paper Fig. 1b/2: cumulative contribution by neuron rank, with each group's part."""
-    curves = d.cumulative_curve()
+    curves = data["cumulative"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ranks = np.arange(1, len(curves["total"]) + 1)
-    ax.plot(ranks, curves["total"], color="black", lw=2, label="all neurons")
+    ax.plot(curves["rank"], curves["total"], color="black", lw=2, label="all neurons")
     for group in REDUCING_GROUPS:
-        ax.plot(ranks, curves[group], color=GROUP_COLORS[group], label=f"{group} ({GROUP_NAMES[group]})")
-    ax.axhline(d.net, color="black", ls=":", lw=1, label=f"net reduction {d.net:.3g}")
+        ax.plot(
+            curves["rank"], curves[group], color=GROUP_COLORS[group], label=f"{group} ({GROUP_NAMES[group]})"
+        )
+    ax.axhline(data["net"], color="black", ls=":", lw=1, label=f"net reduction {data['net']:.3g}")
     ax.set(
         xscale="log",
         xlabel="neurons ranked by contribution D_i (largest first)",
@@ -68,15 +71,17 @@ def cumulative_contribution(d: Decomposition, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def group_shares(d: Decomposition, title: str, path: Path, seed: int = 0) -> Path:
+def group_shares(data: dict[str, Any], title: str, path: Path) -> Path:
     """Each reducing group's share of the reduction, both denominators, with 95% bootstrap CIs."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     width = 0.38
     x = np.arange(len(REDUCING_GROUPS))
-    for offset, denominator, hatch in ((-width / 2, "v1", ""), (width / 2, "emnlp", "//")):
-        estimates = [d.share(g, denominator, seed=seed) for g in REDUCING_GROUPS]
-        values = np.array([e.value for e in estimates])
-        errors = np.array([[e.value - e.low for e in estimates], [e.high - e.value for e in estimates]])
+    for offset, denominator, hatch in ((-width / 2, "four-groups", ""), (width / 2, "gross", "//")):
+        estimates = np.array(
+            [data["shares"][denominator][g] for g in REDUCING_GROUPS]
+        )  # [4, (value, low, high)]
+        values = estimates[:, 0]
+        errors = np.array([values - estimates[:, 1], estimates[:, 2] - values])
         ax.bar(
             x + offset,
             values,
@@ -90,7 +95,7 @@ def group_shares(d: Decomposition, title: str, path: Path, seed: int = 0) -> Pat
         )
     ax.scatter(
         x - width / 2,
-        [PAPER_SHARES[g] for g in REDUCING_GROUPS],
+        [GROUP_SHARES[g] for g in REDUCING_GROUPS],
         marker="D",
         color="black",
         zorder=5,
@@ -102,18 +107,19 @@ def group_shares(d: Decomposition, title: str, path: Path, seed: int = 0) -> Pat
     return _save(fig, path)
 
 
-def change_vs_cosine(d: Decomposition, title: str, path: Path) -> Path:
-    """Activation change (base - DPO) against cosine with the probe, per neuron."""
+def change_vs_cosine(data: dict[str, Any], title: str, path: Path) -> Path:
+    """Activation change (base - DPO) against cosine with the probe, per neuron (a sample)."""
+    points = data["change_vs_cosine"]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    cos, diff = d.cosines.flatten().numpy(), d.diff.flatten().numpy()
-    for group, mask in d.groups.items():
-        m = mask.flatten().numpy()
-        ax.scatter(cos[m], diff[m], s=3, alpha=0.5, color=GROUP_COLORS[group], label=group)
-    r = d.change_cosine_correlation()
+    cos, change, groups = np.array(points["cosine"]), np.array(points["change"]), np.array(points["group"])
+    for group, color in GROUP_COLORS.items():
+        mask = groups == group
+        ax.scatter(cos[mask], change[mask], s=3, alpha=0.5, color=color, label=group)
+    r, low, high = points["r"]
     ax.set(
         xlabel="cos(value vector, probe)",
         ylabel="mean activation change (base - DPO)",
-        title=f"{title}\nPearson r = {r.value:.3f} [{r.low:.3f}, {r.high:.3f}]",
+        title=f"{title}\nPearson r = {r:.3f} [{low:.3f}, {high:.3f}] (all neurons; {len(cos):,} drawn)",
     )
     ax.axhline(0, color="black", lw=0.5)
     ax.axvline(0, color="black", lw=0.5)
@@ -121,9 +127,9 @@ def change_vs_cosine(d: Decomposition, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def per_layer_groups(d: Decomposition, title: str, path: Path) -> Path:
+def per_layer_groups(data: dict[str, Any], title: str, path: Path) -> Path:
     """Paper Fig. 3: contribution per layer, split by the four reducing groups."""
-    layers = d.per_layer()
+    layers = {k: np.array(v) for k, v in data["per_layer"].items()}
     fig, ax = plt.subplots(figsize=(6.5, 4))
     x = np.arange(len(layers["total"]))
     bottom = np.zeros(len(x))

@@ -13,15 +13,6 @@ from dpoclaims.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
-OUTCOME_COLORS = {
-    "passed": "brightgreen",
-    "xfailed": "yellowgreen",
-    "failed": "red",
-    "xpassed": "red",
-    "skipped": "lightgrey",
-    "error": "red",
-}
-
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -64,8 +55,8 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
         f"# Claims of Yang et al. 2024 on pair `{header['pair']}`",
         "",
         f"Pair fingerprint `{header['fingerprint']}`; {header['n_prompts']} prompts; position convention "
-        f"`{header['convention']}`; scorer `{header['scorer']}`. Shares use the v1 denominator (the four reducing groups' "
-        "total) unless the id says `emnlp` (gross reduction over all D_i > 0). Intervals are 95% bootstrap intervals over prompts "
+        f"`{header['convention']}`; scorer `{header['scorer']}`. Shares use the four reducing groups' total as denominator "
+        "(v1) unless the id says `gross` (the gross reduction over all D_i > 0, EMNLP). Intervals are 95% bootstrap intervals over prompts "
         "(Fisher z for correlations). Neuron counts from the paper are scaled to this pair by the fraction of all MLP neurons.",
         "",
         "| id | keyword | claim | paper | measured | 95% CI | expected here | verdict | outcome |",
@@ -97,12 +88,17 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
 
 
 def write_reports(
-    records: Sequence[dict[str, Any]], out_dir: Path, header: dict[str, Any], figure_context: Any = None
+    records: Sequence[dict[str, Any]],
+    out_dir: Path,
+    header: dict[str, Any],
+    figure_data: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write every report file; ``figure_context`` is a read-only ClaimContext (or None)."""
+    """Write every report file from the claim records and the figure data the tests recorded
+    (``figure_data``: :meth:`dpoclaims.decomposition.Decomposition.figure_data`, or None).
+    Nothing is measured here."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = sorted(records, key=lambda r: (int(r["id"][1:].split("[")[0]), r.get("order", 0)))
-    figures, skipped = draw_figures(records, out_dir / "figures", header, figure_context)
+    figures, skipped = draw_figures(records, out_dir / "figures", header, figure_data)
     header = {**header, "figures": figures, "figures_skipped": skipped}
     atomic_write_text(
         out_dir / "claims.json", json.dumps({"header": header, "claims": records}, indent=1, default=str)
@@ -118,10 +114,12 @@ def write_reports(
 
 
 def draw_figures(
-    records: Sequence[dict[str, Any]], fig_dir: Path, header: dict[str, Any], ctx: Any
+    records: Sequence[dict[str, Any]],
+    fig_dir: Path,
+    header: dict[str, Any],
+    figure_data: dict[str, Any] | None,
 ) -> tuple[list[str], list[str]]:
     from dpoclaims import plots
-    from dpoclaims.cache import NotCached
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     drawn, skipped = [], []
@@ -144,16 +142,10 @@ def draw_figures(
         "activation_change_vs_cosine.png": plots.change_vs_cosine,
         "fig3_per_layer_groups.png": plots.per_layer_groups,
     }
-    decomposition = None
-    if ctx is not None:
-        try:
-            decomposition = ctx.decomposition
-        except NotCached:
-            decomposition = None
     for name, draw in decomposition_figures.items():
-        if decomposition is None:
+        if figure_data is None:
             skipped.append(name)
             continue
-        draw(decomposition, title, fig_dir / name)
+        draw(figure_data, title, fig_dir / name)
         drawn.append(name)
     return drawn, skipped

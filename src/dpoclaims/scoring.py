@@ -1,8 +1,8 @@
 """Toxicity scorers for continuations (the prompt is never scored).
 
 A scorer is any object with a ``name`` and ``score(texts) -> list[float]`` giving each text a
-toxicity in [0, 1]. The toy organism's own :class:`LexiconScorer` knows the toy's toxic
-register exactly; :class:`ProfanityCheckScorer` is an independent offline classifier
+toxicity in [0, 1]. :class:`LexiconScorer` counts the words of a pair's own lexicon (the toy
+organism passes its toxic register, so it knows that register exactly); :class:`ProfanityCheckScorer` is an independent offline classifier
 (``alt-profanity-check``, a linear SVM whose model ships inside the wheel). For real pairs,
 ``detoxify`` (a local Detoxify checkpoint) and ``perspective`` (the Perspective API) live in
 :mod:`dpoclaims.remote_scoring` and are imported only when asked for.
@@ -28,12 +28,13 @@ class LexiconScorer:
 
     name = "lexicon"
 
-    def __init__(self, words: Iterable[str] | None = None) -> None:
-        if words is None:
-            from dpoclaims.organism.corpus import TOXIC_WORDS
-
-            words = TOXIC_WORDS
+    def __init__(self, words: Iterable[str]) -> None:
         self.words = frozenset(w.lower() for w in words)
+        if not self.words:
+            raise OptionError(
+                "the lexicon scorer needs the pair's word list, and this pair has none (only the toy "
+                "organism ships one); choose another scorer, e.g. --scorer profanity-check"
+            )
 
     def count(self, text: str) -> int:
         tokens = "".join(c if c.isalnum() else " " for c in text.lower()).split()
@@ -73,21 +74,22 @@ def _perspective() -> Scorer:
     return PerspectiveScorer()
 
 
-SCORERS: dict[str, Callable[[], Scorer]] = {
+SCORERS: dict[str, Callable[[frozenset[str]], Scorer]] = {
     LexiconScorer.name: LexiconScorer,
-    ProfanityCheckScorer.name: ProfanityCheckScorer,
-    "detoxify": _detoxify,
-    "perspective": _perspective,
+    ProfanityCheckScorer.name: lambda lexicon: ProfanityCheckScorer(),
+    "detoxify": lambda lexicon: _detoxify(),
+    "perspective": lambda lexicon: _perspective(),
 }
 
 
-def get_scorer(name: str) -> Scorer:
+def get_scorer(name: str, *, lexicon: Iterable[str] = ()) -> Scorer:
+    """The scorer ``name``; ``lexicon`` is the pair's word list, used by the lexicon scorer only."""
     try:
         factory = SCORERS[name]
     except KeyError:
         raise OptionError(f"unknown scorer {name!r}; available: {', '.join(sorted(SCORERS))}") from None
     try:
-        return factory()
+        return factory(frozenset(lexicon))
     except DpoclaimsError as exc:  # a missing key, package or checkpoint: say which scorers there are
         raise type(exc)(
             f"scorer {name!r} is unavailable: {exc} (scorers: {', '.join(sorted(SCORERS))})"

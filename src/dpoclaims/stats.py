@@ -18,9 +18,6 @@ class Estimate:
     low: float
     high: float
 
-    def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
-
 
 def bootstrap(
     statistic: Callable[..., np.ndarray | float],

@@ -21,6 +21,7 @@ from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.dpo import DPOSettings, train_dpo
 from dpoclaims.generation import GenerationSettings, greedy_generate
 from dpoclaims.metrics import perplexity, weight_cosines
+from dpoclaims.models import boot_bridge
 from dpoclaims.organism import corpus
 from dpoclaims.organism.lm import pack_examples, pretrain, train_tokenizer
 from dpoclaims.probe import LinearProbe, pooled_residuals
@@ -117,8 +118,6 @@ def build_toy(out: Path, config: ToyConfig = ToyConfig(), *, progress: bool = Tr
 
 
 def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any]:
-    from dpoclaims.pairs import boot_bridge
-
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -248,7 +247,7 @@ def measure_toy(base_dir: Path, dpo_dir: Path, config: ToyConfig, *, progress: b
     }
     challenge = corpus.challenge_prompts(config.n_challenge, config.seed + 1)
     neutral = corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)
-    scorers = [LexiconScorer(), ProfanityCheckScorer()]
+    scorers = [LexiconScorer(corpus.TOXIC_WORDS), ProfanityCheckScorer()]
     toxicity: dict[str, dict[str, float]] = {s.name: {} for s in scorers}
     samples: dict[str, list[str]] = {}
     ppl: dict[str, float] = {}

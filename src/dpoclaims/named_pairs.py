@@ -1,0 +1,105 @@
+"""Named pairs (the toy organism, the paper's gpt2-medium pair) and resolving a pair
+argument (a name, a spec file or a directory holding ``pair.toml``) to a loaded pair."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dpoclaims.cache import Cache
+from dpoclaims.errors import CheckpointError, UnknownPairError
+from dpoclaims.organism.build import ensure_toy
+from dpoclaims.organism.corpus import TOXIC_WORDS
+from dpoclaims.pairs import ModelPair, PairSpec, load_pair_from_spec
+
+
+def _toy_spec(cache: Cache) -> PairSpec:
+    spec = PairSpec.from_file(ensure_toy(cache=cache) / "pair.toml")
+    return replace(spec, lexicon=TOXIC_WORDS)  # the toy's toxic register, for the lexicon scorer
+
+
+GPT2_MEDIUM_HELP = (
+    "The paper pair needs three files you obtain yourself: the base model (hub id 'gpt2-medium', "
+    "resolved from your Hugging Face cache, or a local directory: DPOCLAIMS_GPT2_BASE), Lee et al.'s DPO "
+    "checkpoint dpo.pt (DPOCLAIMS_GPT2_DPO) and their probe probe.pt (DPOCLAIMS_GPT2_PROBE), both "
+    "distributed by the authors of github.com/ajyl/dpo_toxic; plus the RealToxicityPrompts prompts.jsonl "
+    "(DPOCLAIMS_RTP_PATH) and Wikitext-2 raw test text (DPOCLAIMS_WIKITEXT_PATH) for the behavioural claims."
+)
+
+
+def _gpt2_medium_spec(cache: Cache) -> PairSpec:
+    """The paper's pair, assembled from environment variables (see ``GPT2_MEDIUM_HELP``)."""
+    dpo, probe = os.environ.get("DPOCLAIMS_GPT2_DPO"), os.environ.get("DPOCLAIMS_GPT2_PROBE")
+    missing = [
+        name for name, value in (("DPOCLAIMS_GPT2_DPO", dpo), ("DPOCLAIMS_GPT2_PROBE", probe)) if not value
+    ]
+    if missing:
+        raise CheckpointError(f"{', '.join(missing)} not set. {GPT2_MEDIUM_HELP}")
+    extras = {
+        key: os.environ[env]
+        for key, env in (
+            ("challenge_prompts", "DPOCLAIMS_RTP_PATH"),
+            ("neutral_texts", "DPOCLAIMS_WIKITEXT_PATH"),
+        )
+        if os.environ.get(env)
+    }
+    extras["perplexity_window"] = "1024"  # Wikitext-2 test in 1024-token windows, as the paper
+    return PairSpec(
+        name="gpt2-medium",
+        base=os.environ.get("DPOCLAIMS_GPT2_BASE", "gpt2-medium"),
+        dpo=str(dpo),
+        probe=str(probe),
+        extras=extras,
+    )
+
+
+NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {"toy": _toy_spec, "gpt2-medium": _gpt2_medium_spec}
+DEFAULT_PAIR = "toy"
+
+
+def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> PairSpec:
+    if isinstance(pair, PairSpec):
+        return pair
+    cache = cache or Cache()
+    if isinstance(pair, str) and pair in NAMED_PAIRS:
+        return NAMED_PAIRS[pair](cache)
+    path = Path(pair).expanduser()
+    if path.is_file():
+        return PairSpec.from_file(path)
+    if path.is_dir() and (path / "pair.toml").is_file():
+        return PairSpec.from_file(path / "pair.toml")
+    raise UnknownPairError(
+        f"unknown pair {str(pair)!r}: not a named pair ({', '.join(sorted(NAMED_PAIRS))}) "
+        "nor a .toml/.json pair spec file or a directory holding pair.toml"
+    )
+
+
+def pair_name(pair: str | Path) -> str:
+    """The name of a pair argument without loading (or building) it: a named pair's name, or the
+    ``name`` in a spec file (its stem if it has none)."""
+    if isinstance(pair, str) and pair in NAMED_PAIRS:
+        return pair
+    path = Path(pair).expanduser()
+    if path.is_dir():
+        path = path / "pair.toml"
+    try:
+        return PairSpec.from_file(path).name
+    except UnknownPairError:
+        return path.stem
+
+
+def load_pair(
+    pair: str | Path | PairSpec = DEFAULT_PAIR,
+    *,
+    cache: Cache | None = None,
+    dtype: torch.dtype = torch.float32,
+    device_map: Any = None,
+) -> ModelPair:
+    """Load and validate a pair given by name, spec file or directory holding ``pair.toml``
+    (see :func:`dpoclaims.pairs.load_pair_from_spec` for ``dtype`` and ``device_map``)."""
+    return load_pair_from_spec(resolve_spec(pair, cache), dtype=dtype, device_map=device_map)
