@@ -180,7 +180,13 @@ class Resampler:
         if self.n == 0:
             return _undefined(float("nan"), 0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            value = float(statistic(*arrays, axis=0))
+            point = np.asarray(statistic(*arrays, axis=0), dtype=np.float64)
+        if point.shape != ():
+            raise StatsError(
+                f"the statistic returned shape {point.shape} on the full sample; it must reduce the "
+                "prompt axis (axis=0 here) and any trailing axes to one number"
+            )
+        value = float(point)
         if self.n < MIN_PROMPTS or not math.isfinite(value):
             return _undefined(value, self.n)
         return _from_resampled(value, self.resample(statistic, *arrays), self.scheme)
