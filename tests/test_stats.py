@@ -23,6 +23,7 @@ from dpoclaims.stats import (
     bootstrap,
     bootstrap_difference,
     bootstrap_fraction,
+    changed_by_holm,
     difference,
     holm,
     mean_difference,
@@ -400,6 +401,9 @@ def test_holm_hand_worked_example():
     assert (with_nan["a"], with_nan["b"]) == pytest.approx((0.02, 0.04))  # m = 2: NaN is no test
     with pytest.raises(StatsError, match=r"\[0, 1\]"):
         holm({"a": 1.5})
+    # at alpha .025: a (.01 -> .03) crosses it; d (.005 -> .02) stays below; b, c were never below
+    assert changed_by_holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005}) == ["a"]
+    assert changed_by_holm({"a": 0.01, "b": 0.04}, alpha=0.05) == []  # .02 and .04 stay below .05
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=5), st.floats(0, 1), min_size=1, max_size=25))

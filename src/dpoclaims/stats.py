@@ -10,8 +10,9 @@ paired: their difference, or any other function of both, has a valid bootstrap d
 ``bootstrap(..., seed=s)`` builds the same matrix for the same ``(n, s, n_resamples)``, so
 estimates from separate ``bootstrap`` calls over the same prompts share indices too. The draw
 is the one ``scipy.stats.bootstrap(paired=True, vectorized=True, rng=default_rng(seed))``
-makes, and intervals are percentiles with the same (linear) quantile rule, so intervals are
-identical to the ones this module gave when it called scipy.
+makes, and intervals are percentiles with the same (linear) quantile rule: the bootstrap
+distributions are identical to the ones this module got when it called scipy, and the intervals
+equal up to float rounding (about 1e-16).
 
 Statistics take the per-prompt samples (prompts on axis 0) and an ``axis`` keyword: the prompt
 axis they must reduce. The point estimate calls ``statistic(*samples, axis=0)``; the resamples
@@ -435,8 +436,8 @@ def p_value(estimate: Estimate, criterion: Criterion) -> float:
 
 def _one_sided(estimate: Estimate, threshold: float, paper_side: Literal["below", "above"]) -> float:
     if estimate.method == "fisher_z":
-        if estimate.n is None or estimate.n < MIN_PEARSON_PAIRS:
-            return float("nan")
+        if estimate.n is None:
+            raise StatsError("a Fisher-z estimate needs its number of pairs n for a p-value")
         with np.errstate(divide="ignore"):
             z_threshold = float(np.arctanh(np.clip(threshold, -1.0, 1.0)))
         score = (_fisher_z(estimate.value) - z_threshold) * math.sqrt(estimate.n - 3)
@@ -469,3 +470,11 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
         running = max(running, min(1.0, (m - rank) * p))
         adjusted[key] = running
     return adjusted
+
+
+def changed_by_holm(p_values: Mapping[str, float], alpha: float = ONE_SIDED_ALPHA) -> list[str]:
+    """Keys whose raw p-value is below ``alpha`` but whose Holm-adjusted one is not: the claims
+    whose "replicates" the family-wise adjustment would not support (verdicts themselves stay
+    on the 95% interval, which decides at the one-sided level ``alpha``)."""
+    adjusted = holm(p_values)
+    return [key for key, p in p_values.items() if p < alpha <= adjusted[key]]
