@@ -1,13 +1,22 @@
-"""Perplexity, weight cosines and the probe's pooled residuals: padding never matters."""
+"""Perplexity, continuation F1, weight cosines and the probe's pooled residuals: padding never matters."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from dpoclaims.metrics import perplexity, weight_cosines
+from dpoclaims.errors import OptionError
+from dpoclaims.metrics import (
+    F1Settings,
+    continuation_f1,
+    perplexity,
+    split_for_continuation,
+    token_f1,
+    weight_cosines,
+)
 from dpoclaims.organism import corpus
 from dpoclaims.probe import LinearProbe, pooled_residuals
 
@@ -67,6 +76,90 @@ def test_weight_cosines(make_gpt2):
     assert cosines["transformer.h.1.mlp.c_proj.weight"] == pytest.approx(-1.0, abs=1e-6)
 
 
+class ContinuationOracle(torch.nn.Module):
+    """A stand-in LM whose greedy continuation of a prompt is whatever ``continuations`` maps the
+    prompt's text to (the real continuation, or a wrong one), so F1 is known exactly. It answers
+    ``generate`` as a Hugging Face model does: the left-padded prompt ids, then the new tokens."""
+
+    def __init__(self, tokenizer, continuations: dict[str, list[int]]):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # gives the model a device
+        self.tokenizer, self.continuations = tokenizer, continuations
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, pad_token_id, eos_token_id, **_):
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            prompt = self.tokenizer.decode([i for i, keep in zip(ids, mask) if keep])
+            new = self.continuations[prompt][:max_new_tokens]
+            rows.append(ids + new + [eos_token_id] * (max_new_tokens - len(new)))
+        return torch.tensor(rows)
+
+
+def test_continuation_f1_scores_the_real_continuation(tokenizer):
+    """A model that continues each prefix with the text's real continuation scores F1 = 1 in
+    both units; one that continues it with another text's continuation scores less."""
+    candidates = corpus.neutral_prompts(30, 3) + [
+        " ".join(corpus.neutral_prompts(6, 4))
+    ]  # last: > 104 tokens
+    settings = F1Settings(batch_size=5)
+    texts, splits, prompts = [], [], []
+    for text in candidates:  # the oracle knows a prompt's continuation only if prompts are distinct
+        split = split_for_continuation(tokenizer, text, settings)
+        prompt = tokenizer.decode(split[0])
+        if prompt not in prompts:
+            texts.append(text), splits.append(split), prompts.append(prompt)
+    assert len(texts) >= 8
+    truthful = ContinuationOracle(tokenizer, {p: reference for p, (_, reference) in zip(prompts, splits)})
+    for unit in ("words", "token_ids"):
+        result = continuation_f1(truthful, tokenizer, texts, F1Settings(batch_size=5, unit=unit))
+        assert result.n_skipped == 0 and result.used == tuple(range(len(texts)))
+        np.testing.assert_array_equal(result.scores, np.ones(len(texts)))
+        assert result.continuations == result.references
+    shifted = {p: splits[(i + 1) % len(splits)][1] for i, p in enumerate(prompts)}
+    wrong = continuation_f1(ContinuationOracle(tokenizer, shifted), tokenizer, texts, settings)
+    assert wrong.mean < 0.9 and np.all((wrong.scores >= 0) & (wrong.scores < 1))
+    for index, (_, reference) in enumerate(splits):
+        expected = token_f1(
+            tokenizer.decode(splits[(index + 1) % len(splits)][1]), tokenizer.decode(reference)
+        )
+        assert wrong.scores[index] == pytest.approx(expected)
+
+
+def test_continuation_f1_of_a_real_model_does_not_depend_on_batching(model, tokenizer):
+    texts = corpus.neutral_prompts(9, 6)
+    scores = [
+        continuation_f1(model, tokenizer, texts, F1Settings(batch_size=size)).scores for size in (1, 4, 9)
+    ]
+    np.testing.assert_array_equal(scores[0], scores[1])
+    np.testing.assert_array_equal(scores[0], scores[2])
+    assert np.all((scores[0] >= 0) & (scores[0] <= 1))
+
+
+def test_continuation_f1_splits_texts_and_skips_short_ones(model, tokenizer):
+    texts = ["hi", *corpus.neutral_prompts(4, 5), "", "a b"]
+    settings = F1Settings(min_tokens=4, continuation_tokens=20, max_prompt_tokens=32)
+    result = continuation_f1(model, tokenizer, texts, settings)
+    token_counts = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    expected_used = tuple(i for i, count in enumerate(token_counts) if count >= 4)
+    assert result.used == expected_used and result.n_skipped == len(texts) - len(expected_used) >= 2
+    assert result.scores.shape == (len(expected_used),)
+    for index, prompt, reference in zip(result.used, result.prompts, result.references):
+        ids = tokenizer(texts[index], add_special_tokens=False)["input_ids"]
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        assert 1 <= n_prompt <= min(len(ids) // 2, 32)
+        assert texts[index].startswith(prompt) and prompt.strip() == prompt  # cut at a word start
+        assert reference[:1].isspace() and texts[index][len(prompt) :].startswith(reference)
+        if len(ids) - n_prompt <= 20:  # the whole rest is the reference
+            assert prompt + reference == texts[index]
+    long_text = " ".join(corpus.neutral_prompts(6, 1))  # > 104 tokens: prompt and reference are capped
+    prefix, reference_ids = split_for_continuation(tokenizer, long_text, settings)
+    assert len(prefix) <= 32 and len(reference_ids) == 20
+    assert long_text.startswith(tokenizer.decode(prefix) + " ")  # the prompt ends where a word ends
+    assert split_for_continuation(tokenizer, "hi", settings) is None
+    with pytest.raises(OptionError, match="unit"):
+        F1Settings(unit="letters")  # type: ignore[arg-type]
+
+
 def _manual_pooled(raw, tokenizer, texts):
     """Mean over tokens of the last block's output (before ln_f), one text at a time."""
     rows = []
@@ -108,3 +201,24 @@ def test_linear_probe():
     assert probe.accuracy(features[150:], labels[150:]) > 0.9
     cosine = torch.nn.functional.cosine_similarity(probe.direction, direction, dim=0)
     assert cosine > 0.9
+
+
+class _NoOffsets:
+    """A tokenizer that, like a slow (Python) one, cannot give character offsets."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, **kwargs):
+        if kwargs.pop("return_offsets_mapping", False):
+            raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
+        return self.tokenizer(text, **kwargs)
+
+
+def test_split_without_offsets_cuts_at_the_token_midpoint(tokenizer):
+    text = "good point about the price of coffee"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    prefix, reference = split_for_continuation(_NoOffsets(tokenizer), text)
+    assert (prefix, reference) == (ids[: len(ids) // 2], ids[len(ids) // 2 :][:20])
+    aligned, _ = split_for_continuation(tokenizer, text)
+    assert len(aligned) < len(prefix)  # with offsets the cut moves back to a word start

@@ -1,22 +1,243 @@
-"""Bootstrap confidence intervals over prompts (paired resampling)."""
+"""Intervals, verdicts and p-values: one bootstrap over prompts, shared by every statistic.
+
+The resampling scheme
+---------------------
+For ``n`` prompts, a seed and ``n_resamples``, a :class:`Resampler` draws the bootstrap index
+matrix once, ``[n_resamples, n]`` (row ``b`` lists the prompts of resample ``b``), from
+``numpy.random.default_rng(seed).integers(0, n, (n_resamples, n))``. Every statistic over the
+same prompts is evaluated on the same rows, so the resampled values of two statistics are
+paired: their difference, or any other function of both, has a valid bootstrap distribution.
+``bootstrap(..., seed=s)`` builds the same matrix for the same ``(n, s, n_resamples)``, so
+estimates from separate ``bootstrap`` calls over the same prompts share indices too. The draw
+is the one ``scipy.stats.bootstrap(paired=True, vectorized=True, rng=default_rng(seed))``
+makes, and intervals are percentiles with the same (linear) quantile rule: the bootstrap
+distributions are identical to the ones this module got when it called scipy, and the intervals
+equal up to float rounding (about 1e-16).
+
+Statistics take the per-prompt samples (prompts on axis 0) and an ``axis`` keyword: the prompt
+axis they must reduce. The point estimate calls ``statistic(*samples, axis=0)``; the resamples
+call it on ``[rows, n, ...]`` arrays with ``axis=1``. A statistic may go on to reduce trailing
+axes (``axis=-1``), never leading ones, and must return one number per resample.
+
+Verdicts and p-values
+---------------------
+A claim's criterion is a :class:`Criterion`: a threshold and the side the paper puts the
+statistic on (``below``, ``above``), or an interval for equivalence claims (``inside``).
+:func:`verdict` reads the 95% interval against it; :func:`p_value` gives the one-sided p-value
+of H0 "the paper's claim does not hold" from the same bootstrap distribution. The p-value
+inverts the percentile interval: p = (1 + #resamples on the null side, ties included)
+/ (1 + n_resamples), the smallest one-sided level at which a percentile bound would exclude the
+threshold (the +1 keeps a Monte Carlo p-value valid and never 0). It is therefore consistent
+with the verdict: "replicates" means the 2.5% percentile bound lies on the paper's side, and so
+p <= about 0.025 (:data:`ONE_SIDED_ALPHA`); "contradicts" means p >= about 0.975. Equivalence
+criteria use two one-sided tests (TOST): p is the larger of the two one-sided p-values.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from scipy import stats
 
+from dpoclaims.errors import DpoclaimsError
+
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
+ONE_SIDED_ALPHA = (1 - CONFIDENCE) / 2  # the one-sided level a 95% two-sided interval decides at
+MIN_PROMPTS = 2  # fewer prompts than this: no interval, the figure is "not measurable"
+MIN_PEARSON_PAIRS = 4  # the Fisher-z standard error 1/sqrt(n - 3) needs n >= 4
+# Elements of one block of resampled data ([rows, n, ...] float64): bounds memory on large n.
+_BLOCK_ELEMENTS = 1 << 22
+
+Side = Literal["below", "above", "inside"]
+Verdict = Literal["replicates", "contradicts", "inconclusive", "not measurable"]
+VERDICTS: tuple[Verdict, ...] = ("replicates", "contradicts", "inconclusive", "not measurable")
+Method = Literal["bootstrap", "fisher_z", "exact"]
+
+
+class StatsError(DpoclaimsError):
+    """A criterion, sample or estimate the statistics cannot work with."""
+
+
+# ------------------------------------------------------------------------- estimates
 
 
 @dataclass(frozen=True)
 class Estimate:
+    """A figure with its 95% interval.
+
+    ``method`` says where the interval comes from: ``bootstrap`` (percentile interval;
+    ``resampled`` holds the statistic on every resample, ``[n_resamples]``), ``fisher_z``
+    (Pearson r; ``n`` pairs) or ``exact`` (no sampling error: ``low == high == value``, shown
+    as "exact"). ``scheme`` is ``(n, seed, n_resamples)`` of the resampler that made a bootstrap
+    estimate: estimates with the same scheme were resampled on the same indices.
+    """
+
     value: float
     low: float
     high: float
+    exact: bool = False
+    method: Method = "bootstrap"
+    n: int | None = None
+    resampled: np.ndarray | None = field(default=None, repr=False, compare=False)
+    scheme: tuple[int, int, int] | None = field(default=None, compare=False)
+
+    @classmethod
+    def exact_value(cls, value: float) -> Estimate:
+        """A figure without sampling error (e.g. a weight cosine): its interval is the point."""
+        value = float(value)
+        return cls(value, value, value, exact=True, method="exact")
+
+    @property
+    def measurable(self) -> bool:
+        """The figure and its interval are defined (not NaN)."""
+        if not math.isfinite(self.value):
+            return False
+        return self.exact or not (math.isnan(self.low) or math.isnan(self.high))
+
+    def fraction(self, predicate: Callable[[np.ndarray], np.ndarray]) -> float:
+        """Fraction of resamples whose statistic satisfies ``predicate`` (vectorised, e.g.
+        ``lambda peak: peak >= 8``). NaN for an estimate with no bootstrap distribution."""
+        if self.resampled is None:
+            return float("nan")
+        return float(np.mean(np.asarray(predicate(self.resampled), dtype=bool)))
+
+    def as_dict(self) -> dict[str, float | bool]:
+        return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "exact": self.exact}
+
+
+def _undefined(value: float, n: int | None, method: Method = "bootstrap") -> Estimate:
+    nan = float("nan")
+    return Estimate(value, nan, nan, method=method, n=n)
+
+
+# ------------------------------------------------------------------------- resampling
+
+
+@dataclass(frozen=True)
+class Resampler:
+    """The bootstrap index matrix for ``n`` prompts, drawn once from ``seed``.
+
+    Use one per prompt set: every estimate it makes resamples the same prompts in the same
+    rows, so any two of them can be compared with :func:`difference`.
+    """
+
+    n: int
+    seed: int = 0
+    n_resamples: int = N_RESAMPLES
+    indices: np.ndarray = field(init=False, repr=False, compare=False)  # [n_resamples, n]
+
+    def __post_init__(self) -> None:
+        if self.n < 0 or self.n_resamples < 1:
+            raise StatsError(f"a resampler needs n >= 0 prompts and n_resamples >= 1, got {self}")
+        rng = np.random.default_rng(self.seed)
+        indices = rng.integers(0, max(self.n, 1), (self.n_resamples, self.n), dtype=np.int64)
+        indices.setflags(write=False)
+        object.__setattr__(self, "indices", indices)
+
+    @property
+    def scheme(self) -> tuple[int, int, int]:
+        return (self.n, self.seed, self.n_resamples)
+
+    def _arrays(self, samples: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if not samples:
+            raise StatsError("a bootstrap needs at least one per-prompt sample")
+        arrays = [np.asarray(s, dtype=np.float64) for s in samples]
+        lengths = {a.shape[0] if a.ndim else None for a in arrays}
+        if lengths != {self.n}:
+            shapes = [a.shape for a in arrays]
+            raise StatsError(
+                f"every sample must have one row per prompt ({self.n}) on axis 0; got shapes {shapes}"
+            )
+        return arrays
+
+    def resample(self, statistic: Callable[..., np.ndarray | float], *samples: np.ndarray) -> np.ndarray:
+        """``statistic`` on every resample: ``[n_resamples]`` (see the module docstring)."""
+        arrays = self._arrays(samples)
+        per_row = max(1, max(a[0].size if self.n else 1 for a in arrays) * self.n)
+        rows = max(1, _BLOCK_ELEMENTS // per_row)
+        blocks = []
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for start in range(0, self.n_resamples, rows):
+                block = self.indices[start : start + rows]  # [rows, n]
+                values = np.asarray(statistic(*(a[block] for a in arrays), axis=1), dtype=np.float64)
+                if values.shape != (len(block),):
+                    raise StatsError(
+                        f"the statistic returned shape {values.shape} on {len(block)} resamples; it must "
+                        "reduce the prompt axis it is given (axis=1 here) and any trailing axes to one "
+                        "number per resample"
+                    )
+                blocks.append(values)
+        return np.concatenate(blocks)
+
+    def estimate(self, statistic: Callable[..., np.ndarray | float], *samples: np.ndarray) -> Estimate:
+        """Point value and 95% percentile interval of ``statistic(*samples)``."""
+        arrays = self._arrays(samples)
+        if self.n == 0:
+            return _undefined(float("nan"), 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            point = np.asarray(statistic(*arrays, axis=0), dtype=np.float64)
+        if point.shape != ():
+            raise StatsError(
+                f"the statistic returned shape {point.shape} on the full sample; it must reduce the "
+                "prompt axis (axis=0 here) and any trailing axes to one number"
+            )
+        value = float(point)
+        if self.n < MIN_PROMPTS or not math.isfinite(value):
+            return _undefined(value, self.n)
+        return _from_resampled(value, self.resample(statistic, *arrays), self.scheme)
+
+    def difference(
+        self,
+        statistic_a: Callable[..., np.ndarray | float],
+        samples_a: Sequence[np.ndarray],
+        statistic_b: Callable[..., np.ndarray | float],
+        samples_b: Sequence[np.ndarray],
+    ) -> Estimate:
+        """``statistic_a(*samples_a) - statistic_b(*samples_b)`` on the same resampled prompts."""
+        return difference(self.estimate(statistic_a, *samples_a), self.estimate(statistic_b, *samples_b))
+
+    def fraction(
+        self,
+        statistic: Callable[..., np.ndarray | float],
+        *samples: np.ndarray,
+        predicate: Callable[[np.ndarray], np.ndarray],
+    ) -> float:
+        """Fraction of resamples whose ``statistic`` satisfies ``predicate`` (vectorised)."""
+        return self.estimate(statistic, *samples).fraction(predicate)
+
+
+def _from_resampled(value: float, resampled: np.ndarray, scheme: tuple[int, int, int]) -> Estimate:
+    """The percentile interval of a bootstrap distribution ``[n_resamples]``."""
+    resampled.setflags(write=False)
+    n = scheme[0]
+    if np.isnan(resampled).any():
+        # The statistic is undefined on some resamples (e.g. a ratio over a zero drop): no
+        # honest interval, and no p-value, can be read from them.
+        nan = float("nan")
+        return Estimate(value, nan, nan, n=n, resampled=resampled, scheme=scheme)
+    low, high = np.quantile(resampled, [ONE_SIDED_ALPHA, 1 - ONE_SIDED_ALPHA])
+    return Estimate(value, float(low), float(high), n=n, resampled=resampled, scheme=scheme)
+
+
+@functools.lru_cache(maxsize=8)
+def resampler(n: int, seed: int = 0, n_resamples: int = N_RESAMPLES) -> Resampler:
+    """The (cached) resampler for ``n`` prompts: the same object for the same arguments."""
+    return Resampler(n, seed, n_resamples)
+
+
+def _prompt_count(samples: Sequence[np.ndarray]) -> int:
+    if not samples:
+        raise StatsError("a bootstrap needs at least one per-prompt sample")
+    first = np.asarray(samples[0])
+    if first.ndim == 0:
+        raise StatsError("a per-prompt sample must be an array with prompts on axis 0, not a scalar")
+    return int(first.shape[0])
 
 
 def bootstrap(
@@ -27,26 +248,59 @@ def bootstrap(
 ) -> Estimate:
     """Percentile bootstrap of ``statistic(*samples)``, resampling prompts jointly.
 
-    Each sample has prompts on axis 0; ``statistic`` must accept an ``axis`` keyword
-    (scipy's vectorised form) and reduce over it.
+    Each sample has prompts on axis 0; ``statistic`` must accept an ``axis`` keyword and
+    reduce over it. Calls with the same prompt count, seed and ``n_resamples`` share indices.
+    Fewer than :data:`MIN_PROMPTS` prompts, or an undefined value: NaN interval.
     """
-    arrays = [np.asarray(s, dtype=np.float64) for s in samples]
-    value = float(statistic(*arrays, axis=0))
-    if len(arrays[0]) < 2 or not np.isfinite(value):
-        return Estimate(value, float("nan"), float("nan"))
-    result = stats.bootstrap(
-        arrays,
-        statistic,
-        paired=True,
-        vectorized=True,
-        axis=0,
-        n_resamples=n_resamples,
-        confidence_level=CONFIDENCE,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    return Estimate(value, low, high)
+    return resampler(_prompt_count(samples), seed, n_resamples).estimate(statistic, *samples)
+
+
+def difference(a: Estimate, b: Estimate) -> Estimate:
+    """The paired bootstrap estimate of ``a - b``; both must come from the same resampler."""
+    value = a.value - b.value
+    if a.resampled is None or b.resampled is None:
+        if a.method == b.method == "bootstrap" and not (a.measurable and b.measurable):
+            return _undefined(value, a.n)  # too few prompts or an undefined figure: nothing resampled
+        raise StatsError(
+            "a paired difference needs two bootstrap estimates with their resampled values "
+            f"(got methods {a.method!r} and {b.method!r}); make both with bootstrap() or one Resampler"
+        )
+    if a.scheme != b.scheme:
+        raise StatsError(
+            f"a paired difference needs estimates resampled on the same indices; schemes (n, seed, "
+            f"n_resamples) differ: {a.scheme} vs {b.scheme}. Use one Resampler (or the same seed) for both."
+        )
+    return _from_resampled(value, a.resampled - b.resampled, a.scheme)
+
+
+def bootstrap_difference(
+    statistic_a: Callable[..., np.ndarray | float],
+    samples_a: Sequence[np.ndarray],
+    statistic_b: Callable[..., np.ndarray | float],
+    samples_b: Sequence[np.ndarray],
+    *,
+    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+) -> Estimate:
+    """Interval of ``statistic_a(*samples_a) - statistic_b(*samples_b)`` under the same
+    resampled prompts (every sample has the same prompts on axis 0)."""
+    n = _prompt_count(samples_a)
+    return resampler(n, seed, n_resamples).difference(statistic_a, samples_a, statistic_b, samples_b)
+
+
+def bootstrap_fraction(
+    statistic: Callable[..., np.ndarray | float],
+    *samples: np.ndarray,
+    predicate: Callable[[np.ndarray], np.ndarray],
+    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+) -> float:
+    """Fraction of resamples whose statistic satisfies ``predicate`` (e.g. C8: the peak layer
+    lies in the last third). NaN with fewer than :data:`MIN_PROMPTS` prompts."""
+    return bootstrap(statistic, *samples, seed=seed, n_resamples=n_resamples).fraction(predicate)
+
+
+# ------------------------------------------------------------------------- statistics
 
 
 def ratio_of_means(numerator: np.ndarray, denominator: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -64,11 +318,163 @@ def mean_difference(a: np.ndarray, b: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def pearson_with_ci(x: np.ndarray, y: np.ndarray) -> Estimate:
-    """Pearson r with a Fisher-z 95% interval (n = number of pairs)."""
-    r = float(np.corrcoef(x, y)[0, 1])
+    """Pearson r with a Fisher-z 95% interval (n = number of pairs); see :func:`p_value`."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     n = len(x)
-    if n < 4 or not np.isfinite(r):
-        return Estimate(r, float("nan"), float("nan"))
-    z, se = np.arctanh(np.clip(r, -0.999999, 0.999999)), 1 / np.sqrt(n - 3)
-    q = stats.norm.ppf(0.5 + CONFIDENCE / 2)
-    return Estimate(r, float(np.tanh(z - q * se)), float(np.tanh(z + q * se)))
+    if n < 2:
+        return _undefined(float("nan"), n, "fisher_z")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = float(np.corrcoef(x, y)[0, 1])
+    if n < MIN_PEARSON_PAIRS or not math.isfinite(r):
+        return _undefined(r, n, "fisher_z")
+    z, se = _fisher_z(r), 1 / math.sqrt(n - 3)
+    q = stats.norm.ppf(1 - ONE_SIDED_ALPHA)
+    return Estimate(r, math.tanh(z - q * se), math.tanh(z + q * se), method="fisher_z", n=n)
+
+
+def _fisher_z(r: float) -> float:
+    return float(np.arctanh(np.clip(r, -0.999999, 0.999999)))
+
+
+# ------------------------------------------------------------------------- criteria and verdicts
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """Where the paper puts a statistic: ``below`` / ``above`` a threshold (strictly), or
+    ``inside`` an open interval (equivalence claims, e.g. |r| < 0.1: ``Criterion.inside(-0.1, 0.1)``).
+
+    The claim is the alternative hypothesis H1; H0 is its complement (ties belong to H0).
+    """
+
+    threshold: float | None = None
+    paper_side: Side = "below"
+    bounds: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.paper_side in ("below", "above"):
+            if self.threshold is None or not math.isfinite(self.threshold) or self.bounds is not None:
+                raise StatsError(
+                    f"a {self.paper_side!r} criterion needs a finite threshold and no bounds, got {self}"
+                )
+        elif self.paper_side == "inside":
+            if self.bounds is None or self.threshold is not None:
+                raise StatsError(f"use Criterion.inside(low, high) for an equivalence criterion, got {self}")
+            low, high = self.bounds
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise StatsError(
+                    f"an equivalence criterion needs finite bounds low < high, got {self.bounds}"
+                )
+        else:
+            raise StatsError(f"paper_side must be 'below', 'above' or 'inside', not {self.paper_side!r}")
+
+    @classmethod
+    def inside(cls, low: float, high: float) -> Criterion:
+        return cls(paper_side="inside", bounds=(float(low), float(high)))
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` lies on the paper's side."""
+        if self.paper_side == "below":
+            return value < self.threshold
+        if self.paper_side == "above":
+            return value > self.threshold
+        low, high = self.bounds
+        return low < value < high
+
+    def hypotheses(self, name: str = "θ") -> tuple[str, str]:
+        """The null and alternative hypotheses in words, e.g. ("θ ≥ 0.8", "θ < 0.8")."""
+        if self.paper_side == "below":
+            return f"{name} ≥ {self.threshold:g}", f"{name} < {self.threshold:g}"
+        if self.paper_side == "above":
+            return f"{name} ≤ {self.threshold:g}", f"{name} > {self.threshold:g}"
+        low, high = self.bounds
+        return f"{name} ≤ {low:g} or {name} ≥ {high:g}", f"{low:g} < {name} < {high:g}"
+
+
+def verdict(estimate: Estimate, criterion: Criterion) -> Verdict:
+    """replicates / contradicts / inconclusive from the 95% interval (an exact figure: from
+    its value); "not measurable" when the figure or its interval is undefined."""
+    if not estimate.measurable:
+        return "not measurable"
+    if estimate.exact:
+        return "replicates" if criterion.holds(estimate.value) else "contradicts"
+    low, high = estimate.low, estimate.high
+    if criterion.paper_side == "below":
+        paper, other = high < criterion.threshold, low >= criterion.threshold
+    elif criterion.paper_side == "above":
+        paper, other = low > criterion.threshold, high <= criterion.threshold
+    else:
+        bound_low, bound_high = criterion.bounds
+        paper = bound_low < low and high < bound_high
+        other = high <= bound_low or low >= bound_high
+    return "replicates" if paper else "contradicts" if other else "inconclusive"
+
+
+def p_value(estimate: Estimate, criterion: Criterion) -> float:
+    """One-sided p-value of H0 "the paper's claim does not hold" against H1 "it holds".
+
+    - ``bootstrap``: (1 + #resamples on H0's side, ties included) / (1 + n_resamples), the
+      inversion of the percentile interval (module docstring);
+    - ``fisher_z``: the normal test on z = atanh(r) with standard error 1/sqrt(n - 3);
+    - ``exact``: 0 when the value lies on the paper's side, else 1 (no sampling error);
+    - ``inside`` criteria: TOST, the larger of the two one-sided p-values.
+
+    NaN when the estimate is not measurable.
+    """
+    if not estimate.measurable:
+        return float("nan")
+    if estimate.exact:
+        return 0.0 if criterion.holds(estimate.value) else 1.0
+    if criterion.paper_side == "inside":
+        low, high = criterion.bounds
+        return max(
+            _one_sided(estimate, low, "above"),
+            _one_sided(estimate, high, "below"),
+        )
+    return _one_sided(estimate, criterion.threshold, criterion.paper_side)
+
+
+def _one_sided(estimate: Estimate, threshold: float, paper_side: Literal["below", "above"]) -> float:
+    if estimate.method == "fisher_z":
+        if estimate.n is None:
+            raise StatsError("a Fisher-z estimate needs its number of pairs n for a p-value")
+        with np.errstate(divide="ignore"):
+            z_threshold = float(np.arctanh(np.clip(threshold, -1.0, 1.0)))
+        score = (_fisher_z(estimate.value) - z_threshold) * math.sqrt(estimate.n - 3)
+        return float(stats.norm.cdf(score) if paper_side == "below" else stats.norm.sf(score))
+    if estimate.resampled is None:
+        raise StatsError(
+            "this estimate carries no bootstrap distribution (it was not made by bootstrap/Resampler), "
+            "so no p-value can be computed from it"
+        )
+    resampled = estimate.resampled
+    on_null_side = resampled >= threshold if paper_side == "below" else resampled <= threshold
+    return float((1 + np.count_nonzero(on_null_side)) / (1 + len(resampled)))
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values over a family (same keys).
+
+    Sorted ascending, the i-th smallest (1-based) of m becomes max over j <= i of
+    min(1, (m - j + 1) p_(j)): monotone in the raw p-values and never below them. NaN entries
+    (claims that were not measurable) are no test: they stay NaN and do not count in m.
+    """
+    tested = sorted(((p, key) for key, p in p_values.items() if not math.isnan(p)), key=lambda item: item[0])
+    for p, key in tested:
+        if not 0.0 <= p <= 1.0:
+            raise StatsError(f"p-value of {key!r} must lie in [0, 1], got {p}")
+    m = len(tested)
+    adjusted = {key: float("nan") for key in p_values}
+    running = 0.0
+    for rank, (p, key) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[key] = running
+    return adjusted
+
+
+def changed_by_holm(p_values: Mapping[str, float], alpha: float = ONE_SIDED_ALPHA) -> list[str]:
+    """Keys whose raw p-value is below ``alpha`` but whose Holm-adjusted one is not: the claims
+    whose "replicates" the family-wise adjustment would not support (verdicts themselves stay
+    on the 95% interval, which decides at the one-sided level ``alpha``)."""
+    adjusted = holm(p_values)
+    return [key for key, p in p_values.items() if p < alpha <= adjusted[key]]
