@@ -7,11 +7,17 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import DpoclaimsError
-from dpoclaims.files import atomic_write_text
+from dpoclaims.files import (
+    PICKLE_GLOBALS_ENV,
+    PICKLE_GLOBALS_OPTION,
+    atomic_write_text,
+    pickle_globals_allowed,
+)
 
 
 def _cache(args: argparse.Namespace) -> Cache:
@@ -204,6 +210,30 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allowing_pickle_globals(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """``command`` run with ``--allow-pickle-globals`` (and the environment's list) allowed for
+    every ``weights_only`` checkpoint load inside it."""
+
+    def run(args: argparse.Namespace) -> int:
+        with pickle_globals_allowed(args.allow_pickle_globals):
+            return command(args)
+
+    return run
+
+
+def _add_allow_pickle_globals(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        PICKLE_GLOBALS_OPTION,
+        dest="allow_pickle_globals",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated, fully qualified pickle globals that checkpoints may use "
+        f"(added to ${PICKLE_GLOBALS_ENV}; default none). Only for files you trust: unpickling them can run code",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpoclaims", description=__doc__)
     parser.add_argument(
@@ -246,11 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     dpo.add_argument("--val-fraction", type=float, default=0.05)
     dpo.add_argument("--seed", type=int, default=0)
     dpo.add_argument("--no-progress", action="store_true")
-    dpo.set_defaults(func=cmd_train_dpo)
+    _add_allow_pickle_globals(dpo)
+    dpo.set_defaults(func=_allowing_pickle_globals(cmd_train_dpo))
 
     info = sub.add_parser("info", help="load a pair and print its shape and fingerprint")
     info.add_argument("--pair", default="toy", help="pair name or path to a pair spec (.toml/.json)")
-    info.set_defaults(func=cmd_info)
+    _add_allow_pickle_globals(info)
+    info.set_defaults(func=_allowing_pickle_globals(cmd_info))
 
     probe = sub.add_parser(
         "train-probe", help="fit a linear toxicity probe on a base model from a Jigsaw-style CSV"
@@ -278,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength")
     probe.add_argument("--no-progress", action="store_true")
-    probe.set_defaults(func=cmd_train_probe)
+    _add_allow_pickle_globals(probe)
+    probe.set_defaults(func=_allowing_pickle_globals(cmd_train_probe))
     return parser
 
 
