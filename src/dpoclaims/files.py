@@ -147,6 +147,26 @@ def load_checkpoint(
             ) from exc
 
 
+def ensure_writable_dir(path: Path, what: str, remedy: str, error: type[Exception]) -> Path:
+    """Create the directory ``path`` if it is missing and check that a file can be created in
+    it; otherwise raise ``error`` (a :class:`~dpoclaims.errors.DpoclaimsError` subclass) with
+    one line naming ``what`` and ``path`` and ending in ``remedy`` (what to do)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"{what} {path} is a file, not a directory; {remedy}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot create {what} {path} ({exc.strerror or exc}); {remedy}") from None
+    try:  # os.access cannot see a read-only mount or an ACL; creating a file can
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise error(f"{what} {path} is not writable ({exc.strerror or exc}); {remedy}") from None
+    return path
+
+
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
