@@ -95,7 +95,22 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
     from dpoclaims.dpo import DPOSettings, train_dpo_from_files
+    from dpoclaims.errors import OptionError
 
+    positive = {
+        "--batch-size": args.batch_size,
+        "--max-epochs": args.max_epochs,
+        "--eval-every": args.eval_every,
+    }
+    for option, value in positive.items():
+        if value < 1:
+            raise OptionError(f"{option} must be at least 1, not {value}")
+    if not args.lr > 0:
+        raise OptionError(f"--lr must be positive, not {args.lr}: at {args.lr} no weight would change")
+    if args.warmup_steps < 0 or args.patience < 1:
+        raise OptionError("--warmup-steps must be at least 0 and --patience at least 1")
+    if not 0 < args.val_fraction < 1:
+        raise OptionError(f"--val-fraction must be between 0 and 1, not {args.val_fraction}")
     settings = DPOSettings(
         beta=args.beta,
         learning_rate=args.lr,
@@ -117,8 +132,17 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(
-        f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation, "
-        f"{summary['steps']} steps, best validation loss {summary['best_eval_loss']}"
+        f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation; "
+        f"{summary['steps']} of {summary['warmup_note']}"
+    )
+    print(
+        f"  largest weight change {summary['largest_weight_change']:.3g} "
+        f"({summary['largest_weight_change_tensor']})"
+    )
+    best = summary["best_eval_loss"]
+    print(
+        f"  validation loss {summary['end_val_loss']:.6g} at the end, {summary['start_val_loss']:.6g} at the start"
+        + (f" (best during training {best:.6g})" if best is not None else " (no evaluation during training)")
     )
     return 0
 
