@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,10 @@ def _train_dpo(tmp_path: Path, base: Path, pairs: Path, *options: str) -> int:
             *options,
         ]
     )
+
+
+def _read_rows(n: int) -> list[dict[str, str]]:
+    return [{"prompt": p, "chosen": " fair.", "rejected": " awful."} for p in corpus.neutral_prompts(n, 0)]
 
 
 def test_train_dpo_writes_a_directory_that_loads_as_the_dpo_side(tmp_path, gpt2_pair_files, capsys):
@@ -112,9 +117,9 @@ def test_a_run_that_changes_no_weight_is_refused(tmp_path, gpt2_pair_files, toke
     from dpoclaims.dpo import train_dpo_run
     from dpoclaims.pairs import load_hf_model
 
-    rows = [{"prompt": p, "chosen": " fair.", "rejected": " awful."} for p in corpus.neutral_prompts(6, 0)]
+    rows = _read_rows(6)
     model = load_hf_model(str(gpt2_pair_files.base))
-    settings = DPOSettings(learning_rate=0.0, batch_size=2, eval_every=10, warmup_steps=0, max_length=32)
+    settings = DPOSettings(learning_rate=0.0, batch_size=2, eval_every=10, warmup_steps=0, max_length=48)
     with pytest.raises(TrainingError) as info:
         train_dpo_run(model, tokenizer, rows[:4], rows[4:], settings, progress=False)
     message = str(info.value)
@@ -125,6 +130,37 @@ def test_a_run_that_changes_no_weight_is_refused(tmp_path, gpt2_pair_files, toke
     assert message.endswith(
         "Give more pairs (or pairs whose chosen and rejected texts differ), fewer warm-up steps "
         "(--warmup-steps) or a larger learning rate (--lr)"
+    )
+
+
+def test_planned_steps_match_the_trainers_over_epochs_and_dropped_pairs(gpt2_pair_files, tokenizer):
+    from dpoclaims.dpo import train_dpo_run
+    from dpoclaims.pairs import load_hf_model
+
+    rows = _read_rows(8)
+    model = load_hf_model(str(gpt2_pair_files.base))
+    # At max_length 32 TRL drops the pairs whose prompt alone fills it: the plan must count the rest.
+    settings = DPOSettings(
+        learning_rate=1e-3, batch_size=2, max_epochs=2, eval_every=10, warmup_steps=9, max_length=32
+    )
+    run = train_dpo_run(model, tokenizer, rows[:5], rows[5:], settings, progress=False)
+    assert 0 < run.n_train < 5
+    assert run.steps == run.trainer_max_steps == run.warmup.max_steps == math.ceil(run.n_train / 2) * 2
+    assert (run.warmup.effective, run.warmup.clipped) == (run.warmup.max_steps - 1, True)
+    assert run.largest_change > 0 and run.largest_change_tensor in dict(model.named_parameters())
+
+
+def test_pairs_whose_prompts_all_fill_max_length_are_refused(gpt2_pair_files, tokenizer):
+    from dpoclaims.dpo import train_dpo_run
+    from dpoclaims.pairs import load_hf_model
+
+    rows = _read_rows(4)
+    model = load_hf_model(str(gpt2_pair_files.base))
+    with pytest.raises(TrainingError) as info:
+        train_dpo_run(model, tokenizer, rows[:3], rows[3:], DPOSettings(max_length=2), progress=False)
+    assert str(info.value) == (
+        "DPO has no usable training pair: the prompt of each of the 3 fills max_length 2; "
+        "raise --max-length or use shorter prompts"
     )
 
 

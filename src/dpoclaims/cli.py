@@ -131,9 +131,11 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         progress=not args.no_progress,
     )
+    dropped = summary["n_train"] - summary["n_train_used"] + summary["n_val"] - summary["n_val_used"]
     print(
-        f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation; "
-        f"{summary['steps']} of {summary['warmup_note']}"
+        f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation"
+        + (f" ({dropped} dropped: their prompt alone fills --max-length)" if dropped else "")
+        + f"; {summary['steps']} of {summary['warmup_note']}"
     )
     print(
         f"  largest weight change {summary['largest_weight_change']:.3g} "

@@ -62,9 +62,9 @@ class WarmupPlan:
     """How many optimisation steps a run will have, and the warm-up it gets.
 
     With transformers' linear schedule, step ``k`` of a warm-up of ``w`` steps runs at
-    ``k / w`` of the learning rate, so step 0 runs at 0: a warm-up as long as the run would
-    leave a one-step run unchanged. The warm-up is therefore clipped to ``max_steps - 1``
-    steps, so that it ends by the last step, which runs at the full learning rate.
+    ``k / w`` of the learning rate, so step 0 runs at 0, and a one-step run with any warm-up
+    would not change the model. The warm-up is therefore clipped to ``max_steps - 1`` steps,
+    so that it ends by the last step, which runs at the full learning rate.
     """
 
     n_train: int
@@ -120,8 +120,10 @@ class DPORun:
     model: PreTrainedModel
     history: list[dict[str, Any]]  # TRL's log history of the training itself
     warmup: WarmupPlan
+    n_train: int  # training pairs used (TRL drops those whose prompt fills max_length)
+    n_val: int  # validation pairs used
     steps: int  # optimisation steps run (early stopping can end a run before warmup.max_steps)
-    trainer_max_steps: int  # the step count transformers planned; equals warmup.max_steps
+    trainer_max_steps: int  # the step count transformers planned (warmup.max_steps predicts it)
     start_val_loss: float  # validation loss of the starting model
     end_val_loss: float  # validation loss of the returned model (the best checkpoint)
     largest_change: float  # largest absolute change of any weight
@@ -130,6 +132,8 @@ class DPORun:
     def summary(self) -> dict[str, Any]:
         """The run's figures as JSON-ready data (the model left out)."""
         return {
+            "n_train_used": self.n_train,
+            "n_val_used": self.n_val,
             "steps": self.steps,
             "max_steps": self.warmup.max_steps,
             "warmup_requested": self.warmup.requested,
@@ -192,9 +196,6 @@ def train_dpo_run(
             f"max_length {settings.max_length} (--max-length) exceeds the model's {positions} positions; "
             f"set it to {positions} or less"
         )
-    plan = plan_warmup(len(train_pairs), settings)
-    if plan.clipped:
-        log.warning("DPO run of %s", plan.describe())
     tokenizer.padding_side = "left"
     start_weights = _weights(model)
     with tempfile.TemporaryDirectory(prefix="dpoclaims-dpo-") as out:
@@ -206,7 +207,7 @@ def train_dpo_run(
             per_device_eval_batch_size=max(settings.batch_size, 16),
             num_train_epochs=settings.max_epochs,
             max_grad_norm=settings.max_grad_norm,
-            warmup_steps=plan.effective,
+            warmup_steps=settings.warmup_steps,  # clipped below, once the usable pairs are known
             optim=settings.optimizer,
             eval_strategy="steps",
             eval_steps=settings.eval_every,
@@ -237,6 +238,27 @@ def train_dpo_run(
             callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)],
         )
         trainer.remove_callback(PrinterCallback)
+        usable = {"training": len(trainer.train_dataset), "validation": len(trainer.eval_dataset)}
+        given = {"training": len(train_pairs), "validation": len(val_pairs)}
+        for split, n_usable in usable.items():
+            if n_usable < given[split]:  # TRL drops pairs whose prompt alone fills max_length
+                log.warning(
+                    "DPO: %d of %d %s pairs dropped: their prompt alone fills max_length %d (--max-length)",
+                    given[split] - n_usable,
+                    given[split],
+                    split,
+                    settings.max_length,
+                )
+            if n_usable == 0:
+                raise TrainingError(
+                    f"DPO has no usable {split} pair: the prompt of each of the {given[split]} fills "
+                    f"max_length {settings.max_length}; raise --max-length or use shorter prompts"
+                )
+        plan = plan_warmup(usable["training"], settings)
+        if plan.clipped:
+            log.warning("DPO run of %s", plan.describe())
+        # The scheduler is built in train() from args.warmup_steps.
+        trainer.args.warmup_steps = plan.effective
         # Before the progress bar exists; train() starts a fresh state, so this evaluation is
         # not in the run's log history.
         start_val_loss = float(trainer.evaluate()["eval_loss"])
@@ -252,6 +274,12 @@ def train_dpo_run(
         steps, trainer_max_steps = int(trainer.state.global_step), int(trainer.state.max_steps)
     trained.eval()
     log.info("DPO settings %s", asdict(settings))
+    if trainer_max_steps != plan.max_steps:
+        log.warning(
+            "transformers planned %d DPO steps, not the %d the warm-up was clipped for",
+            trainer_max_steps,
+            plan.max_steps,
+        )
     largest, where = _largest_change(trained, start_weights)
     if largest == 0.0:
         raise TrainingError(
@@ -264,6 +292,8 @@ def train_dpo_run(
         model=trained,
         history=history,
         warmup=plan,
+        n_train=usable["training"],
+        n_val=usable["validation"],
         steps=steps,
         trainer_max_steps=trainer_max_steps,
         start_val_loss=start_val_loss,
