@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpoclaims.cache import MANIFEST, Cache, read_manifest_meta, stable_hash, verify_entry
+from dpoclaims.errors import CacheError
 from dpoclaims.files import atomic_write_text
 
 
@@ -230,6 +233,149 @@ def test_concurrent_processes_build_once(tmp_path):
     assert verify_entry(entry) is None
     assert (entry / "data.txt").read_text() == f"built by {builders[0]}"
     assert read_manifest_meta(entry) == {"pid": int(builders[0])}
+
+
+# ------------------------------------------------------------- unusable cache directories
+
+REMEDY = "set --cache-dir or $DPOCLAIMS_CACHE to a writable directory"
+
+
+def test_cache_root_that_is_a_file_is_one_clear_error(tmp_path):
+    root = tmp_path / "cache"
+    root.write_text("not a directory")
+    build = CountingBuild()
+    with pytest.raises(CacheError) as info:
+        Cache(root).get_or_build("things", "k", build)
+    assert str(info.value) == f"cache directory {root} is a file, not a directory; {REMEDY}"
+    assert build.calls == 0
+    with pytest.raises(CacheError, match="is a file, not a directory"):
+        Cache(root).check_writable()
+
+
+def test_cache_subdirectory_that_is_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "things").write_text("in the way")
+    with pytest.raises(CacheError) as info:
+        Cache(tmp_path).get_or_build("things", "k", CountingBuild())
+    assert str(info.value) == f"cache directory {tmp_path / 'things'} is a file, not a directory; {REMEDY}"
+
+
+def test_cache_root_under_a_file_cannot_be_created(tmp_path):
+    (tmp_path / "file").write_text("x")
+    root = tmp_path / "file" / "cache"
+    with pytest.raises(CacheError) as info:
+        Cache(root).get_or_build("things", "k", CountingBuild())
+    assert str(info.value) == f"cannot create cache directory {root} (Not a directory); {REMEDY}"
+
+
+def _made_read_only(path: Path) -> None:
+    path.chmod(0o555)
+    if os.access(path, os.W_OK):  # root ignores permission bits
+        path.chmod(0o755)
+        pytest.skip("chmod does not make a directory read-only for this user (running as root)")
+
+
+def test_read_only_cache_root_is_one_clear_error(tmp_path):
+    root = tmp_path / "cache"
+    root.mkdir()
+    _made_read_only(root)
+    try:
+        with pytest.raises(CacheError) as info:
+            Cache(root).get_or_build("things", "k", CountingBuild())
+    finally:
+        root.chmod(0o755)
+    assert str(info.value) == f"cache directory {root} is not writable (Permission denied); {REMEDY}"
+
+
+def test_read_only_cache_kind_directory_is_one_clear_error(tmp_path):
+    (tmp_path / "things").mkdir()
+    _made_read_only(tmp_path / "things")
+    try:
+        with pytest.raises(CacheError) as info:
+            Cache(tmp_path).get_or_build("things", "k", CountingBuild())
+    finally:
+        (tmp_path / "things").chmod(0o755)
+    assert (
+        str(info.value)
+        == f"cache directory {tmp_path / 'things'} is not writable (Permission denied); {REMEDY}"
+    )
+
+
+def test_intact_entry_in_a_read_only_cache_is_still_read(tmp_path):
+    entry = Cache(tmp_path).get_or_build("things", "k", CountingBuild())
+    _made_read_only(tmp_path / "things")
+    try:
+        build = CountingBuild()
+        assert Cache(tmp_path).get_or_build("things", "k", build) == entry
+    finally:
+        (tmp_path / "things").chmod(0o755)
+    assert build.calls == 0
+
+
+def test_file_in_place_of_an_entry_is_rebuilt(tmp_path):
+    (tmp_path / "things").mkdir()
+    (tmp_path / "things" / "k").write_text("not an entry")
+    assert verify_entry(tmp_path / "things" / "k") == "a file, not an entry directory"
+    build = CountingBuild()
+    _check_intact(Cache(tmp_path).get_or_build("things", "k", build))
+    assert build.calls == 1
+
+
+# ------------------------------------------------------------------- orphaned builds
+
+
+def _orphan(parent: Path, name: str, age_s: float) -> Path:
+    orphan = parent / name
+    orphan.mkdir(parents=True)
+    (orphan / "data.txt").write_text("half")
+    stamp = time.time() - age_s
+    os.utime(orphan, (stamp, stamp))
+    return orphan
+
+
+def test_orphaned_build_directories_of_the_entry_are_removed(tmp_path):
+    parent = tmp_path / "things"
+    old = _orphan(parent, ".k.abcd_123.tmp", age_s=3600)
+    newer = _orphan(parent, ".k.zzzzzzzz.tmp", age_s=-3600)  # younger than this build: not an orphan
+    other_key = _orphan(parent, ".k2.abcd_123.tmp", age_s=3600)
+    not_ours = _orphan(parent, ".k.toolongname.tmp", age_s=3600)
+    _check_intact(Cache(tmp_path).get_or_build("things", "k", CountingBuild()))
+    assert not old.exists()
+    assert newer.exists() and other_key.exists() and not_ours.exists()
+
+
+_KILLED_BUILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from dpoclaims.cache import Cache
+
+    def build(tmp):
+        (tmp / "data.txt").write_text("half written")
+        Path(sys.argv[2]).touch()
+        time.sleep(600)
+
+    Cache(sys.argv[1]).get_or_build("things", "k", build)
+""")
+
+
+def test_build_killed_mid_way_leaves_an_orphan_that_the_next_build_removes(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_BUILD)
+    root, started = tmp_path / "cache", tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, str(script), str(root), str(started)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the build did not start"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    orphans = list((root / "things").glob(".k.*.tmp"))
+    assert len(orphans) == 1 and (orphans[0] / "data.txt").read_text() == "half written"
+    time.sleep(0.05)  # the next build starts strictly later than the orphan's last change
+    build = CountingBuild()
+    _check_intact(Cache(root).get_or_build("things", "k", build))
+    assert build.calls == 1
+    assert _leftovers(Cache(root), "things") == []
 
 
 def test_atomic_write_text(tmp_path):

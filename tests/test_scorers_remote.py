@@ -482,8 +482,74 @@ def test_detoxify_checkpoint_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(CheckpointError, match="not a detoxify checkpoint"):
         _read_detoxify_checkpoint(foreign, "cpu")
     mismatched = detoxify_checkpoint(tmp_path / "m.ckpt", {})
-    loaded = torch.load(mismatched, weights_only=False)
+    loaded = torch.load(mismatched, weights_only=True)
     loaded["config"]["arch"]["args"]["num_classes"] = 3
     torch.save(loaded, mismatched)
     with pytest.raises(CheckpointError, match="6 class names for num_classes=3"):
         _read_detoxify_checkpoint(mismatched, "cpu")
+
+
+class WritesMarkerWhenUnpickled:
+    """Stands for code hidden in a checkpoint: unpickling it writes ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",))
+
+
+def code_carrying_detoxify_checkpoint(path: Path, marker: Path) -> Path:
+    """A Detoxify-shaped checkpoint (config + state_dict) with a pickled object that runs code."""
+    import torch
+
+    plain = detoxify_checkpoint(path, {"classifier.weight": torch.ones(6, 4)})
+    loaded = torch.load(plain, weights_only=True)
+    loaded["callbacks"] = WritesMarkerWhenUnpickled(marker)
+    torch.save(loaded, path)
+    return path
+
+
+def test_detoxify_checkpoint_carrying_code_is_refused_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.delenv("DPOCLAIMS_ALLOW_PICKLE_GLOBALS", raising=False)
+    marker = tmp_path / "marker.txt"
+    evil = code_carrying_detoxify_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(CheckpointError) as info:
+        _read_detoxify_checkpoint(evil, "cpu")
+    assert str(info.value) == (
+        f"detoxify checkpoint {evil} needs pickle globals that safe loading refuses: builtins.exec. "
+        "Unpickling them can run code from the file. If you trust this file, allow exactly these with "
+        "--allow-pickle-globals builtins.exec or DPOCLAIMS_ALLOW_PICKLE_GLOBALS=builtins.exec"
+    )
+    # Allowing some other global does not let this one through.
+    monkeypatch.setenv("DPOCLAIMS_ALLOW_PICKLE_GLOBALS", "fractions.Fraction")
+    with pytest.raises(CheckpointError, match="refuses: builtins.exec"):
+        _read_detoxify_checkpoint(evil, "cpu")
+    assert not marker.exists()
+
+
+def test_detoxify_scorer_refuses_a_checkpoint_carrying_code(
+    tmp_path: Path, tiny_bert: tuple[Path, Any, Any], monkeypatch: pytest.MonkeyPatch
+):
+    pytest.importorskip("detoxify")
+    monkeypatch.delenv("DPOCLAIMS_ALLOW_PICKLE_GLOBALS", raising=False)
+    base, _, _ = tiny_bert
+    marker = tmp_path / "marker.txt"
+    evil = code_carrying_detoxify_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(CheckpointError, match=r"refuses: builtins\.exec\..*--allow-pickle-globals"):
+        DetoxifyScorer(evil, base, progress=False)
+    assert not marker.exists()
+
+
+def test_plain_detoxify_checkpoint_loads_safely(tmp_path: Path, tiny_bert: tuple[Path, Any, Any]):
+    import torch
+
+    _, model, _ = tiny_bert
+    path = detoxify_checkpoint(tmp_path / "plain.ckpt", model.state_dict())
+    loaded = _read_detoxify_checkpoint(path, "cpu")
+    assert loaded["config"]["dataset"]["args"]["classes"] == CLASSES
+    assert set(loaded["state_dict"]) == set(model.state_dict())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded["state_dict"][name], tensor)

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from tiny import tiny_toy_config
 
 from dpoclaims.cache import read_manifest_meta, verify_entry
+from dpoclaims.named_pairs import load_pair
 from dpoclaims.organism import build as build_module
 from dpoclaims.organism.build import BANDS, DEFAULT_SCORER, ensure_toy
-from dpoclaims.named_pairs import load_pair
 
 pytestmark = pytest.mark.slow
 

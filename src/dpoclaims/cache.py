@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,11 +24,14 @@ from typing import Any
 from filelock import FileLock
 
 from dpoclaims.errors import CacheError
+from dpoclaims.files import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CACHE_ENV = "DPOCLAIMS_CACHE"
+#: What to do when the cache root cannot be written (the same option and variable in pytest).
+CACHE_REMEDY = f"set --cache-dir or ${CACHE_ENV} to a writable directory"
 
 
 def default_cache_root() -> Path:
@@ -68,7 +72,7 @@ def verify_entry(directory: Path) -> str | None:
     """None if the entry is intact, else a sentence saying what is wrong with it."""
     manifest_path = directory / MANIFEST
     if not directory.is_dir():
-        return "missing"
+        return "a file, not an entry directory" if directory.exists() else "missing"
     if not manifest_path.is_file():
         return "no manifest (half-written or foreign directory)"
     try:
@@ -115,6 +119,13 @@ class Cache:
         directory = self.entry_dir(kind, key)
         return directory if verify_entry(directory) is None else None
 
+    def check_writable(self, kind: str | None = None) -> None:
+        """Create the root (and ``<root>/<kind>``) if missing; a :class:`CacheError` naming the
+        path and what to do when it is a file, cannot be created, or is not writable."""
+        ensure_writable_dir(self.root, "cache directory", CACHE_REMEDY, CacheError)
+        if kind is not None:
+            ensure_writable_dir(self.root / kind, "cache directory", CACHE_REMEDY, CacheError)
+
     def get_or_build(
         self,
         kind: str,
@@ -125,21 +136,24 @@ class Cache:
 
         ``build`` writes its files into the directory it is given and may return metadata
         for the manifest. If it raises, nothing is left behind and the error propagates.
+        Temporary build directories of this entry left by killed builds are removed.
         """
         directory = self.entry_dir(kind, key)
         if verify_entry(directory) is None:
             return directory
         if self.read_only:
             raise NotCached(f"{kind}/{key} is not in the cache at {self.root}")
-        directory.parent.mkdir(parents=True, exist_ok=True)
+        self.check_writable(kind)
         with FileLock(str(directory) + ".lock"):
+            started = time.time()
+            _remove_orphaned_builds(directory, older_than=started)
             problem = verify_entry(directory)
             if problem is None:  # another process built it while we waited
                 return directory
             if problem != "missing":
                 log.warning("cache entry %s/%s is corrupt (%s); rebuilding", kind, key, problem)
-                shutil.rmtree(directory)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=directory.parent))
+                _remove(directory)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=TMP_SUFFIX, dir=directory.parent))
             try:
                 meta = build(tmp)
                 write_manifest(tmp, meta)
@@ -150,3 +164,31 @@ class Cache:
         if (problem := verify_entry(directory)) is not None:
             raise CacheError(f"cache entry {directory} failed verification right after build: {problem}")
         return directory
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _remove_orphaned_builds(directory: Path, older_than: float) -> int:
+    """Remove the temporary build directories of the entry ``directory`` last modified before
+    ``older_than`` (a time stamp); return how many. Call only under the entry's lock: no
+    build of this entry is running then, so such directories are left by killed builds."""
+    # tempfile.mkdtemp names: the prefix, 8 characters from [a-z0-9_], the suffix.
+    pattern = re.compile(re.escape(f".{directory.name}.") + r"[a-z0-9_]{8}" + re.escape(TMP_SUFFIX))
+    removed = 0
+    for candidate in directory.parent.iterdir():
+        if not (pattern.fullmatch(candidate.name) and candidate.is_dir() and not candidate.is_symlink()):
+            continue
+        if candidate.stat().st_mtime >= older_than:
+            continue
+        log.info("removing %s, left by an interrupted cache build", candidate)
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed += 1
+    return removed

@@ -7,11 +7,18 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import DpoclaimsError
-from dpoclaims.files import atomic_torch_save, atomic_write_text
+from dpoclaims.files import (
+    PICKLE_GLOBALS_ENV,
+    PICKLE_GLOBALS_OPTION,
+    atomic_torch_save,
+    atomic_write_text,
+    pickle_globals_allowed,
+)
 
 
 def _cache(args: argparse.Namespace) -> Cache:
@@ -89,7 +96,22 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
     from dpoclaims.dpo import DPOSettings, train_dpo_from_files
+    from dpoclaims.errors import OptionError
 
+    positive = {
+        "--batch-size": args.batch_size,
+        "--max-epochs": args.max_epochs,
+        "--eval-every": args.eval_every,
+    }
+    for option, value in positive.items():
+        if value < 1:
+            raise OptionError(f"{option} must be at least 1, not {value}")
+    if not args.lr > 0:
+        raise OptionError(f"--lr must be positive, not {args.lr}: at {args.lr} no weight would change")
+    if args.warmup_steps < 0 or args.patience < 1:
+        raise OptionError("--warmup-steps must be at least 0 and --patience at least 1")
+    if not 0 < args.val_fraction < 1:
+        raise OptionError(f"--val-fraction must be between 0 and 1, not {args.val_fraction}")
     settings = DPOSettings(
         beta=args.beta,
         learning_rate=args.lr,
@@ -110,9 +132,20 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         progress=not args.no_progress,
     )
+    dropped = summary["n_train"] - summary["n_train_used"] + summary["n_val"] - summary["n_val_used"]
     print(
-        f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation, "
-        f"{summary['steps']} steps, best validation loss {summary['best_eval_loss']}"
+        f"DPO model written to {args.out}: {summary['n_train']} training pairs, {summary['n_val']} validation"
+        + (f" ({dropped} dropped: their prompt alone fills --max-length)" if dropped else "")
+        + f"; {summary['steps']} of {summary['warmup_note']}"
+    )
+    print(
+        f"  largest weight change {summary['largest_weight_change']:.3g} "
+        f"({summary['largest_weight_change_tensor']})"
+    )
+    best = summary["best_eval_loss"]
+    print(
+        f"  validation loss {summary['end_val_loss']:.6g} at the end, {summary['start_val_loss']:.6g} at the start"
+        + (f" (best during training {best:.6g})" if best is not None else " (no evaluation during training)")
     )
     return 0
 
@@ -192,6 +225,30 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allowing_pickle_globals(
+    command: Callable[[argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
+    """``command`` run with ``--allow-pickle-globals`` (and the environment's list) allowed for
+    every ``weights_only`` checkpoint load inside it."""
+
+    def run(args: argparse.Namespace) -> int:
+        with pickle_globals_allowed(args.allow_pickle_globals):
+            return command(args)
+
+    return run
+
+
+def _add_allow_pickle_globals(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        PICKLE_GLOBALS_OPTION,
+        dest="allow_pickle_globals",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated, fully qualified pickle globals that checkpoints may use "
+        f"(added to ${PICKLE_GLOBALS_ENV}; default none). Only for files you trust: unpickling them can run code",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpoclaims", description=__doc__)
     parser.add_argument(
@@ -234,11 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     dpo.add_argument("--val-fraction", type=float, default=0.05)
     dpo.add_argument("--seed", type=int, default=0)
     dpo.add_argument("--no-progress", action="store_true")
-    dpo.set_defaults(func=cmd_train_dpo)
+    _add_allow_pickle_globals(dpo)
+    dpo.set_defaults(func=_allowing_pickle_globals(cmd_train_dpo))
 
     info = sub.add_parser("info", help="load a pair and print its shape and fingerprint")
     info.add_argument("--pair", default="toy", help="pair name or path to a pair spec (.toml/.json)")
-    info.set_defaults(func=cmd_info)
+    _add_allow_pickle_globals(info)
+    info.set_defaults(func=_allowing_pickle_globals(cmd_info))
 
     probe = sub.add_parser(
         "train-probe", help="fit a linear toxicity probe on a base model from a Jigsaw-style CSV"
@@ -266,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength")
     probe.add_argument("--no-progress", action="store_true")
-    probe.set_defaults(func=cmd_train_probe)
+    _add_allow_pickle_globals(probe)
+    probe.set_defaults(func=_allowing_pickle_globals(cmd_train_probe))
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import tempfile
 from collections.abc import Sequence
@@ -11,8 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.trainer_callback import PrinterCallback, TrainerCallback
+
+from dpoclaims.errors import CheckpointError, OptionError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,115 @@ class _StepBar(TrainerCallback):
         self.bar.close()
 
 
-def train_dpo(
+@dataclass(frozen=True)
+class WarmupPlan:
+    """How many optimisation steps a run will have, and the warm-up it gets.
+
+    With transformers' linear schedule, step ``k`` of a warm-up of ``w`` steps runs at
+    ``k / w`` of the learning rate, so step 0 runs at 0, and a one-step run with any warm-up
+    would not change the model. The warm-up is therefore clipped to ``max_steps - 1`` steps,
+    so that it ends by the last step, which runs at the full learning rate.
+    """
+
+    n_train: int
+    batch_size: int
+    max_epochs: int
+    steps_per_epoch: int
+    max_steps: int
+    requested: int
+    effective: int
+
+    @property
+    def clipped(self) -> bool:
+        return self.effective != self.requested
+
+    def describe(self) -> str:
+        """One sentence on the steps and the warm-up, saying what was clipped."""
+        steps = (
+            f"{_count(self.max_steps, 'optimisation step')} ({_count(self.n_train, 'training pair')} "
+            f"in batches of {self.batch_size}, {_count(self.max_epochs, 'epoch')})"
+        )
+        if not self.clipped:
+            return f"{steps}, warm-up {_count(self.effective, 'step')}"
+        return (
+            f"{steps}: warm-up clipped from {self.requested} to {_count(self.effective, 'step')} "
+            "so that it ends by the last step"
+        )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def plan_warmup(n_train: int, settings: DPOSettings) -> WarmupPlan:
+    """The steps a run on ``n_train`` pairs will have (one optimiser step per batch, the last
+    batch possibly smaller) and its warm-up, clipped as :class:`WarmupPlan` explains."""
+    steps_per_epoch = math.ceil(n_train / settings.batch_size)
+    max_steps = steps_per_epoch * settings.max_epochs
+    return WarmupPlan(
+        n_train=n_train,
+        batch_size=settings.batch_size,
+        max_epochs=settings.max_epochs,
+        steps_per_epoch=steps_per_epoch,
+        max_steps=max_steps,
+        requested=settings.warmup_steps,
+        effective=min(settings.warmup_steps, max(max_steps - 1, 0)),
+    )
+
+
+@dataclass
+class DPORun:
+    """A finished DPO run: the trained model and what the run did."""
+
+    model: PreTrainedModel
+    history: list[dict[str, Any]]  # TRL's log history of the training itself
+    warmup: WarmupPlan
+    n_train: int  # training pairs used (TRL drops those whose prompt fills max_length)
+    n_val: int  # validation pairs used
+    steps: int  # optimisation steps run (early stopping can end a run before warmup.max_steps)
+    trainer_max_steps: int  # the step count transformers planned (warmup.max_steps predicts it)
+    start_val_loss: float  # validation loss of the starting model
+    end_val_loss: float  # validation loss of the returned model (the best checkpoint)
+    largest_change: float  # largest absolute change of any weight
+    largest_change_tensor: str  # the parameter holding it
+
+    def summary(self) -> dict[str, Any]:
+        """The run's figures as JSON-ready data (the model left out)."""
+        return {
+            "n_train_used": self.n_train,
+            "n_val_used": self.n_val,
+            "steps": self.steps,
+            "max_steps": self.warmup.max_steps,
+            "warmup_requested": self.warmup.requested,
+            "warmup_used": self.warmup.effective,
+            "warmup_clipped": self.warmup.clipped,
+            "start_val_loss": self.start_val_loss,
+            "end_val_loss": self.end_val_loss,
+            "largest_weight_change": self.largest_change,
+            "largest_weight_change_tensor": self.largest_change_tensor,
+        }
+
+
+def _weights(model: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """A CPU copy of every parameter (tied ones once), to compare after training."""
+    return {name: param.detach().to("cpu", copy=True) for name, param in model.named_parameters()}
+
+
+def _largest_change(model: PreTrainedModel, start: dict[str, torch.Tensor]) -> tuple[float, str]:
+    largest, where = 0.0, next(iter(start))
+    for name, param in model.named_parameters():
+        after = param.detach().to("cpu")
+        if not torch.isfinite(after).all():
+            raise TrainingError(
+                f"DPO training produced non-finite weights in {name}; lower the learning rate (--lr)"
+            )
+        change = float((after.double() - start[name].double()).abs().max())
+        if change > largest:
+            largest, where = change, name
+    return largest, where
+
+
+def train_dpo_run(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     train_pairs: Sequence[dict[str, str]],
@@ -61,17 +173,31 @@ def train_dpo(
     settings: DPOSettings = DPOSettings(),
     *,
     progress: bool = True,
-) -> tuple[PreTrainedModel, list[dict[str, Any]]]:
+) -> DPORun:
     """Fine-tune ``model`` in place on ``{"prompt", "chosen", "rejected"}`` pairs.
 
     The reference is a frozen copy of the model at the start. Training stops when the
     validation loss has not improved for ``patience`` evaluations, and the best checkpoint
-    (lowest validation loss) is restored. Returns the model and TRL's log history.
+    (lowest validation loss) is restored. The warm-up is clipped to the run's steps (see
+    :class:`WarmupPlan`; a warning says so). The validation loss is measured before and after.
+
+    Raises :class:`TrainingError` when the run changed no weight or left a non-finite one.
     """
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    if not train_pairs or not val_pairs:
+        raise TrainingError(
+            f"DPO needs training and validation pairs; got {len(train_pairs)} and {len(val_pairs)}"
+        )
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and settings.max_length > positions:
+        raise OptionError(
+            f"max_length {settings.max_length} (--max-length) exceeds the model's {positions} positions; "
+            f"set it to {positions} or less"
+        )
     tokenizer.padding_side = "left"
+    start_weights = _weights(model)
     with tempfile.TemporaryDirectory(prefix="dpoclaims-dpo-") as out:
         config = DPOConfig(
             output_dir=out,
@@ -81,7 +207,7 @@ def train_dpo(
             per_device_eval_batch_size=max(settings.batch_size, 16),
             num_train_epochs=settings.max_epochs,
             max_grad_norm=settings.max_grad_norm,
-            warmup_steps=settings.warmup_steps,
+            warmup_steps=settings.warmup_steps,  # clipped below, once the usable pairs are known
             optim=settings.optimizer,
             eval_strategy="steps",
             eval_steps=settings.eval_every,
@@ -112,13 +238,83 @@ def train_dpo(
             callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)],
         )
         trainer.remove_callback(PrinterCallback)
-        if progress:
-            trainer.add_callback(_StepBar())
+        usable = {"training": len(trainer.train_dataset), "validation": len(trainer.eval_dataset)}
+        given = {"training": len(train_pairs), "validation": len(val_pairs)}
+        for split, n_usable in usable.items():
+            if n_usable < given[split]:  # TRL drops pairs whose prompt alone fills max_length
+                log.warning(
+                    "DPO: %d of %d %s pairs dropped: their prompt alone fills max_length %d (--max-length)",
+                    given[split] - n_usable,
+                    given[split],
+                    split,
+                    settings.max_length,
+                )
+            if n_usable == 0:
+                raise TrainingError(
+                    f"DPO has no usable {split} pair: the prompt of each of the {given[split]} fills "
+                    f"max_length {settings.max_length}; raise --max-length or use shorter prompts"
+                )
+        plan = plan_warmup(usable["training"], settings)
+        if plan.clipped:
+            log.warning("DPO run of %s", plan.describe())
+        # The scheduler is built in train() from args.warmup_steps.
+        trainer.args.warmup_steps = plan.effective
+        # Before the progress bar exists; train() starts a fresh state, so this evaluation is
+        # not in the run's log history.
+        start_val_loss = float(trainer.evaluate()["eval_loss"])
+        bar = _StepBar() if progress else None
+        if bar is not None:
+            trainer.add_callback(bar)
         trainer.train()
+        history = list(trainer.state.log_history)
+        if bar is not None:
+            trainer.remove_callback(bar)
+        end_val_loss = float(trainer.evaluate()["eval_loss"])
         trained = trainer.model
+        steps, trainer_max_steps = int(trainer.state.global_step), int(trainer.state.max_steps)
     trained.eval()
     log.info("DPO settings %s", asdict(settings))
-    return trained, list(trainer.state.log_history)
+    if trainer_max_steps != plan.max_steps:
+        log.warning(
+            "transformers planned %d DPO steps, not the %d the warm-up was clipped for",
+            trainer_max_steps,
+            plan.max_steps,
+        )
+    largest, where = _largest_change(trained, start_weights)
+    if largest == 0.0:
+        raise TrainingError(
+            f"DPO training changed no weight: {_count(steps, 'step')} of {plan.describe()}, learning rate "
+            f"{settings.learning_rate}; validation loss {start_val_loss:.6g} before and {end_val_loss:.6g} "
+            "after. Give more pairs (or pairs whose chosen and rejected texts differ), fewer warm-up "
+            "steps (--warmup-steps) or a larger learning rate (--lr)"
+        )
+    return DPORun(
+        model=trained,
+        history=history,
+        warmup=plan,
+        n_train=usable["training"],
+        n_val=usable["validation"],
+        steps=steps,
+        trainer_max_steps=trainer_max_steps,
+        start_val_loss=start_val_loss,
+        end_val_loss=end_val_loss,
+        largest_change=largest,
+        largest_change_tensor=where,
+    )
+
+
+def train_dpo(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_pairs: Sequence[dict[str, str]],
+    val_pairs: Sequence[dict[str, str]],
+    settings: DPOSettings = DPOSettings(),
+    *,
+    progress: bool = True,
+) -> tuple[PreTrainedModel, list[dict[str, Any]]]:
+    """:func:`train_dpo_run`, returning the trained model and TRL's log history."""
+    run = train_dpo_run(model, tokenizer, train_pairs, val_pairs, settings, progress=progress)
+    return run.model, run.history
 
 
 LEE_FIELDS = ("prompt_text", "unpert_gen_text", "pert_gen_text")
@@ -130,8 +326,6 @@ def read_lee_pairs(path: Path) -> list[dict[str, str]]:
     ``unpert_gen_text`` (the unperturbed, greedy continuation) is preferred, ``pert_gen_text``
     (the toxic, PPLM-steered one) rejected.
     """
-    from dpoclaims.errors import CheckpointError
-
     if not path.is_file():
         raise CheckpointError(f"DPO pairs file {path} does not exist")
     rows = []
@@ -165,9 +359,47 @@ def split_pairs(
     """Shuffle the pairs themselves (prompt, chosen and rejected stay together) and split."""
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
-    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+    n_val = _n_val(len(pairs), val_fraction)
     shuffled = [pairs[i] for i in order]
     return shuffled[n_val:], shuffled[:n_val]
+
+
+def pairs_needed_for_warmup(settings: DPOSettings, val_fraction: float) -> tuple[int, int]:
+    """The fewest training pairs whose run has at least ``settings.warmup_steps`` steps, and
+    the fewest pairs in a file that split into that many at ``val_fraction``."""
+    n_train = settings.batch_size * math.ceil(settings.warmup_steps / settings.max_epochs)
+    n_file = n_train + 1
+    while n_file - _n_val(n_file, val_fraction) < n_train:
+        n_file += 1
+    return n_train, n_file
+
+
+def _n_val(n_pairs: int, val_fraction: float) -> int:
+    return min(n_pairs - 1, max(1, round(val_fraction * n_pairs)))
+
+
+def _warmup_unfinished(run: DPORun, settings: DPOSettings, val_fraction: float, out_dir: Path) -> str:
+    plan = run.warmup
+    if plan.max_steps >= plan.requested:  # enough pairs: early stopping ended the run
+        cause = (
+            f"training stopped early at step {run.steps} of {plan.max_steps} (validation loss did not "
+            f"improve for {_count(settings.patience, 'evaluation')})"
+        )
+        remedy = f"set --warmup-steps below {run.steps}, or a larger --patience or --eval-every"
+    else:
+        n_train, n_file = pairs_needed_for_warmup(settings, val_fraction)
+        cause = f"the run had {plan.describe()}"
+        remedy = (
+            f"give at least {n_train} training pairs ({n_file} in the file at --val-fraction {val_fraction}), "
+            f"or set --warmup-steps below {plan.max_steps} (e.g. {plan.effective})"
+        )
+    return (
+        f"DPO run too short for its warm-up: {cause}; {_count(run.steps, 'step')} "
+        f"{'is' if run.steps == 1 else 'are'} fewer than the {plan.requested} warm-up steps asked for. "
+        "The run moved the weights by at most "
+        f"{run.largest_change:.3g} ({run.largest_change_tensor}); validation loss {run.start_val_loss:.6g} "
+        f"before, {run.end_val_loss:.6g} after. Nothing was written to {out_dir}. To train: {remedy}"
+    )
 
 
 def train_dpo_from_files(
@@ -180,25 +412,32 @@ def train_dpo_from_files(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune ``base`` (local directory or hub id) on a Lee et al. JSONL and save an HF
-    directory (model + tokenizer) that loads as the DPO side of a pair."""
+    directory (model + tokenizer) that loads as the DPO side of a pair.
+
+    Refuses (:class:`TrainingError`, nothing written) a run that changed no weight, or that
+    had fewer steps than the warm-up asked for (the warm-up was then clipped to the run).
+    """
     from dpoclaims.models import load_hf_model, load_tokenizer
 
     train, val = split_pairs(read_lee_pairs(pairs_path), val_fraction, settings.seed)
     tokenizer = load_tokenizer(base)
     model = load_hf_model(base)
     model.train()
-    trained, history = train_dpo(model, tokenizer, train, val, settings, progress=progress)
+    run = train_dpo_run(model, tokenizer, train, val, settings, progress=progress)
+    if run.steps < settings.warmup_steps:
+        raise TrainingError(_warmup_unfinished(run, settings, val_fraction, out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    trained.save_pretrained(out_dir)
+    run.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    evals = [h for h in history if "eval_loss" in h]
+    evals = [h for h in run.history if "eval_loss" in h]
     summary = {
         "base": base,
         "pairs": str(pairs_path),
         "n_train": len(train),
         "n_val": len(val),
         "settings": asdict(settings),
-        "steps": max((h.get("step", 0) for h in history), default=0),
+        **run.summary(),
+        "warmup_note": run.warmup.describe(),
         "best_eval_loss": min((h["eval_loss"] for h in evals), default=None),
         "eval_history": evals,
     }

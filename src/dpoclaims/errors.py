@@ -21,5 +21,13 @@ class CacheError(DpoclaimsError):
     """A cache entry that could not be written or built."""
 
 
+class ReportError(DpoclaimsError):
+    """A reports directory that cannot be created or written."""
+
+
+class TrainingError(DpoclaimsError):
+    """A training run that would produce a useless model (no weight changed, warm-up unfinished)."""
+
+
 class OptionError(DpoclaimsError):
     """An unknown or invalid option value."""

@@ -6,13 +6,16 @@ A leaf module: it imports nothing else of dpoclaims but :mod:`dpoclaims.errors`.
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dpoclaims.errors import CheckpointError
+from dpoclaims.errors import CheckpointError, OptionError
 
 try:
     import tomllib
@@ -27,20 +30,141 @@ def read_toml(path: Path) -> dict[str, Any]:
     return tomllib.loads(Path(path).read_text())
 
 
-def load_checkpoint(path: Path, what: str, *, map_location: Any = "cpu") -> Any:
+#: Comma-separated, fully qualified names of pickle globals a checkpoint may use (off by default).
+PICKLE_GLOBALS_ENV = "DPOCLAIMS_ALLOW_PICKLE_GLOBALS"
+#: The command-line option (``dpoclaims`` and pytest) that extends the same allow-list.
+PICKLE_GLOBALS_OPTION = "--allow-pickle-globals"
+
+
+def allowed_global_names(value: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """The pickle globals the user allowed: ``value`` (a comma-separated string or a list of
+    names, e.g. from ``--allow-pickle-globals``) followed by ``$DPOCLAIMS_ALLOW_PICKLE_GLOBALS``;
+    empty when neither is set, which is the default."""
+    parts: list[str] = []
+    for source in (value, os.environ.get(PICKLE_GLOBALS_ENV)):
+        if source is None:
+            continue
+        items = source.split(",") if isinstance(source, str) else list(source)
+        parts.extend(item.strip() for item in items)
+    return tuple(dict.fromkeys(name for name in parts if name))
+
+
+def resolve_allowed_globals(value: str | Iterable[str] | None = None) -> dict[str, Any]:
+    """Each allowed name (see :func:`allowed_global_names`) mapped to the object it names,
+    imported; an :class:`OptionError` for a name that is not a fully qualified, importable one."""
+    return {name: _import_global(name) for name in allowed_global_names(value)}
+
+
+def _import_global(name: str) -> Any:
+    parts = name.split(".")
+    hint = (
+        f"give fully qualified names such as collections.OrderedDict in {PICKLE_GLOBALS_OPTION} "
+        f"or ${PICKLE_GLOBALS_ENV} (comma-separated)"
+    )
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        raise OptionError(f"cannot allow pickle global {name!r}: not a fully qualified name; {hint}")
+    for split in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+        module_name = ".".join(parts[:split])
+        try:
+            found: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        try:
+            for attribute in parts[split:]:
+                found = getattr(found, attribute)
+        except AttributeError:
+            break
+        return found
+    raise OptionError(f"cannot allow pickle global {name!r}: it does not import; {hint}")
+
+
+@contextmanager
+def pickle_globals_allowed(value: str | Iterable[str] | None = None) -> Iterator[tuple[str, ...]]:
+    """Within the block, every ``weights_only`` load (this package's and transformers') also
+    accepts the globals named by ``value`` and ``$DPOCLAIMS_ALLOW_PICKLE_GLOBALS``; yields the
+    names. With neither set this changes nothing."""
+    import torch
+
+    allowed = resolve_allowed_globals(value)
+    already = set(torch.serialization.get_safe_globals())
+    added = [obj for obj in allowed.values() if obj not in already]
+    with torch.serialization.safe_globals(added):
+        yield tuple(allowed)
+
+
+def unsafe_globals_in_checkpoint(path: Path) -> list[str]:
+    """The pickle globals in a ``torch.save`` file that safe loading refuses, found without
+    unpickling it (names already allowed are not listed). Empty for a file torch cannot parse
+    this way (not a zip-format checkpoint)."""
+    import torch
+
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip checkpoint, truncated, ...: the load error says what is wrong
+        return []
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+def load_checkpoint(
+    path: Path,
+    what: str,
+    *,
+    map_location: Any = "cpu",
+    allow_globals: str | Iterable[str] | None = None,
+) -> Any:
     """``torch.load`` with ``weights_only=True``: tensors, dicts, lists and numbers load; a
-    file whose unpickling would run code is refused with a :class:`CheckpointError`."""
+    file whose unpickling needs other globals (and so could run code) is refused with a
+    :class:`CheckpointError` that names them and the opt-in.
+
+    The opt-in: ``allow_globals`` (names as for :func:`allowed_global_names`, e.g. the value of
+    ``--allow-pickle-globals``) and ``$DPOCLAIMS_ALLOW_PICKLE_GLOBALS`` allow exactly the named
+    globals, through ``torch.serialization.safe_globals``; loading stays ``weights_only``.
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
+    with pickle_globals_allowed(allow_globals):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+            # A legacy (pre-zip) file cannot be scanned; torch's message names its first refused global.
+            refused = unsafe_globals_in_checkpoint(path) or [
+                name if "." in name else f"builtins.{name}" for name in _REFUSED_GLOBAL.findall(str(exc))
+            ]
+            if refused:
+                names = ",".join(refused)
+                raise CheckpointError(
+                    f"{what} {path} needs pickle globals that safe loading refuses: {', '.join(refused)}. "
+                    "Unpickling them can run code from the file. If you trust this file, allow exactly "
+                    f"these with {PICKLE_GLOBALS_OPTION} {names} or {PICKLE_GLOBALS_ENV}={names}"
+                ) from None
+            raise CheckpointError(
+                f"cannot read {what} {path} (corrupt, or not a plain torch file): {exc}"
+            ) from exc
+
+
+def ensure_writable_dir(path: Path, what: str, remedy: str, error: type[Exception]) -> Path:
+    """Create the directory ``path`` if it is missing and check that a file can be created in
+    it; otherwise raise ``error`` (a :class:`~dpoclaims.errors.DpoclaimsError` subclass) with
+    one line naming ``what`` and ``path`` and ending in ``remedy`` (what to do)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"{what} {path} is a file, not a directory; {remedy}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise CheckpointError(
-            f"cannot read {what} {path} (corrupt, or not a plain torch file): {exc}"
-        ) from exc
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot create {what} {path} ({exc.strerror or exc}); {remedy}") from None
+    try:  # os.access cannot see a read-only mount or an ACL; creating a file can
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise error(f"{what} {path} is not writable ({exc.strerror or exc}); {remedy}") from None
+    return path
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:

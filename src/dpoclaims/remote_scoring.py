@@ -6,7 +6,9 @@ until :meth:`PerspectiveScorer.score` is called.
 
 **Detoxify** (``pip install 'dpoclaims[detoxify]'``) loads a checkpoint file in Detoxify's
 own format (a ``torch.save`` dict with ``config`` and ``state_dict``, e.g. the released
-``toxic_original-c1212f89.ckpt``) from ``$DPOCLAIMS_DETOXIFY_CHECKPOINT``. The checkpoint
+``toxic_original-c1212f89.ckpt``) from ``$DPOCLAIMS_DETOXIFY_CHECKPOINT``, safely
+(``weights_only``: a file whose unpickling would need other globals is refused unless they
+are allowed by name, see :func:`dpoclaims.files.load_checkpoint`). The checkpoint
 names its base model (``bert-base-uncased``), whose config and tokenizer files Detoxify
 fetches from the model hub. Offline, point ``$DPOCLAIMS_DETOXIFY_HF_DIR`` at a local
 directory holding that model's ``config.json`` and tokenizer files (``vocab.txt``, and
@@ -102,19 +104,19 @@ class DetoxifyScorer:
         self.batch_size = batch_size
         self.progress = progress
         loaded = _read_detoxify_checkpoint(self.checkpoint, device)
-        source: Any = str(self.checkpoint)
         if self.hf_dir is not None:
             # Detoxify resolves the checkpoint's ``model_type`` by name even when given its own
             # ``huggingface_config_path`` (and then takes num_labels from that directory's
             # config.json, which for a stock base model is wrong), so name the local directory
-            # as the model type instead and hand Detoxify the edited checkpoint in memory.
+            # as the model type instead.
             loaded["config"]["arch"]["args"]["model_type"] = str(self.hf_dir)
-            buffer = io.BytesIO()
-            import torch
+        # Detoxify gets the safely loaded dict re-saved in memory, never the file itself: it
+        # would unpickle the file on its own terms, and the file could change in between.
+        import torch
 
-            torch.save({"config": loaded["config"], "state_dict": loaded["state_dict"]}, buffer)
-            buffer.seek(0)
-            source = buffer
+        source = io.BytesIO()
+        torch.save({"config": loaded["config"], "state_dict": loaded["state_dict"]}, source)
+        source.seek(0)
         del loaded
         try:
             self.model = Detoxify("original", checkpoint=source, device=device)
@@ -173,17 +175,16 @@ def _hf_dir(hf_dir: str | os.PathLike[str] | None) -> Path | None:
 
 
 def _read_detoxify_checkpoint(path: Path, device: str) -> dict[str, Any]:
-    """The checkpoint dict, checked for the fields Detoxify reads. Load only files you trust."""
-    import pickle
+    """The checkpoint dict, checked for the fields Detoxify reads.
 
-    import torch
+    Loaded safely (:func:`dpoclaims.files.load_checkpoint`, ``weights_only``): Detoxify's
+    checkpoints are plain dicts of config and tensors, so nothing in them needs to run code.
+    """
+    from dpoclaims.files import load_checkpoint
 
-    try:
-        # Detoxify's checkpoints hold a plain config dict beside the weights; Detoxify itself
-        # loads them with weights_only=False as well.
-        loaded = torch.load(path, map_location=device, weights_only=False)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"cannot read detoxify checkpoint {path}: {exc}") from exc
+    loaded = load_checkpoint(path, "detoxify checkpoint", map_location=device)
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(f"{path} is not a detoxify checkpoint (it holds a {type(loaded).__name__})")
     try:
         args = loaded["config"]["arch"]["args"]
         missing = {"model_type", "model_name", "tokenizer_name", "num_classes"} - set(args)

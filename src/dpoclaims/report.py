@@ -9,9 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dpoclaims.files import atomic_write_text
+from dpoclaims.errors import ReportError
+from dpoclaims.files import atomic_write_text, ensure_writable_dir
 
 log = logging.getLogger(__name__)
+
+#: What to do when the reports directory cannot be written (pytest option and variable).
+REPORTS_REMEDY = "set --reports-dir or $DPOCLAIMS_REPORTS to a writable directory"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -95,8 +99,11 @@ def write_reports(
 ) -> list[Path]:
     """Write every report file from the claim records and the figure data the tests recorded
     (``figure_data``: :meth:`dpoclaims.decomposition.Decomposition.figure_data`, or None).
-    Nothing is measured here."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Nothing is measured here. A reports directory (or its ``figures``/``badges``) that is a
+    file, cannot be created or is not writable is a :class:`ReportError` naming the path,
+    before anything is written."""
+    for directory in (out_dir, out_dir / "figures", out_dir / "badges"):
+        ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
     records = sorted(records, key=lambda r: (int(r["id"][1:].split("[")[0]), r.get("order", 0)))
     figures, skipped = draw_figures(records, out_dir / "figures", header, figure_data)
     header = {**header, "figures": figures, "figures_skipped": skipped}
