@@ -152,7 +152,7 @@ def badge_wall_markdown(records: Sequence[dict[str, Any]], repo: str | None) -> 
     lines += [
         "Colours: "
         + ", ".join(f"{color} = {state}" for state, color in BADGE_COLORS.items() if state != "unexpected")
-        + f"; a {BADGE_COLORS['unexpected']} label and the prefix `unexpected:` mark an outcome other than "
+        + f"; a red (`{BADGE_COLORS['unexpected']}`) label and the prefix `unexpected:` mark an outcome other than "
         "the one declared for this pair.",
         "",
         "## The wall",
