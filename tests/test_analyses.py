@@ -274,8 +274,8 @@ def test_report_badges_follow_the_shields_endpoint_format(tmp_path: Path):
     assert badge == {
         "schemaVersion": 1,
         "label": "C9",
-        "message": "does not replicate (0.50)",
-        "color": "orange",
+        "message": "contradicts (0.50)",
+        "color": "red",
     }
     data = json.loads((tmp_path / "claims.json").read_text())
     assert data["claims"][0]["claim"]["measured"] == 0.5

@@ -40,8 +40,8 @@ def suite(pytester, tmp_path, monkeypatch):
     monkeypatch.setenv(
         "DPOCLAIMS_CACHE", str(tmp_path / "cache")
     )  # empty: figures are skipped, nothing built
-    # the subprocess imports this checkout's fixtures package and library
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "src")]))
+    # the subprocess imports this tree's fixtures package and library, not an installed copy
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     return pytester
 
 
@@ -59,8 +59,8 @@ def test_undeclared_non_replication_fails_and_the_refuted_hypothesis_is_an_xfail
     report = json.loads((tmp_path / "reports" / "claims.json").read_text())
     outcomes = {r["id"]: (r["outcome"], r["expected"]) for r in report["claims"]}
     assert outcomes == {"C1": ("xfailed", "replicates"), "C6[fake]": ("failed", "replicates")}
-    badge = json.loads((tmp_path / "reports" / "badges" / "C6[fake].json").read_text())
-    assert badge["color"] == "red" and badge["message"] == "does not replicate (0.90)"
+    badge = json.loads((tmp_path / "reports" / "badges" / "C6-fake.json").read_text())
+    assert badge["color"] == "critical" and badge["message"] == "unexpected: contradicts (0.90)"
 
 
 def test_a_declared_non_replication_makes_the_run_green(suite, tmp_path, monkeypatch):
@@ -92,11 +92,16 @@ def test_unknown_options_are_refused(suite, tmp_path):
 def test_under_xdist_the_controller_writes_the_reports(suite, tmp_path, monkeypatch):
     (tmp_path / "table.toml").write_text('[pairs.toy]\n"C6[fake]" = "measured 0.9"\n')
     monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(tmp_path / "table.toml"))
-    result = suite.runpytest_subprocess(*_args(tmp_path, "-n", "2", "--dist", "loadfile"))
+    result = suite.runpytest_subprocess(
+        *_args(tmp_path, "-n", "2", "--dist", "loadfile", "--badge-repo", "octo/claims")
+    )
     result.assert_outcomes(xfailed=2)
     report = json.loads((tmp_path / "reports" / "claims.json").read_text())
     assert sorted(r["id"] for r in report["claims"]) == ["C1", "C6[fake]"]
     assert report["claims"][1]["claim"]["measured"] == 0.9
+    badges = tmp_path / "reports" / "badges"
+    assert sorted(p.name for p in badges.iterdir()) == ["C1.json", "C6-fake.json", "README.md"]
+    assert "raw.githubusercontent.com/octo/claims/badges/C6-fake.json" in (badges / "README.md").read_text()
 
 
 CRASHING_CLAIMS = """

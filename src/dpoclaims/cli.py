@@ -31,6 +31,9 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     from dpoclaims.organism.build import ToyConfig, ensure_toy
 
     config = replace(ToyConfig(), seed=args.seed)
+    if args.print_key:  # for a CI cache key: the key alone on stdout, nothing built or read
+        print(config.key())
+        return 0
     cache = _cache(args)
     if args.force:
         import shutil
@@ -259,7 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     build = sub.add_parser("build-toy", help="build (or reuse) the toy organism and write its measurements")
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build_mode = build.add_mutually_exclusive_group()
+    build_mode.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build_mode.add_argument(
+        "--print-key",
+        action="store_true",
+        help="print only the toy's cache key for this --seed and exit (builds nothing)",
+    )
     build.add_argument("--report", default="reports/toy.json")
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=cmd_build_toy)

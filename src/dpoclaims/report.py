@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,23 @@ log = logging.getLogger(__name__)
 
 #: What to do when the reports directory cannot be written (pytest option and variable).
 REPORTS_REMEDY = "set --reports-dir or $DPOCLAIMS_REPORTS to a writable directory"
+# One colour per badge state (shields.io colour names); README.md documents them. The first
+# four are the verdict states of a measured claim; "unexpected" marks an outcome other than the
+# one declared for the pair (a failed, xpassed or erroring claim test), whatever the verdict.
+BADGE_COLORS: dict[str, str] = {
+    "replicates": "brightgreen",
+    "contradicts": "red",
+    "inconclusive": "yellow",
+    "not measurable": "orange",
+    "not measured": "lightgrey",  # skipped: nothing was measured on this pair
+    "unexpected": "critical",
+}
+VERDICT_STATES = ("replicates", "contradicts", "inconclusive", "not measurable")
+UNEXPECTED_OUTCOMES = frozenset({"failed", "xpassed", "error"})
+BADGE_BRANCH = "badges"  # the branch .github/workflows/claims.yml publishes reports/badges/ to
+BADGE_REPO_PLACEHOLDER = "OWNER/REPO"
+_BADGE_ID = re.compile(r"^([^\[\]]+)(?:\[([^\[\]]+)\])?$")  # C4, C4[v1]
+_SIGN_WORDS = {"+": "plus", "-": "minus"}
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -37,21 +55,120 @@ def verdict(record: dict[str, Any]) -> str:
     return "replicates" if claim["replicates"] else "does not replicate"
 
 
-def badge(record: dict[str, Any]) -> dict[str, Any]:
-    """A shields.io endpoint badge: label = claim id, message = verdict and figure."""
+def badge_filename(claim_id: str) -> str:
+    """The badge file of a claim, safe in a URL as it is: ``C4[v1]`` -> ``C4-v1.json``,
+    ``C1[N=100]`` -> ``C1-N100.json``, ``C5[TP-]`` -> ``C5-TPminus.json``.
+
+    Letters, digits, ``.`` and ``_`` are kept; ``=`` is dropped; a ``+`` or ``-`` is kept
+    between two letters or digits (``anti-toxic``) and spelled ``plus``/``minus`` elsewhere,
+    where it is a sign; anything else becomes ``_``. ``write_reports`` refuses two ids that
+    come out the same.
+    """
+    match = _BADGE_ID.match(claim_id)
+    if match is None:
+        raise ValueError(f"claim id {claim_id!r} is not of the form C<n> or C<n>[param]")
+    parts = [part for part in match.groups() if part]
+    safe_parts = []
+    for part in parts:
+        chars = []
+        for index, char in enumerate(part):
+            inner = 0 < index < len(part) - 1 and part[index - 1].isalnum() and part[index + 1].isalnum()
+            if char.isascii() and (char.isalnum() or char in "._"):
+                chars.append(char)
+            elif char == "=":
+                continue
+            elif char in _SIGN_WORDS:
+                chars.append(char if inner and char == "-" else _SIGN_WORDS[char])
+            else:
+                chars.append("_")
+        safe_parts.append("".join(chars))
+    return "-".join(safe_parts) + ".json"
+
+
+def badge_state(record: dict[str, Any]) -> str:
+    """The record's verdict state (a key of ``BADGE_COLORS``): ``claim["verdict"]`` when the
+    record has one, else ``replicates``/``contradicts`` from ``claim["replicates"]``;
+    ``not measured`` when the claim was skipped."""
     claim = record.get("claim")
-    message = verdict(record)
-    if claim is not None:
+    if claim is None:
+        return "not measured"
+    state = claim.get("verdict")
+    if state is None:
+        return "replicates" if claim["replicates"] else "contradicts"
+    if state not in VERDICT_STATES:
+        raise ValueError(f"claim {record['id']} has verdict {state!r}; known states: {VERDICT_STATES}")
+    return state
+
+
+def badge(record: dict[str, Any]) -> dict[str, Any]:
+    """A shields.io endpoint badge: label = claim id, message = verdict state and figure.
+
+    Coloured by ``BADGE_COLORS``; an outcome other than the declared one (failed, xpassed,
+    error) gets the message prefix ``unexpected:`` and a red label as well (``isError``).
+    """
+    claim = record.get("claim")
+    state = badge_state(record)
+    message = state
+    if claim is not None and _fmt(claim.get("measured"), 2) != "-":
         message += f" ({_fmt(claim['measured'], 2)})"
-    if record["outcome"] in ("failed", "xpassed", "error"):
-        color = "red"  # an outcome that differs from what is declared for this pair
-    elif claim is not None and claim["replicates"]:
-        color = "brightgreen"
-    elif record["outcome"] == "skipped":
-        color = "lightgrey"
-    else:
-        color = "orange"  # does not replicate, as declared
-    return {"schemaVersion": 1, "label": record["id"], "message": message, "color": color}
+    if claim is None and record["outcome"] == "error":
+        message = "error"
+    if record["outcome"] in UNEXPECTED_OUTCOMES:
+        color = BADGE_COLORS["unexpected"]
+        return {
+            "schemaVersion": 1,
+            "label": record["id"],
+            "message": f"unexpected: {message}",
+            "color": color,
+            "labelColor": color,
+            "isError": True,
+        }
+    return {"schemaVersion": 1, "label": record["id"], "message": message, "color": BADGE_COLORS[state]}
+
+
+def badge_markdown(claim_id: str, repo: str) -> str:
+    """Markdown for one claim's badge, read from the ``badges`` branch of ``repo`` (owner/name);
+    it links to the claims table published beside it."""
+    endpoint = f"https://raw.githubusercontent.com/{repo}/{BADGE_BRANCH}/{badge_filename(claim_id)}"
+    table = f"https://github.com/{repo}/blob/{BADGE_BRANCH}/claims.md"
+    alt = badge_filename(claim_id).removesuffix(".json")
+    return f"[![{alt}](https://img.shields.io/endpoint?url={endpoint})]({table})"
+
+
+def badge_wall_markdown(records: Sequence[dict[str, Any]], repo: str | None) -> str:
+    """``badges/README.md``: every claim's badge, rendered and as ready-to-paste markdown."""
+    owner_repo = repo or BADGE_REPO_PLACEHOLDER
+    lines = [
+        "# Claim badges",
+        "",
+        f"One shields.io endpoint badge per claim, read from the `{BADGE_BRANCH}` branch of `{owner_repo}` "
+        f"(`.github/workflows/claims.yml` publishes `reports/badges/` there on every push to `main`). "
+        "Each badge links to the claims table.",
+        "",
+    ]
+    if repo is None:
+        lines += [
+            f"`{BADGE_REPO_PLACEHOLDER}` is a placeholder: run `pytest claims/ --badge-repo owner/name` "
+            "(or set `DPOCLAIMS_BADGE_REPO`; on GitHub Actions `GITHUB_REPOSITORY` is used) to fill it in.",
+            "",
+        ]
+    lines += [
+        "Colours: "
+        + ", ".join(f"{color} = {state}" for state, color in BADGE_COLORS.items() if state != "unexpected")
+        + f"; a red (`{BADGE_COLORS['unexpected']}`) label and the prefix `unexpected:` mark an outcome other than "
+        "the one declared for this pair.",
+        "",
+        "## The wall",
+        "",
+        *[badge_markdown(r["id"], owner_repo) for r in records],
+        "",
+        "## Markdown to paste",
+        "",
+        "```markdown",
+        *[badge_markdown(r["id"], owner_repo) for r in records],
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -> str:
@@ -113,10 +230,18 @@ def write_reports(
     atomic_write_text(out_dir / "claims.md", claims_markdown(records, header))
     badge_dir = out_dir / "badges"
     badge_dir.mkdir(exist_ok=True)
+    files: dict[str, str] = {}
+    for r in records:
+        name = badge_filename(r["id"])
+        if files.setdefault(name, r["id"]) != r["id"]:
+            raise ValueError(
+                f"claim ids {files[name]!r} and {r['id']!r} both give badge file {name}; rename one"
+            )
     for stale in badge_dir.glob("*.json"):
         stale.unlink()
     for r in records:
-        atomic_write_text(badge_dir / f"{r['id']}.json", json.dumps(badge(r)))
+        atomic_write_text(badge_dir / badge_filename(r["id"]), json.dumps(badge(r)))
+    atomic_write_text(badge_dir / "README.md", badge_wall_markdown(records, header.get("badge_repo")))
     return [out_dir / "claims.json", out_dir / "claims.md", badge_dir]
 
 
