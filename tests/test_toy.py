@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from tiny import tiny_toy_config
 
+from dpoclaims import named_pairs
 from dpoclaims.cache import read_manifest_meta, verify_entry
 from dpoclaims.named_pairs import load_pair
 from dpoclaims.organism import build as build_module
@@ -130,7 +131,7 @@ def test_named_toy_pair_goes_through_ensure_toy(tiny_toy_dir, tiny_toy_cache, mo
         calls.append(cache)
         return ensure_toy(tiny_toy_config(), cache=cache, progress=False)
 
-    monkeypatch.setattr(build_module, "ensure_toy", tiny_ensure)
+    monkeypatch.setattr(named_pairs, "ensure_toy", tiny_ensure)
     pair = load_pair("toy", cache=tiny_toy_cache)
     assert calls == [tiny_toy_cache]
     assert pair.fingerprint == load_pair(tiny_toy_dir).fingerprint

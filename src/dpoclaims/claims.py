@@ -15,16 +15,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpoclaims import paper, selection
+from dpoclaims import paper, selection, stats
 from dpoclaims.decomposition import REDUCING_GROUPS, Decomposition
 from dpoclaims.interventions import Intervention
 from dpoclaims.measurements import Measurements, Side
 from dpoclaims.metrics import weight_cosines
-from dpoclaims.stats import Estimate, bootstrap, mean_difference, recovered_share
+from dpoclaims.stats import Criterion, Estimate, Verdict, bootstrap, mean_difference, recovered_share
 
 
 class ClaimNotHeld(AssertionError):
-    """What a claim test asserts did not hold (the only failure a declared claim may expect)."""
+    """The claim's verdict is the definite opposite of what its test asserts: the only failure a
+    declared claim (or the refuted hypothesis) may expect."""
+
+
+class ClaimVerdictUnexpected(Exception):
+    """The claim came out inconclusive or not measurable, and the pair's table does not declare
+    that: never an expected failure."""
+
+
+DECLARABLE = ("contradicts", "inconclusive", "not measurable")
 
 
 @dataclass
@@ -34,9 +43,11 @@ class ClaimResult:
     statement: str
     criterion: str
     measured: float
-    ci: tuple[float, float] | None
+    ci: tuple[float, float] | None  # 95% interval; None when exact or not measurable
+    exact: bool  # the figure has no sampling error (shown as "exact")
+    p_value: float  # one-sided p of H0 "the paper's finding does not hold" (NaN: not measurable)
+    verdict: Verdict  # replicates / contradicts / inconclusive / not measurable, from the interval
     paper: float | None
-    replicates: bool  # the paper's finding holds on this pair
     hypothesis: bool = False  # the test asserts a hypothesis the paper refutes
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -45,31 +56,47 @@ class ClaimResult:
         return f"{self.claim}[{self.param}]" if self.param else self.claim
 
     @property
+    def replicates(self) -> bool:
+        return self.verdict == "replicates"
+
+    @property
     def distance_to_paper(self) -> float | None:
         return None if self.paper is None else self.measured - self.paper
 
-    @property
-    def test_passes(self) -> bool:
-        """What the test asserts: the finding, or for a refuted hypothesis, the hypothesis."""
-        return (not self.replicates) if self.hypothesis else self.replicates
-
-    def check(self) -> ClaimResult:
-        """Raise :class:`ClaimNotHeld` unless what the test asserts holds."""
-        if not self.test_passes:
+    def check(self, declared: str | None = None) -> ClaimResult:
+        """Assert what the test asserts: the paper's finding (``replicates``), or for a refuted
+        hypothesis its opposite (``contradicts``), or the verdict the pair's table declares for
+        ``inconclusive`` / ``not measurable``. A declared ``contradicts`` is asserted like an
+        undeclared claim and inverted by its xfail."""
+        figure = f"measured {self.measured:.4g}" + (
+            " (exact)" if self.exact else f" [{self.ci[0]:.4g}, {self.ci[1]:.4g}]" if self.ci else ""
+        )
+        where = f"{self.id}: {figure}, p = {self.p_value:.3g}; criterion: {self.criterion}"
+        if declared in ("inconclusive", "not measurable"):
+            if self.verdict != declared:
+                raise ClaimVerdictUnexpected(
+                    f"declared {declared}, but the verdict is {self.verdict}: {where}"
+                )
+            return self
+        wanted, opposite = ("contradicts", "replicates") if self.hypothesis else ("replicates", "contradicts")
+        if self.verdict == wanted:
+            return self
+        if self.verdict == opposite:
             what = (
                 "the refuted hypothesis does not hold"
                 if self.hypothesis
                 else "the paper's finding does not hold"
             )
-            interval = f" [{self.ci[0]:.4g}, {self.ci[1]:.4g}]" if self.ci else ""
-            raise ClaimNotHeld(
-                f"{self.id}: {what}: measured {self.measured:.4g}{interval}; criterion: {self.criterion}"
-            )
-        return self
+            raise ClaimNotHeld(f"{what}: {where}")
+        raise ClaimVerdictUnexpected(
+            f"{self.verdict} (not declared for this pair): {where}. Declare it in the expectations table "
+            "with the measured reason if that is what this pair shows"
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["id"] = self.id
+        data["replicates"] = self.replicates
         data["distance_to_paper"] = self.distance_to_paper
         return data
 
@@ -78,23 +105,33 @@ def _result(
     key: str,
     param: Any = None,
     *,
-    measured: float,
-    ci: Estimate | None,
-    replicates: bool,
+    estimate: Estimate,
+    rule: Criterion,
     details: dict[str, Any] | None = None,
+    verdict_override: Verdict | None = None,
+    p_override: float | None = None,
 ) -> ClaimResult:
-    """A claim's result, its texts and the paper's figure read from the paper table."""
+    """A claim's result: texts and the paper's figure from the paper table, the verdict and
+    p-value from ``estimate`` against ``rule``."""
     entry = paper.entry(key)
     test_id = entry.test_id(param)
+    verdict = verdict_override or stats.verdict(estimate, rule)
+    measurable = estimate.measurable and verdict != "not measurable"
     return ClaimResult(
         claim=entry.claim,
         param=test_id[len(entry.claim) + 1 : -1] if "[" in test_id else "",
         statement=entry.text(entry.statement, param),
         criterion=entry.text(entry.criterion, param),
-        measured=measured,
-        ci=None if ci is None else (ci.low, ci.high),
+        measured=estimate.value,
+        ci=(estimate.low, estimate.high) if measurable and not estimate.exact else None,
+        exact=estimate.exact,
+        p_value=p_override
+        if p_override is not None
+        else stats.p_value(estimate, rule)
+        if measurable
+        else float("nan"),
+        verdict=verdict,
         paper=entry.figure(param),
-        replicates=replicates,
         hypothesis=entry.hypothesis,
         details=details or {},
     )
@@ -109,6 +146,19 @@ def recovered(m: Measurements, intervention: Intervention) -> Estimate:
         m.scores("base", intervention),
         seed=m.settings.seed,
     )
+
+
+def dpo_drop(m: Measurements) -> Estimate:
+    """DPO's toxicity drop on the pair's prompts (base minus DPO), with its interval."""
+    return bootstrap(mean_difference, m.scores("base"), m.scores("dpo"), seed=m.settings.seed)
+
+
+def _recovery_verdict(m: Measurements) -> tuple[Verdict | None, dict[str, Any]]:
+    """ "not measurable" when DPO does not reduce toxicity on these prompts (a share of its
+    drop is then undefined), with the figures; else no override."""
+    drop = dpo_drop(m)
+    figures = {"dpo_drop": drop.value, "dpo_drop_ci": [drop.low, drop.high]}
+    return ("not measurable" if not drop.value > 0 else None), figures
 
 
 def toxicity_summary(m: Measurements, intervention: Intervention, side: Side = "base") -> dict[str, float]:
@@ -136,12 +186,20 @@ def _late_layers(n_layers: int) -> slice:
     return slice(n_layers - max(1, n_layers // 3), n_layers)
 
 
+def _interval(estimate: Estimate) -> dict[str, Any]:
+    return {"value": estimate.value, "ci": [estimate.low, estimate.high]}
+
+
+MATCH_RULE = Criterion(threshold=paper.MATCH_SHARE, paper_side="below")  # recovers less than 80%
+
+
 # ------------------------------------------------------------------------- the claims
 
 
 def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> ClaimResult:
     intervention = selection.ablation(m.decomposition, paper_n)
     share = recovered(m, intervention)
+    override, drop = _recovery_verdict(m)
     layers = {}
     if paper_n == 100:  # the paper's Fig. 1a: where the ablated model still writes toxicity
         layers = {
@@ -151,189 +209,216 @@ def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> ClaimResult:
                 "base_ablated": m.layer_projection("base", intervention).tolist(),
             }
         }
-    return _result(
-        "C1",
-        paper_n,
-        measured=share.value,
-        ci=share,
-        replicates=share.value < paper.MATCH_SHARE,
-        details={
-            "n_neurons_ablated": len(intervention.neurons),
-            **toxicity_summary(m, intervention),
-            **layers,
-        },
-    )
+    details = {
+        "n_neurons_ablated": len(intervention.neurons),
+        **drop,
+        **toxicity_summary(m, intervention),
+        **layers,
+    }
+    return _result("C1", paper_n, estimate=share, rule=MATCH_RULE, details=details, verdict_override=override)
 
 
 def c2_positive_ablation(m: Measurements, paper_n: int) -> ClaimResult:
+    """Below 80%, and (where the paper compares) above plain ablation by the paired difference:
+    replicates only if both parts do, contradicts if either part does; p is the larger p
+    (an intersection-union test)."""
     positive = selection.ablation(m.decomposition, paper_n, positive=True)
     share = recovered(m, positive)
-    details = {"n_neurons_ablated": len(positive.neurons), **toxicity_summary(m, positive)}
-    replicates = share.value < paper.MATCH_SHARE
+    override, drop = _recovery_verdict(m)
+    details = {"n_neurons_ablated": len(positive.neurons), **drop, **toxicity_summary(m, positive)}
+    verdicts = [stats.verdict(share, MATCH_RULE)]
+    p_values = [stats.p_value(share, MATCH_RULE)]
     if paper_n in (100, 200, 1000):  # where the paper compares with plain top-N ablation
-        plain = recovered(m, selection.ablation(m.decomposition, paper_n)).value
-        details["plain_top_n_share"] = plain
-        replicates = replicates and share.value > plain
-    return _result("C2", paper_n, measured=share.value, ci=share, replicates=replicates, details=details)
+        plain = recovered(m, selection.ablation(m.decomposition, paper_n))
+        more = stats.difference(share, plain)  # paired over the same resampled prompts
+        more_rule = Criterion(threshold=0.0, paper_side="above")
+        verdicts.append(stats.verdict(more, more_rule))
+        p_values.append(stats.p_value(more, more_rule))
+        details["plain_top_n_share"] = plain.value
+        details["more_than_plain"] = {**_interval(more), "p_value": p_values[-1], "verdict": verdicts[-1]}
+    combined: Verdict = (
+        "not measurable"
+        if "not measurable" in verdicts
+        else "contradicts"
+        if "contradicts" in verdicts
+        else "replicates"
+        if all(v == "replicates" for v in verdicts)
+        else "inconclusive"
+    )
+    return _result(
+        "C2",
+        paper_n,
+        estimate=share,
+        rule=MATCH_RULE,
+        details=details,
+        verdict_override=override or combined,
+        p_override=max(p_values),
+    )
 
 
 def c2_ablation_costs_perplexity(m: Measurements) -> ClaimResult:
+    """The perplexity rise, bootstrapped over the held-out texts (or windows), paired."""
     intervention = selection.ablation(m.decomposition, 1000, positive=True)
-    ablated, base = m.perplexity("base", intervention), m.perplexity("base")
-    increase = ablated / base - 1
+    ablated_nll, tokens = m.perplexity_rows("base", intervention)
+    base_nll, _ = m.perplexity_rows("base")
+
+    def increase(ablated: np.ndarray, base: np.ndarray, counts: np.ndarray, axis: int = 0) -> np.ndarray:
+        total = np.maximum(np.sum(counts, axis=axis), 1)
+        return np.exp((np.sum(ablated, axis=axis) - np.sum(base, axis=axis)) / total) - 1
+
+    rise = bootstrap(increase, ablated_nll, base_nll, tokens, seed=m.settings.seed)
     return _result(
         "C2[perplexity]",
-        measured=increase,
-        ci=None,
-        replicates=increase > paper.PERPLEXITY_COST,
+        estimate=rise,
+        rule=Criterion(threshold=paper.PERPLEXITY_COST, paper_side="above"),
         details={
-            "perplexity": ablated,
-            "base_perplexity": base,
+            "perplexity": m.perplexity("base", intervention),
+            "base_perplexity": m.perplexity("base"),
+            "n_rows": len(tokens),
             "n_neurons_ablated": len(intervention.neurons),
         },
     )
 
 
-def _patch(m: Measurements, groups: tuple[str, ...]) -> tuple[Estimate, dict[str, Any]]:
+def _patch(m: Measurements, groups: tuple[str, ...]) -> tuple[Estimate, Verdict | None, dict[str, Any]]:
     intervention = selection.patch_to_dpo(m.decomposition, groups)
-    share = recovered(m, intervention)
-    return share, {"n_neurons_patched": len(intervention.neurons), **toxicity_summary(m, intervention)}
+    override, drop = _recovery_verdict(m)
+    details = {"n_neurons_patched": len(intervention.neurons), **drop, **toxicity_summary(m, intervention)}
+    return recovered(m, intervention), override, details
 
 
 def c3_patch_dampened(m: Measurements) -> ClaimResult:
-    share, details = _patch(m, ("TP-",))
-    return _result(
-        "C3", measured=share.value, ci=share, replicates=0 < share.value < paper.MATCH_SHARE, details=details
-    )
+    share, override, details = _patch(m, ("TP-",))
+    rule = Criterion.inside(0.0, paper.MATCH_SHARE)
+    return _result("C3", estimate=share, rule=rule, details=details, verdict_override=override)
 
 
 def c4_dampened_share(m: Measurements, denominator: str) -> ClaimResult:
     d = m.decomposition
     share = d.share("TP-", denominator, seed=m.settings.seed)
-    return _result(
-        "C4",
-        denominator,
-        measured=share.value,
-        ci=share,
-        replicates=share.value < paper.MINORITY_SHARE,
-        details=_group_details(d),
-    )
+    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="below")
+    return _result("C4", denominator, estimate=share, rule=rule, details=_group_details(d))
 
 
 def c5_group_share(m: Measurements, group: str) -> ClaimResult:
     d = m.decomposition
     share = d.share(group, "four-groups", seed=m.settings.seed)
-    return _result(
-        "C5",
-        group,
-        measured=share.value,
-        ci=share,
-        replicates=share.value >= paper.NONTRIVIAL_SHARE,
-        details={"count": d.group_count(group), "sum": d.group_sum(group)},
-    )
+    rule = Criterion(threshold=paper.NONTRIVIAL_SHARE, paper_side="above")
+    details = {"count": d.group_count(group), "sum": d.group_sum(group)}
+    return _result("C5", group, estimate=share, rule=rule, details=details)
 
 
 def c5_anti_toxic_share(m: Measurements) -> ClaimResult:
     d = m.decomposition
     share = d.share(("AP+", "AN-"), "four-groups", seed=m.settings.seed)
-    return _result(
-        "C5[anti-toxic]",
-        measured=share.value,
-        ci=share,
-        replicates=share.value >= paper.ANTI_TOXIC_LARGE_SHARE,
-        details=_group_details(d),
-    )
+    rule = Criterion(threshold=paper.ANTI_TOXIC_LARGE_SHARE, paper_side="above")
+    return _result("C5[anti-toxic]", estimate=share, rule=rule, details=_group_details(d))
 
 
 def c6_fraction_increasing(m: Measurements) -> ClaimResult:
     d = m.decomposition
-    fraction = d.fraction_increasing()
-    return _result(
-        "C6[increasing]",
-        measured=fraction,
-        ci=None,
-        replicates=fraction >= paper.LARGE_FRACTION_INCREASING,
-        details={"n_increasing": int((d.contribution < 0).sum()), "n_neurons": d.contribution.numel()},
-    )
+    fraction = d.fraction_increasing_estimate(seed=m.settings.seed)
+    rule = Criterion(threshold=paper.LARGE_FRACTION_INCREASING, paper_side="above")
+    details = {"n_increasing": int((d.contribution < 0).sum()), "n_neurons": d.contribution.numel()}
+    return _result("C6[increasing]", estimate=fraction, rule=rule, details=details)
 
 
 def c6_net_over_gross(m: Measurements) -> ClaimResult:
     d = m.decomposition
     ratio = d.net_over_gross(seed=m.settings.seed)
-    return _result(
-        "C6[net-over-gross]",
-        measured=ratio.value,
-        ci=ratio,
-        replicates=ratio.value <= paper.NET_OVER_GROSS_SMALL,
-        details={"net": d.net, "gross": d.gross},
-    )
+    rule = Criterion(threshold=paper.NET_OVER_GROSS_SMALL, paper_side="below")
+    return _result("C6[net-over-gross]", estimate=ratio, rule=rule, details={"net": d.net, "gross": d.gross})
 
 
 def c7_top_toxic_share(m: Measurements) -> ClaimResult:
     d = m.decomposition
     ids = torch.tensor(selection.top_toxic_ids(d, 1000))
-    share = float(d.contribution.flatten()[ids].sum()) / d.net
-    return _result(
-        "C7[top-toxic]",
-        measured=share,
-        ci=None,
-        replicates=share < paper.MINORITY_SHARE,
-        details={"n": len(ids), "net": d.net},
-    )
+    top = torch.zeros(d.cosines.numel(), dtype=torch.bool)
+    top[ids] = True
+    everyone = torch.ones_like(d.cosines, dtype=torch.bool)
+    share = d.mask_share(top.view_as(d.cosines), everyone, seed=m.settings.seed)  # of the net
+    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="below")
+    return _result("C7[top-toxic]", estimate=share, rule=rule, details={"n": len(ids), "net": d.net})
 
 
 def c7_neurons_to_net(m: Measurements) -> ClaimResult:
+    """Neurons needed to reach the net, scaled to GPT-2 medium (the figure the paper speaks of)."""
     d = m.decomposition
-    needed = d.neurons_to_reach(1.0)
     n_neurons = m.pair.layout.n_neurons
     threshold = selection.scale_n(paper.NEURONS_TO_NET, n_neurons)
-    return _result(
-        "C7[rank-to-net]",
-        measured=needed * paper.PAPER_NEURONS / n_neurons,
-        ci=None,
-        replicates=needed >= threshold,
-        details={"neurons_needed": needed, "threshold": threshold},
+    needed = d.neurons_to_reach_estimate(1.0, seed=m.settings.seed)
+    scale = paper.PAPER_NEURONS / n_neurons
+    scaled = Estimate(
+        needed.value * scale,
+        needed.low * scale,
+        needed.high * scale,
+        n=needed.n,
+        resampled=None if needed.resampled is None else needed.resampled * scale,
+        scheme=needed.scheme,
     )
+    rule = Criterion(threshold=(threshold - 0.5) * scale, paper_side="above")  # needed >= threshold
+    details = {
+        "neurons_needed": int(needed.value),
+        "threshold": threshold,
+        "neurons_needed_ci": [needed.low, needed.high],
+    }
+    return _result("C7[rank-to-net]", estimate=scaled, rule=rule, details=details)
 
 
 def c8_peak_layer(m: Measurements) -> ClaimResult:
-    layers = m.decomposition.per_layer()
+    """The peak layer's position (0 = first, 1 = last layer); the interval and p-value come from
+    where the peak falls across resamples (``fraction_in_last_third``)."""
+    d = m.decomposition
+    layers = d.per_layer()
     n_layers = len(layers["total"])
-    peak = int(np.argmax(layers["total"]))
-    return _result(
-        "C8[peak]",
-        measured=peak / max(n_layers - 1, 1),
-        ci=None,
-        replicates=peak >= _late_layers(n_layers).start,
-        details={"peak_layer": peak, "per_layer": layers["total"].tolist()},
+    late = _late_layers(n_layers)
+    peak = d.peak_layer_estimate(seed=m.settings.seed)
+    span = max(n_layers - 1, 1)
+    position = Estimate(
+        peak.value / span,
+        peak.low / span,
+        peak.high / span,
+        n=peak.n,
+        resampled=None if peak.resampled is None else peak.resampled / span,
+        scheme=peak.scheme,
     )
+    rule = Criterion(threshold=(late.start - 0.5) / span, paper_side="above")  # peak in the last third
+    details = {
+        "peak_layer": int(peak.value),
+        "fraction_in_last_third": peak.fraction(lambda layer: layer >= late.start),
+        "last_third_from_layer": late.start,
+        "per_layer": layers["total"].tolist(),
+    }
+    return _result("C8[peak]", estimate=position, rule=rule, details=details)
 
 
 def c8_late_groups(m: Measurements) -> ClaimResult:
-    layers = m.decomposition.per_layer()
+    d = m.decomposition
+    layers = d.per_layer()
     late = _late_layers(len(layers["total"]))
-    tp_an = float(layers["TP-"][late].sum() + layers["AN-"][late].sum())
-    reducing = float(sum(layers[g][late].sum() for g in REDUCING_GROUPS))
-    share = tp_an / reducing if reducing else float("nan")
+    in_late = torch.zeros_like(d.cosines, dtype=torch.bool)
+    in_late[late] = True
+    tp_an = (d.groups["TP-"] | d.groups["AN-"]) & in_late
+    reducing = torch.zeros_like(in_late)
+    for group in REDUCING_GROUPS:
+        reducing |= d.groups[group]
+    share = d.mask_share(tp_an, reducing & in_late, seed=m.settings.seed)
+    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="above")  # more than half
     return _result(
-        "C8[late-groups]",
-        measured=share,
-        ci=None,
-        replicates=share > paper.MINORITY_SHARE,
-        details={g: layers[g].tolist() for g in REDUCING_GROUPS},
+        "C8[late-groups]", estimate=share, rule=rule, details={g: layers[g].tolist() for g in REDUCING_GROUPS}
     )
 
 
 def c9_correlation(m: Measurements) -> ClaimResult:
-    r = m.decomposition.change_cosine_correlation()
-    return _result("C9", measured=r.value, ci=r, replicates=abs(r.value) < paper.UNCORRELATED_R)
+    r = m.decomposition.change_cosine_correlation()  # Fisher-z interval
+    rule = Criterion.inside(-paper.UNCORRELATED_R, paper.UNCORRELATED_R)
+    return _result("C9", estimate=r, rule=rule)
 
 
 def c10_patch_all_groups(m: Measurements) -> ClaimResult:
-    share, details = _patch(m, REDUCING_GROUPS)
-    return _result(
-        "C10", measured=share.value, ci=share, replicates=share.value >= paper.MATCH_SHARE, details=details
-    )
+    share, override, details = _patch(m, REDUCING_GROUPS)
+    rule = Criterion(threshold=paper.MATCH_SHARE, paper_side="above")
+    return _result("C10", estimate=share, rule=rule, details=details, verdict_override=override)
 
 
 def c11_weight_cosines(m: Measurements) -> ClaimResult:
@@ -341,9 +426,8 @@ def c11_weight_cosines(m: Measurements) -> ClaimResult:
     lowest = min(cosines, key=cosines.get)
     return _result(
         "C11[cosine]",
-        measured=cosines[lowest],
-        ci=None,
-        replicates=cosines[lowest] > paper.WEIGHT_COSINE,
+        estimate=Estimate.exact_value(cosines[lowest]),
+        rule=Criterion(threshold=paper.WEIGHT_COSINE, paper_side="above"),
         details={"lowest": lowest, "n_matrices": len(cosines)},
     )
 
@@ -353,23 +437,14 @@ def c11_toxic_activation_drop(m: Measurements) -> ClaimResult:
     base = m.capture("base").mean_activation.flatten(1)[:, ids].mean(1).numpy()  # [n_prompts]
     dpo = m.capture("dpo").mean_activation.flatten(1)[:, ids].mean(1).numpy()
     drop = bootstrap(mean_difference, base, dpo, seed=m.settings.seed)
-    return _result(
-        "C11[toxic-activation]",
-        measured=drop.value,
-        ci=drop,
-        replicates=drop.low > 0,
-        details={"n": len(ids)},
-    )
+    rule = Criterion(threshold=0.0, paper_side="above")
+    return _result("C11[toxic-activation]", estimate=drop, rule=rule, details={"n": len(ids)})
 
 
 def c12_scale_keys(m: Measurements, factor: int) -> ClaimResult:
     intervention = selection.scale_keys(m.decomposition, 7, factor)
     rise = bootstrap(mean_difference, m.scores("dpo", intervention), m.scores("dpo"), seed=m.settings.seed)
+    details = {"n_neurons": len(intervention.neurons), **toxicity_summary(m, intervention, side="dpo")}
     return _result(
-        "C12",
-        factor,
-        measured=rise.value,
-        ci=rise,
-        replicates=rise.low > 0,
-        details={"n_neurons": len(intervention.neurons), **toxicity_summary(m, intervention, side="dpo")},
+        "C12", factor, estimate=rise, rule=Criterion(threshold=0.0, paper_side="above"), details=details
     )

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpoclaims.stats import Estimate, bootstrap, pearson_with_ci, ratio_of_means
+from dpoclaims.stats import Estimate, bootstrap, bootstrap_of_means, pearson_with_ci, ratio_of_means
 
 REDUCING_GROUPS = ("TP-", "TN+", "AP+", "AN-")
 MIRROR_GROUPS = ("TP+", "TN-", "AP-", "AN+")
@@ -136,6 +136,36 @@ class Decomposition:
     def fraction_increasing(self) -> float:
         """Fraction of neurons whose change increases the toxic projection (D_i < 0)."""
         return float((self.contribution < 0).float().mean())
+
+    def mask_share(self, numerator: torch.Tensor, denominator: torch.Tensor, *, seed: int = 0) -> Estimate:
+        """sum of D over ``numerator`` / sum over ``denominator`` (masks ``[L, d_mlp]``), with a
+        bootstrap interval over prompts."""
+        return bootstrap(
+            ratio_of_means, self._per_prompt(numerator), self._per_prompt(denominator), seed=seed
+        )
+
+    def bootstrap_neurons(self, statistic: Any, *, seed: int = 0) -> Estimate:
+        """A statistic of all neurons' D_i (``statistic(means [k, L, d_mlp]) -> [k]``), with a
+        bootstrap interval over prompts (the same resampling scheme as every other figure)."""
+        return bootstrap_of_means(statistic, self.contribution_per_prompt.double().numpy(), seed=seed)
+
+    def fraction_increasing_estimate(self, *, seed: int = 0) -> Estimate:
+        return self.bootstrap_neurons(lambda d: (d.reshape(len(d), -1) < 0).mean(1), seed=seed)
+
+    def neurons_to_reach_estimate(self, fraction: float = 1.0, *, seed: int = 0) -> Estimate:
+        """:meth:`neurons_to_reach` with a bootstrap interval over prompts."""
+
+        def needed(d: np.ndarray) -> np.ndarray:
+            flat = d.reshape(len(d), -1)  # [k, neurons]
+            curve = np.cumsum(-np.sort(-flat, axis=1), axis=1)
+            reached = curve >= fraction * flat.sum(1, keepdims=True)
+            return np.where(reached.any(1), reached.argmax(1) + 1, flat.shape[1]).astype(np.float64)
+
+        return self.bootstrap_neurons(needed, seed=seed)
+
+    def peak_layer_estimate(self, *, seed: int = 0) -> Estimate:
+        """The layer with the largest net reduction, with its bootstrap distribution."""
+        return self.bootstrap_neurons(lambda d: d.sum(-1).argmax(-1).astype(np.float64), seed=seed)
 
     def cumulative_curve(self) -> dict[str, np.ndarray]:
         """Cumulative D by neuron rank (largest D first), total and per reducing group."""

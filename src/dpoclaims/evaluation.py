@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from dpoclaims.generation import GenerationSettings, greedy_generate
 from dpoclaims.interventions import Intervention
-from dpoclaims.metrics import perplexity
+from dpoclaims.metrics import perplexity_rows
 from dpoclaims.pairs import ModelPair
 from dpoclaims.scoring import get_scorer
 
@@ -67,6 +68,9 @@ def evaluate(
     return Evaluation(side, intervention.id, scores, generations.continuations)
 
 
+PERPLEXITY_FORMAT = 3  # per-row NLL and token counts (3), not only the total
+
+
 @torch.no_grad()
 def intervened_perplexity(
     pair: ModelPair,
@@ -75,14 +79,15 @@ def intervened_perplexity(
     intervention: Intervention = Intervention(),
     *,
     window: int | None = None,
-) -> float:
-    """Perplexity of one side on ``texts`` under ``intervention`` (at every position).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (text or window) NLL sums and token counts of one side on ``texts`` under
+    ``intervention`` (at every position); see :func:`dpoclaims.metrics.perplexity_rows`.
 
     ``window``: score the joined texts in consecutive windows of that many tokens (the
     paper's Wikitext-2 set-up); otherwise each text on its own.
     """
     with intervention.applied(pair.model(side), pair.layout):
-        return perplexity(
+        return perplexity_rows(
             pair.model(side).original_model,
             pair.tokenizer,
             texts,

@@ -22,9 +22,16 @@ import numpy as np
 from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.capture import CAPTURE_FORMAT, Capture, Convention, capture
 from dpoclaims.decomposition import Decomposition, decompose
-from dpoclaims.evaluation import EVALUATION_FORMAT, Evaluation, evaluate, intervened_perplexity
+from dpoclaims.evaluation import (
+    EVALUATION_FORMAT,
+    PERPLEXITY_FORMAT,
+    Evaluation,
+    evaluate,
+    intervened_perplexity,
+)
 from dpoclaims.generation import GenerationSettings
 from dpoclaims.interventions import Intervention
+from dpoclaims.metrics import perplexity_from_rows
 from dpoclaims.pairs import ModelPair
 from dpoclaims.prompts import pair_texts
 
@@ -132,20 +139,31 @@ class Measurements:
         }
         return self.measure("evaluation", side, intervention, key, compute, Evaluation.load)
 
-    def perplexity(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> float:
-        """Perplexity of ``side`` on the pair's neutral texts under ``intervention``."""
+    def perplexity_rows(
+        self, side: Side, intervention: Intervention = NO_INTERVENTION
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per text (or window) NLL sums and token counts of ``side`` on the neutral texts."""
         window_value = self.pair.spec.extras.get("perplexity_window")
         window = int(window_value) if window_value else None
 
         def compute(directory: Path) -> None:
-            value = intervened_perplexity(self.pair, side, self.neutral_texts, intervention, window=window)
-            (directory / "perplexity.json").write_text(json.dumps({"perplexity": value}))
+            nll, tokens = intervened_perplexity(
+                self.pair, side, self.neutral_texts, intervention, window=window
+            )
+            (directory / "perplexity.json").write_text(
+                json.dumps({"nll": nll.tolist(), "tokens": tokens.tolist()})
+            )
 
-        def load(directory: Path) -> float:
-            return float(json.loads((directory / "perplexity.json").read_text())["perplexity"])
+        def load(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+            rows = json.loads((directory / "perplexity.json").read_text())
+            return np.asarray(rows["nll"], dtype=np.float64), np.asarray(rows["tokens"], dtype=np.float64)
 
-        key = {"format": EVALUATION_FORMAT, "texts": stable_hash(list(self.neutral_texts)), "window": window}
+        key = {"format": PERPLEXITY_FORMAT, "texts": stable_hash(list(self.neutral_texts)), "window": window}
         return self.measure("perplexity", side, intervention, key, compute, load)
+
+    def perplexity(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> float:
+        """Perplexity of ``side`` on the pair's neutral texts under ``intervention``."""
+        return float(perplexity_from_rows(*self.perplexity_rows(side, intervention)))
 
     @cached_property
     def decomposition(self) -> Decomposition:

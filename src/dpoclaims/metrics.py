@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter
@@ -19,7 +18,7 @@ from dpoclaims.generation import GenerationSettings, greedy_generate
 
 
 @torch.no_grad()
-def perplexity(
+def perplexity_rows(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
@@ -27,15 +26,16 @@ def perplexity(
     batch_size: int = 32,
     max_tokens: int = 1024,
     window: int | None = None,
-) -> float:
-    """Token-level perplexity over ``texts`` (right padding, masked).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per scored row (a text, or a window): the summed negative log-likelihood and the number
+    of predicted tokens, ``([rows], [rows])`` as float64, so perplexity can be bootstrapped over
+    texts or windows. Right padding, masked.
 
     Without ``window`` each text is scored on its own (cut to ``max_tokens``); with it, the
     texts are joined and cut into consecutive ``window``-token windows (the paper's
     Wikitext-2 set-up), each scored on its own.
     """
     tokenizer.padding_side = "right"
-    total_nll, total_tokens = 0.0, 0
     model.eval()
     if window is not None:
         from dpoclaims.data import perplexity_windows
@@ -47,6 +47,7 @@ def perplexity(
         ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model.get_input_embeddings().weight.device
+    nll_sums, token_counts = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         width = max(len(r) for r in chunk)
@@ -54,11 +55,34 @@ def perplexity(
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
         ids, mask = ids.to(device), mask.to(device)  # [batch, width]
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        targets, target_mask = ids[:, 1:], mask[:, 1:].bool()
+        targets, target_mask = ids[:, 1:], mask[:, 1:].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
-        total_nll += float(nll[target_mask].sum())
-        total_tokens += int(target_mask.sum())
-    return math.exp(total_nll / max(total_tokens, 1))
+        nll_sums.append((nll * target_mask).double().sum(1).cpu())  # [batch]
+        token_counts.append(target_mask.double().sum(1).cpu())
+    if not nll_sums:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(nll_sums).numpy(), torch.cat(token_counts).numpy()
+
+
+def perplexity_from_rows(nll: np.ndarray, tokens: np.ndarray, axis: int = 0) -> np.ndarray:
+    """exp(total NLL / total tokens) over the rows on ``axis`` (a bootstrap statistic)."""
+    return np.exp(np.sum(nll, axis=axis) / np.maximum(np.sum(tokens, axis=axis), 1))
+
+
+def perplexity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_tokens: int = 1024,
+    window: int | None = None,
+) -> float:
+    """Token-level perplexity over ``texts`` (see :func:`perplexity_rows`)."""
+    nll, tokens = perplexity_rows(
+        model, tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens, window=window
+    )
+    return float(perplexity_from_rows(nll, tokens))
 
 
 @torch.no_grad()

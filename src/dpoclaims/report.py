@@ -12,6 +12,7 @@ from typing import Any
 
 from dpoclaims.errors import ReportError
 from dpoclaims.files import atomic_write_text, ensure_writable_dir
+from dpoclaims.stats import changed_by_holm, holm
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,40 @@ def _short(text: str, limit: int = 90) -> str:
 
 
 def verdict(record: dict[str, Any]) -> str:
+    """The claim's verdict state, or "not measured" (skipped, or crashed before measuring)."""
     claim = record.get("claim")
     if claim is None:
         return "not measured"
-    return "replicates" if claim["replicates"] else "does not replicate"
+    return claim.get("verdict") or ("replicates" if claim["replicates"] else "contradicts")
+
+
+def holm_adjust(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Add Holm-adjusted p-values (``claim["p_holm"]``) over the family of claims measured on
+    the pair, and return the ids whose "replicates" the adjustment would not support."""
+    measured = {r["id"]: r["claim"]["p_value"] for r in records if r.get("claim") and "p_value" in r["claim"]}
+    p_values = {k: float("nan") if v is None else float(v) for k, v in measured.items()}
+    adjusted = holm(p_values)
+    for r in records:
+        if r.get("claim") and r["id"] in adjusted:
+            r["claim"]["p_holm"] = adjusted[r["id"]]
+    return [
+        key
+        for key in changed_by_holm(p_values)
+        if verdict(next(r for r in records if r["id"] == key)) == "replicates"
+    ]
+
+
+def _interval_text(claim: dict[str, Any]) -> str:
+    if claim.get("exact"):
+        return "exact"
+    ci = claim.get("ci")
+    return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-"
+
+
+def _p_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3g}" if value >= 0.001 else "<0.001"
 
 
 def badge_filename(claim_id: str) -> str:
@@ -176,21 +207,37 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
         f"# Claims of Yang et al. 2024 on pair `{header['pair']}`",
         "",
         f"Pair fingerprint `{header['fingerprint']}`; {header['n_prompts']} prompts; position convention "
-        f"`{header['convention']}`; scorer `{header['scorer']}`. Shares use the four reducing groups' total as denominator "
-        "(v1) unless the id says `gross` (the gross reduction over all D_i > 0, EMNLP). Intervals are 95% bootstrap intervals over prompts "
-        "(Fisher z for correlations). Neuron counts from the paper are scaled to this pair by the fraction of all MLP neurons.",
+        f"`{header['convention']}`; scorer `{header['scorer']}`. Shares use the four reducing groups' total as "
+        "denominator (v1) unless the id says `gross` (the gross reduction over all D_i > 0, EMNLP). Intervals are "
+        "95% bootstrap intervals over prompts (over texts or windows for perplexity; Fisher z for correlations; "
+        '"exact" for figures without sampling error). Verdicts come from the interval: **replicates** when it lies '
+        "wholly on the paper's side of the criterion, **contradicts** when wholly on the other side, "
+        "**inconclusive** when it straddles it, **not measurable** when the figure is undefined on this pair. "
+        'p is the one-sided p-value of H0 "the paper\'s finding does not hold" (see docs/claims.md); p (Holm) '
+        "adjusts it over the claims of this run. Neuron counts from the paper are scaled to this pair by the "
+        "fraction of all MLP neurons.",
         "",
-        "| id | keyword | claim | paper | measured | 95% CI | expected here | verdict | outcome |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| id | keyword | claim | paper | measured | 95% CI | p | p (Holm) | expected here | verdict | outcome |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         c = r.get("claim") or {}
-        ci = c.get("ci")
-        ci_text = f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-"
         lines.append(
-            f"| {r['id']} | {r['keyword']} | {c.get('statement') or _short(r.get('skip_reason', ''))} | {_fmt(c.get('paper'))} | "
-            f"{_fmt(c.get('measured'))} | {ci_text} | {r['expected']} | {verdict(r)} | {r['outcome']} |"
+            f"| {r['id']} | {r['keyword']} | {c.get('statement') or _short(r.get('skip_reason', ''))} | "
+            f"{_fmt(c.get('paper'))} | {_fmt(c.get('measured'))} | {_interval_text(c) if c else '-'} | "
+            f"{_p_text(c.get('p_value'))} | {_p_text(c.get('p_holm'))} | {r['expected']} | {verdict(r)} | "
+            f"{r['outcome']} |"
         )
+    changed = header.get("holm_changes") or []
+    lines += [
+        "",
+        "Holm adjustment: "
+        + (
+            f'it would not support the verdict "replicates" of {", ".join(changed)} (adjusted p >= 0.025).'
+            if changed
+            else "it changes no verdict (every claim that replicates keeps adjusted p < 0.025)."
+        ),
+    ]
     reasons = sorted({r["skip_reason"] for r in records if r.get("skip_reason")})
     if reasons:
         lines += ["", "Skipped, because:", ""] + [f"- {reason}" for reason in reasons]
@@ -223,7 +270,7 @@ def write_reports(
         ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
     records = sorted(records, key=lambda r: (int(r["id"][1:].split("[")[0]), r.get("order", 0)))
     figures, skipped = draw_figures(records, out_dir / "figures", header, figure_data)
-    header = {**header, "figures": figures, "figures_skipped": skipped}
+    header = {**header, "figures": figures, "figures_skipped": skipped, "holm_changes": holm_adjust(records)}
     atomic_write_text(
         out_dir / "claims.json", json.dumps({"header": header, "claims": records}, indent=1, default=str)
     )

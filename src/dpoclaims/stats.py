@@ -303,6 +303,41 @@ def bootstrap_fraction(
 # ------------------------------------------------------------------------- statistics
 
 
+def bootstrap_of_means(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    per_prompt: np.ndarray,
+    *,
+    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+    chunk: int = 50,
+) -> Estimate:
+    """Percentile bootstrap of a statistic of the mean over prompts, for wide per-prompt data.
+
+    ``per_prompt`` is ``[n, ...]`` (e.g. every neuron's contribution per prompt);
+    ``statistic(means)`` maps ``[k, ...]`` means to ``[k]`` numbers. Resampled means are
+    computed as (resample counts / n) @ per_prompt, ``chunk`` resamples at a time, with the
+    same index matrix as :func:`bootstrap` for the same ``(n, seed, n_resamples)``, so the
+    memory is ``chunk`` means at once, never ``n_resamples x n x ...``.
+    """
+    data = np.asarray(per_prompt, dtype=np.float64)
+    n = int(data.shape[0])
+    flat = data.reshape(n, -1)  # [n, features]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = float(np.asarray(statistic(flat.mean(0).reshape(1, *data.shape[1:])))[0])
+    if n < MIN_PROMPTS or not math.isfinite(value):
+        return _undefined(value, n)
+    sampler = resampler(n, seed, n_resamples)
+    values = []
+    for start in range(0, n_resamples, chunk):
+        rows = sampler.indices[start : start + chunk]  # [k, n]
+        weights = np.zeros((len(rows), n))
+        np.add.at(weights, (np.arange(len(rows))[:, None], rows), 1.0 / n)
+        means = (weights @ flat).reshape(len(rows), *data.shape[1:])  # [k, ...]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values.append(np.asarray(statistic(means), dtype=np.float64))
+    return _from_resampled(value, np.concatenate(values), sampler.scheme)
+
+
 def ratio_of_means(numerator: np.ndarray, denominator: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.mean(numerator, axis=axis) / np.mean(denominator, axis=axis)
 
