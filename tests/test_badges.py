@@ -105,7 +105,7 @@ def test_every_claim_of_the_suite_gets_its_own_url_safe_badge_file(tmp_path):
     collected = json.loads(out.read_text())
     assert collected["code"] == 0
     ids = collected["ids"]
-    assert "C4[v1]" in ids and "C5[AP+]" in ids and "C1[N=100]" in ids
+    assert "C4[four-groups]" in ids and "C5[AP+]" in ids and "C1[N=100]" in ids
     names = {claim_id: badge_filename(claim_id) for claim_id in ids}
     assert all(URL_SAFE.match(name) for name in names.values()), names
     assert len(set(names.values())) == len(set(ids)), "two claims share a badge file"

@@ -21,15 +21,17 @@ from dpoclaims.claims import ClaimResult
 @pytest.mark.noise
 @pytest.mark.claim("C6", param="fake")
 def test_finding(record_claim):
-    record_claim(ClaimResult("C6", "fake", "a finding", "net/gross <= 0.5", 0.9, (0.8, 1.0), 0.15,
-                             replicates=False)).check()
+    record_claim(ClaimResult(claim="C6", param="fake", statement="a finding", criterion="net/gross <= 0.5",
+                             measured=0.9, ci=(0.8, 1.0), exact=False, p_value=1.0, verdict="contradicts",
+                             paper=0.15))
 
 
 @pytest.mark.ablation
 @pytest.mark.claim("C1", hypothesis=True)
 def test_refuted_hypothesis(record_claim):
-    record_claim(ClaimResult("C1", "", "a refuted hypothesis", "recovers >= 80%", 0.1, (0.0, 0.2), 0.2,
-                             replicates=True, hypothesis=True)).check()
+    record_claim(ClaimResult(claim="C1", param="", statement="a refuted hypothesis", criterion="recovers >= 80%",
+                             measured=0.1, ci=(0.0, 0.2), exact=False, p_value=0.001, verdict="replicates",
+                             paper=0.2, hypothesis=True))
 """
 
 
@@ -70,7 +72,7 @@ def test_a_declared_non_replication_makes_the_run_green(suite, tmp_path, monkeyp
     result.assert_outcomes(xfailed=2)
     markdown = (tmp_path / "reports" / "claims.md").read_text()
     assert (
-        "| C6[fake] | noise | a finding | 0.150 | 0.900 | [0.800, 1.000] | does not replicate (declared) |"
+        "| C6[fake] | noise | a finding | 0.150 | 0.900 | [0.800, 1.000] | 1 | 1 | contradicts (declared) | contradicts | xfailed |"
         in markdown
     )
 
@@ -164,7 +166,7 @@ dpoclaims.named_pairs.load_pair_from_spec = _counting
 def pytest_unconfigure(config):
     role = "worker" if hasattr(config, "workerinput") else "controller"
     with open(os.environ["LOAD_LOG"], "a") as handle:
-        handle.write(f"{role} {len(LOADS)}\n")
+        handle.write(f"{role} {len(LOADS)}\\n")
 """
 
 

@@ -68,7 +68,10 @@ class BatchObserver(Protocol):
 
 def model_input_device(model: PreTrainedModel) -> torch.device:
     """Where a model's inputs go: its input embedding's device (right with a device map too)."""
-    return model.get_input_embeddings().weight.device
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None:
+        return embeddings.weight.device
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 @torch.no_grad()
