@@ -120,6 +120,20 @@ def test_raw_model_is_the_hugging_face_model(pairs, family, gpt2_pair_files, lla
         assert torch.equal(raw(**sample_batch).logits, fresh(**sample_batch).logits)
 
 
+def test_raw_model_with_its_own_attention_leaves_the_bridge_as_it_is(pairs, sample_batch):
+    pair = pairs["llama", torch.float32]
+    raw = raw_model(pair.base, attn_implementation="sdpa")
+    assert raw.config is not pair.base.original_model.config
+    assert raw.config._attn_implementation == "sdpa"
+    assert pair.base.original_model.config._attn_implementation == "eager"
+    assert all(m.config is raw.config for m in raw.modules() if "config" in m.__dict__)
+    expected, _ = record_mlp_activations(pair, "base", **sample_batch)
+    recorded, _ = raw_record(raw, pair.layout, {}, **sample_batch)
+    mask = sample_batch["attention_mask"].bool()
+    for layer in range(pair.layout.n_layers):  # equal up to the kernels' rounding
+        torch.testing.assert_close(recorded[layer][mask], expected[layer][mask], rtol=1e-5, atol=1e-5)
+
+
 def _in_weight(bridge: Any, layer: int) -> torch.nn.Parameter:
     return bridge.blocks[layer].mlp._modules["in"].original_component.weight
 

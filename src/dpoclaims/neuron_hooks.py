@@ -108,26 +108,46 @@ def _mirror(module: torch.nn.Module, mirrors: dict[int, torch.nn.Module]) -> tor
     return mirror
 
 
-def raw_model(bridge: Any) -> PreTrainedModel:
+def raw_model(bridge: Any, *, attn_implementation: str | None = None) -> PreTrainedModel:
     """The Hugging Face model inside ``bridge``, without the bridge's wrapping.
 
     Zero weight copies: each module of the result shares its parameter and buffer
     dictionaries with the HF module it mirrors, so the tensors are the bridge's own (same
     ``data_ptr``), in-place changes and re-assignments of weights on either are seen by both,
-    and so is ``bridge.to(device)``. Only the module objects are new (a few KB). The result
-    also shares the bridge model's config, so it runs the same attention implementation (the
-    bridge switches its model to eager attention so that pattern hooks fire) and gives the
-    same numbers as ``bridge.original_model``. Hooks registered on one model later are not
-    seen by the other.
+    and so is ``bridge.to(device)``. Only the module objects are new (a few KB). Hooks
+    registered on one model later are not seen by the other.
+
+    By default the result shares the bridge model's config, so it runs the attention the bridge
+    runs (the bridge switches its model to eager attention so that pattern hooks fire).
+    ``attn_implementation`` (e.g. ``"sdpa"``) gives the result a config of its own with that
+    attention instead, leaving the bridge as it is.
     """
     original = bridge.original_model if hasattr(bridge, "original_model") else bridge
     if not isinstance(original, PreTrainedModel):
         raise PairMismatchError(
             f"expected a TransformerBridge or a Hugging Face PreTrainedModel, not {type(bridge).__name__}"
         )
-    mirror = _mirror(original, {})
+    mirrors: dict[int, torch.nn.Module] = {}
+    mirror = _mirror(original, mirrors)
     assert isinstance(mirror, PreTrainedModel)
+    if attn_implementation is not None:
+        _own_config(mirror, original.config, mirrors.values())
+        mirror.set_attn_implementation(attn_implementation)
     return mirror
+
+
+def _own_config(mirror: PreTrainedModel, shared: Any, modules: Any) -> None:
+    """Give ``mirror``'s modules a copy of the config (and sub-configs) they share with the
+    bridge's model, so that changing it leaves the bridge's model as it is."""
+    config = copy.deepcopy(shared)
+    replacements = {id(shared): config}
+    for key in getattr(shared, "sub_configs", {}):
+        if getattr(shared, key, None) is not None:
+            replacements[id(getattr(shared, key))] = getattr(config, key)
+    for module in modules:
+        current = module.__dict__.get("config")
+        if current is not None and id(current) in replacements:
+            module.__dict__["config"] = replacements[id(current)]
 
 
 def _layer_list(model: torch.nn.Module) -> torch.nn.ModuleList:
