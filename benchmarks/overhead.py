@@ -17,6 +17,7 @@ The variants, all greedy with left padding, ``max_new_tokens`` each, on one side
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -90,22 +91,28 @@ def interleaved(
     runs: dict[str, Callable[[], Any]], repeats: int, device: torch.device
 ) -> dict[str, dict[str, float]]:
     """Each variant once to warm up, then ``repeats`` rounds of every variant in turn (so that
-    machine noise hits all alike). Per variant: median wall and process CPU seconds."""
-    wall: dict[str, list[float]] = {name: [] for name in runs}
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    machine noise hits all alike), each round starting one variant later (so that no variant
+    always follows the same one), with Python's garbage collected before each timed run (so
+    that no variant pays for another's garbage). Per variant: median wall and process CPU
+    seconds."""
+    names = list(runs)
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for run in runs.values():
         run()
-    for _ in range(repeats):
-        for name, run in runs.items():
+    for round_index in range(repeats):
+        offset = round_index % len(names)
+        for name in names[offset:] + names[:offset]:
+            gc.collect()
             synchronize(device)
             start_wall, start_cpu = time.perf_counter(), time.process_time()
-            run()
+            runs[name]()
             synchronize(device)
             wall[name].append(time.perf_counter() - start_wall)
             cpu[name].append(time.process_time() - start_cpu)
     return {
         name: {"wall_s": statistics.median(wall[name]), "cpu_s": statistics.median(cpu[name])}
-        for name in runs
+        for name in names
     }
 
 
