@@ -178,6 +178,39 @@ def test_raw_model_follows_the_bridge_to_another_dtype(gpt2_pair_files, tmp_path
         assert raw(**sample_batch).logits.dtype == torch.float64
 
 
+def test_raw_model_keeps_accelerate_dispatch_hooks_running_on_the_raw_modules(
+    gpt2_pair_files, tokenizer, sample_batch
+):
+    """A model dispatched by accelerate (``device_map`` over several devices) has ``forward``
+    replaced by a hook bound to each module: in the raw model the hook runs, on the raw module."""
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    from dpoclaims.pairs import boot_bridge
+
+    class Seen(ModelHook):
+        def __init__(self) -> None:
+            self.modules: list[torch.nn.Module] = []
+
+        def pre_forward(self, module, *args, **kwargs):
+            self.modules.append(module)
+            return args, kwargs
+
+    model = GPT2LMHeadModel.from_pretrained(gpt2_pair_files.base).eval()
+    block_hook, leaf_hook = Seen(), Seen()
+    add_hook_to_module(model.transformer.h[1], block_hook)
+    add_hook_to_module(model.transformer.h[1].mlp.c_proj, leaf_hook)
+    bridge = boot_bridge(model, str(gpt2_pair_files.base), tokenizer)
+    raw = raw_model(bridge)
+    fresh = GPT2LMHeadModel.from_pretrained(gpt2_pair_files.base).eval()
+    fresh.set_attn_implementation("eager")
+    with torch.no_grad():
+        logits = raw(**sample_batch).logits
+        assert torch.equal(logits, fresh(**sample_batch).logits)
+    assert block_hook.modules == [raw.transformer.h[1]] and leaf_hook.modules == [
+        raw.transformer.h[1].mlp.c_proj
+    ]
+
+
 def test_raw_model_rejects_what_is_not_a_model():
     with pytest.raises(PairMismatchError, match="TransformerBridge or a Hugging Face"):
         raw_model(torch.nn.Linear(2, 2))
