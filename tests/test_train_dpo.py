@@ -115,7 +115,7 @@ def test_two_pairs_with_the_default_warmup_are_refused_and_nothing_is_written(
 
 def test_a_run_that_changes_no_weight_is_refused(tmp_path, gpt2_pair_files, tokenizer):
     from dpoclaims.dpo import train_dpo_run
-    from dpoclaims.pairs import load_hf_model
+    from dpoclaims.models import load_hf_model
 
     rows = _read_rows(6)
     model = load_hf_model(str(gpt2_pair_files.base))
@@ -135,7 +135,7 @@ def test_a_run_that_changes_no_weight_is_refused(tmp_path, gpt2_pair_files, toke
 
 def test_planned_steps_match_the_trainers_over_epochs_and_dropped_pairs(gpt2_pair_files, tokenizer):
     from dpoclaims.dpo import train_dpo_run
-    from dpoclaims.pairs import load_hf_model
+    from dpoclaims.models import load_hf_model
 
     rows = _read_rows(8)
     model = load_hf_model(str(gpt2_pair_files.base))
@@ -152,7 +152,7 @@ def test_planned_steps_match_the_trainers_over_epochs_and_dropped_pairs(gpt2_pai
 
 def test_pairs_whose_prompts_all_fill_max_length_are_refused(gpt2_pair_files, tokenizer):
     from dpoclaims.dpo import train_dpo_run
-    from dpoclaims.pairs import load_hf_model
+    from dpoclaims.models import load_hf_model
 
     rows = _read_rows(4)
     model = load_hf_model(str(gpt2_pair_files.base))
