@@ -159,7 +159,7 @@ dpoclaims.named_pairs.load_pair_from_spec = _counting
 def pytest_unconfigure(config):
     role = "worker" if hasattr(config, "workerinput") else "controller"
     with open(os.environ["LOAD_LOG"], "a") as handle:
-        handle.write(f"{role} {len(LOADS)}\n")
+        handle.write(f"{role} {len(LOADS)}\\n")
 """
 
 
