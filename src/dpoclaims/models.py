@@ -238,7 +238,7 @@ def loading_problems(info: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _load_causal_lm(name_or_path: str, source: str, **kwargs: Any) -> PreTrainedModel:
+def _load_causal_lm(name_or_path: str, shown_as: str, **kwargs: Any) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` that refuses weights its config does not describe
     (transformers would only point at a load report that is not shown)."""
     try:
@@ -253,7 +253,7 @@ def _load_causal_lm(name_or_path: str, source: str, **kwargs: Any) -> PreTrained
     problems = loading_problems(info)
     if problems:
         raise ConfigWeightsMismatchError(
-            f"model {source!r}: its config.json does not describe its weights: {'; '.join(problems)}. "
+            f"model {shown_as!r}: its config.json does not describe its weights: {'; '.join(problems)}. "
             "The config and the weights come from different models: save both from the same model "
             "(save_pretrained), or fix config.json"
         )
@@ -271,7 +271,7 @@ def load_hf_model(
     try:
         if kind == "hub":
             model = _from_hub(
-                _load_causal_lm, source, "model", source=source, dtype=dtype, device_map=device_map
+                _load_causal_lm, source, "model", shown_as=source, dtype=dtype, device_map=device_map
             )
         else:
             model = _load_causal_lm(str(path), source, dtype=dtype, device_map=device_map)
