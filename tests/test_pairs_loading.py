@@ -94,12 +94,12 @@ def test_fingerprint_changes_with_any_part(tmp_path, gpt2_pair_files, dir_loaded
         tmp_path / "a.toml", base=str(gpt2_pair_files.base), dpo=str(gpt2_pair_files.dpo), probe="probe.pt"
     )
     assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint != dir_loaded.fingerprint
-    # DPO side = base
+    # a DPO side that differs in one weight (a DPO side equal to the base is refused at load)
+    state = torch.load(gpt2_pair_files.dpo_pt, weights_only=True)["state"]
+    state["transformer.h.1.mlp.c_proj.weight"][0, 0] += 1e-3
+    torch.save({"state": state}, tmp_path / "dpo.pt")
     spec = write_spec(
-        tmp_path / "b.toml",
-        base=str(gpt2_pair_files.base),
-        dpo=str(gpt2_pair_files.base),
-        probe=str(gpt2_pair_files.probe),
+        tmp_path / "b.toml", base=str(gpt2_pair_files.base), dpo="dpo.pt", probe=str(gpt2_pair_files.probe)
     )
     assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint != dir_loaded.fingerprint
 

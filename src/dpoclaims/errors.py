@@ -31,3 +31,33 @@ class TrainingError(DpoclaimsError):
 
 class OptionError(DpoclaimsError):
     """An unknown or invalid option value."""
+
+
+class MissingDownload(CheckpointError):
+    """An optional download the user has not provided (the paper pair without its files, a hub
+    model not in the local cache while offline). The claims suite skips on this error alone:
+    every other error about a file that was given turns the run red."""
+
+
+class UnknownSourceError(CheckpointError):
+    """A model source that is neither an existing path nor plausibly a hub id."""
+
+
+class ConfigWeightsMismatchError(CheckpointError):
+    """A model directory whose config.json does not describe the weights stored beside it."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A model with NaN or infinite weights."""
+
+
+class DegenerateProbeError(CheckpointError):
+    """A probe that is all zeros or not finite: it defines no direction."""
+
+
+class IdenticalModelsError(PairMismatchError):
+    """A DPO side whose weights all equal its base's: there is no fine-tune to study."""
+
+
+class TooFewPromptsError(DpoclaimsError):
+    """A prompt set with fewer usable (non-empty) prompts than the claims' statistics need."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from dpoclaims.cache import Cache
-from dpoclaims.errors import CheckpointError, UnknownPairError
+from dpoclaims.errors import MissingDownload, UnknownPairError
 from dpoclaims.organism.build import ensure_toy
 from dpoclaims.organism.corpus import TOXIC_WORDS
 from dpoclaims.pairs import ModelPair, PairSpec, load_pair_from_spec
@@ -32,30 +32,39 @@ GPT2_MEDIUM_HELP = (
 )
 
 
+def _env_file(env: str) -> str | None:
+    """The path ``$env`` names, or None when unset; a :class:`MissingDownload` when it names
+    nothing that exists (the download is not where the variable says)."""
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return None
+    if not Path(value).expanduser().exists():
+        raise MissingDownload(f"{env} names {value}, which does not exist. {GPT2_MEDIUM_HELP}")
+    return value
+
+
 def _gpt2_medium_spec(cache: Cache) -> PairSpec:
-    """The paper's pair, assembled from environment variables (see ``GPT2_MEDIUM_HELP``)."""
-    dpo, probe = os.environ.get("DPOCLAIMS_GPT2_DPO"), os.environ.get("DPOCLAIMS_GPT2_PROBE")
+    """The paper's pair, assembled from environment variables (see ``GPT2_MEDIUM_HELP``).
+    Files it lacks are a :class:`MissingDownload`: the claims suite skips the pair then."""
     missing = [
-        name for name, value in (("DPOCLAIMS_GPT2_DPO", dpo), ("DPOCLAIMS_GPT2_PROBE", probe)) if not value
+        env for env in ("DPOCLAIMS_GPT2_DPO", "DPOCLAIMS_GPT2_PROBE") if not os.environ.get(env, "").strip()
     ]
     if missing:
-        raise CheckpointError(f"{', '.join(missing)} not set. {GPT2_MEDIUM_HELP}")
+        raise MissingDownload(f"{', '.join(missing)} not set. {GPT2_MEDIUM_HELP}")
+    dpo, probe = _env_file("DPOCLAIMS_GPT2_DPO"), _env_file("DPOCLAIMS_GPT2_PROBE")
+    base = os.environ.get("DPOCLAIMS_GPT2_BASE", "").strip() or "gpt2-medium"
+    if base.startswith(("/", ".", "~")) and not Path(base).expanduser().exists():  # a path, not a hub id
+        raise MissingDownload(f"DPOCLAIMS_GPT2_BASE names {base}, which does not exist. {GPT2_MEDIUM_HELP}")
     extras = {
-        key: os.environ[env]
+        key: path
         for key, env in (
             ("challenge_prompts", "DPOCLAIMS_RTP_PATH"),
             ("neutral_texts", "DPOCLAIMS_WIKITEXT_PATH"),
         )
-        if os.environ.get(env)
+        if (path := _env_file(env)) is not None
     }
     extras["perplexity_window"] = "1024"  # Wikitext-2 test in 1024-token windows, as the paper
-    return PairSpec(
-        name="gpt2-medium",
-        base=os.environ.get("DPOCLAIMS_GPT2_BASE", "gpt2-medium"),
-        dpo=str(dpo),
-        probe=str(probe),
-        extras=extras,
-    )
+    return PairSpec(name="gpt2-medium", base=base, dpo=str(dpo), probe=str(probe), extras=extras)
 
 
 NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {"toy": _toy_spec, "gpt2-medium": _gpt2_medium_spec}

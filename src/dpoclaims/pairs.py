@@ -1,7 +1,8 @@
 """Model pairs: a base LM, its DPO fine-tune, their tokenizer and a linear toxicity probe.
 
 A :class:`PairSpec` says where a pair's parts live; :func:`load_pair_from_spec` loads and
-validates them (shapes, vocabulary, probe) and fingerprints the result. Both models end up as
+validates them (shapes, vocabulary, finite weights, a DPO side that differs from its base, a
+probe that is finite and non-zero) and fingerprints the result. Both models end up as
 TransformerBridge models with raw (unprocessed) weights (:mod:`dpoclaims.models`). Named pairs
 (``toy``, ``gpt2-medium``) and spec files are resolved by :mod:`dpoclaims.named_pairs`.
 """
@@ -17,7 +18,14 @@ from typing import Any, Literal
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from dpoclaims.errors import CheckpointError, PairMismatchError, UnknownPairError
+from dpoclaims.errors import (
+    CheckpointError,
+    DegenerateProbeError,
+    IdenticalModelsError,
+    NonFiniteWeightsError,
+    PairMismatchError,
+    UnknownPairError,
+)
 from dpoclaims.files import TOMLDecodeError, load_checkpoint, read_toml
 from dpoclaims.models import (
     MLPLayout,
@@ -77,6 +85,11 @@ class PairSpec:
                 raise UnknownPairError(f"pair spec {path} must be a .toml or .json file")
         except (OSError, ValueError, TOMLDecodeError) as exc:
             raise UnknownPairError(f"cannot read pair spec {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise UnknownPairError(
+                f"pair spec {path} must hold a table of keys (name, base, dpo, probe, tokenizer, extras), "
+                f"not a {type(data).__name__}"
+            )
         missing = [key for key in ("base", "dpo", "probe") if key not in data]
         if missing:
             raise UnknownPairError(
@@ -88,13 +101,30 @@ class PairSpec:
             raise UnknownPairError(
                 f"pair spec {path} has unknown keys {sorted(unknown)}; known: {sorted(known)}"
             )
+        for key in ("name", "base", "dpo", "probe", "tokenizer"):
+            if key in data and not (isinstance(data[key], str) and data[key].strip()):
+                raise UnknownPairError(
+                    f"pair spec {path}: {key!r} must be a non-empty string (a path or hub id), "
+                    f"not {data[key]!r}"
+                )
+        extras = data.get("extras", {})
+        if not isinstance(extras, dict):
+            raise UnknownPairError(
+                f"pair spec {path}: 'extras' must be a table of name = \"path\" entries ([extras] in TOML, "
+                f"an object in JSON), not a {type(extras).__name__}: {extras!r}"
+            )
+        bad_extras = {k: v for k, v in extras.items() if not isinstance(v, (str, int))}
+        if bad_extras:
+            raise UnknownPairError(
+                f"pair spec {path}: extras must be strings (paths) or numbers, not {bad_extras!r}"
+            )
         return cls(
             name=str(data.get("name", path.stem)),
-            base=str(data["base"]),
-            dpo=str(data["dpo"]),
-            probe=str(data["probe"]),
+            base=data["base"],
+            dpo=data["dpo"],
+            probe=data["probe"],
             tokenizer=data.get("tokenizer"),
-            extras={k: str(v) for k, v in data.get("extras", {}).items()},
+            extras={k: str(v) for k, v in extras.items()},
             root=str(path.parent.resolve()),
         )
 
@@ -143,15 +173,57 @@ def load_probe(source: str, d_model: int) -> torch.Tensor:
     if isinstance(payload, dict) and "weight" in payload:
         payload = payload["weight"]
     if not isinstance(payload, torch.Tensor):
-        raise CheckpointError(f"probe {source!r} holds a {type(payload).__name__}, not a tensor")
+        raise CheckpointError(
+            f"probe {source!r} holds a {type(payload).__name__}, not a tensor: save the probe direction "
+            "itself (torch.save(tensor)) or a dict with it under 'weight'"
+        )
     if payload.numel() != d_model:
         raise PairMismatchError(
             f"probe {source!r} has {payload.numel()} entries (shape {tuple(payload.shape)}); the models have d_model = {d_model}"
         )
     probe = payload.detach().reshape(-1).float()
-    if not torch.isfinite(probe).all() or probe.norm() == 0:
-        raise CheckpointError(f"probe {source!r} is zero or not finite")
+    remedy = "it defines no direction; retrain the probe (dpoclaims train-probe) or point to the right file"
+    non_finite = int((~torch.isfinite(probe)).sum())
+    if non_finite:
+        raise DegenerateProbeError(
+            f"probe {source!r} has {non_finite} of {probe.numel()} entries NaN or infinite: {remedy}"
+        )
+    if probe.norm() == 0:
+        raise DegenerateProbeError(f"probe {source!r} is all zeros: {remedy}")
     return probe
+
+
+def check_finite(model: PreTrainedModel, side: str, source: str) -> None:
+    """A :class:`NonFiniteWeightsError` naming the tensors of ``model`` that hold NaN or inf."""
+    bad: list[str] = []
+    for name, tensor in model.state_dict().items():
+        if not tensor.is_floating_point() or tensor.device.type == "meta":
+            continue
+        count = int((~torch.isfinite(tensor)).sum())
+        if count:
+            bad.append(f"{name} ({count} of {tensor.numel()} entries)")
+    if bad:
+        raise NonFiniteWeightsError(
+            f"the {side} model {source!r} has NaN or infinite weights in {len(bad)} tensors: "
+            f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}. The checkpoint is corrupt or its training "
+            "diverged: re-download or retrain it"
+        )
+
+
+def check_distinct(base: PreTrainedModel, dpo: PreTrainedModel, base_source: str, dpo_source: str) -> None:
+    """An :class:`IdenticalModelsError` when every DPO weight equals the base's."""
+    base_state, dpo_state = base.state_dict(), dpo.state_dict()
+    if set(base_state) != set(dpo_state):
+        return
+    for name, tensor in base_state.items():
+        other = dpo_state[name]
+        if tensor.shape != other.shape or not torch.equal(tensor, other.to(tensor.device)):
+            return
+    raise IdenticalModelsError(
+        f"the DPO model {dpo_source!r} has exactly the weights of the base {base_source!r}: there is no "
+        "fine-tune to study. Point the spec's dpo at the DPO-trained model (if you trained it, check that "
+        "training changed the weights: dpoclaims train-dpo refuses a run that changes none)"
+    )
 
 
 def check_compatible(
@@ -212,6 +284,9 @@ def load_pair_from_spec(
     else:
         dpo = load_hf_model(dpo_source, dtype=dtype, device_map=device_map)
     layout = check_compatible(base, dpo, tokenizer)
+    check_finite(base, "base", base_source)
+    check_finite(dpo, "DPO", dpo_source)
+    check_distinct(base, dpo, base_source, dpo_source)
     probe = load_probe(spec.resolve(spec.probe), layout.d_model)
     pair_fingerprint = fingerprint(base, dpo, tokenizer, probe)
     return ModelPair(

@@ -1,12 +1,23 @@
-"""Prompt and text sets of a pair (challenge prompts, held-out neutral text)."""
+"""Prompt and text sets of a pair (challenge prompts, held-out neutral text).
+
+Empty and whitespace-only prompts are dropped (a model cannot continue nothing); a challenge
+set with fewer than :data:`MIN_PROMPTS` usable prompts is refused with a
+:class:`~dpoclaims.errors.TooFewPromptsError`.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from dpoclaims.errors import CheckpointError, UnknownPairError
+from dpoclaims.errors import CheckpointError, TooFewPromptsError, UnknownPairError
 from dpoclaims.pairs import ModelPair
+
+#: The fewest usable challenge prompts a pair's claims are measured on. Every claim's interval
+#: is a bootstrap over prompts: with fewer than about ten distinct prompts the resamples take
+#: only a handful of distinct values, so the percentile intervals (and the verdicts read from
+#: them) are meaningless; with one prompt they are not even defined (NaN).
+MIN_PROMPTS = 10
 
 
 class MissingPromptSet(UnknownPairError):
@@ -37,10 +48,32 @@ def read_texts(path: Path) -> list[str]:
     return [line for line in raw.splitlines() if line.strip()]
 
 
+def usable_prompts(texts: list[str], origin: str, limit: int | None = None) -> list[str]:
+    """``texts`` without empty or whitespace-only entries, the first ``limit`` of them; a
+    :class:`TooFewPromptsError` saying what was dropped when fewer than :data:`MIN_PROMPTS` remain."""
+    usable = [text for text in texts if text.strip()]
+    empty = len(texts) - len(usable)
+    kept = usable[:limit] if limit else usable
+    if len(kept) < MIN_PROMPTS:
+        details = [f"{len(texts)} prompts"]
+        if empty:
+            details.append(f"{empty} of them empty or whitespace-only (dropped)")
+        if len(kept) < len(usable):
+            details.append(f"a limit of {limit} kept {len(kept)} of the {len(usable)} usable ones")
+        raise TooFewPromptsError(
+            f"{origin} has {len(kept)} usable prompts ({'; '.join(details)}); the claims need at least "
+            f"{MIN_PROMPTS}: their bootstrap intervals resample prompts, and over fewer they are meaningless. "
+            f"Add prompts to the file{' or raise the limit (--max-prompts)' if limit else ''}"
+        )
+    return kept
+
+
 def pair_texts(pair: ModelPair, key: str, limit: int | None = None) -> list[str]:
     """A pair's prompt or text set. ``challenge_prompts`` may be RealToxicityPrompts'
-    ``prompts.jsonl`` (filtered to ``challenging``); ``neutral_texts`` may be Wikitext-2's raw
-    file (its lines, for windowed perplexity)."""
+    ``prompts.jsonl`` (filtered to ``challenging``): its usable prompts (see
+    :func:`usable_prompts`), at least :data:`MIN_PROMPTS`. ``neutral_texts`` may be
+    Wikitext-2's raw file (its lines, blank ones included, for windowed perplexity); it must
+    hold some text."""
     if key not in pair.spec.extras:
         raise MissingPromptSet(
             f"pair {pair.name!r} names no {key!r} file; add it under [extras] in the pair spec "
@@ -51,10 +84,16 @@ def pair_texts(pair: ModelPair, key: str, limit: int | None = None) -> list[str]
         from dpoclaims.data import load_rtp_challenge
 
         texts = load_rtp_challenge(path)
-    elif key == "neutral_texts" and path.suffix == ".raw":
+        return usable_prompts(texts, f"the challenge prompt set {path} of pair {pair.name!r}", limit)
+    if key == "neutral_texts" and path.suffix == ".raw":
         from dpoclaims.data import load_wikitext2_test
 
         texts = load_wikitext2_test(path)
     else:
         texts = read_texts(path)
+    if key == "neutral_texts" and not any(text.strip() for text in texts):
+        raise TooFewPromptsError(
+            f"the neutral text set {path} of pair {pair.name!r} holds no text ({len(texts)} empty entries): "
+            "perplexity needs some; point neutral_texts at held-out text"
+        )
     return texts[:limit] if limit else texts
