@@ -128,17 +128,21 @@ class Measurements:
 
         return self.measure("capture", side, intervention, self._capture_key(), compute, Capture.load)
 
-    def has_capture(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> bool:
-        """Whether the capture of ``side`` under ``intervention`` is in memory or in the cache."""
-        if ("capture", side, intervention.id) in self._in_memory:
-            return True
+    def _capture_entry(self, side: Side, intervention: Intervention) -> str:
+        """The cache key of a capture entry (what :meth:`measure` builds it under)."""
         full_key = {
             "pair": self.pair.fingerprint,
             "side": side,
             "intervention": intervention.id,
             **self._capture_key(),
         }
-        return self.cache.get("capture", stable_hash(full_key)) is not None
+        return stable_hash(full_key)
+
+    def has_capture(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> bool:
+        """Whether the capture of ``side`` under ``intervention`` is in memory or in the cache."""
+        if ("capture", side, intervention.id) in self._in_memory:
+            return True
+        return self.cache.get("capture", self._capture_entry(side, intervention)) is not None
 
     def captured_anyway(self, side: Side, intervention: Intervention) -> bool:
         """Whether the claims capture ``side``'s activations under ``intervention`` in any case:
@@ -208,12 +212,18 @@ class Measurements:
 
     @cached_property
     def decomposition(self) -> Decomposition:
+        # Both captures are needed: take first the one no other process is building, so that
+        # two pytest-xdist workers starting together build one each, not one after the other.
+        sides: list[Side] = ["base", "dpo"]
+        if self.cache.being_built("capture", self._capture_entry("base", NO_INTERVENTION)):
+            sides.reverse()
+        captures = {side: self.capture(side) for side in sides}
         return decompose(
             self.pair.value_vectors("base"),
             self.pair.value_vectors("dpo"),
             self.pair.probe,
-            self.capture("base").mean_activation,
-            self.capture("dpo").mean_activation,
+            captures["base"].mean_activation,
+            captures["dpo"].mean_activation,
         )
 
     def layer_projection(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> np.ndarray:
