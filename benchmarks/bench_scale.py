@@ -35,12 +35,16 @@ from overhead import capture_overhead, synchronize  # benchmarks/overhead.py
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_PROMPTS = 1199
 WIKITEXT2_TEST_GPT2_TOKENS = 287_644  # Wikitext-2 raw test split under the GPT-2 tokenizer
-# Passes a full claims run makes: captures (base, DPO, base with top-N ablation for Fig. 1a),
-# generations (base, DPO, C1 x3, C2 x4, C3, C10, C12 x3) and perplexity passes: by default only
-# where a claim uses it (C2: base and ablated base), with --perplexity all one per generation.
+# Passes a full claims run makes: one generation per (side, intervention) scored for toxicity
+# (base, DPO, C1 x3, C2 x4, C3, C10, C12 x3: 14), three of them captures that also record
+# activations (base, DPO, base with the Fig. 1a top-N ablation; their evaluations score the
+# captured continuations), and perplexity passes: by default only where a claim uses it (C2:
+# base and ablated base), with --perplexity all one per scored (side, intervention). Before
+# issue #9 the three captured ones were generated again to be scored: 3 + 14 generation passes.
+SCORED = 2 + 3 + 4 + 1 + 1 + 3
 CAPTURE_PASSES = 3
-EVALUATION_PASSES = 2 + 3 + 4 + 1 + 1 + 3
-PERPLEXITY_PASSES = {"claims": 2, "all": EVALUATION_PASSES}
+EVALUATION_PASSES = SCORED - CAPTURE_PASSES  # generation-only passes
+PERPLEXITY_PASSES = {"claims": 2, "all": SCORED}
 LONG_PROMPT_TOKENS = (12, 48)  # synthetic prompts' token lengths before the 32-token cut
 
 

@@ -445,3 +445,16 @@ def test_stable_hash_example():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
     assert stable_hash([1, 2]) != stable_hash([2, 1])
+
+
+def test_being_built_sees_another_holder_of_the_build_lock(tmp_path):
+    from filelock import FileLock
+
+    cache = Cache(tmp_path / "cache")
+    assert not cache.being_built("capture", "k")  # nothing there yet
+    (tmp_path / "cache" / "capture").mkdir(parents=True)
+    holder = FileLock(str(cache.entry_dir("capture", "k")) + ".lock")
+    with holder:
+        assert cache.being_built("capture", "k")
+    assert not cache.being_built("capture", "k")
+    assert not cache.reader().being_built("capture", "k")

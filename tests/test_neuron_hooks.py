@@ -403,7 +403,7 @@ def test_recorder_during_generate_equals_the_bridge_capture(pairs, family, dtype
 
     pair = pairs[family, dtype]
     settings = GenerationSettings(max_prompt_tokens=8, max_new_tokens=6, batch_size=len(PROMPTS))
-    reference = capture(pair, "base", PROMPTS, settings, progress=False)
+    reference = capture(pair, "base", PROMPTS, settings, progress=False, through="bridge")
     rows, recorder = generate_recording(pair, PROMPTS, settings.max_new_tokens)
     assert rows == reference.continuation_ids
     assert torch.equal(recorder.counts().float(), reference.n_positions)

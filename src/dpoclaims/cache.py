@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from dpoclaims.errors import CacheError
 from dpoclaims.files import ensure_writable_dir
@@ -118,6 +118,21 @@ class Cache:
     def get(self, kind: str, key: str) -> Path | None:
         directory = self.entry_dir(kind, key)
         return directory if verify_entry(directory) is None else None
+
+    def being_built(self, kind: str, key: str) -> bool:
+        """Whether some process holds the build lock of ``(kind, key)`` at this moment: a hint for
+        the order of independent builds (e.g. two pytest-xdist workers that both need two
+        entries each build one), never a guarantee."""
+        directory = self.entry_dir(kind, key)
+        if self.read_only or not directory.parent.is_dir():
+            return False
+        lock = FileLock(str(directory) + ".lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return True
+        lock.release()
+        return False
 
     def check_writable(self, kind: str | None = None) -> None:
         """Create the root (and ``<root>/<kind>``) if missing; a :class:`CacheError` naming the

@@ -8,10 +8,12 @@ Two position conventions:
 - ``emnlp`` (the EMNLP version): the last ``max_new_tokens`` positions of prompt +
   continuation, read in a second forward pass over the finished text.
 
-Activations are reduced while streaming: for each batch only a running sum per
+Activations are reduced while streaming: for each batch only a running float64 sum per
 ``(prompt, layer, neuron)`` is kept, on the activations' device, never prompts x positions x
 neurons. The result comes back to the CPU as float32, so it does not depend on the device that
-made it.
+made it. By default the model that generates is the raw Hugging Face model of the side (see
+:meth:`dpoclaims.pairs.ModelPair.raw`), recorded and intervened on through plain PyTorch hooks,
+at the raw model's speed; ``through="bridge"`` uses the TransformerBridge's hook points instead.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from dpoclaims.errors import OptionError
 from dpoclaims.generation import GenerationSettings, greedy_generate
 from dpoclaims.interventions import Hook, Intervention
 from dpoclaims.models import MLPLayout
+from dpoclaims.neuron_hooks import LastPositionRecorder, NeuronEdit, neuron_hooks
 from dpoclaims.pairs import ModelPair
 
 Convention = Literal["v1", "emnlp"]
 CONVENTIONS: tuple[str, ...] = ("v1", "emnlp")
+Through = Literal["raw", "bridge"]  # plain hooks on the raw HF model, or the bridge's hook points
+THROUGH: tuple[str, ...] = ("raw", "bridge")
 CAPTURE_FORMAT = 2  # part of every cache key: bump when what a capture stores changes
 
 
@@ -70,7 +75,8 @@ class Capture:
 
 
 class _Accumulator:
-    """Hooks that add activations at selected positions into per-prompt sums."""
+    """Adds activations at selected positions into per-prompt float64 sums, on the activations'
+    device; as bridge hooks (:meth:`hooks`) or as raw-model edits (:meth:`edits`)."""
 
     def __init__(self, layout: MLPLayout, batch: int, device: torch.device) -> None:
         self.layout = layout
@@ -82,18 +88,33 @@ class _Accumulator:
         self.position_weights = position_weights
         self.counts += position_weights.sum(1).double()
 
+    def add(self, layer: int, activation: torch.Tensor) -> None:
+        """Add ``activation`` ``[batch, seq, d_mlp]`` at the current positions to layer ``layer``'s sums.
+        In float32 at least: a bfloat16 model's activations are summed exactly."""
+        assert self.position_weights is not None
+        dtype = torch.promote_types(activation.dtype, torch.float32)
+        weights = self.position_weights.to(activation.device, dtype)
+        per_prompt = torch.einsum("bs,bsn->bn", weights, activation.detach().to(dtype))  # [batch, d_mlp]
+        self.sums[:, layer] += per_prompt.to(self.sums.device, torch.float64)
+
     def hooks(self) -> list[Hook]:
         def make(layer: int) -> Any:
             def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-                assert self.position_weights is not None
-                w = self.position_weights.to(activation.device, activation.dtype)
-                per_prompt = torch.einsum("bs,bsn->bn", w, activation.detach())  # [batch, d_mlp]
-                self.sums[:, layer] += per_prompt.to(self.sums.device).double()
+                self.add(layer, activation)
                 return activation
 
             return hook
 
         return [(self.layout.hook_name(layer), make(layer)) for layer in range(self.layout.n_layers)]
+
+    def edits(self) -> dict[int, NeuronEdit]:
+        def make(layer: int) -> NeuronEdit:
+            def edit(activation: torch.Tensor) -> None:
+                self.add(layer, activation)
+
+            return edit
+
+        return {layer: make(layer) for layer in range(self.layout.n_layers)}
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-prompt means ``[batch, n_layers, d_mlp]`` and counts ``[batch]``, float32 on the CPU."""
@@ -101,8 +122,72 @@ class _Accumulator:
         return means.cpu(), self.counts.float().cpu()
 
 
-class _Recorder:
-    """A :class:`dpoclaims.generation.BatchObserver` that records one side's activations."""
+def _second_pass_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[list[int]], pad: int, n_last: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Prompt + continuation of each row, left-padded (model inputs on the prompts' device), and
+    position weights ``[batch, width]`` selecting the last ``n_last`` real positions."""
+    sequences = [input_ids[i][attention_mask[i].bool()].tolist() + rows[i] for i in range(len(rows))]
+    width = max(len(s) for s in sequences)
+    full = torch.full((len(sequences), width), pad, dtype=torch.long)  # [batch, width]
+    full_mask = torch.zeros_like(full)
+    for i, seq in enumerate(sequences):
+        full[i, width - len(seq) :] = torch.tensor(seq)
+        full_mask[i, width - len(seq) :] = 1
+    position_weights = torch.zeros(full.shape)
+    position_weights[:, -n_last:] = 1.0
+    position_weights *= full_mask
+    position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    device = input_ids.device
+    inputs = {
+        "input_ids": full.to(device),
+        "attention_mask": full_mask.to(device),
+        "position_ids": position_ids.to(device),
+    }
+    return inputs, position_weights.to(device)
+
+
+class _RawRecorder:
+    """A :class:`dpoclaims.generation.BatchObserver` that records one side's activations through
+    plain hooks on the raw HF model ``model``, which runs under the intervention already."""
+
+    def __init__(self, pair: ModelPair, model: torch.nn.Module, convention: Convention, n_last: int):
+        self.pair, self.model, self.convention, self.n_last = pair, model, convention, n_last
+        self.means: list[torch.Tensor] = []
+        self.counts: list[torch.Tensor] = []
+        self.recorder: LastPositionRecorder | None = None
+
+    @contextmanager
+    def generating(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[None]:
+        if self.convention != "v1":
+            yield
+            return
+        self.recorder = LastPositionRecorder(
+            self.pair.layout, len(input_ids), self.pair.tokenizer.eos_token_id
+        )
+        with self.recorder.attached(self.model):
+            yield
+
+    def generated(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[list[int]]) -> None:
+        if self.convention == "v1":
+            assert self.recorder is not None
+            means, counts = self.recorder.means(), self.recorder.counts().float()
+        else:
+            acc = _Accumulator(self.pair.layout, len(input_ids), input_ids.device)
+            inputs, position_weights = _second_pass_inputs(
+                input_ids, attention_mask, rows, self.pair.tokenizer.pad_token_id, self.n_last
+            )
+            acc.set_positions(position_weights)
+            with neuron_hooks(self.model, self.pair.layout, acc.edits()):
+                self.model(**inputs)
+            means, counts = acc.means()
+        self.means.append(means)
+        self.counts.append(counts)
+
+
+class _BridgeRecorder:
+    """The same through the bridge's hook points (``through="bridge"``): the intervention and
+    the recording hooks are applied per batch on the bridge."""
 
     def __init__(
         self, pair: ModelPair, side: str, convention: Convention, intervention: Intervention, n_last: int
@@ -141,36 +226,15 @@ class _Recorder:
     def generated(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[list[int]]) -> None:
         assert self.acc is not None
         if self.convention == "emnlp":
-            self._second_pass(input_ids, attention_mask, rows)
+            inputs, position_weights = _second_pass_inputs(
+                input_ids, attention_mask, rows, self.pair.tokenizer.pad_token_id, self.n_last
+            )
+            self.acc.set_positions(position_weights)
+            with self.intervention.applied(self.bridge, self.pair.layout, self.acc.hooks()) as model:
+                model(**inputs)
         means, counts = self.acc.means()
         self.means.append(means)
         self.counts.append(counts)
-
-    def _second_pass(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[list[int]]
-    ) -> None:
-        """Forward prompt + continuation (left-padded) and record the last ``n_last`` positions."""
-        assert self.acc is not None
-        pad = self.pair.tokenizer.pad_token_id
-        sequences = [input_ids[i][attention_mask[i].bool()].tolist() + rows[i] for i in range(len(rows))]
-        width = max(len(s) for s in sequences)
-        full = torch.full((len(sequences), width), pad, dtype=torch.long)  # [batch, width]
-        full_mask = torch.zeros_like(full)
-        for i, seq in enumerate(sequences):
-            full[i, width - len(seq) :] = torch.tensor(seq)
-            full_mask[i, width - len(seq) :] = 1
-        position_weights = torch.zeros(full.shape)
-        position_weights[:, -self.n_last :] = 1.0
-        position_weights *= full_mask
-        device = input_ids.device
-        self.acc.set_positions(position_weights.to(device))
-        position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)
-        with self.intervention.applied(self.bridge, self.pair.layout, self.acc.hooks()):
-            self.bridge.original_model(
-                input_ids=full.to(device),
-                attention_mask=full_mask.to(device),
-                position_ids=position_ids.to(device),
-            )
 
 
 @torch.no_grad()
@@ -183,24 +247,42 @@ def capture(
     convention: Convention = "v1",
     intervention: Intervention = Intervention(),
     progress: bool = True,
+    through: Through = "raw",
 ) -> Capture:
     """Generate greedily from ``prompts`` with one side of the pair, under ``intervention``,
-    and record activations (post-intervention) at the convention's positions."""
+    and record activations (post-intervention) at the convention's positions.
+
+    ``through="raw"`` (default) runs the raw HF model with plain PyTorch hooks
+    (:mod:`dpoclaims.neuron_hooks`); ``"bridge"`` runs the bridge's hook points. Both give the
+    same continuations and activations (a test checks it, within float rounding).
+    """
     if convention not in CONVENTIONS:
         raise OptionError(f"unknown position convention {convention!r}; choose from {CONVENTIONS}")
-    recorder = _Recorder(pair, side, convention, intervention, settings.max_new_tokens)
-    generations = greedy_generate(
-        pair.model(side).original_model,
-        pair.tokenizer,
-        prompts,
-        settings,
-        progress=progress,
-        desc=f"capture {side} ({convention})",
-        observer=recorder,
-    )
+    if through not in THROUGH:
+        raise OptionError(f"unknown capture path {through!r}; choose from {THROUGH}")
+    desc = f"capture {side} ({convention})"
+    if through == "bridge":
+        observer: _RawRecorder | _BridgeRecorder = _BridgeRecorder(
+            pair, side, convention, intervention, settings.max_new_tokens
+        )
+        generations = greedy_generate(
+            pair.model(side).original_model,
+            pair.tokenizer,
+            prompts,
+            settings,
+            progress=progress,
+            desc=desc,
+            observer=observer,
+        )
+    else:
+        with intervention.applied(pair.model(side), pair.layout, raw=pair.raw(side)) as model:
+            observer = _RawRecorder(pair, model, convention, settings.max_new_tokens)
+            generations = greedy_generate(
+                model, pair.tokenizer, prompts, settings, progress=progress, desc=desc, observer=observer
+            )
     return Capture(
-        torch.cat(recorder.means),
-        torch.cat(recorder.counts),
+        torch.cat(observer.means),
+        torch.cat(observer.counts),
         generations.continuations,
         generations.continuation_ids,
     )

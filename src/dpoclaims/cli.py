@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import DpoclaimsError
@@ -20,33 +21,58 @@ from dpoclaims.files import (
     pickle_globals_allowed,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 
 def _cache(args: argparse.Namespace) -> Cache:
     return Cache(args.cache_dir)
 
 
+def _device(args: argparse.Namespace) -> torch.device:
+    """The command's ``--device``, else its default (build-toy: the CPU; the others:
+    $DPOCLAIMS_DEVICE, else auto). A bad value, or CUDA where there is none, is an
+    :class:`OptionError` naming what is available."""
+    from dpoclaims.devices import resolve_device
+
+    return resolve_device(args.device if args.device is not None else args.default_device)
+
+
+def _add_device(parser: argparse.ArgumentParser, default_help: str, default: str | None = None) -> None:
+    """``--device``; ``default`` None: $DPOCLAIMS_DEVICE, else auto."""
+    parser.add_argument(
+        "--device", default=None, metavar="DEVICE", help=f"auto, cpu, cuda or cuda:N; {default_help}"
+    )
+    parser.set_defaults(default_device=default)
+
+
 def cmd_build_toy(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from dpoclaims.organism.build import ToyConfig, ensure_toy
+    from dpoclaims.organism.build import ToyConfig, ensure_toy, toy_key
 
     config = replace(ToyConfig(), seed=args.seed)
+    device = _device(args)
+    key = toy_key(config, device)
     if args.print_key:  # for a CI cache key: the key alone on stdout, nothing built or read
-        print(config.key())
+        print(key)
         return 0
     cache = _cache(args)
     if args.force:
         import shutil
 
-        shutil.rmtree(cache.entry_dir("toy", config.key()), ignore_errors=True)
-    was_cached = cache.get("toy", config.key()) is not None
+        shutil.rmtree(cache.entry_dir("toy", key), ignore_errors=True)
+    was_cached = cache.get("toy", key) is not None
     start = time.perf_counter()
-    directory = ensure_toy(config, cache=cache, progress=not args.no_progress)
+    directory = ensure_toy(config, cache=cache, progress=not args.no_progress, device=device)
     elapsed = time.perf_counter() - start
     report = json.loads((directory / "toy.json").read_text())
     report["toy_dir"] = str(directory)
     atomic_write_text(Path(args.report), json.dumps(report, indent=1))
-    print(f"toy organism: {directory}  ({elapsed:.1f} s{', from cache' if was_cached else ', built now'})")
+    print(
+        f"toy organism: {directory}  ({elapsed:.1f} s{', from cache' if was_cached else ', built now'}"
+        f" on {device})"
+    )
     print(
         f"default scorer: {report['default_scorer']} (the toy's own lexicon: it knows the toy's toxic "
         "register exactly; profanity-check is the independent check)"
@@ -74,8 +100,9 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from dpoclaims.named_pairs import load_pair
 
+    device = _device(args)
     start = time.perf_counter()
-    pair = load_pair(args.pair, cache=_cache(args))
+    pair = load_pair(args.pair, cache=_cache(args), device=device)
     elapsed = time.perf_counter() - start
     layout = pair.layout
     print(
@@ -88,6 +115,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "d_model": layout.d_model,
                 "d_mlp": layout.d_mlp,
                 "n_neurons": layout.n_neurons,
+                "device": str(device),
                 "load_seconds": round(elapsed, 2),
                 "extras": pair.spec.extras,
             },
@@ -115,6 +143,7 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
         raise OptionError("--warmup-steps must be at least 0 and --patience at least 1")
     if not 0 < args.val_fraction < 1:
         raise OptionError(f"--val-fraction must be between 0 and 1, not {args.val_fraction}")
+    _device(args)  # a bad --device fails before anything is read
     settings = DPOSettings(
         beta=args.beta,
         learning_rate=args.lr,
@@ -134,6 +163,7 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
         settings,
         val_fraction=args.val_fraction,
         progress=not args.no_progress,
+        device=_device(args),
     )
     dropped = summary["n_train"] - summary["n_train_used"] + summary["n_val"] - summary["n_val_used"]
     print(
@@ -164,12 +194,13 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.max_tokens < 1:
         raise OptionError("--batch-size and --max-tokens must be positive")
+    device = _device(args)
     texts, labels = read_jigsaw_csv(args.csv)
     train, val = train_val_split(len(texts), args.val_fraction, args.seed, args.max_examples)
     if len({labels[i] for i in train}) < 2:
         raise DpoclaimsError(f"the training split of {args.csv} holds one class only; use more examples")
     tokenizer = load_tokenizer(args.base)
-    model = load_hf_model(args.base)
+    model = load_hf_model(args.base).to(device)
     bridge = boot_bridge(model, args.base, tokenizer)
     d_model = int(bridge.cfg.d_model)
     max_tokens = min(args.max_tokens, int(bridge.cfg.n_ctx))  # never past the position embeddings
@@ -199,6 +230,7 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         "n_train": len(train),
         "n_val": len(val),
         "d_model": d_model,
+        "device": str(device),
         "hook": f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post",
         "pooling": "mean over non-padding tokens",
         "max_tokens": max_tokens,
@@ -271,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--report", default="reports/toy.json")
     build.add_argument("--no-progress", action="store_true")
+    _add_device(
+        build,
+        "default cpu (not read from $DPOCLAIMS_DEVICE): the reference toy, bit-identical on every CPU run "
+        "and the one the claims use. Built on CUDA the toy is another organism (other float sums), cached "
+        "under its own key",
+        default="cpu",
+    )
     build.set_defaults(func=cmd_build_toy)
 
     dpo = sub.add_parser(
@@ -300,11 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     dpo.add_argument("--val-fraction", type=float, default=0.05)
     dpo.add_argument("--seed", type=int, default=0)
     dpo.add_argument("--no-progress", action="store_true")
+    _add_device(dpo, "default $DPOCLAIMS_DEVICE, else auto (CUDA when available, else the CPU)")
     _add_allow_pickle_globals(dpo)
     dpo.set_defaults(func=_allowing_pickle_globals(cmd_train_dpo))
 
     info = sub.add_parser("info", help="load a pair and print its shape and fingerprint")
     info.add_argument("--pair", default="toy", help="pair name or path to a pair spec (.toml/.json)")
+    _add_device(info, "default $DPOCLAIMS_DEVICE, else auto (CUDA when available, else the CPU)")
     _add_allow_pickle_globals(info)
     info.set_defaults(func=_allowing_pickle_globals(cmd_info))
 
@@ -334,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--C", type=float, default=1.0, help="inverse L2 regularisation strength")
     probe.add_argument("--no-progress", action="store_true")
+    _add_device(probe, "default $DPOCLAIMS_DEVICE, else auto (CUDA when available, else the CPU)")
     _add_allow_pickle_globals(probe)
     probe.set_defaults(func=_allowing_pickle_globals(cmd_train_probe))
     return parser

@@ -7,7 +7,8 @@ import logging
 import math
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,21 @@ def _largest_change(model: PreTrainedModel, start: dict[str, torch.Tensor]) -> t
     return largest, where
 
 
+@contextmanager
+def _current_cuda_device(device: torch.device) -> Iterator[None]:
+    """``device`` (``cuda:N``) as the current CUDA device inside the block: the Trainer trains on
+    the current device. Nothing to do for the CPU or an index-less ``cuda``."""
+    if device.type != "cuda" or device.index is None:
+        yield
+        return
+    previous = torch.cuda.current_device()
+    torch.cuda.set_device(device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_device(previous)
+
+
 def train_dpo_run(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -173,8 +189,11 @@ def train_dpo_run(
     settings: DPOSettings = DPOSettings(),
     *,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> DPORun:
-    """Fine-tune ``model`` in place on ``{"prompt", "chosen", "rejected"}`` pairs.
+    """Fine-tune ``model`` in place on ``{"prompt", "chosen", "rejected"}`` pairs, on ``device``
+    (default the CPU; ``cuda`` or ``cuda:N`` trains on that GPU, where the run's float sums,
+    and so the trained weights, differ from a CPU run's).
 
     The reference is a frozen copy of the model at the start. Training stops when the
     validation loss has not improved for ``patience`` evaluations, and the best checkpoint
@@ -198,7 +217,8 @@ def train_dpo_run(
         )
     tokenizer.padding_side = "left"
     start_weights = _weights(model)
-    with tempfile.TemporaryDirectory(prefix="dpoclaims-dpo-") as out:
+    on = torch.device(device) if device is not None else torch.device("cpu")
+    with tempfile.TemporaryDirectory(prefix="dpoclaims-dpo-") as out, _current_cuda_device(on):
         config = DPOConfig(
             output_dir=out,
             beta=settings.beta,
@@ -220,7 +240,7 @@ def train_dpo_run(
             max_length=settings.max_length,
             gradient_checkpointing=False,
             report_to="none",
-            use_cpu=True,
+            use_cpu=on.type == "cpu",  # otherwise accelerate's default: the current CUDA device
             seed=settings.seed,
             data_seed=settings.seed,
             logging_steps=settings.eval_every,
@@ -311,9 +331,10 @@ def train_dpo(
     settings: DPOSettings = DPOSettings(),
     *,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> tuple[PreTrainedModel, list[dict[str, Any]]]:
     """:func:`train_dpo_run`, returning the trained model and TRL's log history."""
-    run = train_dpo_run(model, tokenizer, train_pairs, val_pairs, settings, progress=progress)
+    run = train_dpo_run(model, tokenizer, train_pairs, val_pairs, settings, progress=progress, device=device)
     return run.model, run.history
 
 
@@ -410,6 +431,7 @@ def train_dpo_from_files(
     *,
     val_fraction: float = 0.05,
     progress: bool = True,
+    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune ``base`` (local directory or hub id) on a Lee et al. JSONL and save an HF
     directory (model + tokenizer) that loads as the DPO side of a pair.
@@ -423,7 +445,7 @@ def train_dpo_from_files(
     tokenizer = load_tokenizer(base)
     model = load_hf_model(base)
     model.train()
-    run = train_dpo_run(model, tokenizer, train, val, settings, progress=progress)
+    run = train_dpo_run(model, tokenizer, train, val, settings, progress=progress, device=device)
     if run.steps < settings.warmup_steps:
         raise TrainingError(_warmup_unfinished(run, settings, val_fraction, out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -435,6 +457,7 @@ def train_dpo_from_files(
         "pairs": str(pairs_path),
         "n_train": len(train),
         "n_val": len(val),
+        "device": str(device or "cpu"),
         "settings": asdict(settings),
         **run.summary(),
         "warmup_note": run.warmup.describe(),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,6 +14,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from dpoclaims.capture import THROUGH, Through
+from dpoclaims.errors import OptionError
 from dpoclaims.generation import GenerationSettings, greedy_generate
 from dpoclaims.interventions import Intervention
 from dpoclaims.metrics import perplexity_rows
@@ -41,6 +44,21 @@ class Evaluation:
         return cls(**json.loads((directory / "evaluation.json").read_text()))
 
 
+def score_continuations(
+    pair: ModelPair,
+    side: Literal["base", "dpo"],
+    intervention: Intervention,
+    continuations: Sequence[str],
+    scorers: Sequence[str] = ("lexicon",),
+) -> Evaluation:
+    """The evaluation of continuations already generated (e.g. a capture's: the same greedy
+    pass, so a capture and an evaluation of one (side, intervention) need one generation)."""
+    scores = {
+        name: get_scorer(name, lexicon=pair.spec.lexicon).score(list(continuations)) for name in scorers
+    }
+    return Evaluation(side, intervention.id, scores, list(continuations))
+
+
 def evaluate(
     pair: ModelPair,
     side: Literal["base", "dpo"],
@@ -50,10 +68,12 @@ def evaluate(
     *,
     scorers: Sequence[str] = ("lexicon",),
     progress: bool = True,
+    through: Through = "raw",
 ) -> Evaluation:
-    """Greedy continuations of ``prompts`` under ``intervention``, scored for toxicity."""
-    model = pair.model(side).original_model
-    with intervention.applied(pair.model(side), pair.layout):
+    """Greedy continuations of ``prompts`` under ``intervention``, scored for toxicity; through
+    the raw HF model with plain hooks (default) or the bridge's hook points (see
+    :func:`dpoclaims.capture.capture`)."""
+    with _applied(pair, side, intervention, through) as model:
         generations = greedy_generate(
             model,
             pair.tokenizer,
@@ -62,10 +82,16 @@ def evaluate(
             progress=progress,
             desc=f"generate {side} [{intervention.label or intervention.id}]",
         )
-    scores = {
-        name: get_scorer(name, lexicon=pair.spec.lexicon).score(generations.continuations) for name in scorers
-    }
-    return Evaluation(side, intervention.id, scores, generations.continuations)
+    return score_continuations(pair, side, intervention, generations.continuations, scorers)
+
+
+def _applied(
+    pair: ModelPair, side: Literal["base", "dpo"], intervention: Intervention, through: Through
+) -> AbstractContextManager[torch.nn.Module]:
+    if through not in THROUGH:
+        raise OptionError(f"unknown path {through!r}; choose from {THROUGH}")
+    raw = pair.raw(side) if through == "raw" else None
+    return intervention.applied(pair.model(side), pair.layout, raw=raw)
 
 
 PERPLEXITY_FORMAT = 3  # per-row NLL and token counts (3), not only the total
@@ -79,6 +105,7 @@ def intervened_perplexity(
     intervention: Intervention = Intervention(),
     *,
     window: int | None = None,
+    through: Through = "raw",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (text or window) NLL sums and token counts of one side on ``texts`` under
     ``intervention`` (at every position); see :func:`dpoclaims.metrics.perplexity_rows`.
@@ -86,11 +113,5 @@ def intervened_perplexity(
     ``window``: score the joined texts in consecutive windows of that many tokens (the
     paper's Wikitext-2 set-up); otherwise each text on its own.
     """
-    with intervention.applied(pair.model(side), pair.layout):
-        return perplexity_rows(
-            pair.model(side).original_model,
-            pair.tokenizer,
-            texts,
-            window=window,
-            batch_size=4 if window else 32,
-        )
+    with _applied(pair, side, intervention, through) as model:
+        return perplexity_rows(model, pair.tokenizer, texts, window=window, batch_size=4 if window else 32)

@@ -17,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from dpoclaims.devices import module_device
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -67,11 +69,9 @@ class BatchObserver(Protocol):
 
 
 def model_input_device(model: PreTrainedModel) -> torch.device:
-    """Where a model's inputs go: its input embedding's device (right with a device map too)."""
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None:
-        return embeddings.weight.device
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+    """Where a model's inputs go (see :func:`dpoclaims.devices.module_device`: its input
+    embedding's execution device under a device map, else its parameters' device)."""
+    return module_device(model)
 
 
 @torch.no_grad()

@@ -1,12 +1,16 @@
-"""Neuron-level interventions: ablation and patching as hooks on ``blocks.L.mlp.hook_post``,
+"""Neuron-level interventions: ablation and patching as edits of the neuron activation (the
+input of each layer's MLP output projection, which the bridge names ``blocks.L.mlp.hook_post``),
 and key-vector scaling as a temporary weight edit.
 
 A neuron set is a mapping ``layer -> LongTensor of neuron indices``. An :class:`Intervention`
 is a value with a stable id (so its results can be cached) and is applied only inside
 :meth:`Intervention.applied`, a context manager, so hooks and weight edits end with the
 measurement (the reference code left them on between metrics, compounding interventions).
-Hooks fire at every position, prompt and generated alike. Every tensor an intervention
-writes is moved to the device and dtype of the activation or weight it meets.
+Two equivalent ways to apply it (a test shows they agree): plain PyTorch hooks on the raw
+Hugging Face model (:mod:`dpoclaims.neuron_hooks`; what the library's measurements use, at the
+raw model's speed) or the TransformerBridge's hook points (for fixtures users write with
+TransformerLens). Hooks fire at every position, prompt and generated alike. Every tensor an
+intervention writes is moved to the device and dtype of the activation or weight it meets.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from dpoclaims.cache import stable_hash
 from dpoclaims.errors import OptionError
 from dpoclaims.models import MLPLayout
+from dpoclaims.neuron_hooks import NeuronEdit, neuron_hooks, set_neurons
 
 NeuronSet = Mapping[int, torch.Tensor]
 Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]
@@ -34,10 +39,11 @@ def neuron_set_from_flat(flat_indices: torch.Tensor, d_mlp: int) -> dict[int, to
 
 
 def _set_hook(indices: torch.Tensor, values: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """A bridge hook setting ``indices`` to ``values``: :func:`set_neurons` with the hook's signature."""
+    edit = set_neurons(indices, values)
+
     def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-        activation = activation.clone()
-        activation[..., indices.to(activation.device)] = values.to(activation.device, activation.dtype)
-        return activation
+        return edit(activation)
 
     return hook
 
@@ -72,14 +78,18 @@ def _in_weight(bridge: Any, layer: int) -> tuple[torch.nn.Parameter, bool]:
 
 @contextmanager
 def scaled_key_vectors(bridge: Any, neurons: NeuronSet, factor: float) -> Iterator[None]:
-    """Multiply the key vectors (rows of ``W_in``) of ``neurons`` by ``factor``; restore on exit."""
-    saved: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    """Multiply the key vectors (rows of ``W_in``) of ``neurons`` by ``factor``, in place on the
+    bridge's parameters (which :func:`dpoclaims.neuron_hooks.raw_model` shares); restore on exit.
+
+    Only the touched key vectors are saved (on the weight's device), not whole matrices: on a
+    large model on a GPU a copy of every ``W_in`` would cost gigabytes."""
+    saved: list[tuple[torch.nn.Parameter, bool, torch.Tensor, torch.Tensor]] = []
     try:
         with torch.no_grad():
             for layer, idx in neurons.items():
                 weight, columns = _in_weight(bridge, layer)
-                saved.append((weight, weight.detach().clone()))
                 idx = idx.to(weight.device)
+                saved.append((weight, columns, idx, (weight[:, idx] if columns else weight[idx, :]).clone()))
                 if columns:
                     weight[:, idx] *= factor
                 else:
@@ -87,8 +97,8 @@ def scaled_key_vectors(bridge: Any, neurons: NeuronSet, factor: float) -> Iterat
         yield
     finally:
         with torch.no_grad():
-            for weight, original in saved:
-                weight.copy_(original)
+            for weight, columns, idx, original in reversed(saved):
+                weight.index_copy_(1 if columns else 0, idx, original)
 
 
 InterventionKind = Literal["none", "ablate", "patch", "scale_keys"]
@@ -113,10 +123,11 @@ class Intervention:
     def neuron_set(self, layout: MLPLayout) -> dict[int, torch.Tensor]:
         return neuron_set_from_flat(torch.tensor(self.neurons, dtype=torch.long), layout.d_mlp)
 
-    def hooks(self, layout: MLPLayout) -> list[Hook]:
-        """The activation hooks of an ablation or a patch (none for the other kinds)."""
+    def _set_values(self, layout: MLPLayout) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the neurons an ablation or a patch sets and their values (CPU; the edits
+        move them to the activation's device and dtype); empty for the other kinds."""
         if self.kind == "ablate":
-            return ablation_hooks(layout, self.neuron_set(layout))
+            return {layer: (idx, torch.zeros(len(idx))) for layer, idx in self.neuron_set(layout).items()}
         if self.kind == "patch":
             if len(self.values) != len(self.neurons):
                 raise OptionError("a patch needs one value per neuron")
@@ -124,21 +135,66 @@ class Intervention:
             full[torch.tensor(self.neurons, dtype=torch.long)] = torch.tensor(
                 self.values, dtype=torch.float32
             )
-            neurons = self.neuron_set(layout)
-            values = {layer: full.view(layout.n_layers, -1)[layer] for layer in neurons}
-            return patch_hooks(layout, neurons, values)
+            per_layer = full.view(layout.n_layers, -1)  # [n_layers, d_mlp]
+            return {layer: (idx, per_layer[layer][idx]) for layer, idx in self.neuron_set(layout).items()}
         if self.kind not in ("none", "scale_keys"):
             raise OptionError(f"unknown intervention kind {self.kind!r}")
-        return []
+        return {}
+
+    def hooks(self, layout: MLPLayout) -> list[Hook]:
+        """The bridge hooks (on ``blocks.L.mlp.hook_post``) of an ablation or a patch (none for
+        the other kinds)."""
+        return [
+            (layout.hook_name(layer), _set_hook(idx, values))
+            for layer, (idx, values) in self._set_values(layout).items()
+            if len(idx)
+        ]
+
+    def edits(self, layout: MLPLayout) -> dict[int, NeuronEdit]:
+        """The same as :meth:`hooks`, as :func:`dpoclaims.neuron_hooks.neuron_hooks` edits for the
+        raw Hugging Face model."""
+        return {
+            layer: set_neurons(idx, values)
+            for layer, (idx, values) in self._set_values(layout).items()
+            if len(idx)
+        }
 
     @contextmanager
-    def applied(self, bridge: Any, layout: MLPLayout, extra_hooks: Sequence[Hook] = ()) -> Iterator[None]:
-        """The intervention on ``bridge``, with ``extra_hooks`` (e.g. recording) after its own
-        hooks, so what they see is post-intervention."""
+    def applied(
+        self,
+        bridge: Any,
+        layout: MLPLayout,
+        extra_hooks: Sequence[Hook] = (),
+        *,
+        raw: torch.nn.Module | None = None,
+        extra_edits: Mapping[int, NeuronEdit] | None = None,
+    ) -> Iterator[torch.nn.Module]:
+        """The intervention on one side of a pair; yields the model to run under it.
+
+        With ``raw`` (``raw_model(bridge)``, e.g. :meth:`dpoclaims.pairs.ModelPair.raw`): the
+        activation edits are forward pre-hooks on the raw model's neuron modules, and
+        ``extra_edits`` (e.g. recording) run after them, so they see post-intervention values;
+        yields ``raw``. This is the path the library's measurements take. Without ``raw``: the
+        bridge's hook points, with ``extra_hooks`` after the intervention's own; yields
+        ``bridge.original_model``, whose forward fires them. Key scaling edits ``W_in`` in
+        place on the bridge's parameters, which the raw model shares, so both paths see it.
+        """
+        if raw is not None and extra_hooks:
+            raise OptionError("bridge hooks do not fire on the raw model: pass extra_edits with raw=")
+        if raw is None and extra_edits:
+            raise OptionError("extra_edits apply to the raw model: pass raw=raw_model(bridge)")
         with ExitStack() as stack:
             if self.kind == "scale_keys":
                 stack.enter_context(scaled_key_vectors(bridge, self.neuron_set(layout), self.factor))
-            hooks = self.hooks(layout) + list(extra_hooks)
-            if hooks:
-                stack.enter_context(bridge.hooks(fwd_hooks=hooks))
-            yield
+            if raw is None:
+                hooks = self.hooks(layout) + list(extra_hooks)
+                if hooks:
+                    stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+                yield bridge.original_model
+                return
+            edits = self.edits(layout)
+            if edits:
+                stack.enter_context(neuron_hooks(raw, layout, edits))
+            if extra_edits:
+                stack.enter_context(neuron_hooks(raw, layout, extra_edits))
+            yield raw

@@ -3,7 +3,10 @@ memory once read.
 
 Each measurement (a capture, an evaluation, a perplexity) is addressed by what it depends on:
 the pair's fingerprint, the side, the intervention's id, the prompt or text set and the
-settings; never by the device that made it. One helper (:meth:`Measurements.measure`) serves
+settings; never by the device that made it (a GPU and a CPU measurement of the same pair share
+an entry; their numbers agree within float rounding, and the first one written is kept). One
+generation pass per (side, intervention): where activations are captured, the evaluation
+scores the capture's continuations. One helper (:meth:`Measurements.measure`) serves
 all three kinds. A read-only cache (``Cache.reader()``) computes nothing: a missing entry
 raises :class:`dpoclaims.cache.NotCached`.
 """
@@ -19,6 +22,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from dpoclaims import selection
 from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.capture import CAPTURE_FORMAT, Capture, Convention, capture
 from dpoclaims.decomposition import Decomposition, decompose
@@ -28,6 +32,7 @@ from dpoclaims.evaluation import (
     Evaluation,
     evaluate,
     intervened_perplexity,
+    score_continuations,
 )
 from dpoclaims.generation import GenerationSettings
 from dpoclaims.interventions import Intervention
@@ -38,6 +43,10 @@ from dpoclaims.prompts import pair_texts
 Side = Literal["base", "dpo"]
 Measured = TypeVar("Measured")
 NO_INTERVENTION = Intervention()
+# C1 draws the paper's Fig. 1a (layer-wise projection) for the base under the ablation of the
+# top-N toxic neurons at this N (dpoclaims.claims.c1_ablation_matches_dpo), so that ablation
+# is captured in any case, and its toxicity is scored on the captured continuations.
+FIGURE_1A_N = 100
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,17 @@ class Measurements:
             self._in_memory[memory_key] = load(entry)
         return self._in_memory[memory_key]
 
+    def _capture_key(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "format": CAPTURE_FORMAT,
+            "prompts": stable_hash(list(self.prompts)),
+            "settings": asdict(settings.generation),
+            "convention": settings.convention,
+        }
+
     def capture(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> Capture:
-        """Per-prompt mean activations of ``side`` on its own continuations."""
+        """Per-prompt mean activations of ``side`` on its own continuations (which it keeps)."""
         settings = self.settings
 
         def compute(directory: Path) -> None:
@@ -108,19 +126,46 @@ class Measurements:
                 progress=self.progress,
             ).save(directory)
 
-        key = {
-            "format": CAPTURE_FORMAT,
-            "prompts": stable_hash(list(self.prompts)),
-            "settings": asdict(settings.generation),
-            "convention": settings.convention,
+        return self.measure("capture", side, intervention, self._capture_key(), compute, Capture.load)
+
+    def _capture_entry(self, side: Side, intervention: Intervention) -> str:
+        """The cache key of a capture entry (what :meth:`measure` builds it under)."""
+        full_key = {
+            "pair": self.pair.fingerprint,
+            "side": side,
+            "intervention": intervention.id,
+            **self._capture_key(),
         }
-        return self.measure("capture", side, intervention, key, compute, Capture.load)
+        return stable_hash(full_key)
+
+    def has_capture(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> bool:
+        """Whether the capture of ``side`` under ``intervention`` is in memory or in the cache."""
+        if ("capture", side, intervention.id) in self._in_memory:
+            return True
+        return self.cache.get("capture", self._capture_entry(side, intervention)) is not None
+
+    def captured_anyway(self, side: Side, intervention: Intervention) -> bool:
+        """Whether the claims capture ``side``'s activations under ``intervention`` in any case:
+        both sides without intervention (the decomposition) and the base under C1's Fig. 1a
+        ablation (the top-``FIGURE_1A_N`` toxic neurons), or a capture that exists already. Its
+        evaluation then scores the capture's continuations: one generation, not two."""
+        if intervention.kind == "none" or self.has_capture(side, intervention):
+            return True
+        if side != "base" or intervention.kind != "ablate":
+            return False
+        return intervention == selection.ablation(self.decomposition, FIGURE_1A_N)
 
     def evaluation(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> Evaluation:
-        """Toxicity of ``side``'s greedy continuations under ``intervention``."""
+        """Toxicity of ``side``'s greedy continuations under ``intervention``: the continuations
+        of its capture where the claims capture it anyway (:meth:`captured_anyway`), else of a
+        generation of their own (no activations recorded)."""
         scorers = (self.settings.scorer,)
 
         def compute(directory: Path) -> None:
+            if self.captured_anyway(side, intervention):
+                continuations = self.capture(side, intervention).continuations
+                score_continuations(self.pair, side, intervention, continuations, scorers).save(directory)
+                return
             evaluate(
                 self.pair,
                 side,
@@ -167,12 +212,18 @@ class Measurements:
 
     @cached_property
     def decomposition(self) -> Decomposition:
+        # Both captures are needed: take first the one no other process is building, so that
+        # two pytest-xdist workers starting together build one each, not one after the other.
+        sides: list[Side] = ["base", "dpo"]
+        if self.cache.being_built("capture", self._capture_entry("base", NO_INTERVENTION)):
+            sides.reverse()
+        captures = {side: self.capture(side) for side in sides}
         return decompose(
             self.pair.value_vectors("base"),
             self.pair.value_vectors("dpo"),
             self.pair.probe,
-            self.capture("base").mean_activation,
-            self.capture("dpo").mean_activation,
+            captures["base"].mean_activation,
+            captures["dpo"].mean_activation,
         )
 
     def layer_projection(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> np.ndarray:

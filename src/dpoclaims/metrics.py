@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.errors import OptionError
-from dpoclaims.generation import GenerationSettings, greedy_generate
+from dpoclaims.generation import GenerationSettings, greedy_generate, model_input_device
 
 
 @torch.no_grad()
@@ -46,7 +46,7 @@ def perplexity_rows(
             "input_ids"
         ]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = model.get_input_embeddings().weight.device
+    device = model_input_device(model)
     nll_sums, token_counts = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -93,7 +93,7 @@ def weight_cosines(base: torch.nn.Module, tuned: torch.nn.Module) -> dict[str, f
     for name, weight in base.named_parameters():
         if weight.ndim < 2:
             continue
-        other = tuned_params[name]
+        other = tuned_params[name].to(weight.device)  # the two models may sit on different devices
         cosines[name] = float(
             torch.nn.functional.cosine_similarity(weight.flatten().float(), other.flatten().float(), dim=0)
         )

@@ -328,8 +328,12 @@ def model_from_state_dict(
 
 
 def boot_bridge(model: PreTrainedModel, name_or_path: str, tokenizer: PreTrainedTokenizerBase) -> Any:
+    """A TransformerBridge around ``model`` (wrapped in place, not moved). Its ``cfg.device`` is
+    the model's device (TransformerLens would otherwise record CUDA whenever it is available);
+    under a device map TransformerLens derives it from the map."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    device = None if getattr(model, "hf_device_map", None) else next(model.parameters()).device
     return TransformerBridge.boot_transformers(
-        name_or_path, hf_model=model, tokenizer=tokenizer, dtype=model.dtype
+        name_or_path, hf_model=model, tokenizer=tokenizer, dtype=model.dtype, device=device
     )

@@ -108,7 +108,8 @@ def load_pair(
     cache: Cache | None = None,
     dtype: torch.dtype = torch.float32,
     device_map: Any = None,
+    device: torch.device | str | None = None,
 ) -> ModelPair:
     """Load and validate a pair given by name, spec file or directory holding ``pair.toml``
-    (see :func:`dpoclaims.pairs.load_pair_from_spec` for ``dtype`` and ``device_map``)."""
-    return load_pair_from_spec(resolve_spec(pair, cache), dtype=dtype, device_map=device_map)
+    (see :func:`dpoclaims.pairs.load_pair_from_spec` for ``dtype``, ``device_map`` and ``device``)."""
+    return load_pair_from_spec(resolve_spec(pair, cache), dtype=dtype, device_map=device_map, device=device)

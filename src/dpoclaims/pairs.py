@@ -139,6 +139,7 @@ class ModelPair:
     layout: MLPLayout
     fingerprint: str
     spec: PairSpec
+    _raw_models: dict[str, PreTrainedModel] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def unit_probe(self) -> torch.Tensor:
@@ -149,13 +150,26 @@ class ModelPair:
             raise ValueError(f"side must be 'base' or 'dpo', not {side!r}")
         return self.base if side == "base" else self.dpo
 
+    def raw(self, side: Literal["base", "dpo"]) -> PreTrainedModel:
+        """The Hugging Face model inside ``side``'s bridge, unwrapped (built once per side; see
+        :func:`dpoclaims.neuron_hooks.raw_model`): the same weights, no bridge wrapping, so
+        generation runs at the raw model's speed. Weight edits and ``.to()`` on the bridge are
+        seen by it."""
+        from dpoclaims.neuron_hooks import raw_model
+
+        self.model(side)  # checks the side
+        if side not in self._raw_models:
+            self._raw_models[side] = raw_model(self.model(side))
+        return self._raw_models[side]
+
     def value_vectors(self, side: Literal["base", "dpo"] = "base") -> torch.Tensor:
-        """``[n_layers, d_mlp, d_model]``: row i of layer l is what neuron (l, i) writes."""
-        return self.model(side).W_out.detach().float()
+        """``[n_layers, d_mlp, d_model]`` float32 on the CPU: row i of layer l is what neuron (l, i)
+        writes (the analyses' copy, whatever device each layer is on)."""
+        return torch.stack([block.mlp.W_out.detach().float().cpu() for block in self.model(side).blocks])
 
     def key_vectors(self, side: Literal["base", "dpo"] = "base") -> torch.Tensor:
-        """``[n_layers, d_mlp, d_model]``: row i of layer l is what neuron (l, i) reads."""
-        return self.model(side).W_in.detach().float().transpose(1, 2)
+        """``[n_layers, d_mlp, d_model]`` float32 on the CPU: row i of layer l is what neuron (l, i) reads."""
+        return torch.stack([block.mlp.W_in.detach().float().cpu().T for block in self.model(side).blocks])
 
     def extra_path(self, key: str) -> Path:
         if key not in self.spec.extras:
@@ -266,12 +280,18 @@ def fingerprint(
 
 
 def load_pair_from_spec(
-    spec: PairSpec, *, dtype: torch.dtype = torch.float32, device_map: Any = None
+    spec: PairSpec,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device_map: Any = None,
+    device: torch.device | str | None = None,
 ) -> ModelPair:
     """Load and validate the pair ``spec`` describes.
 
     ``dtype`` (e.g. ``torch.bfloat16``) and ``device_map`` (e.g. ``"auto"`` for a model larger
     than one device) are passed to ``from_pretrained``; the analyses cast to float32.
+    ``device`` (e.g. ``"cuda:1"``; default: where they load, the CPU) moves both models there;
+    with a ``device_map``, accelerate places them and ``device`` is not used.
     """
     base_source = spec.resolve(spec.base)
     dpo_source = spec.resolve(spec.dpo)
@@ -289,6 +309,9 @@ def load_pair_from_spec(
     check_distinct(base, dpo, base_source, dpo_source)
     probe = load_probe(spec.resolve(spec.probe), layout.d_model)
     pair_fingerprint = fingerprint(base, dpo, tokenizer, probe)
+    if device is not None and device_map is None:
+        base.to(device)
+        dpo.to(device)
     return ModelPair(
         name=spec.name,
         base=boot_bridge(base, base_source, tokenizer),

@@ -16,6 +16,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from dpoclaims.devices import module_device
+
 
 @torch.no_grad()
 def pooled_residuals(
@@ -27,7 +29,8 @@ def pooled_residuals(
     max_tokens: int = 128,
     progress: bool = True,
 ) -> torch.Tensor:
-    """``[len(texts), d_model]`` mean of the last block's output over non-padding positions.
+    """``[len(texts), d_model]`` float32 on the CPU: the mean of the last block's output over
+    non-padding positions. Inputs go to the model's device; the pooling is done in float32.
 
     Empty texts are refused: they have no position to average over.
     """
@@ -41,6 +44,7 @@ def pooled_residuals(
         return activation
 
     tokenizer.padding_side = "right"  # absolute positions start at 0 for every text
+    device = module_device(bridge.original_model)
     rows = []
     batches = range(0, len(texts), batch_size)
     for start in tqdm(batches, desc="probe features", disable=not progress or len(batches) < 2, leave=False):
@@ -52,10 +56,13 @@ def pooled_residuals(
             max_length=max_tokens,
             add_special_tokens=False,
         )
+        input_ids = batch["input_ids"].to(device)  # [batch, seq]
+        attention_mask = batch["attention_mask"].to(device)
         with bridge.hooks(fwd_hooks=[(hook_name, keep)]):
-            bridge.original_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        mask = batch["attention_mask"].unsqueeze(-1).to(captured["resid"].dtype)
-        rows.append(((captured["resid"] * mask).sum(1) / mask.sum(1).clamp(min=1)).float())
+            bridge.original_model(input_ids=input_ids, attention_mask=attention_mask)
+        resid = captured["resid"].float()  # [batch, seq, d_model], on the last block's device
+        mask = attention_mask.to(resid.device).unsqueeze(-1).float()
+        rows.append(((resid * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
     return torch.cat(rows)
 
 

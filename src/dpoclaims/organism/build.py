@@ -82,6 +82,16 @@ class ToyConfig:
         return stable_hash({"format": TOY_FORMAT_VERSION, **asdict(self)})
 
 
+def toy_key(config: ToyConfig, device: torch.device | str | None = None) -> str:
+    """The cache key of the toy built from ``config`` on ``device``. A CPU build (the default)
+    is the reference toy, keyed by the config alone. A build on another device type is another
+    organism (its float sums differ, and DPO amplifies that), so it gets a key of its own."""
+    device_type = torch.device(device).type if device is not None else "cpu"
+    if device_type == "cpu":
+        return config.key()
+    return stable_hash({"config": config.key(), "device": device_type})
+
+
 def _timed(timings: dict[str, float], name: str, start: float) -> float:
     now = time.perf_counter()
     timings[name] = round(now - start, 2)
@@ -102,22 +112,32 @@ def _check_tied(model: PreTrainedModel) -> None:
             raise RuntimeError("DPO model lost its tied embeddings")
 
 
-def build_toy(out: Path, config: ToyConfig = ToyConfig(), *, progress: bool = True) -> dict[str, Any]:
+def build_toy(
+    out: Path,
+    config: ToyConfig = ToyConfig(),
+    *,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
     """Build every part of the toy into ``out`` and return its measurement report.
 
     The build always runs on ``TOY_THREADS`` torch threads, whatever the caller uses: float
     sums depend on the thread count, and DPO amplifies such differences, so a fixed count is
     what makes the same seed give the same toy (e.g. inside a one-thread xdist worker).
+    ``device`` (default the CPU): where pretraining, probe features, generation and DPO run. On
+    the CPU the build is bit-identical run to run; on a GPU it is a different toy (other float
+    sums), reproducible only on the same GPU and software.
     """
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(TOY_THREADS)
     try:
-        return _build_toy(out, config, progress=progress)
+        return _build_toy(out, config, progress=progress, device=torch.device(device or "cpu"))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any]:
+def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.device) -> dict[str, Any]:
+    on_cpu = device.type == "cpu"
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -147,6 +167,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any
         lr=config.pretrain_lr,
         seed=config.seed,
         progress=progress,
+        device=None if on_cpu else device,
     )
     base.save_pretrained(base_dir)
     t = _timed(timings, "pretrain", t)
@@ -195,13 +216,14 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any
         pairs[config.n_dpo_pairs :],
         config.dpo,
         progress=progress,
+        device=None if on_cpu else device,
     )
     _check_tied(dpo_model)
     dpo_model.save_pretrained(dpo_dir)
     tokenizer.save_pretrained(dpo_dir)
     t = _timed(timings, "dpo_train", t)
 
-    report = measure_toy(base_dir, dpo_dir, config, progress=progress)
+    report = measure_toy(base_dir, dpo_dir, config, progress=progress, device=device)
     report["probe_accuracy"] = probe_accuracy
     report["pretrain_final_loss"] = sum(losses[-50:]) / len(losses[-50:])
     report["dpo_history"] = [h for h in history if "eval_loss" in h]
@@ -209,7 +231,9 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any
     _timed(timings, "evaluate", t)
     report["timings_s"] = timings
     report["config"] = asdict(config)
-    report["config_key"] = config.key()
+    report["config_key"] = toy_key(config, device)
+    if not on_cpu:
+        report["device"] = str(device)
     measured = {
         "base_toxicity": report["toxicity"][DEFAULT_SCORER]["base"],
         "dpo_over_base_toxicity": report["toxicity"][DEFAULT_SCORER]["dpo"]
@@ -236,8 +260,16 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool) -> dict[str, Any
     return report
 
 
-def measure_toy(base_dir: Path, dpo_dir: Path, config: ToyConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Toxicity (both scorers), perplexity and weight cosines of a built toy pair."""
+def measure_toy(
+    base_dir: Path,
+    dpo_dir: Path,
+    config: ToyConfig,
+    *,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Toxicity (both scorers), perplexity and weight cosines of a built toy pair (on ``device``,
+    default the CPU)."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -245,6 +277,9 @@ def measure_toy(base_dir: Path, dpo_dir: Path, config: ToyConfig, *, progress: b
         "base": GPT2LMHeadModel.from_pretrained(base_dir).eval(),
         "dpo": GPT2LMHeadModel.from_pretrained(dpo_dir).eval(),
     }
+    if device is not None and torch.device(device).type != "cpu":
+        for model in models.values():
+            model.to(device)
     challenge = corpus.challenge_prompts(config.n_challenge, config.seed + 1)
     neutral = corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)
     scorers = [LexiconScorer(corpus.TOXIC_WORDS), ProfanityCheckScorer()]
@@ -271,13 +306,22 @@ def measure_toy(base_dir: Path, dpo_dir: Path, config: ToyConfig, *, progress: b
     }
 
 
-def ensure_toy(config: ToyConfig = ToyConfig(), *, cache: Cache | None = None, progress: bool = True) -> Path:
-    """The directory of the built toy for ``config``, building it if absent or corrupt."""
+def ensure_toy(
+    config: ToyConfig = ToyConfig(),
+    *,
+    cache: Cache | None = None,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> Path:
+    """The directory of the built toy for ``config``, building it if absent or corrupt. The
+    claims suite's toy is the CPU build (``device`` None or the CPU); a build on a GPU has its
+    own entry (see :func:`toy_key`)."""
     cache = cache or Cache()
+    key = toy_key(config, device)
 
     def build(tmp: Path) -> dict[str, Any]:
         log.info("building the toy organism into %s (first use; a few minutes)", cache.root)
-        report = build_toy(tmp, config, progress=progress)
-        return {"config_key": config.key(), "bands_ok": all(b["ok"] for b in report["bands"].values())}
+        report = build_toy(tmp, config, progress=progress, device=device)
+        return {"config_key": key, "bands_ok": all(b["ok"] for b in report["bands"].values())}
 
-    return cache.get_or_build("toy", config.key(), build)
+    return cache.get_or_build("toy", key, build)

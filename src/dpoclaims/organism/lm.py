@@ -66,10 +66,15 @@ def pretrain(
     lr: float,
     seed: int,
     progress: bool = True,
+    device: torch.device | None = None,
 ) -> tuple[GPT2LMHeadModel, list[float]]:
-    """AdamW with warm-up and cosine decay on packed rows; returns the model and its losses."""
+    """AdamW with warm-up and cosine decay on packed rows; returns the model (on ``device``,
+    default the CPU) and its losses. The model is initialised and the rows drawn on the CPU,
+    so only the training arithmetic depends on the device."""
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
+    if device is not None:
+        model.to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
@@ -85,6 +90,8 @@ def pretrain(
         for group in optimizer.param_groups:
             group["lr"] = lr * scale
         rows = data[torch.randint(len(data), (batch_size,), generator=generator)]
+        if device is not None:
+            rows = rows.to(device)
         mask = rows >= 0
         inputs = rows.clamp(min=0)
         labels = rows.masked_fill(~mask, -100)

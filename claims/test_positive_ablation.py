@@ -1,0 +1,15 @@
+"""C2: ablating positively-activated toxic neurons does not emulate DPO either, and costs
+perplexity (Yang et al. 2024 v1, Table 1)."""
+
+from dpoclaims import claims
+from fixtures.registry import claim_test
+
+
+@claim_test("C2")
+def test_C2_ablating_positively_activated_toxic_neurons(measurements, record_claim, paper_n):
+    record_claim(claims.c2_positive_ablation(measurements, paper_n))
+
+
+@claim_test("C2[perplexity]")
+def test_C2_ablation_costs_perplexity(measurements, record_claim):
+    record_claim(claims.c2_ablation_costs_perplexity(measurements))
