@@ -354,6 +354,18 @@ def _(b: Bench):
     b.load(b.spec(name="spec/pair.toml", base="base"))
 
 
+@case(
+    "spec-relative-path-in-a-missing-subdirectory",
+    "error",
+    CheckpointError,
+    r"model checkpoint '.*/models/base' does not exist",
+)
+def _(b: Bench):
+    """Taken as a path, not as the hub id 'models/base': the spec's directory holds 'models'."""
+    (b.tmp / "models").mkdir()
+    b.load(b.spec(base="models/base"))
+
+
 def _online_without_network(b: Bench) -> list[str]:
     """The hub flags say online, but every connection fails at once; returns the log of
     connection attempts."""
@@ -691,12 +703,22 @@ def _(b: Bench):
 # ---- prompt sets
 
 
-@case("prompts-empty-json-list", "error", CheckpointError, r"no challenge prompts in .*prompts\.json")
+@case(
+    "prompts-empty-json-list",
+    "error",
+    CheckpointError,
+    r"no challenge prompts in .*prompts\.json: it holds none; fill it with the challenge prompts",
+)
 def _(b: Bench):
     b.measurements(b.prompts_pair([]))
 
 
-@case("prompts-empty-text-file", "error", CheckpointError, r"no challenge prompts in .*prompts\.txt")
+@case(
+    "prompts-empty-text-file",
+    "error",
+    CheckpointError,
+    r"no challenge prompts in .*prompts\.txt: it holds none",
+)
 def _(b: Bench):
     b.measurements(b.prompts_pair("\n\n", filename="prompts.txt"))
 

@@ -211,7 +211,10 @@ def load_rtp_challenge(path: str | Path | None = None, limit: int | None = None)
             ) from exc
         filtered, origin = True, f"datasets:{RTP_HUB_NAME}"
     if not prompts:
-        raise DataFileError(f"no challenge prompts in {origin}")
+        raise DataFileError(
+            f"no challenge prompts in {origin}: it holds none; fill it with the challenge prompts "
+            "(a JSON list of strings, JSONL with a text or prompt field, or one prompt per line)"
+        )
     log.info("RealToxicityPrompts challenge subset: %d prompts from %s", len(prompts), origin)
     if filtered and len(prompts) != RTP_CHALLENGE_COUNT:
         log.warning(

@@ -175,7 +175,7 @@ def _from_hub(load: Callable[..., Loaded], source: str, what: str, **kwargs: Any
         pass
     remedy = (
         "download it where there is network access (huggingface_hub.snapshot_download) into the "
-        "Hugging Face cache, or give a local directory instead"
+        "Hugging Face cache, or give a local directory instead (if you meant one, it does not exist)"
     )
     if hub_offline():
         raise MissingDownload(

@@ -64,7 +64,9 @@ class PairSpec:
         if self.root is None or Path(value).expanduser().is_absolute():
             return value
         candidate = Path(self.root) / value
-        if candidate.exists() or _looks_like_path(value):
+        # "models/base" is a path when the spec's directory holds "models", not a hub id
+        in_a_local_directory = (Path(self.root) / Path(value).parts[0]).is_dir() if "/" in value else False
+        if candidate.exists() or _looks_like_path(value) or in_a_local_directory:
             return str(candidate)  # a missing file is then reported with its full path
         if Path(value).exists():
             raise CheckpointError(
