@@ -1,10 +1,10 @@
 """Everything the claims measure on one pair, computed lazily, cached on disk and kept in
 memory once read.
 
-Each measurement (a capture, an evaluation, a perplexity) is addressed by what it depends on:
+Each measurement (a capture, an evaluation, a perplexity, a continuation F1) is addressed by what it depends on:
 the pair's fingerprint, the side, the intervention's id, the prompt or text set and the
 settings; never by the device that made it. One helper (:meth:`Measurements.measure`) serves
-all three kinds. A read-only cache (``Cache.reader()``) computes nothing: a missing entry
+all of them. A read-only cache (``Cache.reader()``) computes nothing: a missing entry
 raises :class:`dpoclaims.cache.NotCached`.
 """
 
@@ -22,9 +22,19 @@ import numpy as np
 from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.capture import CAPTURE_FORMAT, Capture, Convention, capture
 from dpoclaims.decomposition import Decomposition, decompose
-from dpoclaims.evaluation import EVALUATION_FORMAT, Evaluation, evaluate, intervened_perplexity
+from dpoclaims.evaluation import (
+    EVALUATION_FORMAT,
+    F1_FORMAT,
+    Evaluation,
+    evaluate,
+    intervened_f1,
+    intervened_perplexity,
+    load_f1,
+    save_f1,
+)
 from dpoclaims.generation import GenerationSettings
 from dpoclaims.interventions import Intervention
+from dpoclaims.metrics import ContinuationF1, F1Settings
 from dpoclaims.pairs import ModelPair
 from dpoclaims.prompts import pair_texts
 
@@ -146,6 +156,26 @@ class Measurements:
 
         key = {"format": EVALUATION_FORMAT, "texts": stable_hash(list(self.neutral_texts)), "window": window}
         return self.measure("perplexity", side, intervention, key, compute, load)
+
+    def f1(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> ContinuationF1:
+        """Per-text continuation F1 of ``side`` on the pair's neutral texts under
+        ``intervention`` (Lee et al.'s side-effect measure; bootstrap ``.scores`` over texts)."""
+        f1_settings = F1Settings()
+
+        def compute(directory: Path) -> None:
+            save_f1(
+                intervened_f1(
+                    self.pair, side, self.neutral_texts, intervention, f1_settings, progress=self.progress
+                ),
+                directory,
+            )
+
+        key = {
+            "format": F1_FORMAT,
+            "texts": stable_hash(list(self.neutral_texts)),
+            "settings": asdict(f1_settings),
+        }
+        return self.measure("f1", side, intervention, key, compute, load_f1)
 
     @cached_property
     def decomposition(self) -> Decomposition:
