@@ -61,7 +61,7 @@ from dpoclaims.stats import Criterion, Estimate, Verdict, p_value, verdict
 Rule = Literal["cosine", "positive", "random"]
 RULES: tuple[Rule, ...] = ("cosine", "positive", "random")
 GRID_RATIO = 1.1  # n is drawn from a geometric grid: successive counts differ by about 10%
-DEFAULT_EXAMPLES = 12  # >= 11: Hypothesis starts steering by target() after 10 valid examples
+DEFAULT_EXAMPLES = 16  # Hypothesis steers by target() only after 10 examples: 16 leaves it 6
 KEEP_STRONGEST = 5  # candidates kept in strongest.json
 SEARCH_PROPERTY = "dpoclaims_search"  # the claims test's user property holding SearchResult.summary()
 SEARCH_FORMAT = 1  # part of the database directory's key: bump when the drawn space changes
