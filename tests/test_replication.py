@@ -124,3 +124,23 @@ def test_replicate_refuses_bad_seeds_and_a_missing_suite(tmp_path):
 def test_the_cli_parses_replicate():
     args = build_parser().parse_args(["replicate", "--seeds", "0", "1", "2", "--pytest-args", "-n 2"])
     assert args.seeds == [0, 1, 2] and args.pytest_args == "-n 2" and args.func.__name__ == "cmd_replicate"
+
+
+def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, monkeypatch):
+    from dpoclaims import named_pairs
+    from dpoclaims.organism.corpus import TOXIC_WORDS
+
+    built = []
+
+    def fake_ensure_toy(config, *, cache=None, progress=True):
+        built.append(config.seed)
+        (tmp_path / "pair.toml").write_text('name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n')
+        return tmp_path
+
+    monkeypatch.setattr(named_pairs, "ensure_toy", fake_ensure_toy)
+    assert named_pairs.toy_seed("toy-seed12") == 12 and named_pairs.toy_seed("toy") is None
+    assert named_pairs.pair_name("toy-seed2") == "toy-seed2" and built == []  # naming builds nothing
+    spec = named_pairs.resolve_spec("toy-seed2", Cache(tmp_path / "cache"))
+    assert built == [2] and spec.name == "toy-seed2" and spec.lexicon == TOXIC_WORDS
+    command = replication.claims_command(tmp_path, 2, tmp_path / "r", Cache(tmp_path / "cache"))
+    assert command[command.index("--pair") + 1] == "toy-seed2"

@@ -1,8 +1,10 @@
 """Claims across organism seeds: is a verdict a property of the setting or of one DPO run?
 
 ``dpoclaims replicate --seeds 0 1 2`` builds the toy organism at each seed (or reuses it from
-the cache), runs the whole claims suite on each (``pytest claims/`` in a subprocess, with an
-empty expectations table so every outcome is the raw verdict), and gathers the seeds'
+the cache), runs the whole claims suite on each (``pytest claims/ --pair toy-seedN`` in a
+subprocess, with an empty expectations table so every outcome is the raw verdict; the pair
+``toy-seed0`` is the default toy, so its measurements come from the same cache entries), and
+gathers the seeds'
 ``claims.json`` into ``replication.json``, ``replication.md`` and a figure of claims by seeds
 coloured by verdict (``figures/replication.png``). Each seed's full reports stay under
 ``replication/seed-N/``.
@@ -228,8 +230,10 @@ def write_replication(
 
 
 def claims_command(
-    claims_dir: Path, toy_dir: Path, reports_dir: Path, cache: Cache, pytest_args: Sequence[str] = ()
+    claims_dir: Path, seed: int, reports_dir: Path, cache: Cache, pytest_args: Sequence[str] = ()
 ) -> list[str]:
+    """``pytest claims/`` on the toy at ``seed``, named ``toy-seedN`` (not by its directory:
+    a directory loads without the toy's lexicon, and the claims would be scored otherwise)."""
     return [
         sys.executable,
         "-m",
@@ -239,7 +243,7 @@ def claims_command(
         "no:cacheprovider",
         "-q",
         "--pair",
-        str(toy_dir),
+        f"toy-seed{seed}",
         "--reports-dir",
         str(reports_dir),
         "--cache-dir",
@@ -306,7 +310,7 @@ def replicate(
         log = seed_reports / "pytest.log"
         with open(log, "w") as handle:
             exit_code = subprocess.run(
-                claims_command(claims_dir, toy_dir, seed_reports, cache, pytest_args),
+                claims_command(claims_dir, seed, seed_reports, cache, pytest_args),
                 cwd=root,
                 env=env,
                 stdout=handle,
