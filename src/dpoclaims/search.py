@@ -35,8 +35,8 @@ counterexample first and stops there. Hypothesis's other store, the Pareto front
 ``target()``, is left out: replaying it shifts the examples a rerun draws, so each rerun would
 draw (and generate) new ones. Instead the strongest ablations measured so far are kept in
 ``strongest.json`` beside the database and measured first on a rerun (from the cache), so the
-best ablation a report names never regresses between runs. ``pytest --hypothesis-seed``
-does not apply: the search sets its own seed.
+best ablation a report names never regresses between runs. The search sets its own
+seed; under ``pytest --hypothesis-seed`` Hypothesis also leaves the example database unused.
 """
 
 from __future__ import annotations
