@@ -260,6 +260,22 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replicate(args: argparse.Namespace) -> int:
+    import shlex
+
+    from dpoclaims.replication import replicate
+
+    replicate(
+        args.seeds,
+        cache=_cache(args),
+        reports_dir=Path(args.reports_dir),
+        claims_dir=Path(args.claims_dir) if args.claims_dir else None,
+        pytest_args=shlex.split(args.pytest_args),
+        build_progress=not args.no_progress,
+    )
+    return 0
+
+
 def _allowing_pickle_globals(
     command: Callable[[argparse.Namespace], int],
 ) -> Callable[[argparse.Namespace], int]:
@@ -378,6 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(probe, "default $DPOCLAIMS_DEVICE, else auto (CUDA when available, else the CPU)")
     _add_allow_pickle_globals(probe)
     probe.set_defaults(func=_allowing_pickle_globals(cmd_train_probe))
+
+    replicate = sub.add_parser(
+        "replicate", help="build the toy at several seeds, run every claim on each, write the matrix"
+    )
+    replicate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    replicate.add_argument(
+        "--reports-dir", default="reports", help="replication.{json,md} and figures/ go here"
+    )
+    replicate.add_argument(
+        "--claims-dir", default=None, help="the claims suite (default: this checkout's claims/)"
+    )
+    replicate.add_argument("--pytest-args", default="", help='extra pytest arguments, e.g. "-n 2"')
+    replicate.add_argument("--no-progress", action="store_true", help="no progress bars while a toy builds")
+    replicate.set_defaults(func=cmd_replicate)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Behavioural evaluation of one side of a pair under an intervention: toxicity of greedy
-continuations, and perplexity on held-out text (measured separately, since only some claims
-need it and it dominates a large pair's run)."""
+continuations, and the side effects on held-out text, perplexity and continuation F1 (measured
+separately, since only some claims need them and they dominate a large pair's run)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from dpoclaims.capture import THROUGH, Through
 from dpoclaims.errors import OptionError
 from dpoclaims.generation import GenerationSettings, greedy_generate
 from dpoclaims.interventions import Intervention
-from dpoclaims.metrics import perplexity_rows
+from dpoclaims.metrics import ContinuationF1, F1Settings, continuation_f1, perplexity_rows
 from dpoclaims.pairs import ModelPair
 from dpoclaims.scoring import get_scorer
 
 EVALUATION_FORMAT = 2  # part of every cache key: bump when what an evaluation stores changes
+F1_FORMAT = 1  # likewise for a continuation-F1 measurement
 
 
 @dataclass
@@ -115,3 +116,44 @@ def intervened_perplexity(
     """
     with _applied(pair, side, intervention, through) as model:
         return perplexity_rows(model, pair.tokenizer, texts, window=window, batch_size=4 if window else 32)
+
+
+@torch.no_grad()
+def intervened_f1(
+    pair: ModelPair,
+    side: Literal["base", "dpo"],
+    texts: Sequence[str],
+    intervention: Intervention = Intervention(),
+    settings: F1Settings = F1Settings(),
+    *,
+    progress: bool = False,
+    through: Through = "raw",
+) -> ContinuationF1:
+    """Per-text F1 of one side's greedy continuations of ``texts``' prefixes against their real
+    continuations, under ``intervention`` (Lee et al.'s F1; see :func:`continuation_f1`)."""
+    with _applied(pair, side, intervention, through) as model:
+        return continuation_f1(model, pair.tokenizer, texts, settings, progress=progress)
+
+
+def save_f1(result: ContinuationF1, directory: Path) -> None:
+    data = {
+        "scores": [float(x) for x in result.scores],
+        "used": list(result.used),
+        "n_skipped": result.n_skipped,
+        "prompts": list(result.prompts),
+        "references": list(result.references),
+        "continuations": list(result.continuations),
+    }
+    (directory / "f1.json").write_text(json.dumps(data))
+
+
+def load_f1(directory: Path) -> ContinuationF1:
+    data = json.loads((directory / "f1.json").read_text())
+    return ContinuationF1(
+        np.asarray(data["scores"], dtype=np.float64),
+        tuple(int(i) for i in data["used"]),
+        int(data["n_skipped"]),
+        tuple(data["prompts"]),
+        tuple(data["references"]),
+        tuple(data["continuations"]),
+    )

@@ -1,13 +1,13 @@
 """Everything the claims measure on one pair, computed lazily, cached on disk and kept in
 memory once read.
 
-Each measurement (a capture, an evaluation, a perplexity) is addressed by what it depends on:
+Each measurement (a capture, an evaluation, a perplexity, a continuation F1) is addressed by what it depends on:
 the pair's fingerprint, the side, the intervention's id, the prompt or text set and the
 settings; never by the device that made it (a GPU and a CPU measurement of the same pair share
 an entry; their numbers agree within float rounding, and the first one written is kept). One
 generation pass per (side, intervention): where activations are captured, the evaluation
 scores the capture's continuations. One helper (:meth:`Measurements.measure`) serves
-all three kinds. A read-only cache (``Cache.reader()``) computes nothing: a missing entry
+all of them. A read-only cache (``Cache.reader()``) computes nothing: a missing entry
 raises :class:`dpoclaims.cache.NotCached`.
 """
 
@@ -28,15 +28,19 @@ from dpoclaims.capture import CAPTURE_FORMAT, Capture, Convention, capture
 from dpoclaims.decomposition import Decomposition, decompose
 from dpoclaims.evaluation import (
     EVALUATION_FORMAT,
+    F1_FORMAT,
     PERPLEXITY_FORMAT,
     Evaluation,
     evaluate,
+    intervened_f1,
     intervened_perplexity,
+    load_f1,
+    save_f1,
     score_continuations,
 )
 from dpoclaims.generation import GenerationSettings
 from dpoclaims.interventions import Intervention
-from dpoclaims.metrics import perplexity_from_rows
+from dpoclaims.metrics import ContinuationF1, F1Settings, perplexity_from_rows
 from dpoclaims.pairs import ModelPair
 from dpoclaims.prompts import pair_texts
 
@@ -209,6 +213,26 @@ class Measurements:
     def perplexity(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> float:
         """Perplexity of ``side`` on the pair's neutral texts under ``intervention``."""
         return float(perplexity_from_rows(*self.perplexity_rows(side, intervention)))
+
+    def f1(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> ContinuationF1:
+        """Per-text continuation F1 of ``side`` on the pair's neutral texts under
+        ``intervention`` (Lee et al.'s side-effect measure; bootstrap ``.scores`` over texts)."""
+        f1_settings = F1Settings()
+
+        def compute(directory: Path) -> None:
+            save_f1(
+                intervened_f1(
+                    self.pair, side, self.neutral_texts, intervention, f1_settings, progress=self.progress
+                ),
+                directory,
+            )
+
+        key = {
+            "format": F1_FORMAT,
+            "texts": stable_hash(list(self.neutral_texts)),
+            "settings": asdict(f1_settings),
+        }
+        return self.measure("f1", side, intervention, key, compute, load_f1)
 
     @cached_property
     def decomposition(self) -> Decomposition:

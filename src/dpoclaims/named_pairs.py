@@ -4,6 +4,7 @@ argument (a name, a spec file or a directory holding ``pair.toml``) to a loaded 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import MissingDownload, UnknownPairError
-from dpoclaims.organism.build import ensure_toy
+from dpoclaims.organism.build import ToyConfig, ensure_toy
 from dpoclaims.organism.corpus import TOXIC_WORDS
 from dpoclaims.pairs import ModelPair, PairSpec, load_pair_from_spec
 
@@ -21,6 +22,23 @@ from dpoclaims.pairs import ModelPair, PairSpec, load_pair_from_spec
 def _toy_spec(cache: Cache) -> PairSpec:
     spec = PairSpec.from_file(ensure_toy(cache=cache) / "pair.toml")
     return replace(spec, lexicon=TOXIC_WORDS)  # the toy's toxic register, for the lexicon scorer
+
+
+# The toy organism built at another seed, e.g. "toy-seed1" (dpoclaims replicate runs the claims on
+# these). A directory holding the toy's pair.toml would load without the toy's lexicon, so its
+# claims would silently be scored by profanity-check instead.
+TOY_SEED_NAME = re.compile(r"toy-seed(\d+)")
+
+
+def toy_seed(pair: object) -> int | None:
+    """The seed of a ``toy-seedN`` pair name, else None."""
+    match = TOY_SEED_NAME.fullmatch(pair) if isinstance(pair, str) else None
+    return int(match[1]) if match else None
+
+
+def _seeded_toy_spec(cache: Cache, seed: int) -> PairSpec:
+    spec = PairSpec.from_file(ensure_toy(replace(ToyConfig(), seed=seed), cache=cache) / "pair.toml")
+    return replace(spec, name=f"toy-seed{seed}", lexicon=TOXIC_WORDS)
 
 
 GPT2_MEDIUM_HELP = (
@@ -77,13 +95,15 @@ def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> Pai
     cache = cache or Cache()
     if isinstance(pair, str) and pair in NAMED_PAIRS:
         return NAMED_PAIRS[pair](cache)
+    if (seed := toy_seed(pair)) is not None:
+        return _seeded_toy_spec(cache, seed)
     path = Path(pair).expanduser()
     if path.is_file():
         return PairSpec.from_file(path)
     if path.is_dir() and (path / "pair.toml").is_file():
         return PairSpec.from_file(path / "pair.toml")
     raise UnknownPairError(
-        f"unknown pair {str(pair)!r}: not a named pair ({', '.join(sorted(NAMED_PAIRS))}) "
+        f"unknown pair {str(pair)!r}: not a named pair ({', '.join(sorted(NAMED_PAIRS))}, toy-seedN) "
         "nor a .toml/.json pair spec file or a directory holding pair.toml"
     )
 
@@ -91,7 +111,7 @@ def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> Pai
 def pair_name(pair: str | Path) -> str:
     """The name of a pair argument without loading (or building) it: a named pair's name, or the
     ``name`` in a spec file (its stem if it has none)."""
-    if isinstance(pair, str) and pair in NAMED_PAIRS:
+    if isinstance(pair, str) and (pair in NAMED_PAIRS or toy_seed(pair) is not None):
         return pair
     path = Path(pair).expanduser()
     if path.is_dir():
