@@ -15,9 +15,10 @@ from collections.abc import Callable
 import pytest
 
 from dpoclaims import search
-from dpoclaims.claims import ClaimNotHeld
+from dpoclaims.claims import ClaimNotHeld, ClaimVerdictUnexpected
 from dpoclaims.decomposition import Decomposition
 from dpoclaims.measurements import Measurements
+from fixtures.options import DECLARED_KEY
 
 
 def _search(
@@ -28,8 +29,14 @@ def _search(
 ) -> None:
     result = search.search_ablations(measurements, space(measurements.decomposition), max_examples=examples)
     request.node.user_properties.append((search.SEARCH_PROPERTY, result.summary()))
-    if result.verdict != "replicates":
+    declared = request.node.stash.get(DECLARED_KEY, None)  # the pair's table, as for every claim
+    if declared in ("inconclusive", "not measurable"):
+        if result.verdict != declared:
+            raise ClaimVerdictUnexpected(f"declared {declared}, but the search gives: {result.describe()}")
+    elif result.verdict == "contradicts":
         raise ClaimNotHeld(result.describe())
+    elif result.verdict != "replicates":
+        raise ClaimVerdictUnexpected(f"{result.describe()} (not declared for this pair)")
 
 
 @pytest.mark.ablation

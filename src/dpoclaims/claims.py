@@ -20,6 +20,7 @@ from dpoclaims.decomposition import REDUCING_GROUPS, Decomposition
 from dpoclaims.interventions import Intervention
 from dpoclaims.measurements import Measurements, Side
 from dpoclaims.metrics import weight_cosines
+from dpoclaims.side_effects import f1_summary
 from dpoclaims.stats import Criterion, Estimate, Verdict, bootstrap, mean_difference, recovered_share
 
 
@@ -168,8 +169,9 @@ def toxicity_summary(m: Measurements, intervention: Intervention, side: Side = "
         "base_toxicity": m.evaluation("base").mean_toxicity(scorer),
         "dpo_toxicity": m.evaluation("dpo").mean_toxicity(scorer),
     }
-    if m.settings.perplexity == "all":
+    if m.settings.perplexity == "all":  # the paper's Table 1 side effects: perplexity and F1
         summary |= {"perplexity": m.perplexity(side, intervention), "base_perplexity": m.perplexity("base")}
+        summary |= f1_summary(m, intervention, side)
     return summary
 
 

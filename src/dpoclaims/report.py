@@ -57,6 +57,54 @@ def verdict(record: dict[str, Any]) -> str:
     return claim.get("verdict") or ("replicates" if claim["replicates"] else "contradicts")
 
 
+def search_claim(claim_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """A counterexample search's summary (``dpoclaims.search.SearchResult.summary``) as a claim
+    record: its figure is the best ablation found, its verdict and p-value the search's."""
+    best = summary.get("best") or {}
+    claim, _, param = claim_id.partition("[")
+    rules = ", ".join(summary.get("rules", []))
+    return {
+        "claim": claim,
+        "param": param.rstrip("]"),
+        "statement": f"No ablation of toxic neurons recovers DPO's drop (Hypothesis search over N and the rule: {rules})",
+        "criterion": f"every ablation the search measures recovers less than {summary.get('threshold', 0.8):.0%} of "
+        "DPO's drop (the best one's 95% interval decides)",
+        "measured": best.get("share"),
+        "ci": best.get("ci"),
+        "exact": False,
+        "p_value": summary.get("p_value"),
+        "verdict": summary.get("verdict"),
+        "paper": None,
+        "hypothesis": False,
+        "details": summary,
+        "id": claim_id,
+        "replicates": summary.get("verdict") == "replicates",
+        "distance_to_paper": None,
+    }
+
+
+def _search_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in records:
+        details = (r.get("claim") or {}).get("details") or {}
+        if "search" not in details or "n_measured" not in details:
+            continue
+        best, counter = details.get("best"), details.get("counterexample")
+        text = f"- **{r['id']}**: {details['n_measured']} ablations measured ({details.get('max_examples')} drawn)"
+        if best:
+            text += (
+                f"; best: {best['n']} neurons by rule `{best['rule']}` recover {_fmt(best['share'])} "
+                f"[{_fmt(best['ci'][0])}, {_fmt(best['ci'][1])}] of DPO's drop ({best['verdict']})"
+            )
+        text += (
+            f"; counterexample (shrunk): {counter['n']} neurons by `{counter['rule']}`, share {_fmt(counter['share'])}"
+            if counter
+            else "; no counterexample"
+        )
+        lines.append(text + ".")
+    return ["", "Counterexample searches:", "", *lines] if lines else []
+
+
 def holm_adjust(records: Sequence[dict[str, Any]]) -> list[str]:
     """Add Holm-adjusted p-values (``claim["p_holm"]``) over the family of claims measured on
     the pair, and return the ids whose "replicates" the adjustment would not support."""
@@ -238,6 +286,7 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
             else "it changes no verdict (every claim that replicates keeps adjusted p < 0.025)."
         ),
     ]
+    lines += _search_lines(records)
     reasons = sorted({r["skip_reason"] for r in records if r.get("skip_reason")})
     if reasons:
         lines += ["", "Skipped, because:", ""] + [f"- {reason}" for reason in reasons]
