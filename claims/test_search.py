@@ -10,6 +10,7 @@ found, any counterexample, every measured ablation) is attached to the report as
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -27,6 +28,17 @@ def _search(
     examples: int,
     space: Callable[[Decomposition], search.SearchSpace],
 ) -> None:
+    config = request.config
+    asked = "search" in (config.getoption("keyword") or "") + (config.getoption("markexpr") or "")
+    if (
+        not asked
+        and config.getoption("--search-examples") is None
+        and "DPOCLAIMS_SEARCH_EXAMPLES" not in os.environ
+    ):
+        pytest.skip(
+            "the counterexample searches are opt-in (each drawn ablation is a generation pass; cold, "
+            "minutes on 2 cores): run `pytest claims/ -k search` or pass --search-examples N"
+        )
     result = search.search_ablations(measurements, space(measurements.decomposition), max_examples=examples)
     request.node.user_properties.append((search.SEARCH_PROPERTY, result.summary()))
     declared = request.node.stash.get(DECLARED_KEY, None)  # the pair's table, as for every claim
