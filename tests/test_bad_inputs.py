@@ -333,7 +333,7 @@ def _(b: Bench):
     "spec-unknown-pair-name",
     "error",
     UnknownPairError,
-    r"unknown pair 'no_such_pair': not a named pair \(gpt2-medium, toy\)",
+    r"unknown pair 'no_such_pair': not a named pair \(gpt2-medium, toy, toy-seedN\)",
 )
 def _(b: Bench):
     b.monkeypatch.chdir(b.tmp)

@@ -31,7 +31,7 @@ def measurements(tmp_path, gpt2_pair_files):
     from tiny import write_spec
 
     root = gpt2_pair_files.root
-    (tmp_path / "prompts.json").write_text(json.dumps([f"the plan {i} seems" for i in range(4)]))
+    (tmp_path / "prompts.json").write_text(json.dumps([f"the plan {i} seems" for i in range(12)]))
     (tmp_path / "neutral.json").write_text(json.dumps(NEUTRAL))
     spec = write_spec(
         tmp_path / "pair.toml",
