@@ -91,9 +91,15 @@ def test_badge_filenames_are_url_safe_and_readable(claim_id: str, filename: str)
 
 
 def test_every_claim_of_the_suite_gets_its_own_url_safe_badge_file(tmp_path):
-    """The ids come from collecting ``claims/`` (nothing runs), so a new claim is covered."""
+    """The ids come from collecting ``claims/`` (nothing runs), so a new claim is covered.
+    The cache is empty: collecting must not build the toy (that took CI past five minutes)."""
     out = tmp_path / "ids.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    cache = tmp_path / "empty-cache"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        "DPOCLAIMS_CACHE": str(cache),
+    }
     subprocess.run(
         [sys.executable, "-c", COLLECT_CLAIM_IDS, str(out)],
         cwd=ROOT,
@@ -102,6 +108,7 @@ def test_every_claim_of_the_suite_gets_its_own_url_safe_badge_file(tmp_path):
         capture_output=True,
         timeout=300,
     )
+    assert not (cache / "toy").exists(), "collecting claims/ built the toy organism"
     collected = json.loads(out.read_text())
     assert collected["code"] == 0
     ids = collected["ids"]
