@@ -154,3 +154,12 @@ def test_a_search_needs_an_example_and_a_neuron():
         search.run_search(SPACE, synthetic(0.5), max_examples=0)
     with pytest.raises(search.SearchError, match="no neuron"):
         search.SearchSpace("C2", ("positive",), {"positive": 0})
+
+
+def test_every_run_measures_each_rule_s_largest_ablation_before_it_draws():
+    calls: list[search.Candidate] = []
+    search.run_search(SPACE, synthetic(0.5, calls), max_examples=1, seed=0, database=None)
+    # random over its whole pool is cosine's whole pool: measured once, as cosine
+    assert calls[:2] == [search.Candidate("cosine", 1000), search.Candidate("positive", 400)]
+    only_random = search.SearchSpace("R", ("random",), {"random": 50})
+    assert search.largest_ablations(only_random, seed=7) == [search.Candidate("random", 50, 7)]

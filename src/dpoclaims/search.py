@@ -15,6 +15,8 @@ Selection rules (every candidate neuron is toxic: cos(v_i, w) > 0 on the base we
   ``torch.Generator`` seeded with the search's seed (so random subsets are nested in n).
 
 n runs from 1 to the rule's pool on a geometric grid (:func:`n_grid`, steps of about 10%).
+Each rule's largest ablation, its whole pool, is measured before Hypothesis draws anything
+(:func:`largest_ablations`), so every run, cold or warm, covers it.
 
 The claim and its test
 ----------------------
@@ -233,6 +235,18 @@ class SearchSpace:
         return {"name": self.name, "rules": list(self.rules), "max_n": {r: self.max_n[r] for r in self.rules}}
 
 
+def largest_ablations(space: SearchSpace, seed: int = 0) -> list[Candidate]:
+    """Each rule's largest ablation (every neuron in its pool), measured before Hypothesis draws.
+
+    The obvious candidate against "ablation is not enough" is to ablate everything the rule can
+    choose; a search that leaves it to chance may miss it cold and find it on a warm rerun,
+    so the verdict would depend on the example database. Measured first, it is in every run.
+    ``random`` at its full pool is the same set as ``cosine`` at its full pool and is skipped
+    when both rules are searched."""
+    rules = [r for r in space.rules if not (r == "random" and "cosine" in space.rules)]
+    return [Candidate(rule, space.max_n[rule], seed if rule == "random" else 0) for rule in rules]
+
+
 def c1_space(d: Decomposition) -> SearchSpace:
     """C1[search]: every rule, n from 1 to every toxic neuron the rule can choose from (the
     positive rule's pool is smaller)."""
@@ -377,6 +391,8 @@ def run_search(
             points[candidate] = measure(candidate)
         return points[candidate]
 
+    for candidate in largest_ablations(space, seed):
+        measured(candidate)
     for candidate in _valid(space, _read_strongest(database), seed):  # earlier runs' strongest: cached
         measured(candidate)
 
