@@ -21,6 +21,7 @@ from dpoclaims.claims import ClaimNotHeld, ClaimVerdictUnexpected
 from dpoclaims.decomposition import Decomposition
 from dpoclaims.measurements import Measurements
 from fixtures.options import DECLARED_KEY
+from fixtures.resources import record_pair
 
 
 def _search(
@@ -33,6 +34,7 @@ def _search(
         pytest.skip("the counterexample searches are off (--search-examples 0)")
     result = search.search_ablations(measurements, space(measurements.decomposition), max_examples=examples)
     request.node.user_properties.append((search.SEARCH_PROPERTY, result.summary()))
+    record_pair(request, request.node)  # the report's header, also when only the searches run
     declared = request.node.stash.get(DECLARED_KEY, None)  # the pair's table, as for every claim
     if declared in ("inconclusive", "not measurable"):
         if result.verdict != declared:
