@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpoclaims import search, selection
+from dpoclaims import report, search, selection
 from dpoclaims.decomposition import Decomposition
 from dpoclaims.errors import OptionError
 from dpoclaims.stats import bootstrap
@@ -163,3 +163,22 @@ def test_every_run_measures_each_rule_s_largest_ablation_before_it_draws():
     assert calls[:2] == [search.Candidate("cosine", 1000), search.Candidate("positive", 400)]
     only_random = search.SearchSpace("R", ("random",), {"random": 50})
     assert search.largest_ablations(only_random, seed=7) == [search.Candidate("random", 50, 7)]
+
+
+def test_the_claims_table_names_the_best_ablation_and_the_counterexample_with_intervals(tmp_path):
+    space = search.SearchSpace("C1", ("cosine",), {"cosine": 1000})
+    result = search.run_search(space, synthetic(1.0), max_examples=30, seed=0, database=tmp_path)
+    record = {
+        "id": "C1[search]",
+        "keyword": "ablation",
+        "expected": "replicates",
+        "outcome": "failed",
+        "claim": report.search_claim("C1[search]", json.loads(json.dumps(result.summary()))),
+    }
+    header = {"pair": "p", "fingerprint": "f", "n_prompts": 400, "convention": "v1", "scorer": "lexicon"}
+    text = report.claims_markdown([record], header)
+    best, counter = result.best, result.counterexample
+    line = next(line for line in text.splitlines() if line.startswith("- **C1[search]**"))
+    assert f"best: {best.candidate.n} neurons by rule `cosine` recover {best.share.value:.3f}" in line
+    assert f"[{counter.share.low:.3f}, {counter.share.high:.3f}]" in line
+    assert "counterexample (shrunk by Hypothesis)" in line

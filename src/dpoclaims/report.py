@@ -90,19 +90,26 @@ def _search_lines(records: Sequence[dict[str, Any]]) -> list[str]:
         if "search" not in details or "n_measured" not in details:
             continue
         best, counter = details.get("best"), details.get("counterexample")
-        text = f"- **{r['id']}**: {details['n_measured']} ablations measured ({details.get('max_examples')} drawn)"
-        if best:
-            text += (
-                f"; best: {best['n']} neurons by rule `{best['rule']}` recover {_fmt(best['share'])} "
-                f"[{_fmt(best['ci'][0])}, {_fmt(best['ci'][1])}] of DPO's drop ({best['verdict']})"
-            )
-        text += (
-            f"; counterexample (shrunk): {counter['n']} neurons by `{counter['rule']}`, share {_fmt(counter['share'])}"
-            if counter
-            else "; no counterexample"
+        text = (
+            f"- **{r['id']}**: {details['n_measured']} ablations measured "
+            f"(up to {details.get('max_examples')} drawn by Hypothesis)"
         )
+        if best:
+            text += f"; best: {_ablation(best)} of DPO's drop ({best['verdict']})"
+        if counter:
+            how = "shrunk by Hypothesis" if counter.get("shrunk") else "replayed from an earlier run"
+            text += f"; counterexample ({how}): {_ablation(counter)} ({counter['verdict']})"
+        else:
+            text += "; no counterexample"
         lines.append(text + ".")
     return ["", "Counterexample searches:", "", *lines] if lines else []
+
+
+def _ablation(point: dict[str, Any]) -> str:
+    return (
+        f"{point['n']} neurons by rule `{point['rule']}` recover {_fmt(point['share'])} "
+        f"[{_fmt(point['ci'][0])}, {_fmt(point['ci'][1])}]"
+    )
 
 
 def holm_adjust(records: Sequence[dict[str, Any]]) -> list[str]:
