@@ -4,12 +4,14 @@ search itself on a synthetic share function (no model, no generation)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from dpoclaims import report, search, selection
+from dpoclaims import paper, report, search, selection
+from dpoclaims.claims import ClaimNotHeld, ClaimVerdictUnexpected
 from dpoclaims.decomposition import Decomposition
 from dpoclaims.errors import OptionError
 from dpoclaims.stats import bootstrap
@@ -173,7 +175,7 @@ def test_the_claims_table_names_the_best_ablation_and_the_counterexample_with_in
         "keyword": "ablation",
         "expected": "replicates",
         "outcome": "failed",
-        "claim": report.search_claim("C1[search]", json.loads(json.dumps(result.summary()))),
+        "claim": json.loads(json.dumps(result.claim_result("C1[search]").to_json())),  # as recorded
     }
     header = {"pair": "p", "fingerprint": "f", "n_prompts": 400, "convention": "v1", "scorer": "lexicon"}
     text = report.claims_markdown([record], header)
@@ -182,3 +184,24 @@ def test_the_claims_table_names_the_best_ablation_and_the_counterexample_with_in
     assert f"best: {best.candidate.n} neurons by rule `cosine` recover {best.share.value:.3f}" in line
     assert f"[{counter.share.low:.3f}, {counter.share.high:.3f}]" in line
     assert "counterexample (shrunk by Hypothesis)" in line
+
+
+def test_a_search_is_checked_as_a_claim_and_its_failure_names_the_counterexample(tmp_path):
+    space = search.SearchSpace("C1", ("cosine",), {"cosine": 1000})
+    result = search.run_search(space, synthetic(1.0), max_examples=30, seed=0, database=tmp_path)
+    claim = result.claim_result("C1[search]")
+    assert (claim.verdict, claim.p_value, claim.measured) == (
+        result.verdict,
+        result.p_value,
+        result.best.share.value,
+    )
+    assert claim.criterion == paper.entry("C1[search]").criterion and claim.details == result.summary()
+    assert claim.verdict == "contradicts"  # cosine 1000 recovers 1.0 +- 0.02: wholly above 80%
+    with pytest.raises(ClaimNotHeld, match="counterexample: ablate"):
+        claim.check(None)
+    undecided = replace(claim, verdict="inconclusive")
+    with pytest.raises(ClaimVerdictUnexpected, match="counterexample: ablate"):
+        undecided.check(None)
+    assert undecided.check("inconclusive") is undecided
+    calm = search.run_search(SPACE, synthetic(0.5), max_examples=12, seed=0, database=None)
+    assert calm.claim_result("C1[search]").check(None).verdict == "replicates"

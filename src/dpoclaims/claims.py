@@ -51,6 +51,7 @@ class ClaimResult:
     paper: float | None
     hypothesis: bool = False  # the test asserts a hypothesis the paper refutes
     details: dict[str, Any] = field(default_factory=dict)
+    finding: str = ""  # what decided the verdict, in words, when the figure alone does not say
 
     @property
     def id(self) -> str:
@@ -73,6 +74,8 @@ class ClaimResult:
             " (exact)" if self.exact else f" [{self.ci[0]:.4g}, {self.ci[1]:.4g}]" if self.ci else ""
         )
         where = f"{self.id}: {figure}, p = {self.p_value:.3g}; criterion: {self.criterion}"
+        if self.finding:
+            where += f"; {self.finding}"
         if declared in ("inconclusive", "not measurable"):
             if self.verdict != declared:
                 raise ClaimVerdictUnexpected(
@@ -102,7 +105,7 @@ class ClaimResult:
         return data
 
 
-def _result(
+def claim_result(
     key: str,
     param: Any = None,
     *,
@@ -217,7 +220,9 @@ def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> ClaimResult:
         **toxicity_summary(m, intervention),
         **layers,
     }
-    return _result("C1", paper_n, estimate=share, rule=MATCH_RULE, details=details, verdict_override=override)
+    return claim_result(
+        "C1", paper_n, estimate=share, rule=MATCH_RULE, details=details, verdict_override=override
+    )
 
 
 def c2_positive_ablation(m: Measurements, paper_n: int) -> ClaimResult:
@@ -247,7 +252,7 @@ def c2_positive_ablation(m: Measurements, paper_n: int) -> ClaimResult:
         if all(v == "replicates" for v in verdicts)
         else "inconclusive"
     )
-    return _result(
+    return claim_result(
         "C2",
         paper_n,
         estimate=share,
@@ -269,7 +274,7 @@ def c2_ablation_costs_perplexity(m: Measurements) -> ClaimResult:
         return np.exp((np.sum(ablated, axis=axis) - np.sum(base, axis=axis)) / total) - 1
 
     rise = bootstrap(increase, ablated_nll, base_nll, tokens, seed=m.settings.seed)
-    return _result(
+    return claim_result(
         "C2[perplexity]",
         estimate=rise,
         rule=Criterion(threshold=paper.PERPLEXITY_COST, paper_side="above"),
@@ -292,14 +297,14 @@ def _patch(m: Measurements, groups: tuple[str, ...]) -> tuple[Estimate, Verdict 
 def c3_patch_dampened(m: Measurements) -> ClaimResult:
     share, override, details = _patch(m, ("TP-",))
     rule = Criterion.inside(0.0, paper.MATCH_SHARE)
-    return _result("C3", estimate=share, rule=rule, details=details, verdict_override=override)
+    return claim_result("C3", estimate=share, rule=rule, details=details, verdict_override=override)
 
 
 def c4_dampened_share(m: Measurements, denominator: str) -> ClaimResult:
     d = m.decomposition
     share = d.share("TP-", denominator, seed=m.settings.seed)
     rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="below")
-    return _result("C4", denominator, estimate=share, rule=rule, details=_group_details(d))
+    return claim_result("C4", denominator, estimate=share, rule=rule, details=_group_details(d))
 
 
 def c5_group_share(m: Measurements, group: str) -> ClaimResult:
@@ -307,14 +312,14 @@ def c5_group_share(m: Measurements, group: str) -> ClaimResult:
     share = d.share(group, "four-groups", seed=m.settings.seed)
     rule = Criterion(threshold=paper.NONTRIVIAL_SHARE, paper_side="above")
     details = {"count": d.group_count(group), "sum": d.group_sum(group)}
-    return _result("C5", group, estimate=share, rule=rule, details=details)
+    return claim_result("C5", group, estimate=share, rule=rule, details=details)
 
 
 def c5_anti_toxic_share(m: Measurements) -> ClaimResult:
     d = m.decomposition
     share = d.share(("AP+", "AN-"), "four-groups", seed=m.settings.seed)
     rule = Criterion(threshold=paper.ANTI_TOXIC_LARGE_SHARE, paper_side="above")
-    return _result("C5[anti-toxic]", estimate=share, rule=rule, details=_group_details(d))
+    return claim_result("C5[anti-toxic]", estimate=share, rule=rule, details=_group_details(d))
 
 
 def c6_fraction_increasing(m: Measurements) -> ClaimResult:
@@ -322,14 +327,16 @@ def c6_fraction_increasing(m: Measurements) -> ClaimResult:
     fraction = d.fraction_increasing_estimate(seed=m.settings.seed)
     rule = Criterion(threshold=paper.LARGE_FRACTION_INCREASING, paper_side="above")
     details = {"n_increasing": int((d.contribution < 0).sum()), "n_neurons": d.contribution.numel()}
-    return _result("C6[increasing]", estimate=fraction, rule=rule, details=details)
+    return claim_result("C6[increasing]", estimate=fraction, rule=rule, details=details)
 
 
 def c6_net_over_gross(m: Measurements) -> ClaimResult:
     d = m.decomposition
     ratio = d.net_over_gross(seed=m.settings.seed)
     rule = Criterion(threshold=paper.NET_OVER_GROSS_SMALL, paper_side="below")
-    return _result("C6[net-over-gross]", estimate=ratio, rule=rule, details={"net": d.net, "gross": d.gross})
+    return claim_result(
+        "C6[net-over-gross]", estimate=ratio, rule=rule, details={"net": d.net, "gross": d.gross}
+    )
 
 
 def c7_top_toxic_share(m: Measurements) -> ClaimResult:
@@ -340,7 +347,7 @@ def c7_top_toxic_share(m: Measurements) -> ClaimResult:
     everyone = torch.ones_like(d.cosines, dtype=torch.bool)
     share = d.mask_share(top.view_as(d.cosines), everyone, seed=m.settings.seed)  # of the net
     rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="below")
-    return _result("C7[top-toxic]", estimate=share, rule=rule, details={"n": len(ids), "net": d.net})
+    return claim_result("C7[top-toxic]", estimate=share, rule=rule, details={"n": len(ids), "net": d.net})
 
 
 def c7_neurons_to_net(m: Measurements) -> ClaimResult:
@@ -364,7 +371,7 @@ def c7_neurons_to_net(m: Measurements) -> ClaimResult:
         "threshold": threshold,
         "neurons_needed_ci": [needed.low, needed.high],
     }
-    return _result("C7[rank-to-net]", estimate=scaled, rule=rule, details=details)
+    return claim_result("C7[rank-to-net]", estimate=scaled, rule=rule, details=details)
 
 
 def c8_peak_layer(m: Measurements) -> ClaimResult:
@@ -391,7 +398,7 @@ def c8_peak_layer(m: Measurements) -> ClaimResult:
         "last_third_from_layer": late.start,
         "per_layer": layers["total"].tolist(),
     }
-    return _result("C8[peak]", estimate=position, rule=rule, details=details)
+    return claim_result("C8[peak]", estimate=position, rule=rule, details=details)
 
 
 def c8_late_groups(m: Measurements) -> ClaimResult:
@@ -406,7 +413,7 @@ def c8_late_groups(m: Measurements) -> ClaimResult:
         reducing |= d.groups[group]
     share = d.mask_share(tp_an, reducing & in_late, seed=m.settings.seed)
     rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="above")  # more than half
-    return _result(
+    return claim_result(
         "C8[late-groups]", estimate=share, rule=rule, details={g: layers[g].tolist() for g in REDUCING_GROUPS}
     )
 
@@ -414,19 +421,19 @@ def c8_late_groups(m: Measurements) -> ClaimResult:
 def c9_correlation(m: Measurements) -> ClaimResult:
     r = m.decomposition.change_cosine_correlation()  # Fisher-z interval
     rule = Criterion.inside(-paper.UNCORRELATED_R, paper.UNCORRELATED_R)
-    return _result("C9", estimate=r, rule=rule)
+    return claim_result("C9", estimate=r, rule=rule)
 
 
 def c10_patch_all_groups(m: Measurements) -> ClaimResult:
     share, override, details = _patch(m, REDUCING_GROUPS)
     rule = Criterion(threshold=paper.MATCH_SHARE, paper_side="above")
-    return _result("C10", estimate=share, rule=rule, details=details, verdict_override=override)
+    return claim_result("C10", estimate=share, rule=rule, details=details, verdict_override=override)
 
 
 def c11_weight_cosines(m: Measurements) -> ClaimResult:
     cosines = weight_cosines(m.pair.base.original_model, m.pair.dpo.original_model)
     lowest = min(cosines, key=cosines.get)
-    return _result(
+    return claim_result(
         "C11[cosine]",
         estimate=Estimate.exact_value(cosines[lowest]),
         rule=Criterion(threshold=paper.WEIGHT_COSINE, paper_side="above"),
@@ -440,13 +447,13 @@ def c11_toxic_activation_drop(m: Measurements) -> ClaimResult:
     dpo = m.capture("dpo").mean_activation.flatten(1)[:, ids].mean(1).numpy()
     drop = bootstrap(mean_difference, base, dpo, seed=m.settings.seed)
     rule = Criterion(threshold=0.0, paper_side="above")
-    return _result("C11[toxic-activation]", estimate=drop, rule=rule, details={"n": len(ids)})
+    return claim_result("C11[toxic-activation]", estimate=drop, rule=rule, details={"n": len(ids)})
 
 
 def c12_scale_keys(m: Measurements, factor: int) -> ClaimResult:
     intervention = selection.scale_keys(m.decomposition, 7, factor)
     rise = bootstrap(mean_difference, m.scores("dpo", intervention), m.scores("dpo"), seed=m.settings.seed)
     details = {"n_neurons": len(intervention.neurons), **toxicity_summary(m, intervention, side="dpo")}
-    return _result(
+    return claim_result(
         "C12", factor, estimate=rise, rule=Criterion(threshold=0.0, paper_side="above"), details=details
     )

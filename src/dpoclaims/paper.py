@@ -97,6 +97,21 @@ POSITIONS = (
     "activations at the positions of the capture convention (v1: the last position of each generation step)"
 )
 
+SEARCH_SPACE = (
+    "a Hypothesis search (dpoclaims.search) draws ablations: N from 1 to the rule's pool of toxic neurons "
+    "(cos > 0) on a geometric grid, each rule's whole pool measured first; target() steers toward the largest "
+    "recovered share and a counterexample is shrunk to the fewest neurons"
+)
+SEARCH_CRITERION = (
+    f"every ablation the search measures recovers less than {MATCH_SHARE:.0%} of DPO's drop (its 95% interval lies "
+    "wholly below)"
+)
+SEARCH_NULL = f"some measured ablation recovers >= {MATCH_SHARE:.0%} of DPO's drop"
+SEARCH_ALTERNATIVE = (
+    f"every measured ablation recovers < {MATCH_SHARE:.0%} (an intersection-union test: p is the largest of their "
+    "one-sided p-values)"
+)
+
 ENTRIES: tuple[ClaimEntry, ...] = (
     ClaimEntry(
         key="C1",
@@ -116,6 +131,20 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         hypothesis=True,
         null=f"the ablation recovers >= {MATCH_SHARE:.0%} of DPO's drop",
         alternative=f"it recovers < {MATCH_SHARE:.0%}",
+    ),
+    ClaimEntry(
+        key="C1[search]",
+        keyword="ablation",
+        sentence="Ablation is not enough to emulate DPO (the title): no ablation of toxic neurons, of any size, "
+        "recovers DPO's toxicity drop.",
+        source="Yang et al. 2024, title and Table 1",
+        statement="No ablation of toxic neurons recovers DPO's drop (Hypothesis search over N and the rule: "
+        "cosine, positive, random)",
+        criterion=SEARCH_CRITERION,
+        definition=f"{SEARCH_SPACE}; rules: top-N by cosine, top-N positively-activated (cos > 0 and mean base "
+        f"activation > 0), or a seeded random subset of the toxic neurons; {RECOVERED}",
+        null=SEARCH_NULL,
+        alternative=SEARCH_ALTERNATIVE,
     ),
     ClaimEntry(
         key="C2",
@@ -146,6 +175,19 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         paper=30.04 / 21.70 - 1,
         null=f"the rise is <= {PERPLEXITY_COST:.0%}",
         alternative=f"the rise is > {PERPLEXITY_COST:.0%}",
+    ),
+    ClaimEntry(
+        key="C2[search]",
+        keyword="ablation",
+        sentence="Ablating positively-activated toxic neurons, however many, does not reach DPO either.",
+        source="Yang et al. 2024 v1, Table 1",
+        statement="No ablation of toxic neurons recovers DPO's drop (Hypothesis search over N and the rule: "
+        "positive)",
+        criterion=SEARCH_CRITERION,
+        definition=f"{SEARCH_SPACE}; rule: top-N positively-activated toxic neurons (cos > 0 and mean base "
+        f"activation > 0), up to all of them; {RECOVERED}",
+        null=SEARCH_NULL,
+        alternative=SEARCH_ALTERNATIVE,
     ),
     ClaimEntry(
         key="C3",

@@ -57,32 +57,6 @@ def verdict(record: dict[str, Any]) -> str:
     return claim.get("verdict") or ("replicates" if claim["replicates"] else "contradicts")
 
 
-def search_claim(claim_id: str, summary: dict[str, Any]) -> dict[str, Any]:
-    """A counterexample search's summary (``dpoclaims.search.SearchResult.summary``) as a claim
-    record: its figure is the best ablation found, its verdict and p-value the search's."""
-    best = summary.get("best") or {}
-    claim, _, param = claim_id.partition("[")
-    rules = ", ".join(summary.get("rules", []))
-    return {
-        "claim": claim,
-        "param": param.rstrip("]"),
-        "statement": f"No ablation of toxic neurons recovers DPO's drop (Hypothesis search over N and the rule: {rules})",
-        "criterion": f"every ablation the search measures recovers less than {summary.get('threshold', 0.8):.0%} of "
-        "DPO's drop (the best one's 95% interval decides)",
-        "measured": best.get("share"),
-        "ci": best.get("ci"),
-        "exact": False,
-        "p_value": summary.get("p_value"),
-        "verdict": summary.get("verdict"),
-        "paper": None,
-        "hypothesis": False,
-        "details": summary,
-        "id": claim_id,
-        "replicates": summary.get("verdict") == "replicates",
-        "distance_to_paper": None,
-    }
-
-
 def _search_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for r in records:

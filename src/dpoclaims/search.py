@@ -45,31 +45,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from dpoclaims import paper, selection
+from dpoclaims import selection
 from dpoclaims.cache import stable_hash
+from dpoclaims.claims import MATCH_RULE, ClaimResult, claim_result, recovered
 from dpoclaims.decomposition import Decomposition
 from dpoclaims.errors import DpoclaimsError, OptionError
 from dpoclaims.files import atomic_write_text
 from dpoclaims.interventions import Intervention
 from dpoclaims.measurements import Measurements
-from dpoclaims.stats import Criterion, Estimate, Verdict, p_value, verdict
+from dpoclaims.stats import Estimate, Verdict, p_value, verdict
 
 Rule = Literal["cosine", "positive", "random"]
 RULES: tuple[Rule, ...] = ("cosine", "positive", "random")
 GRID_RATIO = 1.1  # n is drawn from a geometric grid: successive counts differ by about 10%
 DEFAULT_EXAMPLES = 16  # Hypothesis steers by target() only after 10 examples: 16 leaves it 6
 KEEP_STRONGEST = 5  # candidates kept in strongest.json
-SEARCH_PROPERTY = "dpoclaims_search"  # the claims test's user property holding SearchResult.summary()
 SEARCH_FORMAT = 1  # part of the database directory's key: bump when the drawn space changes
 
 #: The paper's side of the universal claim: every ablation recovers less than this share.
-CRITERION = Criterion(paper.MATCH_SHARE, "below")
+CRITERION = MATCH_RULE
 
 
 class SearchError(DpoclaimsError):
@@ -203,8 +203,6 @@ class AblationPoint:
 
 def measure_ablation(m: Measurements, candidate: Candidate) -> AblationPoint:
     """The recovered share of ``candidate``'s ablation on the base (one cached generation pass)."""
-    from dpoclaims.claims import recovered
-
     intervention = ablation_for(m.decomposition, candidate.n, candidate.rule, candidate.subset_seed)
     return AblationPoint(candidate, intervention.id, intervention.label, recovered(m, intervention))
 
@@ -314,8 +312,24 @@ class SearchResult:
             f"[{point.share.low:.3f}, {point.share.high:.3f}]"
         )
 
+    def claim_result(self, key: str) -> ClaimResult:
+        """The search as its claim (``C1[search]``, ``C2[search]``; texts from the paper table):
+        the figure is the best ablation found, the verdict and p-value are the search's, and
+        :meth:`summary` is its details."""
+        best = self.best
+        nan = float("nan")
+        result = claim_result(
+            key,
+            estimate=best.share if best else Estimate(nan, nan, nan),
+            rule=CRITERION,
+            details=self.summary(),
+            verdict_override=self.verdict,
+            p_override=self.p_value,
+        )
+        return replace(result, finding=self.describe())
+
     def summary(self) -> dict[str, Any]:
-        """The search as the reports show it (the ``dpoclaims_search`` user property)."""
+        """The search as the reports show it: the details of its claim record (:meth:`claim_result`)."""
         best = self.best
         return {
             "search": self.space.name,
