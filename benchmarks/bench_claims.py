@@ -64,65 +64,49 @@ def run_suite(cache_root: Path, reports: Path) -> float:
 
 def capture_overhead(cache: Cache, repeats: int = 5) -> dict[str, Any]:
     """On the toy's challenge prompts, in one interleaved run: a capture through plain hooks on
-    the raw HF model (``overhead.py``) against that model's plain ``generate``; also the
-    library's capture as the claims run it (``dpoclaims.capture.capture``: the raw model,
-    plain hooks), its capture through the TransformerBridge's hook points, a generation
-    through the bridge without hooks, and a separately loaded copy of the HF model (what a
-    user loads)."""
+    the plain HF model (``overhead.py``) against that model's plain ``generate``; also the
+    library's capture as the claims run it (``dpoclaims.capture.capture``) and a separately
+    loaded copy of the HF model (what a user loads)."""
     from transformers import AutoModelForCausalLM
 
     from dpoclaims.capture import capture
     from dpoclaims.devices import module_device
-    from dpoclaims.generation import GenerationSettings, greedy_generate
+    from dpoclaims.generation import GenerationSettings
     from dpoclaims.named_pairs import load_pair
     from dpoclaims.prompts import pair_texts
 
     pair = load_pair("toy", cache=cache)
     prompts = pair_texts(pair, "challenge_prompts")
     settings = GenerationSettings()
-    device = module_device(pair.base.original_model)
+    device = module_device(pair.base)
     fresh = AutoModelForCausalLM.from_pretrained(pair.spec.resolve(pair.spec.base)).eval().to(device)
     extra_runs = {
         "hf_fresh_generate": lambda: generate(fresh, pair.tokenizer, prompts, settings, device),
-        "bridge_generate_no_hooks": lambda: greedy_generate(
-            pair.base.original_model, pair.tokenizer, prompts, settings, progress=False
-        ),
         "library_capture_v1": lambda: capture(pair, "base", prompts, settings, progress=False),
-        "bridge_capture_v1": lambda: capture(
-            pair, "base", prompts, settings, progress=False, through="bridge"
-        ),
     }
     result = overhead.capture_overhead(
         pair.base, pair.layout, pair.tokenizer, prompts, settings, device, repeats, extra_runs
     )
-    reference = capture(pair, "base", prompts, settings, progress=False, through="bridge")
-    result["same_numbers_as_bridge_capture"] = overhead.same_numbers(
-        reference, pair.base, pair.layout, pair.tokenizer, prompts, settings, device
-    )
     library = capture(pair, "base", prompts, settings, progress=False)
-    result["library_capture_same_as_bridge_capture"] = {
-        "same_continuations": library.continuations == reference.continuations,
-        "max_abs_difference_of_means": float(
-            (library.mean_activation - reference.mean_activation).abs().max()
-        ),
-    }
+    result["same_numbers_as_library_capture"] = overhead.same_numbers(
+        library, pair.base, pair.layout, pair.tokenizer, prompts, settings, device
+    )
     return result
 
 
 def print_overhead(result: dict[str, Any]) -> None:
     print(
-        f"[toy, {result['device']}, {result['prompts']} prompts] capture through hooks on the raw HF model: "
-        f"{result['capture_overhead_vs_hf_generate']:+.1%} over the raw HF model's generate (target <= +15%; "
+        f"[toy, {result['device']}, {result['prompts']} prompts] capture through hooks on the plain HF model: "
+        f"{result['capture_overhead_vs_hf_generate']:+.1%} over the plain HF model's generate (target <= +15%; "
         f"CPU time {result['capture_overhead_vs_hf_generate_cpu_time']:+.1%}); with sdpa "
         f"{result['capture_sdpa_overhead_vs_hf_generate']:+.1%}; hooks alone on the same model "
         f"{result['hooks_overhead_same_model']:+.1%}. The library's capture (what the claims run): "
-        f"{result['library_capture_v1_overhead_vs_hf_generate']:+.1%}; through the bridge's hook points: "
-        f"{result['bridge_capture_v1_overhead_vs_hf_generate']:+.1%}; a separately loaded HF model: "
+        f"{result['library_capture_v1_overhead_vs_hf_generate']:+.1%}; a separately loaded HF model: "
         f"{result['hf_fresh_generate_overhead_vs_hf_generate']:+.1%}"
     )
-    same = result["same_numbers_as_bridge_capture"]
+    same = result["same_numbers_as_library_capture"]
     print(
-        f"same numbers as the bridge capture: continuations {same['same_continuations']}, counts "
+        f"same numbers as the library's capture: continuations {same['same_continuations']}, counts "
         f"{same['same_counts']}, max |difference of means| {same['max_abs_difference_of_means']:.2e}"
     )
 

@@ -3,7 +3,7 @@ formats (HF directory base, Lee et al. ``dpo.pt``, ``probe.pt``) and loaded thro
 path as the real one; and the toy pair.
 
 Measures on one device (``--device``, see :func:`dpoclaims.devices.resolve_device`), on a
-sample: a capture through plain hooks on the raw HF model against that model's plain
+sample: a capture through plain hooks on the plain HF model against that model's plain
 ``generate``, interleaved in one run (overhead.py; target <= +15%), peak memory (target <= 2x
 the two models' weights + 1 GB; on CUDA also peak GPU memory), and the time of each step of a
 full paper run (1,199 prompts, every generation and perplexity pass the claims need),
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from overhead import capture_overhead, synchronize  # benchmarks/overhead.py
+from overhead import capture_overhead, synchronize, with_attention  # benchmarks/overhead.py
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_PROMPTS = 1199
@@ -127,7 +127,6 @@ def measure(
     from dpoclaims.devices import resolve_device
     from dpoclaims.generation import GenerationSettings
     from dpoclaims.named_pairs import load_pair
-    from dpoclaims.neuron_hooks import raw_model
     from dpoclaims.prompts import pair_texts, read_texts
     from dpoclaims.quiet import quiet_third_party
 
@@ -137,9 +136,7 @@ def measure(
     pair = load_pair(spec, cache=Cache())
     load_s = time.perf_counter() - start
     weight_bytes = sum(
-        p.numel() * p.element_size()
-        for side in ("base", "dpo")
-        for p in pair.model(side).original_model.parameters()
+        p.numel() * p.element_size() for side in ("base", "dpo") for p in pair.model(side).parameters()
     )
     if device.type != "cpu":
         pair.base.to(device)  # the measured side; the DPO side stays where it was loaded
@@ -165,13 +162,16 @@ def measure(
         for text in prompts
     ]
     overhead = capture_overhead(pair.base, pair.layout, pair.tokenizer, prompts, settings, device, repeats)
-    window = min(1024, pair.base.original_model.config.n_positions)
+    window = min(1024, pair.base.config.n_positions)
     ppl_s_per_window = {
-        kernel: perplexity_seconds_per_window(model, len(pair.tokenizer), window, ppl_windows, device)
-        for kernel, model in (
-            ("eager", raw_model(pair.base)),
-            ("sdpa", raw_model(pair.base, attn_implementation="sdpa")),
-        )
+        kernel: with_attention(
+            pair.base,
+            kernel,
+            lambda model: perplexity_seconds_per_window(
+                model, len(pair.tokenizer), window, ppl_windows, device
+            ),
+        )()
+        for kernel in ("eager", "sdpa")
     }
     peak_rss = peak_resident_bytes()
     n_windows = WIKITEXT2_TEST_GPT2_TOKENS // window

@@ -1,14 +1,13 @@
 """Shared by bench_claims.py and bench_scale.py: capture-style recording through plain PyTorch
-hooks on the raw Hugging Face model (:mod:`dpoclaims.neuron_hooks`) against that model's plain
+hooks on the plain Hugging Face model (:mod:`dpoclaims.neuron_hooks`) against that model's plain
 ``generate``, measured interleaved in one run.
 
 The variants, all greedy with left padding, ``max_new_tokens`` each, on one side of a pair:
 
 - ``hf_generate``: the HF model's own forward with HF's default attention kernel (sdpa), no
-  hooks: what a user runs without this suite. (``raw_model(bridge, attn_implementation="sdpa")``:
-  the HF modules and weights of the pair, no second copy of the weights.)
-- ``hf_generate_eager``: the same with eager attention, the kernel the bridge switches its
-  model to (so the bridge's hook points and the raw model agree to the last bit).
+  hooks: what a user runs without this suite. (The pair's model itself, its attention kernel
+  switched for the run with ``set_attn_implementation``: no second copy of the weights.)
+- ``hf_generate_eager``: the same with eager attention.
 - ``hooks_capture``: ``hf_generate_eager`` plus :class:`LastPositionRecorder` (v1 capture
   convention: per-prompt float64 sums of every layer's neuron activation at the last position
   of each step), continuations decoded: what a capture does.
@@ -27,7 +26,7 @@ import torch
 
 from dpoclaims.generation import GenerationSettings, encode_prompts
 from dpoclaims.models import MLPLayout
-from dpoclaims.neuron_hooks import LastPositionRecorder, raw_model
+from dpoclaims.neuron_hooks import LastPositionRecorder
 
 OVERHEAD_TARGET = 0.15
 
@@ -116,8 +115,23 @@ def interleaved(
     }
 
 
+def with_attention(model: Any, implementation: str, run: Callable[[Any], Any]) -> Callable[[], Any]:
+    """``run(model)`` with ``model``'s attention kernel set to ``implementation`` for the call
+    (and set back after it)."""
+
+    def call() -> Any:
+        before = model.config._attn_implementation
+        model.set_attn_implementation(implementation)
+        try:
+            return run(model)
+        finally:
+            model.set_attn_implementation(before)
+
+    return call
+
+
 def capture_overhead(
-    bridge: Any,
+    model: Any,
     layout: MLPLayout,
     tokenizer: Any,
     prompts: Sequence[str],
@@ -126,15 +140,21 @@ def capture_overhead(
     repeats: int,
     extra_runs: dict[str, Callable[[], Any]] | None = None,
 ) -> dict[str, Any]:
-    """Hooks capture against the raw HF model's plain ``generate``; see the module docstring.
-    ``extra_runs`` (e.g. the library's bridge capture) are timed in the same rounds."""
-    eager = raw_model(bridge)
-    sdpa = raw_model(bridge, attn_implementation="sdpa")
+    """Hooks capture against the plain HF model's ``generate``; see the module docstring.
+    ``extra_runs`` (e.g. the library's capture) are timed in the same rounds."""
     runs: dict[str, Callable[[], Any]] = {
-        "hf_generate": lambda: generate(sdpa, tokenizer, prompts, settings, device),
-        "hf_generate_eager": lambda: generate(eager, tokenizer, prompts, settings, device),
-        "hooks_capture": lambda: generate(eager, tokenizer, prompts, settings, device, layout),
-        "hooks_capture_sdpa": lambda: generate(sdpa, tokenizer, prompts, settings, device, layout),
+        "hf_generate": with_attention(
+            model, "sdpa", lambda m: generate(m, tokenizer, prompts, settings, device)
+        ),
+        "hf_generate_eager": with_attention(
+            model, "eager", lambda m: generate(m, tokenizer, prompts, settings, device)
+        ),
+        "hooks_capture": with_attention(
+            model, "eager", lambda m: generate(m, tokenizer, prompts, settings, device, layout)
+        ),
+        "hooks_capture_sdpa": with_attention(
+            model, "sdpa", lambda m: generate(m, tokenizer, prompts, settings, device, layout)
+        ),
         **(extra_runs or {}),
     }
     medians = interleaved(runs, repeats, device)
@@ -172,22 +192,22 @@ def capture_overhead(
 
 
 def same_numbers(
-    bridge_capture: Any,
-    bridge: Any,
+    library_capture: Any,
+    model: Any,
     layout: MLPLayout,
     tokenizer: Any,
     prompts: Sequence[str],
     settings: GenerationSettings,
     device: torch.device,
 ) -> dict[str, Any]:
-    """The hooks capture against the library's capture through the bridge's hook points
-    (``bridge_capture``: a :class:`dpoclaims.capture.Capture` of the same prompts)."""
-    texts, means, counts = generate(raw_model(bridge), tokenizer, prompts, settings, device, layout)
+    """This module's hooks capture against the library's capture (``library_capture``: a
+    :class:`dpoclaims.capture.Capture` of the same prompts on the same model)."""
+    texts, means, counts = generate(model, tokenizer, prompts, settings, device, layout)
     assert means is not None and counts is not None
     return {
         "prompts": len(prompts),
-        "same_continuations": texts == bridge_capture.continuations,
-        "same_counts": bool(torch.equal(counts, bridge_capture.n_positions)),
-        "max_abs_difference_of_means": float((means - bridge_capture.mean_activation).abs().max()),
-        "max_abs_mean": float(bridge_capture.mean_activation.abs().max()),
+        "same_continuations": texts == library_capture.continuations,
+        "same_counts": bool(torch.equal(counts, library_capture.n_positions)),
+        "max_abs_difference_of_means": float((means - library_capture.mean_activation).abs().max()),
+        "max_abs_mean": float(library_capture.mean_activation.abs().max()),
     }

@@ -29,7 +29,6 @@ from tiny import (  # noqa: E402  (tests/tiny.py: plain helpers and constants)
     N_POSITIONS,
     TOKENIZER_VOCAB,
     PairFiles,
-    run_with_hooks,
     save_pair,
     tiny_toy_config,
 )
@@ -144,7 +143,7 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def gpt2_pair(gpt2_pair_files: PairFiles, session_cache):
-    """The tiny GPT-2 pair loaded through ``load_pair`` (TransformerBridge models).
+    """The tiny GPT-2 pair loaded through ``load_pair`` (plain Hugging Face models).
 
     Shared across tests: tests must only use hooks as context managers and restore weights.
     """
@@ -170,11 +169,6 @@ def sample_batch(vocab_size: int) -> dict[str, torch.Tensor]:
     mask[2, 4:] = 0
     ids = ids.masked_fill(mask == 0, 0)
     return {"input_ids": ids, "attention_mask": mask}
-
-
-@pytest.fixture(scope="session")
-def logits_with_hooks() -> Callable[..., torch.Tensor]:
-    return run_with_hooks
 
 
 # --------------------------------------------------------------------------- the tiny toy organism

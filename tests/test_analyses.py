@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from tiny import record_mlp_activations
 from dpoclaims.capture import capture
 from dpoclaims.decomposition import ALL_GROUPS, MIRROR_GROUPS, REDUCING_GROUPS, assign_groups, decompose
 from dpoclaims.generation import GenerationSettings
+from dpoclaims.neuron_hooks import decoder_layers, neuron_hooks
 from dpoclaims.stats import bootstrap, mean_difference, ratio_of_means, recovered_share
 
 PROMPTS = [
@@ -25,6 +28,24 @@ PROMPTS = [
     "good point about the tax plan",
 ]
 SETTINGS = GenerationSettings(max_prompt_tokens=12, max_new_tokens=6, batch_size=5)
+
+
+@contextmanager
+def mlp_outputs_kept(model, layers) -> Iterator[dict[int, torch.Tensor]]:
+    """The MLP output of each of ``layers`` (what TransformerLens names ``blocks.L.mlp.hook_out``),
+    kept by a forward hook on the layer's ``mlp`` module."""
+    kept: dict[int, torch.Tensor] = {}
+    handles = [
+        decoder_layers(model)[layer].mlp.register_forward_hook(
+            lambda module, args, output, layer=layer: kept.__setitem__(layer, output.detach().clone())
+        )
+        for layer in layers
+    ]
+    try:
+        yield kept
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _full_activations(pair, side, prompt_ids, continuation_ids):
@@ -84,29 +105,20 @@ def test_contribution_equals_directly_measured_change_of_each_neurons_write(gpt2
                     : SETTINGS.max_prompt_tokens
                 ]
                 full = torch.tensor([prompt_ids + cap.continuation_ids[i]])
-                outs = {}
+                model = gpt2_pair.model(side)
 
-                def keep(name):
-                    def hook(activation, hook):
-                        outs[name] = activation[0].detach().clone()
-                        return activation
-
-                    return hook
-
-                def zero(activation, hook):
+                def zero(activation):
                     activation = activation.clone()
                     activation[..., neuron] = 0
                     return activation
 
-                bridge = gpt2_pair.model(side)
-                out_name = f"blocks.{layer}.mlp.hook_out"
                 with torch.no_grad():
-                    with bridge.hooks(fwd_hooks=[(out_name, keep("full"))]):
-                        bridge.original_model(input_ids=full)
-                    with bridge.hooks(
-                        fwd_hooks=[(gpt2_pair.layout.hook_name(layer), zero), (out_name, keep("ablated"))]
-                    ):
-                        bridge.original_model(input_ids=full)
+                    with mlp_outputs_kept(model, [layer]) as full_out:
+                        model(input_ids=full)
+                    with neuron_hooks(model, gpt2_pair.layout, {layer: zero}):
+                        with mlp_outputs_kept(model, [layer]) as ablated_out:
+                            model(input_ids=full)
+                outs = {"full": full_out[layer][0], "ablated": ablated_out[layer][0]}
                 write = (outs["full"] - outs["ablated"]) @ unit  # [seq]
                 n = int(cap.n_positions[i])
                 per_prompt.append(write[len(prompt_ids) - 1 : len(prompt_ids) - 1 + n].mean())
@@ -186,32 +198,18 @@ def test_patching_every_neuron_to_dpo_activations_reproduces_dpo_mlp_outputs(
     ids = torch.tensor([[5, 17, 40, 3, 99, 12]])
     layers = range(pair.layout.n_layers)
 
-    def record(store, name):
-        def hook(activation, hook):
-            store[name] = activation.detach().clone()
-            return activation
+    def record(store, layer):
+        return lambda activation: store.__setitem__(layer, activation.detach().clone())
 
-        return hook
-
-    dpo_acts, dpo_out, patched_out = {}, {}, {}
+    dpo_acts = {}
     with torch.no_grad():
-        with pair.dpo.hooks(
-            fwd_hooks=[(pair.layout.hook_name(l), record(dpo_acts, l)) for l in layers]
-            + [(f"blocks.{l}.mlp.hook_out", record(dpo_out, l)) for l in layers]
-        ):
-            pair.dpo.original_model(input_ids=ids)
-
-        def patch(layer):
-            def hook(activation, hook):
-                return dpo_acts[layer].clone()
-
-            return hook
-
-        with pair.base.hooks(
-            fwd_hooks=[(pair.layout.hook_name(l), patch(l)) for l in layers]
-            + [(f"blocks.{l}.mlp.hook_out", record(patched_out, l)) for l in layers]
-        ):
-            pair.base.original_model(input_ids=ids)
+        with neuron_hooks(pair.dpo, pair.layout, {l: record(dpo_acts, l) for l in layers}):
+            with mlp_outputs_kept(pair.dpo, layers) as dpo_out:
+                pair.dpo(input_ids=ids)
+        with neuron_hooks(pair.base, pair.layout, {l: (lambda a, l=l: dpo_acts[l].clone()) for l in layers}):
+            with mlp_outputs_kept(pair.base, layers) as patched_out:
+                pair.base(input_ids=ids)
+    assert set(dpo_out) == set(patched_out) == set(layers)
     for layer in layers:
         torch.testing.assert_close(patched_out[layer], dpo_out[layer], atol=1e-5, rtol=1e-5)
 

@@ -1004,14 +1004,14 @@ _CAPTURE_SCRIPT = textwrap.dedent("""
     settings = MeasurementSettings(generation=GenerationSettings(batch_size={batch_size}))
     measurements = Measurements(pair, cache, settings, progress=False)
     if mode == "kill":
-        generated = dpoclaims.capture._RawRecorder.generated
+        generated = dpoclaims.capture._Recorder.generated
 
         def pause_after_the_first_batch(self, *args):
             generated(self, *args)
             (marks / "first-batch-done").touch()
             time.sleep(600)
 
-        dpoclaims.capture._RawRecorder.generated = pause_after_the_first_batch
+        dpoclaims.capture._Recorder.generated = pause_after_the_first_batch
     else:
         capture = dpoclaims.measurements.capture
 

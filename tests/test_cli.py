@@ -58,7 +58,7 @@ def test_build_toy_command(tmp_path, capsys, monkeypatch, tiny_toy_cache):
         ["--cache-dir", str(tiny_toy_cache.root), "build-toy", "--report", str(report_path), "--no-progress"]
     )
     report = json.loads(report_path.read_text())
-    assert report["toy_dir"] == str(tiny_toy_cache.entry_dir("toy", tiny.key()))
+    assert report["toy_dir"] == str(tiny_toy_cache.entry_dir("toy", build_module.toy_key(tiny)))
     assert code == (0 if all(b["ok"] for b in report["bands"].values()) else 1)
     out = capsys.readouterr().out
     for band in report["bands"]:

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import reference_mlp_activations
 
 from dpoclaims.cache import Cache
 from dpoclaims.capture import capture
 from dpoclaims.generation import GenerationSettings
 from dpoclaims.named_pairs import load_pair
+from dpoclaims.neuron_hooks import neuron_hooks
 
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
@@ -52,41 +54,35 @@ def _save_family_pair(root: Path, family: str, tokenizer_dir: Path, vocab_size: 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_gated_family_hook_is_the_input_of_down_proj(family, tmp_path, tokenizer_dir, vocab_size):
+    """What ``neuron_hooks`` records is ``act_fn(gate_proj(x)) * up_proj(x)``, recomputed by hand
+    from the MLP's input; key and value vectors are up_proj's rows and down_proj's columns of a
+    separately loaded copy."""
     import transformers
 
     spec = _save_family_pair(tmp_path, family, tokenizer_dir, vocab_size)
     pair = load_pair(spec, cache=Cache(tmp_path / "cache"))
     assert pair.layout.kind == "gated" and pair.layout.d_mlp == 64
-    raw = getattr(transformers, FAMILIES[family][1]).from_pretrained(
-        tmp_path / "base", attn_implementation="eager"
-    )
-    raw.eval()  # eager, as the bridge runs it: sdpa rounds differently (2e-5 on Gemma-2 with transformers 5.20)
     ids = torch.tensor([[3, 5, 7, 9, 11]])
+    seen: dict[int, torch.Tensor] = {}
+    edits = {
+        layer: (lambda activation, layer=layer: seen.__setitem__(layer, activation.detach().clone()))
+        for layer in range(pair.layout.n_layers)
+    }
+    with torch.no_grad(), neuron_hooks(pair.base, pair.layout, edits):
+        pair.base(input_ids=ids)
+    expected, _ = reference_mlp_activations(pair.base, input_ids=ids)
+    fresh = getattr(transformers, FAMILIES[family][1]).from_pretrained(tmp_path / "base").eval()
     for layer in range(pair.layout.n_layers):
-        seen: dict[str, torch.Tensor] = {}
-
-        def keep(activation, hook):
-            seen["bridge"] = activation.detach().clone()
-            return activation
-
-        handle = raw.model.layers[layer].mlp.down_proj.register_forward_pre_hook(
-            lambda module, args: seen.__setitem__("raw", args[0].detach().clone())
-        )
-        with torch.no_grad():
-            raw(input_ids=ids)
-            with pair.base.hooks(fwd_hooks=[(pair.layout.hook_name(layer), keep)]):
-                pair.base.original_model(input_ids=ids)
-        handle.remove()
-        torch.testing.assert_close(seen["bridge"], seen["raw"], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(
-            pair.value_vectors("base")[layer], raw.model.layers[layer].mlp.down_proj.weight.T
-        )
+        assert torch.equal(seen[layer], expected[layer])
+        mlp = fresh.model.layers[layer].mlp
+        assert torch.equal(pair.value_vectors("base")[layer], mlp.down_proj.weight.detach().T)
+        assert torch.equal(pair.key_vectors("base")[layer], mlp.up_proj.weight.detach())
 
 
 def test_bf16_pair_is_captured_and_analysed_in_float32(tmp_path, tokenizer_dir, vocab_size):
     spec = _save_family_pair(tmp_path, "llama", tokenizer_dir, vocab_size)
     pair = load_pair(spec, cache=Cache(tmp_path / "cache"), dtype=torch.bfloat16)
-    assert pair.base.original_model.dtype == torch.bfloat16
+    assert pair.base.dtype == torch.bfloat16
     assert pair.value_vectors("dpo").dtype == torch.float32
     result = capture(
         pair, "base", ["hello there", "thanks for sharing"], GenerationSettings(8, 4, 2), progress=False

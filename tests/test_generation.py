@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from dpoclaims.generation import GenerationSettings, encode_prompts, greedy_generate
-from dpoclaims.interventions import ablation_hooks
 
 PROMPTS = [
     "hi",
@@ -87,32 +86,36 @@ def test_encode_prompts_left_pads_and_truncates(tokenizer):
         assert all(t == tokenizer.pad_token_id for t in row[: 5 - n])
 
 
-def test_generation_through_bridge_fires_hooks(gpt2_pair, gpt2_pair_files, tokenizer):
-    """Hooks on the bridge act during generation, at prompt and generated positions alike:
-    ablating every neuron by hook == generating with a raw copy whose value vectors are zero."""
+def test_generation_under_neuron_hooks_acts_at_every_position(gpt2_pair, gpt2_pair_files, tokenizer):
+    """Neuron hooks act during generation, at prompt and generated positions alike: ablating every
+    neuron through ``Intervention.applied`` == generating with a separately loaded copy whose value
+    vectors are zero (no hooks); the hooks are gone afterwards."""
     from transformers import GPT2LMHeadModel
+
+    from dpoclaims.interventions import Intervention
+    from dpoclaims.neuron_hooks import neuron_activation_modules
 
     layout = gpt2_pair.layout
     settings = GenerationSettings(max_prompt_tokens=16, max_new_tokens=6, batch_size=3)
-    bridge = gpt2_pair.base
-    everything = {layer: torch.arange(layout.d_mlp) for layer in range(layout.n_layers)}
+    model = gpt2_pair.base
+    everything = Intervention("ablate", tuple(range(layout.n_neurons)))
     positions = []
 
-    def count(activation, hook):
+    def count(activation):
         positions.append(activation.shape[1])
-        return activation
 
-    hooks = ablation_hooks(layout, everything) + [(layout.hook_name(0), count)]
-    with bridge.hooks(fwd_hooks=hooks):
-        hooked = greedy_generate(bridge.original_model, tokenizer, PROMPTS[:3], settings, progress=False)
+    with everything.applied(model, layout, extra_edits={0: count}) as running:
+        assert running is model
+        hooked = greedy_generate(running, tokenizer, PROMPTS[:3], settings, progress=False)
     n_prompt = encode_prompts(tokenizer, PROMPTS[:3], 16)["input_ids"].shape[1]
     assert sum(positions) == n_prompt + settings.max_new_tokens - 1  # every position once (KV cache)
+    assert all(not m._forward_pre_hooks for m in neuron_activation_modules(model, layout))
 
-    raw = copy.deepcopy(GPT2LMHeadModel.from_pretrained(gpt2_pair_files.base).eval())
+    zeroed = copy.deepcopy(GPT2LMHeadModel.from_pretrained(gpt2_pair_files.base).eval())
     with torch.no_grad():
-        for block in raw.transformer.h:
+        for block in zeroed.transformer.h:
             block.mlp.c_proj.weight.zero_()
-    expected = greedy_generate(raw, tokenizer, PROMPTS[:3], settings, progress=False)
+    expected = greedy_generate(zeroed, tokenizer, PROMPTS[:3], settings, progress=False)
     assert hooked.continuation_ids == expected.continuation_ids
-    clean = greedy_generate(bridge.original_model, tokenizer, PROMPTS[:3], settings, progress=False)
+    clean = greedy_generate(model, tokenizer, PROMPTS[:3], settings, progress=False)
     assert clean.continuation_ids != hooked.continuation_ids

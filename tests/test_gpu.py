@@ -45,7 +45,7 @@ def test_a_toy_capture_on_cuda_equals_the_cpu_capture():
     cpu_pair = load_pair("toy", cache=Cache(), device="cpu")
     gpu_pair = load_pair("toy", cache=Cache(), device="cuda")
     assert gpu_pair.fingerprint == cpu_pair.fingerprint  # the cache key does not name the device
-    assert gpu_pair.raw("base").device.type == "cuda"
+    assert gpu_pair.base.device.type == "cuda" and cpu_pair.base.device.type == "cpu"
     prompts = pair_texts(cpu_pair, "challenge_prompts", TOY_PROMPTS)
     cpu = capture(cpu_pair, "base", prompts, progress=False)
     gpu = capture(gpu_pair, "base", prompts, progress=False)
@@ -72,22 +72,28 @@ def pairs_on(gpt2_pair_files, llama_pair_files, tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["ablate", "patch", "scale_keys"])
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_interventions_on_cuda_equal_the_cpu_and_the_bridge_hook_points(pairs_on, family, kind):
-    from test_raw_path import make_intervention
+def test_interventions_on_cuda_equal_the_cpu(pairs_on, family, kind):
+    """The intervention's tensors follow the model to the GPU; the capture and the evaluation
+    give the CPU's; no hook is left and the key vectors are restored, on the GPU too."""
+    from test_measurement_path import make_intervention
+
+    from dpoclaims.neuron_hooks import key_vectors, neuron_activation_modules
 
     cpu_pair, gpu_pair = pairs_on[family, "cpu"], pairs_on[family, "cuda"]
     intervention = make_intervention(kind, cpu_pair.layout.d_mlp)
+    keys_before = key_vectors(gpu_pair.base, gpu_pair.layout)
     results = {
-        (device, through): capture(
-            pair, "base", PROMPTS, SETTINGS, intervention=intervention, progress=False, through=through
-        )
+        device: capture(pair, "base", PROMPTS, SETTINGS, intervention=intervention, progress=False)
         for device, pair in (("cpu", cpu_pair), ("cuda", gpu_pair))
-        for through in ("raw", "bridge")
     }
-    reference = results["cpu", "raw"]
-    for key, result in results.items():
-        assert result.continuation_ids == reference.continuation_ids, key
-        torch.testing.assert_close(result.mean_activation, reference.mean_activation, rtol=1e-4, atol=1e-5)
+    assert results["cuda"].continuation_ids == results["cpu"].continuation_ids
+    torch.testing.assert_close(
+        results["cuda"].mean_activation, results["cpu"].mean_activation, rtol=1e-4, atol=1e-5
+    )
+    clean = capture(gpu_pair, "base", PROMPTS, SETTINGS, progress=False)
+    assert (clean.mean_activation - results["cuda"].mean_activation).abs().max() > 1e-3  # it acted
+    assert all(not m._forward_pre_hooks for m in neuron_activation_modules(gpu_pair.base, gpu_pair.layout))
+    assert torch.equal(key_vectors(gpu_pair.base, gpu_pair.layout), keys_before)
     gpu_eval = evaluate(
         gpu_pair, "dpo", PROMPTS, SETTINGS, intervention, scorers=("profanity-check",), progress=False
     )
@@ -104,11 +110,11 @@ def test_a_bf16_gated_pair_with_a_device_map_is_analysed_in_float32(tmp_path, to
 
     spec = _save_family_pair(tmp_path, "llama", tokenizer_dir, vocab_size)
     pair = load_pair(spec, cache=Cache(tmp_path / "cache"), dtype=torch.bfloat16, device_map="auto")
-    model = pair.base.original_model
+    model = pair.base
     assert (
         model.dtype == torch.bfloat16 and next(model.parameters()).device.type == "cuda"
     )  # placed by accelerate
-    assert pair.raw("base").get_input_embeddings().weight.device.type == "cuda"
+    assert model.get_input_embeddings().weight.device.type == "cuda"
     captures = {side: capture(pair, side, PROMPTS, SETTINGS, progress=False) for side in ("base", "dpo")}
     for result in captures.values():
         assert result.mean_activation.dtype == torch.float32 and result.mean_activation.device.type == "cpu"

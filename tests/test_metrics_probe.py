@@ -17,6 +17,7 @@ from dpoclaims.metrics import (
     token_f1,
     weight_cosines,
 )
+from dpoclaims.neuron_hooks import decoder_layers
 from dpoclaims.organism import corpus
 from dpoclaims.probe import LinearProbe, pooled_residuals
 
@@ -160,33 +161,56 @@ def test_continuation_f1_splits_texts_and_skips_short_ones(model, tokenizer):
         F1Settings(unit="letters")  # type: ignore[arg-type]
 
 
-def _manual_pooled(raw, tokenizer, texts):
-    """Mean over tokens of the last block's output (before ln_f), one text at a time."""
+def _manual_pooled(model, tokenizer, texts):
+    """Mean over tokens of the last decoder layer's output (before the final norm), one unpadded
+    text at a time: the independent reference for ``pooled_residuals``.
+
+    ``output_hidden_states`` cannot give it directly: for these models the last hidden state is
+    taken after the final norm (GPT-2 ``ln_f``, Llama ``model.norm``). So a copy of the model has
+    its final norm replaced by the identity; that copy's ``last_hidden_state`` is then exactly the
+    last layer's output, read with no hook on any layer."""
+    import copy
+
+    unnormed = copy.deepcopy(model)
+    if hasattr(unnormed, "transformer"):
+        unnormed.transformer.ln_f = torch.nn.Identity()
+        body = unnormed.transformer
+    else:
+        unnormed.model.norm = torch.nn.Identity()
+        body = unnormed.model
     rows = []
-    captured = {}
-    handle = raw.transformer.h[-1].register_forward_hook(
-        lambda module, args, output: captured.__setitem__(
-            "h", output[0] if isinstance(output, tuple) else output
-        )
-    )
     with torch.no_grad():
         for text in texts:
             ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
-            raw(input_ids=ids)
-            rows.append(captured["h"][0].mean(0))
-    handle.remove()
+            hidden = body(input_ids=ids, use_cache=False).last_hidden_state  # [1, seq, d_model]
+            rows.append(hidden[0].mean(0))
+        # the copy does differ from the model where the final norm acts
+        normed = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].mean(0)
+    assert not torch.allclose(normed, rows[-1])
     return torch.stack(rows)
 
 
-def test_pooled_residuals_mask_padding(gpt2_pair, gpt2_pair_files, tokenizer):
-    from transformers import GPT2LMHeadModel
+def hook_counts(model) -> list[int]:
+    return [len(layer._forward_hooks) for layer in decoder_layers(model)] + [len(model._forward_hooks)]
 
-    raw = GPT2LMHeadModel.from_pretrained(gpt2_pair_files.base).eval()
-    expected = _manual_pooled(raw, tokenizer, TEXTS)
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_pooled_residuals_mask_padding(family, gpt2_pair, llama_pair, tokenizer):
+    pair = {"gpt2": gpt2_pair, "llama": llama_pair}[family]
+    expected = _manual_pooled(pair.base, tokenizer, TEXTS)
+    hooks_before = hook_counts(pair.base)
     for batch_size in (1, 3, len(TEXTS)):
-        pooled = pooled_residuals(gpt2_pair.base, tokenizer, TEXTS, batch_size=batch_size, progress=False)
-        assert pooled.shape == (len(TEXTS), gpt2_pair.layout.d_model)
+        pooled = pooled_residuals(pair.base, tokenizer, TEXTS, batch_size=batch_size, progress=False)
+        assert pooled.shape == (len(TEXTS), pair.layout.d_model)
+        assert pooled.dtype == torch.float32 and pooled.device.type == "cpu"
         torch.testing.assert_close(pooled, expected, rtol=1e-4, atol=1e-5)
+    # no hook of its own is left (transformers installs output-capturing hooks of its own on the layers)
+    assert hook_counts(pair.base) == hooks_before
+
+
+def test_pooled_residuals_refuse_an_empty_text(gpt2_pair, tokenizer):
+    with pytest.raises(ValueError, match="empty text"):
+        pooled_residuals(gpt2_pair.base, tokenizer, ["fine", "  "], progress=False)
 
 
 def test_linear_probe():

@@ -7,12 +7,13 @@ import json
 
 import pytest
 import torch
-from tiny import D_MODEL, N_LAYER, N_POSITIONS, record_mlp_activations, run_with_hooks, write_spec
+from tiny import D_MODEL, N_LAYER, N_POSITIONS, reference_mlp_activations, run_logits, write_spec
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
 from dpoclaims.cache import Cache
 from dpoclaims.models import MLPLayout, mlp_layout
 from dpoclaims.named_pairs import load_pair
+from dpoclaims.neuron_hooks import neuron_hooks
 from dpoclaims.pairs import PairSpec
 
 
@@ -66,8 +67,8 @@ def test_state_dict_dpo_equals_directory_dpo(tmp_path, gpt2_pair_files, dir_load
         )
         torch.testing.assert_close(from_pt.key_vectors(side), dir_loaded.key_vectors(side), rtol=0, atol=0)
         torch.testing.assert_close(
-            run_with_hooks(from_pt.model(side), sample_batch, []),
-            run_with_hooks(dir_loaded.model(side), sample_batch, []),
+            run_logits(from_pt.model(side), sample_batch),
+            run_logits(dir_loaded.model(side), sample_batch),
             rtol=0,
             atol=0,
         )
@@ -83,7 +84,7 @@ def test_state_dict_dpo_has_tied_embeddings(tmp_path, gpt2_pair_files, sample_ba
         tmp_path / "pair.toml", base=str(gpt2_pair_files.base), dpo="dpo.pt", probe=str(gpt2_pair_files.probe)
     )
     pair = load_pair(spec, cache=Cache(tmp_path / "cache"))
-    hf = pair.dpo.original_model
+    hf = pair.dpo
     torch.testing.assert_close(hf.lm_head.weight, payload["state"]["transformer.wte.weight"], rtol=0, atol=0)
 
 
@@ -176,31 +177,34 @@ def test_gated_pair_layout_and_value_vectors(llama_pair, llama_pair_files):
 
 @pytest.mark.parametrize("side", ["base", "dpo"])
 def test_gated_hook_post_equals_down_proj_input(llama_pair, llama_pair_files, sample_batch, side):
-    """``blocks.L.mlp.hook_post`` of a gated MLP is act(gate) * up, the input of down_proj."""
-    raw = LlamaForCausalLM.from_pretrained(getattr(llama_pair_files, side)).eval()
-    down_in, recomputed, handles = {}, {}, []
-    for layer, block in enumerate(raw.model.layers):
-        mlp = block.mlp
-
-        def pre(module, args, layer=layer):
-            down_in[layer] = args[0].detach().clone()
-
-        def whole(module, args, output, layer=layer, mlp=mlp):
-            x = args[0]
-            recomputed[layer] = (mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)).detach().clone()
-
-        handles += [mlp.down_proj.register_forward_pre_hook(pre), mlp.register_forward_hook(whole)]
+    """The neuron activation the library records on a gated pair (``neuron_hooks``) is act(gate) * up,
+    the input of down_proj, of a separately loaded copy of that side."""
+    fresh = LlamaForCausalLM.from_pretrained(getattr(llama_pair_files, side)).eval()
+    down_in, handles = {}, []
+    for layer, block in enumerate(fresh.model.layers):
+        handles.append(
+            block.mlp.down_proj.register_forward_pre_hook(
+                lambda module, args, layer=layer: down_in.__setitem__(layer, args[0].detach().clone())
+            )
+        )
     with torch.no_grad():
-        raw_logits = raw(**sample_batch).logits
+        fresh_logits = fresh(**sample_batch).logits
     for handle in handles:
         handle.remove()
+    recomputed, _ = reference_mlp_activations(fresh, **sample_batch)
 
-    activations, logits = record_mlp_activations(llama_pair, side, **sample_batch)
-    torch.testing.assert_close(logits, raw_logits, rtol=1e-5, atol=1e-5)
-    for layer, activation in enumerate(activations):
-        assert activation.shape[-1] == 64
-        torch.testing.assert_close(activation, down_in[layer], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(activation, recomputed[layer], rtol=1e-5, atol=1e-6)
+    recorded: dict[int, torch.Tensor] = {}
+    edits = {
+        layer: (lambda activation, layer=layer: recorded.__setitem__(layer, activation.detach().clone()))
+        for layer in range(llama_pair.layout.n_layers)
+    }
+    with torch.no_grad(), neuron_hooks(llama_pair.model(side), llama_pair.layout, edits):
+        logits = llama_pair.model(side)(**sample_batch).logits
+    torch.testing.assert_close(logits, fresh_logits, rtol=1e-5, atol=1e-5)
+    for layer in range(llama_pair.layout.n_layers):
+        assert recorded[layer].shape[-1] == 64
+        torch.testing.assert_close(recorded[layer], down_in[layer], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(recorded[layer], recomputed[layer], rtol=1e-5, atol=1e-6)
 
 
 def test_gated_state_dict_dpo_equals_directory(tmp_path, llama_pair, llama_pair_files, sample_batch):
@@ -215,8 +219,8 @@ def test_gated_state_dict_dpo_equals_directory(tmp_path, llama_pair, llama_pair_
     assert from_pt.fingerprint == llama_pair.fingerprint
     torch.testing.assert_close(from_pt.value_vectors("dpo"), llama_pair.value_vectors("dpo"), rtol=0, atol=0)
     torch.testing.assert_close(
-        run_with_hooks(from_pt.dpo, sample_batch, []),
-        run_with_hooks(llama_pair.dpo, sample_batch, []),
+        run_logits(from_pt.dpo, sample_batch),
+        run_logits(llama_pair.dpo, sample_batch),
         rtol=0,
         atol=0,
     )
@@ -230,3 +234,95 @@ def test_mlp_layout_of_configs():
     assert mlp_layout(
         LlamaConfig(hidden_size=16, intermediate_size=48, num_hidden_layers=5, num_attention_heads=2)
     ) == MLPLayout("gated", 5, 16, 48)
+
+
+# --------------------------------------------------------------------------- fingerprint: config and tokenizer
+
+
+def _copy_dir(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def _edit_json(path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_fingerprint_changes_with_the_config(tmp_path, gpt2_pair_files, dir_loaded, sample_batch):
+    """The same weights under another activation function compute something else: another pair."""
+    base = _copy_dir(gpt2_pair_files.base, tmp_path / "base")
+    assert json.loads((base / "config.json").read_text())["activation_function"] == "gelu_new"
+    _edit_json(base / "config.json", lambda config: config.__setitem__("activation_function", "relu"))
+    spec = write_spec(
+        tmp_path / "pair.toml", base=str(base), dpo=str(gpt2_pair_files.dpo), probe=str(gpt2_pair_files.probe)
+    )
+    relu = load_pair(spec, cache=Cache(tmp_path / "c"))
+    assert relu.fingerprint != dir_loaded.fingerprint
+    assert not torch.equal(run_logits(relu.base, sample_batch), run_logits(dir_loaded.base, sample_batch))
+    # what only says where or by which release a model was saved does not count
+    same = _copy_dir(gpt2_pair_files.base, tmp_path / "same")
+    _edit_json(same / "config.json", lambda config: config.__setitem__("transformers_version", "0.0.1"))
+    spec = write_spec(
+        tmp_path / "same.toml", base=str(same), dpo=str(gpt2_pair_files.dpo), probe=str(gpt2_pair_files.probe)
+    )
+    assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint == dir_loaded.fingerprint
+
+
+def test_fingerprint_changes_with_the_tokenizers_merges(tmp_path, gpt2_pair_files, dir_loaded):
+    """The same vocabulary with its first two merges swapped tokenizes text otherwise."""
+    from dpoclaims.models import load_tokenizer
+
+    tokenizer_dir = _copy_dir(gpt2_pair_files.tokenizer, tmp_path / "tokenizer")
+
+    def swap_first_merges(data):
+        merges = data["model"]["merges"]
+        merges[0], merges[1] = merges[1], merges[0]
+
+    _edit_json(tokenizer_dir / "tokenizer.json", swap_first_merges)
+    assert load_tokenizer(str(tokenizer_dir)).get_vocab() == dir_loaded.tokenizer.get_vocab()
+    spec = write_spec(
+        tmp_path / "pair.toml",
+        base=str(gpt2_pair_files.base),
+        dpo=str(gpt2_pair_files.dpo),
+        probe=str(gpt2_pair_files.probe),
+        tokenizer=str(tokenizer_dir),
+    )
+    assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint != dir_loaded.fingerprint
+
+
+def test_a_dpo_directory_with_a_tokenizer_of_its_own_is_refused(tmp_path, gpt2_pair_files, dir_loaded):
+    """A DPO directory that ships a tokenizer mapping text to other ids (two tokens' ids swapped) is
+    refused; one that ships the pair's own tokenizer is accepted."""
+    from transformers import AutoTokenizer
+
+    from dpoclaims.errors import PairMismatchError
+
+    same = _copy_dir(gpt2_pair_files.dpo, tmp_path / "dpo_same")
+    AutoTokenizer.from_pretrained(gpt2_pair_files.tokenizer).save_pretrained(same)
+    spec = write_spec(
+        tmp_path / "same.toml",
+        base=str(gpt2_pair_files.base),
+        dpo=str(same),
+        probe=str(gpt2_pair_files.probe),
+    )
+    assert load_pair(spec, cache=Cache(tmp_path / "c")).fingerprint == dir_loaded.fingerprint
+
+    permuted = _copy_dir(same, tmp_path / "dpo_permuted")
+
+    def swap_two_ids(data):
+        vocab = data["model"]["vocab"]
+        vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
+
+    _edit_json(permuted / "tokenizer.json", swap_two_ids)
+    spec = write_spec(
+        tmp_path / "permuted.toml",
+        base=str(gpt2_pair_files.base),
+        dpo=str(permuted),
+        probe=str(gpt2_pair_files.probe),
+    )
+    with pytest.raises(PairMismatchError, match="has a tokenizer of its own that differs"):
+        load_pair(spec, cache=Cache(tmp_path / "c"))

@@ -59,8 +59,8 @@ def test_f1_is_measured_per_text_under_the_intervention_and_cached(measurements,
     assert plain.continuations != ablated.continuations  # the intervention was applied
 
     pair = m.pair
-    with ablate_all.applied(pair.model("base"), pair.layout):
-        direct = continuation_f1(pair.model("base").original_model, pair.tokenizer, m.neutral_texts)
+    with ablate_all.applied(pair.model("base"), pair.layout) as model:
+        direct = continuation_f1(model, pair.tokenizer, m.neutral_texts)
     np.testing.assert_array_equal(direct.scores, ablated.scores)
 
     def no_compute(*args, **kwargs):
@@ -108,3 +108,32 @@ def test_saved_f1_loads_back_exactly(tmp_path, measurements):
         result.prompts,
         result.continuations,
     )
+
+
+def test_a_measurement_made_under_other_library_versions_is_not_reused_silently(measurements, monkeypatch):
+    """Measurement cache keys name the versions of the libraries that compute and score them: a
+    session under other versions does not find the entry; one under the same versions does."""
+    from dpoclaims import measurements as measurements_module
+    from dpoclaims.versions import measurement_versions
+
+    m = measurements
+    installed = measurement_versions()
+    assert installed["transformers"] != "absent"
+    m.f1("base")
+    assert not m.has_capture("base")
+    m.capture("base")
+    key = m._entry_key("base", Intervention(), m._capture_key())
+    assert Measurements(m.pair, m.cache, progress=False).has_capture("base")
+    monkeypatch.setattr(
+        measurements_module, "measurement_versions", lambda: {**installed, "transformers": "0.0.1"}
+    )
+    other = Measurements(m.pair, m.cache, progress=False)
+    assert other._entry_key("base", Intervention(), other._capture_key()) != key
+    assert not other.has_capture("base")
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("an F1 cached under other versions was reused")
+
+    monkeypatch.setattr(measurements_module, "intervened_f1", no_compute)
+    with pytest.raises(AssertionError, match="under other versions"):
+        other.f1("base")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,9 +12,10 @@ from tiny import tiny_toy_config
 
 from dpoclaims import named_pairs
 from dpoclaims.cache import read_manifest_meta, verify_entry
+from dpoclaims.errors import BrokenOrganismError
 from dpoclaims.named_pairs import load_pair
 from dpoclaims.organism import build as build_module
-from dpoclaims.organism.build import BANDS, DEFAULT_SCORER, ensure_toy
+from dpoclaims.organism.build import BANDS, DEFAULT_SCORER, check_bands, ensure_toy, failed_bands, toy_key
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +45,7 @@ def report(tiny_toy_dir):
 
 def test_toy_entry_is_complete_and_verified(tiny_toy_dir, tiny_toy_cache):
     config = tiny_toy_config()
-    assert tiny_toy_dir == tiny_toy_cache.entry_dir("toy", config.key())
+    assert tiny_toy_dir == tiny_toy_cache.entry_dir("toy", toy_key(config))
     assert verify_entry(tiny_toy_dir) is None
     for name in (
         "base/config.json",
@@ -60,14 +62,14 @@ def test_toy_entry_is_complete_and_verified(tiny_toy_dir, tiny_toy_cache):
     ):
         assert (tiny_toy_dir / name).is_file(), name
     meta = read_manifest_meta(tiny_toy_dir)
-    assert meta["config_key"] == config.key()
+    assert meta["config_key"] == toy_key(config)
     assert isinstance(meta["bands_ok"], bool)
 
 
 def test_toy_report(report):
     config = tiny_toy_config()
     assert set(report) >= REPORT_KEYS
-    assert report["config_key"] == config.key()
+    assert report["config_key"] == toy_key(config)
     assert report["default_scorer"] == DEFAULT_SCORER
     assert report["config"]["seed"] == config.seed and report["config"]["n_embd"] == config.n_embd
     assert set(report["bands"]) == set(BANDS)
@@ -124,7 +126,8 @@ def test_toy_pair_loads(tiny_toy_dir):
 
 
 def test_named_toy_pair_goes_through_ensure_toy(tiny_toy_dir, tiny_toy_cache, monkeypatch):
-    """``load_pair("toy")`` resolves through ensure_toy and the cache (here with the tiny config)."""
+    """``load_pair("toy")`` resolves through ensure_toy and the cache (here with the tiny config), and
+    loads the toy only if it is within its bands."""
     calls = []
 
     def tiny_ensure(config=None, *, cache=None, progress=True):
@@ -132,9 +135,65 @@ def test_named_toy_pair_goes_through_ensure_toy(tiny_toy_dir, tiny_toy_cache, mo
         return ensure_toy(tiny_toy_config(), cache=cache, progress=False)
 
     monkeypatch.setattr(named_pairs, "ensure_toy", tiny_ensure)
+    failed = failed_bands(json.loads((tiny_toy_dir / "toy.json").read_text()))
+    if failed:  # the tiny toy is too small for some bands: refused, naming them
+        with pytest.raises(BrokenOrganismError, match=re.escape(failed[0].split(" = ")[0])):
+            load_pair("toy", cache=tiny_toy_cache)
+        monkeypatch.setattr(named_pairs, "check_bands", lambda directory: None)  # the resolution itself
+        calls.clear()
     pair = load_pair("toy", cache=tiny_toy_cache)
     assert calls == [tiny_toy_cache]
     assert pair.fingerprint == load_pair(tiny_toy_dir).fingerprint
+
+
+def test_a_toy_built_under_other_library_versions_is_not_reused_silently(monkeypatch):
+    """The toy's cache key names the versions of the libraries that built it."""
+    config = tiny_toy_config()
+    installed = build_module.build_versions()
+    assert installed["transformers"] != "absent" and installed["torch"] != "absent"
+    key = toy_key(config)
+    monkeypatch.setattr(build_module, "build_versions", lambda: {**installed, "transformers": "0.0.1"})
+    assert toy_key(config) != key
+    assert toy_key(config, "cuda") != toy_key(config)
+    monkeypatch.setattr(build_module, "build_versions", lambda: dict(installed))
+    assert toy_key(config) == key
+
+
+def _toy_report_with(tmp_path, bands, libraries=None):
+    report = {"bands": bands}
+    if libraries is not None:
+        report["libraries"] = libraries
+    (tmp_path / "toy.json").write_text(json.dumps(report))
+    return tmp_path
+
+
+def test_check_bands_refuses_a_toy_out_of_a_band(tmp_path):
+    ok = {"value": 0.5, "band": [0.1, 0.9], "ok": True}
+    directory = _toy_report_with(
+        tmp_path,
+        {"probe_accuracy": ok, "toxicity_drop": {"value": 0.0123, "band": [0.05, 1.0], "ok": False}},
+        {"transformers": "5.24.0", "torch": "2.13.0"},
+    )
+    with pytest.raises(BrokenOrganismError) as raised:
+        check_bands(directory)
+    message = str(raised.value)
+    assert "toxicity_drop = 0.0123 (band [0.05, 1.0])" in message
+    assert "probe_accuracy" not in message  # only the failed band
+    assert "transformers 5.24.0" in message and "torch 2.13.0" in message
+    assert str(directory) in message
+    # every band met: accepted; a report without recorded versions says so
+    check_bands(_toy_report_with(tmp_path, {"probe_accuracy": ok}))
+    with pytest.raises(BrokenOrganismError, match="unrecorded versions"):
+        check_bands(_toy_report_with(tmp_path, {"x": {"value": 2.0, "band": [0, 1], "ok": False}}))
+
+
+def test_the_tiny_toy_records_its_versions_and_its_bands_verdict(report, tiny_toy_dir):
+    assert report["libraries"] == build_module.build_versions()
+    if all(band["ok"] for band in report["bands"].values()):
+        check_bands(tiny_toy_dir)
+    else:
+        with pytest.raises(BrokenOrganismError):
+            check_bands(tiny_toy_dir)
 
 
 def test_ensure_toy_reuses_the_cached_build(tiny_toy_dir, tiny_toy_cache, monkeypatch):

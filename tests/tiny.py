@@ -6,6 +6,8 @@ A module of its own, with a unique name, so that test files can import it whatev
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,10 +83,18 @@ def save_pair(
     )
 
 
-def run_with_hooks(bridge: Any, batch: dict[str, torch.Tensor], hooks: list) -> torch.Tensor:
-    """Logits of ``bridge.original_model`` on ``batch`` with ``hooks`` attached."""
-    with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
-        return bridge.original_model(**batch).logits.detach().clone()
+def run_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of the plain HF ``model`` on ``batch`` (whatever hooks are attached to it)."""
+    with torch.no_grad():
+        return model(**batch).logits.detach().clone()
+
+
+def intervened_logits(
+    model: Any, layout: Any, batch: dict[str, torch.Tensor], intervention: Any
+) -> torch.Tensor:
+    """Logits of ``model`` on ``batch`` under ``intervention`` (the library's hooked path)."""
+    with intervention.applied(model, layout) as running:
+        return run_logits(running, batch)
 
 
 def tiny_toy_config(seed: int = 0):
@@ -117,20 +127,121 @@ def tiny_toy_config(seed: int = 0):
     )
 
 
+def reference_mlp_activations(
+    model: Any, **model_inputs: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each layer's MLP neuron activation (TransformerLens' ``blocks.L.mlp.hook_post``) of a plain
+    HF model, and its logits, computed independently of :mod:`dpoclaims.neuron_hooks`: a forward
+    hook on each layer's ``mlp`` module keeps the MLP's input x, and the activation is recomputed
+    from it by hand: GPT-2 ``act(c_fc(x))``, GPT-J ``act(fc_in(x))``, a gated MLP
+    ``act_fn(gate_proj(x)) * up_proj(x)``. No hook on the output projection is involved."""
+    inputs: dict[int, torch.Tensor] = {}
+    mlps: dict[int, torch.nn.Module] = {}
+    handles = []
+    layers = _layers(model)
+    try:
+        for index, layer in enumerate(layers):
+            mlps[index] = layer.mlp
+            handles.append(
+                layer.mlp.register_forward_hook(
+                    lambda module, args, output, index=index: inputs.__setitem__(index, args[0].detach())
+                )
+            )
+        with torch.no_grad():
+            logits = model(**model_inputs).logits.detach().clone()
+            activations = [_recompute(mlps[index], inputs[index]) for index in range(len(layers))]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return activations, logits
+
+
+def _layers(model: Any) -> Any:
+    for path in ("transformer.h", "model.layers", "model.language_model.layers"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise AssertionError(f"no decoder layers in {type(model).__name__}")
+
+
+def _recompute(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if hasattr(mlp, "gate_proj"):
+        return mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+    if hasattr(mlp, "c_fc"):
+        return mlp.act(mlp.c_fc(x))
+    return mlp.act(mlp.fc_in(x))
+
+
 def record_mlp_activations(
     pair: Any, side: str, **model_inputs: torch.Tensor
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Activations at every ``blocks.L.mlp.hook_post`` of one side of a pair, and its logits."""
-    captured: dict[str, torch.Tensor] = {}
+    """:func:`reference_mlp_activations` of one side of a pair."""
+    return reference_mlp_activations(pair.model(side), **model_inputs)
 
-    def keep(name: str) -> Any:
-        def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-            captured[name] = activation.detach().clone()
-            return activation
+
+def _out_proj(mlp: torch.nn.Module) -> torch.nn.Module:
+    for name in ("down_proj", "c_proj", "fc_out"):
+        if hasattr(mlp, name):
+            return getattr(mlp, name)
+    raise AssertionError(f"no output projection in {type(mlp).__name__}")
+
+
+@contextmanager
+def mlp_outputs_replaced(model: Any, edits: dict[int, Any]) -> Iterator[None]:
+    """An independent reference for an activation edit: a forward hook on each edited layer's
+    ``mlp`` module replaces the MLP's output by ``out_proj(edit(activation))``, the activation
+    recomputed by hand from the MLP's input (see :func:`reference_mlp_activations`). The MLPs of
+    the test models apply no dropout in eval mode, so this is the MLP's forward with the edit."""
+    layers = _layers(model)
+    handles = []
+
+    def replace(edit: Any) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            activation = _recompute(module, args[0])
+            edited = edit(activation)
+            return _out_proj(module)(activation if edited is None else edited)
 
         return hook
 
-    bridge = pair.model(side)
-    with torch.no_grad(), bridge.hooks(fwd_hooks=[(name, keep(name)) for name in pair.layout.hook_names]):
-        logits = bridge.original_model(**model_inputs).logits.detach().clone()
-    return [captured[name] for name in pair.layout.hook_names], logits
+    try:
+        for layer, edit in edits.items():
+            handles.append(layers[layer].mlp.register_forward_hook(replace(edit)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def weight_edited_copy(model: Any, intervention: Any, d_mlp: int) -> Any:
+    """An independent reference for ``intervention`` on ``model``: a deep copy whose weights do
+    what the intervention's hooks do, with no hook at all. Ablation zeroes the neurons' value
+    vectors; a patch zeroes them and adds ``value * value vector`` to the output projection's bias
+    (a Llama ``down_proj`` gets a bias for it); key scaling multiplies the neurons' key vectors
+    (GPT-2 ``c_fc`` columns, a gated MLP's ``up_proj`` rows). Written here from the weights'
+    layouts, not with :mod:`dpoclaims.neuron_hooks`."""
+    import copy
+
+    edited = copy.deepcopy(model)
+    values = dict(zip(intervention.neurons, intervention.values))
+    layers = _layers(edited)
+    with torch.no_grad():
+        for flat in intervention.neurons:
+            layer, index = divmod(flat, d_mlp)
+            mlp = layers[layer].mlp
+            out_proj = _out_proj(mlp)
+            gated = hasattr(mlp, "up_proj")
+            if intervention.kind == "scale_keys":
+                if gated:
+                    mlp.up_proj.weight[index, :] *= intervention.factor
+                else:
+                    mlp.c_fc.weight[:, index] *= intervention.factor
+                continue
+            # Linear stores [d_model, d_mlp] (a neuron's value vector is a column); Conv1D [d_mlp, d_model].
+            value_vector = out_proj.weight[:, index] if gated else out_proj.weight[index, :]
+            if intervention.kind == "patch":
+                if out_proj.bias is None:
+                    out_proj.bias = torch.nn.Parameter(torch.zeros_like(value_vector))
+                out_proj.bias += values[flat] * value_vector
+            value_vector.zero_()
+    return edited

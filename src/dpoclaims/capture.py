@@ -11,9 +11,8 @@ Two position conventions:
 Activations are reduced while streaming: for each batch only a running float64 sum per
 ``(prompt, layer, neuron)`` is kept, on the activations' device, never prompts x positions x
 neurons. The result comes back to the CPU as float32, so it does not depend on the device that
-made it. By default the model that generates is the raw Hugging Face model of the side (see
-:meth:`dpoclaims.pairs.ModelPair.raw`), recorded and intervened on through plain PyTorch hooks,
-at the raw model's speed; ``through="bridge"`` uses the TransformerBridge's hook points instead.
+made it. The model that generates is the side's plain Hugging Face model, recorded and
+intervened on through plain PyTorch hooks (:mod:`dpoclaims.neuron_hooks`).
 """
 
 from __future__ import annotations
@@ -23,22 +22,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from dpoclaims.errors import OptionError
 from dpoclaims.generation import GenerationSettings, greedy_generate
-from dpoclaims.interventions import Hook, Intervention
+from dpoclaims.interventions import Intervention
 from dpoclaims.models import MLPLayout
 from dpoclaims.neuron_hooks import LastPositionRecorder, NeuronEdit, neuron_hooks
 from dpoclaims.pairs import ModelPair
 
 Convention = Literal["v1", "emnlp"]
 CONVENTIONS: tuple[str, ...] = ("v1", "emnlp")
-Through = Literal["raw", "bridge"]  # plain hooks on the raw HF model, or the bridge's hook points
-THROUGH: tuple[str, ...] = ("raw", "bridge")
 CAPTURE_FORMAT = 2  # part of every cache key: bump when what a capture stores changes
 
 
@@ -76,7 +73,7 @@ class Capture:
 
 class _Accumulator:
     """Adds activations at selected positions into per-prompt float64 sums, on the activations'
-    device; as bridge hooks (:meth:`hooks`) or as raw-model edits (:meth:`edits`)."""
+    device, as recording edits (:meth:`edits`)."""
 
     def __init__(self, layout: MLPLayout, batch: int, device: torch.device) -> None:
         self.layout = layout
@@ -96,16 +93,6 @@ class _Accumulator:
         weights = self.position_weights.to(activation.device, dtype)
         per_prompt = torch.einsum("bs,bsn->bn", weights, activation.detach().to(dtype))  # [batch, d_mlp]
         self.sums[:, layer] += per_prompt.to(self.sums.device, torch.float64)
-
-    def hooks(self) -> list[Hook]:
-        def make(layer: int) -> Any:
-            def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-                self.add(layer, activation)
-                return activation
-
-            return hook
-
-        return [(self.layout.hook_name(layer), make(layer)) for layer in range(self.layout.n_layers)]
 
     def edits(self) -> dict[int, NeuronEdit]:
         def make(layer: int) -> NeuronEdit:
@@ -147,9 +134,9 @@ def _second_pass_inputs(
     return inputs, position_weights.to(device)
 
 
-class _RawRecorder:
+class _Recorder:
     """A :class:`dpoclaims.generation.BatchObserver` that records one side's activations through
-    plain hooks on the raw HF model ``model``, which runs under the intervention already."""
+    plain hooks on its HF model ``model``, which runs under the intervention already."""
 
     def __init__(self, pair: ModelPair, model: torch.nn.Module, convention: Convention, n_last: int):
         self.pair, self.model, self.convention, self.n_last = pair, model, convention, n_last
@@ -185,58 +172,6 @@ class _RawRecorder:
         self.counts.append(counts)
 
 
-class _BridgeRecorder:
-    """The same through the bridge's hook points (``through="bridge"``): the intervention and
-    the recording hooks are applied per batch on the bridge."""
-
-    def __init__(
-        self, pair: ModelPair, side: str, convention: Convention, intervention: Intervention, n_last: int
-    ):
-        self.pair, self.convention, self.intervention, self.n_last = pair, convention, intervention, n_last
-        self.bridge = pair.model(side)
-        self.means: list[torch.Tensor] = []
-        self.counts: list[torch.Tensor] = []
-        self.acc: _Accumulator | None = None
-
-    @contextmanager
-    def generating(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[None]:
-        acc = self.acc = _Accumulator(self.pair.layout, len(input_ids), input_ids.device)
-        if self.convention != "v1":
-            with self.intervention.applied(self.bridge, self.pair.layout):
-                yield
-            return
-        eos = self.pair.tokenizer.eos_token_id
-        finished = torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
-
-        def before_forward(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-            step_ids = kwargs.get("input_ids", args[0] if args else None)  # [batch, seq]
-            if step_ids.shape[1] == 1:  # a decoding step: its input is the previous new token
-                finished.logical_or_(step_ids[:, 0] == eos)
-            position_weights = torch.zeros(step_ids.shape, device=step_ids.device)
-            position_weights[:, -1] = (~finished).float()
-            acc.set_positions(position_weights)
-
-        handle = self.bridge.original_model.register_forward_pre_hook(before_forward, with_kwargs=True)
-        try:
-            with self.intervention.applied(self.bridge, self.pair.layout, acc.hooks()):
-                yield
-        finally:
-            handle.remove()
-
-    def generated(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: list[list[int]]) -> None:
-        assert self.acc is not None
-        if self.convention == "emnlp":
-            inputs, position_weights = _second_pass_inputs(
-                input_ids, attention_mask, rows, self.pair.tokenizer.pad_token_id, self.n_last
-            )
-            self.acc.set_positions(position_weights)
-            with self.intervention.applied(self.bridge, self.pair.layout, self.acc.hooks()) as model:
-                model(**inputs)
-        means, counts = self.acc.means()
-        self.means.append(means)
-        self.counts.append(counts)
-
-
 @torch.no_grad()
 def capture(
     pair: ModelPair,
@@ -247,39 +182,17 @@ def capture(
     convention: Convention = "v1",
     intervention: Intervention = Intervention(),
     progress: bool = True,
-    through: Through = "raw",
 ) -> Capture:
     """Generate greedily from ``prompts`` with one side of the pair, under ``intervention``,
-    and record activations (post-intervention) at the convention's positions.
-
-    ``through="raw"`` (default) runs the raw HF model with plain PyTorch hooks
-    (:mod:`dpoclaims.neuron_hooks`); ``"bridge"`` runs the bridge's hook points. Both give the
-    same continuations and activations (a test checks it, within float rounding).
-    """
+    and record activations (post-intervention) at the convention's positions."""
     if convention not in CONVENTIONS:
         raise OptionError(f"unknown position convention {convention!r}; choose from {CONVENTIONS}")
-    if through not in THROUGH:
-        raise OptionError(f"unknown capture path {through!r}; choose from {THROUGH}")
     desc = f"capture {side} ({convention})"
-    if through == "bridge":
-        observer: _RawRecorder | _BridgeRecorder = _BridgeRecorder(
-            pair, side, convention, intervention, settings.max_new_tokens
-        )
+    with intervention.applied(pair.model(side), pair.layout) as model:
+        observer = _Recorder(pair, model, convention, settings.max_new_tokens)
         generations = greedy_generate(
-            pair.model(side).original_model,
-            pair.tokenizer,
-            prompts,
-            settings,
-            progress=progress,
-            desc=desc,
-            observer=observer,
+            model, pair.tokenizer, prompts, settings, progress=progress, desc=desc, observer=observer
         )
-    else:
-        with intervention.applied(pair.model(side), pair.layout, raw=pair.raw(side)) as model:
-            observer = _RawRecorder(pair, model, convention, settings.max_new_tokens)
-            generations = greedy_generate(
-                model, pair.tokenizer, prompts, settings, progress=progress, desc=desc, observer=observer
-            )
     return Capture(
         torch.cat(observer.means),
         torch.cat(observer.counts),

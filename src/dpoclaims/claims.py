@@ -431,7 +431,7 @@ def c10_patch_all_groups(m: Measurements) -> ClaimResult:
 
 
 def c11_weight_cosines(m: Measurements) -> ClaimResult:
-    cosines = weight_cosines(m.pair.base.original_model, m.pair.dpo.original_model)
+    cosines = weight_cosines(m.pair.base, m.pair.dpo)
     lowest = min(cosines, key=cosines.get)
     return claim_result(
         "C11[cosine]",

@@ -189,7 +189,7 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     from dpoclaims.cache import file_sha256
     from dpoclaims.data import read_jigsaw_csv, train_val_split
     from dpoclaims.errors import OptionError
-    from dpoclaims.models import boot_bridge, load_hf_model, load_tokenizer
+    from dpoclaims.models import load_hf_model, load_tokenizer, mlp_layout
     from dpoclaims.probe import LinearProbe, pooled_residuals
 
     if args.batch_size < 1 or args.max_tokens < 1:
@@ -201,12 +201,15 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         raise DpoclaimsError(f"the training split of {args.csv} holds one class only; use more examples")
     tokenizer = load_tokenizer(args.base)
     model = load_hf_model(args.base).to(device)
-    bridge = boot_bridge(model, args.base, tokenizer)
-    d_model = int(bridge.cfg.d_model)
-    max_tokens = min(args.max_tokens, int(bridge.cfg.n_ctx))  # never past the position embeddings
+    layout = mlp_layout(model.config)
+    d_model = layout.d_model
+    n_ctx = getattr(model.config, "n_positions", None) or getattr(
+        model.config, "max_position_embeddings", None
+    )
+    max_tokens = min(args.max_tokens, int(n_ctx)) if n_ctx else args.max_tokens  # never past the positions
     chosen = train + val
     features = pooled_residuals(
-        bridge,
+        model,
         tokenizer,
         [texts[i] for i in chosen],
         batch_size=args.batch_size,
@@ -231,7 +234,7 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         "n_val": len(val),
         "d_model": d_model,
         "device": str(device),
-        "hook": f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post",
+        "hook": f"blocks.{layout.n_layers - 1}.hook_resid_post",
         "pooling": "mean over non-padding tokens",
         "max_tokens": max_tokens,
         "C": args.C,

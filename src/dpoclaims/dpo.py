@@ -228,6 +228,8 @@ def train_dpo_run(
             num_train_epochs=settings.max_epochs,
             max_grad_norm=settings.max_grad_norm,
             warmup_steps=settings.warmup_steps,  # clipped below, once the usable pairs are known
+            lr_scheduler_type="linear",  # explicit: a release must not change the schedule silently
+            weight_decay=0.0,
             optim=settings.optimizer,
             eval_strategy="steps",
             eval_steps=settings.eval_every,

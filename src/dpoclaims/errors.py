@@ -61,3 +61,12 @@ class IdenticalModelsError(PairMismatchError):
 
 class TooFewPromptsError(DpoclaimsError):
     """A prompt set with fewer usable (non-empty) prompts than the claims' statistics need."""
+
+
+class BridgeMismatchError(DpoclaimsError):
+    """TransformerBridge computes something else than the plain Hugging Face model it wraps
+    (a TransformerLens/transformers combination that does not work together)."""
+
+
+class BrokenOrganismError(DpoclaimsError):
+    """A built organism (the toy) is outside the bands of the setting it must reproduce."""

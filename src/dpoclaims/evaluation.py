@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -14,8 +13,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from dpoclaims.capture import THROUGH, Through
-from dpoclaims.errors import OptionError
 from dpoclaims.generation import GenerationSettings, greedy_generate
 from dpoclaims.interventions import Intervention
 from dpoclaims.metrics import ContinuationF1, F1Settings, continuation_f1, perplexity_rows
@@ -69,12 +66,9 @@ def evaluate(
     *,
     scorers: Sequence[str] = ("lexicon",),
     progress: bool = True,
-    through: Through = "raw",
 ) -> Evaluation:
-    """Greedy continuations of ``prompts`` under ``intervention``, scored for toxicity; through
-    the raw HF model with plain hooks (default) or the bridge's hook points (see
-    :func:`dpoclaims.capture.capture`)."""
-    with _applied(pair, side, intervention, through) as model:
+    """Greedy continuations of ``prompts`` under ``intervention``, scored for toxicity."""
+    with intervention.applied(pair.model(side), pair.layout) as model:
         generations = greedy_generate(
             model,
             pair.tokenizer,
@@ -84,15 +78,6 @@ def evaluate(
             desc=f"generate {side} [{intervention.label or intervention.id}]",
         )
     return score_continuations(pair, side, intervention, generations.continuations, scorers)
-
-
-def _applied(
-    pair: ModelPair, side: Literal["base", "dpo"], intervention: Intervention, through: Through
-) -> AbstractContextManager[torch.nn.Module]:
-    if through not in THROUGH:
-        raise OptionError(f"unknown path {through!r}; choose from {THROUGH}")
-    raw = pair.raw(side) if through == "raw" else None
-    return intervention.applied(pair.model(side), pair.layout, raw=raw)
 
 
 PERPLEXITY_FORMAT = 3  # per-row NLL and token counts (3), not only the total
@@ -106,7 +91,6 @@ def intervened_perplexity(
     intervention: Intervention = Intervention(),
     *,
     window: int | None = None,
-    through: Through = "raw",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (text or window) NLL sums and token counts of one side on ``texts`` under
     ``intervention`` (at every position); see :func:`dpoclaims.metrics.perplexity_rows`.
@@ -114,7 +98,7 @@ def intervened_perplexity(
     ``window``: score the joined texts in consecutive windows of that many tokens (the
     paper's Wikitext-2 set-up); otherwise each text on its own.
     """
-    with _applied(pair, side, intervention, through) as model:
+    with intervention.applied(pair.model(side), pair.layout) as model:
         return perplexity_rows(model, pair.tokenizer, texts, window=window, batch_size=4 if window else 32)
 
 
@@ -127,11 +111,10 @@ def intervened_f1(
     settings: F1Settings = F1Settings(),
     *,
     progress: bool = False,
-    through: Through = "raw",
 ) -> ContinuationF1:
     """Per-text F1 of one side's greedy continuations of ``texts``' prefixes against their real
     continuations, under ``intervention`` (Lee et al.'s F1; see :func:`continuation_f1`)."""
-    with _applied(pair, side, intervention, through) as model:
+    with intervention.applied(pair.model(side), pair.layout) as model:
         return continuation_f1(model, pair.tokenizer, texts, settings, progress=progress)
 
 

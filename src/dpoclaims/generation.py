@@ -2,8 +2,10 @@
 
 Prompts are cut to ``max_prompt_tokens`` (keeping their beginning), left-padded so that every
 prompt ends at the same position, and continued greedily for ``max_new_tokens`` tokens with
-the attention mask set, so padding never influences a continuation. Works on a raw Hugging
-Face model or on the ``original_model`` of a TransformerBridge, whose hooks then fire.
+the attention mask set, so padding never influences a continuation. Every setting that
+decides which token comes next is passed explicitly (:data:`GREEDY`), so a model's own
+``generation_config.json`` (a repetition penalty, say) or a library's changed default cannot
+change a continuation.
 """
 
 from __future__ import annotations
@@ -25,6 +27,23 @@ class GenerationSettings:
     max_prompt_tokens: int = 32
     max_new_tokens: int = 20
     batch_size: int = 32
+
+
+# Plain greedy decoding with the KV cache, every knob that acts in greedy decoding at its neutral value
+# (None: none of those tokens; sampling knobs do not act when do_sample is False).
+GREEDY: dict[str, Any] = {
+    "do_sample": False,
+    "num_beams": 1,
+    "use_cache": True,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+}
 
 
 @dataclass
@@ -103,8 +122,8 @@ def greedy_generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=settings.max_new_tokens,
-                do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
+                **GREEDY,
                 eos_token_id=eos,
             )
         rows = [

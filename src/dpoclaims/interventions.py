@@ -1,34 +1,32 @@
 """Neuron-level interventions: ablation and patching as edits of the neuron activation (the
-input of each layer's MLP output projection, which the bridge names ``blocks.L.mlp.hook_post``),
+input of each layer's MLP output projection, which TransformerLens names ``blocks.L.mlp.hook_post``),
 and key-vector scaling as a temporary weight edit.
 
 A neuron set is a mapping ``layer -> LongTensor of neuron indices``. An :class:`Intervention`
 is a value with a stable id (so its results can be cached) and is applied only inside
 :meth:`Intervention.applied`, a context manager, so hooks and weight edits end with the
 measurement (the reference code left them on between metrics, compounding interventions).
-Two equivalent ways to apply it (a test shows they agree): plain PyTorch hooks on the raw
-Hugging Face model (:mod:`dpoclaims.neuron_hooks`; what the library's measurements use, at the
-raw model's speed) or the TransformerBridge's hook points (for fixtures users write with
-TransformerLens). Hooks fire at every position, prompt and generated alike. Every tensor an
-intervention writes is moved to the device and dtype of the activation or weight it meets.
+It is applied to the plain Hugging Face model of a side, through plain PyTorch hooks
+(:mod:`dpoclaims.neuron_hooks`): the one path every measurement takes. Hooks fire at every
+position, prompt and generated alike. Every tensor an intervention writes is moved to the
+device and dtype of the activation or weight it meets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from dpoclaims.cache import stable_hash
 from dpoclaims.errors import OptionError
 from dpoclaims.models import MLPLayout
-from dpoclaims.neuron_hooks import NeuronEdit, neuron_hooks, set_neurons
+from dpoclaims.neuron_hooks import NeuronEdit, mlp_modules, neuron_hooks, neuron_rows, set_neurons
 
 NeuronSet = Mapping[int, torch.Tensor]
-Hook = tuple[str, Callable[[torch.Tensor, Any], torch.Tensor]]
 
 
 def neuron_set_from_flat(flat_indices: torch.Tensor, d_mlp: int) -> dict[int, torch.Tensor]:
@@ -38,67 +36,30 @@ def neuron_set_from_flat(flat_indices: torch.Tensor, d_mlp: int) -> dict[int, to
     return {int(layer): flat_indices[layers == layer] % d_mlp for layer in torch.unique(layers)}
 
 
-def _set_hook(indices: torch.Tensor, values: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
-    """A bridge hook setting ``indices`` to ``values``: :func:`set_neurons` with the hook's signature."""
-    edit = set_neurons(indices, values)
-
-    def hook(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-        return edit(activation)
-
-    return hook
-
-
-def ablation_hooks(layout: MLPLayout, neurons: NeuronSet) -> list[Hook]:
-    """Set the neurons' activations to 0 (equivalent to zeroing their value vectors)."""
-    return [
-        (layout.hook_name(layer), _set_hook(idx, torch.zeros(len(idx))))
-        for layer, idx in neurons.items()
-        if len(idx)
-    ]
-
-
-def patch_hooks(layout: MLPLayout, neurons: NeuronSet, values: Mapping[int, torch.Tensor]) -> list[Hook]:
-    """Set each neuron's activation to a fixed value (e.g. its mean DPO activation).
-
-    ``values[layer]`` is a ``[d_mlp]`` vector of per-neuron values for that layer.
-    """
-    return [
-        (layout.hook_name(layer), _set_hook(idx, values[layer][idx]))
-        for layer, idx in neurons.items()
-        if len(idx)
-    ]
-
-
-def _in_weight(bridge: Any, layer: int) -> tuple[torch.nn.Parameter, bool]:
-    """The raw input weight of layer ``layer``'s MLP and whether neurons are its columns."""
-    linear = bridge.blocks[layer].mlp._modules["in"].original_component
-    columns = type(linear).__name__ == "Conv1D"  # GPT-2 stores [d_model, d_mlp]
-    return linear.weight, columns
-
-
 @contextmanager
-def scaled_key_vectors(bridge: Any, neurons: NeuronSet, factor: float) -> Iterator[None]:
-    """Multiply the key vectors (rows of ``W_in``) of ``neurons`` by ``factor``, in place on the
-    bridge's parameters (which :func:`dpoclaims.neuron_hooks.raw_model` shares); restore on exit.
+def scaled_key_vectors(
+    model: torch.nn.Module, layout: MLPLayout, neurons: NeuronSet, factor: float
+) -> Iterator[None]:
+    """Multiply the key vectors of ``neurons`` (their rows of TransformerLens' ``W_in``: the
+    input projection's weights that read d_model) by ``factor``, in place on ``model``'s
+    parameters; restore them on exit, also on an error.
 
     Only the touched key vectors are saved (on the weight's device), not whole matrices: on a
-    large model on a GPU a copy of every ``W_in`` would cost gigabytes."""
-    saved: list[tuple[torch.nn.Parameter, bool, torch.Tensor, torch.Tensor]] = []
+    large model on a GPU a copy of every input projection would cost gigabytes."""
+    projections = mlp_modules(model, layout)
+    saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     try:
         with torch.no_grad():
             for layer, idx in neurons.items():
-                weight, columns = _in_weight(bridge, layer)
-                idx = idx.to(weight.device)
-                saved.append((weight, columns, idx, (weight[:, idx] if columns else weight[idx, :]).clone()))
-                if columns:
-                    weight[:, idx] *= factor
-                else:
-                    weight[idx, :] *= factor
+                rows = neuron_rows(projections[layer][0], layout.d_mlp, layout.d_model, neurons_are="outputs")
+                idx = idx.to(rows.device)
+                saved.append((rows, idx, rows[idx].clone()))
+                rows[idx] *= factor  # rows is a view of the parameter: this edits it in place
         yield
     finally:
         with torch.no_grad():
-            for weight, columns, idx, original in reversed(saved):
-                weight.index_copy_(1 if columns else 0, idx, original)
+            for rows, idx, original in reversed(saved):
+                rows[idx] = original
 
 
 InterventionKind = Literal["none", "ablate", "patch", "scale_keys"]
@@ -141,18 +102,9 @@ class Intervention:
             raise OptionError(f"unknown intervention kind {self.kind!r}")
         return {}
 
-    def hooks(self, layout: MLPLayout) -> list[Hook]:
-        """The bridge hooks (on ``blocks.L.mlp.hook_post``) of an ablation or a patch (none for
-        the other kinds)."""
-        return [
-            (layout.hook_name(layer), _set_hook(idx, values))
-            for layer, (idx, values) in self._set_values(layout).items()
-            if len(idx)
-        ]
-
     def edits(self, layout: MLPLayout) -> dict[int, NeuronEdit]:
-        """The same as :meth:`hooks`, as :func:`dpoclaims.neuron_hooks.neuron_hooks` edits for the
-        raw Hugging Face model."""
+        """The activation edits of an ablation or a patch, per layer, as
+        :func:`dpoclaims.neuron_hooks.neuron_hooks` takes them (none for the other kinds)."""
         return {
             layer: set_neurons(idx, values)
             for layer, (idx, values) in self._set_values(layout).items()
@@ -162,39 +114,20 @@ class Intervention:
     @contextmanager
     def applied(
         self,
-        bridge: Any,
+        model: torch.nn.Module,
         layout: MLPLayout,
-        extra_hooks: Sequence[Hook] = (),
-        *,
-        raw: torch.nn.Module | None = None,
         extra_edits: Mapping[int, NeuronEdit] | None = None,
     ) -> Iterator[torch.nn.Module]:
-        """The intervention on one side of a pair; yields the model to run under it.
-
-        With ``raw`` (``raw_model(bridge)``, e.g. :meth:`dpoclaims.pairs.ModelPair.raw`): the
-        activation edits are forward pre-hooks on the raw model's neuron modules, and
-        ``extra_edits`` (e.g. recording) run after them, so they see post-intervention values;
-        yields ``raw``. This is the path the library's measurements take. Without ``raw``: the
-        bridge's hook points, with ``extra_hooks`` after the intervention's own; yields
-        ``bridge.original_model``, whose forward fires them. Key scaling edits ``W_in`` in
-        place on the bridge's parameters, which the raw model shares, so both paths see it.
-        """
-        if raw is not None and extra_hooks:
-            raise OptionError("bridge hooks do not fire on the raw model: pass extra_edits with raw=")
-        if raw is None and extra_edits:
-            raise OptionError("extra_edits apply to the raw model: pass raw=raw_model(bridge)")
+        """The intervention on ``model`` (a side's plain Hugging Face model); yields the model
+        to run under it. The activation edits are forward pre-hooks on its neuron modules, and
+        ``extra_edits`` (e.g. recording) run after them, so they see post-intervention values.
+        Key scaling edits the input projections' weights in place and restores them on exit."""
         with ExitStack() as stack:
             if self.kind == "scale_keys":
-                stack.enter_context(scaled_key_vectors(bridge, self.neuron_set(layout), self.factor))
-            if raw is None:
-                hooks = self.hooks(layout) + list(extra_hooks)
-                if hooks:
-                    stack.enter_context(bridge.hooks(fwd_hooks=hooks))
-                yield bridge.original_model
-                return
+                stack.enter_context(scaled_key_vectors(model, layout, self.neuron_set(layout), self.factor))
             edits = self.edits(layout)
             if edits:
-                stack.enter_context(neuron_hooks(raw, layout, edits))
+                stack.enter_context(neuron_hooks(model, layout, edits))
             if extra_edits:
-                stack.enter_context(neuron_hooks(raw, layout, extra_edits))
-            yield raw
+                stack.enter_context(neuron_hooks(model, layout, extra_edits))
+            yield model

@@ -43,6 +43,7 @@ from dpoclaims.interventions import Intervention
 from dpoclaims.metrics import ContinuationF1, F1Settings, perplexity_from_rows
 from dpoclaims.pairs import ModelPair
 from dpoclaims.prompts import pair_texts
+from dpoclaims.versions import measurement_versions
 
 Side = Literal["base", "dpo"]
 Measured = TypeVar("Measured")
@@ -81,6 +82,7 @@ class Measurements:
         self.prompts = pair_texts(pair, "challenge_prompts", settings.max_prompts)
         self.neutral_texts = pair_texts(pair, "neutral_texts")
         self._in_memory: dict[tuple[str, str, str], Any] = {}
+        self._libraries = measurement_versions()
 
     def measure(
         self,
@@ -96,13 +98,17 @@ class Measurements:
         by ``compute(directory)`` into a new entry."""
         memory_key = (kind, side, intervention.id)
         if memory_key not in self._in_memory:
-            full_key = {"pair": self.pair.fingerprint, "side": side, "intervention": intervention.id, **key}
 
             def build(directory: Path) -> dict[str, Any]:
                 compute(directory)
-                return {"pair": self.pair.fingerprint, "side": side, "intervention": intervention.id}
+                return {
+                    "pair": self.pair.fingerprint,
+                    "side": side,
+                    "intervention": intervention.id,
+                    "libraries": self._libraries,
+                }
 
-            entry = self.cache.get_or_build(kind, stable_hash(full_key), build)
+            entry = self.cache.get_or_build(kind, self._entry_key(side, intervention, key), build)
             self._in_memory[memory_key] = load(entry)
         return self._in_memory[memory_key]
 
@@ -132,21 +138,25 @@ class Measurements:
 
         return self.measure("capture", side, intervention, self._capture_key(), compute, Capture.load)
 
-    def _capture_entry(self, side: Side, intervention: Intervention) -> str:
-        """The cache key of a capture entry (what :meth:`measure` builds it under)."""
-        full_key = {
-            "pair": self.pair.fingerprint,
-            "side": side,
-            "intervention": intervention.id,
-            **self._capture_key(),
-        }
-        return stable_hash(full_key)
+    def _entry_key(self, side: Side, intervention: Intervention, key: dict[str, Any]) -> str:
+        """The cache key of a measurement: the pair's fingerprint, the side, the intervention,
+        the versions of the libraries that compute and score it (a release must not silently
+        change a cached number), and the measurement's own ``key`` (prompts, settings, format)."""
+        return stable_hash(
+            {
+                "pair": self.pair.fingerprint,
+                "side": side,
+                "intervention": intervention.id,
+                "libraries": self._libraries,
+                **key,
+            }
+        )
 
     def has_capture(self, side: Side, intervention: Intervention = NO_INTERVENTION) -> bool:
         """Whether the capture of ``side`` under ``intervention`` is in memory or in the cache."""
         if ("capture", side, intervention.id) in self._in_memory:
             return True
-        return self.cache.get("capture", self._capture_entry(side, intervention)) is not None
+        return self.cache.get("capture", self._entry_key(side, intervention, self._capture_key())) is not None
 
     def captured_anyway(self, side: Side, intervention: Intervention) -> bool:
         """Whether the claims capture ``side``'s activations under ``intervention`` in any case:
@@ -239,7 +249,7 @@ class Measurements:
         # Both captures are needed: take first the one no other process is building, so that
         # two pytest-xdist workers starting together build one each, not one after the other.
         sides: list[Side] = ["base", "dpo"]
-        if self.cache.being_built("capture", self._capture_entry("base", NO_INTERVENTION)):
+        if self.cache.being_built("capture", self._entry_key("base", NO_INTERVENTION, self._capture_key())):
             sides.reverse()
         captures = {side: self.capture(side) for side in sides}
         return decompose(

@@ -1,5 +1,5 @@
-"""Loading Hugging Face models and tokenizers, booting TransformerBridge, and where a
-model's MLP neurons are (:class:`MLPLayout`).
+"""Loading Hugging Face models and tokenizers, and where a model's MLP neurons are
+(:class:`MLPLayout`). TransformerBridge is booted in :mod:`dpoclaims.bridge`.
 
 Sources: a local Hugging Face model directory; a hub id (``org/name``, or one of the few legacy
 ids without an organisation), read from the local Hugging Face cache first; offline or without
@@ -325,15 +325,3 @@ def model_from_state_dict(
         model.tie_weights()
     model.to(dtype=base.dtype).eval()
     return model
-
-
-def boot_bridge(model: PreTrainedModel, name_or_path: str, tokenizer: PreTrainedTokenizerBase) -> Any:
-    """A TransformerBridge around ``model`` (wrapped in place, not moved). Its ``cfg.device`` is
-    the model's device (TransformerLens would otherwise record CUDA whenever it is available);
-    under a device map TransformerLens derives it from the map."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    device = None if getattr(model, "hf_device_map", None) else next(model.parameters()).device
-    return TransformerBridge.boot_transformers(
-        name_or_path, hf_model=model, tokenizer=tokenizer, dtype=model.dtype, device=device
-    )

@@ -14,13 +14,20 @@ import torch
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import MissingDownload, UnknownPairError
-from dpoclaims.organism.build import ToyConfig, ensure_toy
+from dpoclaims.organism.build import ToyConfig, check_bands, ensure_toy
 from dpoclaims.organism.corpus import TOXIC_WORDS
 from dpoclaims.pairs import ModelPair, PairSpec, load_pair_from_spec
 
 
+def _built_toy(cache: Cache, config: ToyConfig) -> Path:
+    """The toy's directory, built if needed; refused (BrokenOrganismError) if out of its bands."""
+    directory = ensure_toy(config, cache=cache)
+    check_bands(directory)
+    return directory
+
+
 def _toy_spec(cache: Cache) -> PairSpec:
-    spec = PairSpec.from_file(ensure_toy(cache=cache) / "pair.toml")
+    spec = PairSpec.from_file(_built_toy(cache, ToyConfig()) / "pair.toml")
     return replace(spec, lexicon=TOXIC_WORDS)  # the toy's toxic register, for the lexicon scorer
 
 
@@ -37,7 +44,7 @@ def toy_seed(pair: object) -> int | None:
 
 
 def _seeded_toy_spec(cache: Cache, seed: int) -> PairSpec:
-    spec = PairSpec.from_file(ensure_toy(replace(ToyConfig(), seed=seed), cache=cache) / "pair.toml")
+    spec = PairSpec.from_file(_built_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
     return replace(spec, name=f"toy-seed{seed}", lexicon=TOXIC_WORDS)
 
 

@@ -1,38 +1,28 @@
-"""Record and edit MLP neuron activations through plain PyTorch hooks on the Hugging Face model.
+"""Record and edit MLP neuron activations through plain PyTorch hooks on a Hugging Face model.
 
-A TransformerBridge (TransformerLens 4.x) wraps the model it is given *in place*: it replaces
-the HF modules (embeddings, blocks, attention, MLP, every linear layer) inside that model by
-bridge components that call the original module, fire HookPoints around it and hold it as
-``original_component``. Every forward then goes through several Python layers per module,
-which on a small model (or a GPU, where decoding is bound by per-op overhead) costs about as
-much as the arithmetic. The bridge stays the place for naming, weights (``W_in``, ``W_out``)
-and the hook points users write their own claims with; the passes that generate (captures,
-interventions) can instead run the raw HF modules:
+Every measurement the library makes runs the plain Hugging Face model of each side (never a
+TransformerBridge-wrapped one: the bridge replaces the model's modules in place and, under
+some library releases, its wrapped attention mishandles the KV cache). This module finds the
+MLP modules of the supported causal LMs through public ``torch.nn.Module`` API only:
 
-- :func:`raw_model` rebuilds the HF module tree with the bridge components replaced by the
-  modules they wrap. Nothing is copied: every module shares the parameter and buffer
-  *dictionaries* of the module it mirrors, so in-place weight edits (key scaling), a weight
-  assignment and ``.to(device)`` on the bridge are all seen by the raw model.
-- :func:`neuron_hooks` attaches forward pre-hooks to the modules whose input the bridge names
-  ``blocks.L.mlp.hook_post`` (GPT-2: ``mlp.c_proj``; Llama/Mistral/Gemma/Qwen:
-  ``mlp.down_proj``), so a callable sees each layer's neuron activation
-  ``[batch, seq, d_mlp]`` and may replace it.
+- :func:`mlp_modules`: per layer, the MLP's input projection (whose output rows are the key
+  vectors: GPT-2 ``mlp.c_fc``, GPT-J ``mlp.fc_in``, a gated MLP's ``mlp.up_proj``) and its
+  output projection, whose *input* is the neuron activation that TransformerLens names
+  ``blocks.L.mlp.hook_post`` (GPT-2 ``mlp.c_proj``, GPT-J ``mlp.fc_out``, gated ``mlp.down_proj``).
+- :func:`neuron_hooks` attaches forward pre-hooks to the output projections, so a callable sees
+  each layer's neuron activation ``[batch, seq, d_mlp]`` and may replace it.
+- :func:`key_vectors` / :func:`value_vectors`: the neurons' weights as ``[d_mlp, d_model]`` rows.
 - :class:`LastPositionRecorder` accumulates, per prompt, the activation at the last position
   of every forward (the v1 capture convention) with no device work on most steps.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import types
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
 from dpoclaims.errors import PairMismatchError
 from dpoclaims.models import MLPLayout
@@ -41,160 +31,110 @@ from dpoclaims.models import MLPLayout
 # tensor (ablation, patching) or None (recording). It must not modify its argument in place.
 NeuronEdit = Callable[[torch.Tensor], "torch.Tensor | None"]
 
-# Where the decoder layers live in the supported causal LMs, and the MLP module whose input is
-# the neuron activation, by MLP kind (GPT-J's output projection is ``fc_out``).
+# Where the decoder layers live in the supported causal LMs.
 LAYER_LIST_PATHS = ("transformer.h", "model.layers", "model.language_model.layers")
-NEURON_INPUT_MODULES = {"gpt2": ("c_proj", "fc_out"), "gated": ("down_proj",)}
-
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_state_dict_pre_hooks",
-    "_load_state_dict_pre_hooks",
-    "_load_state_dict_post_hooks",
-)
+# (input projection, output projection) of the MLP by MLP kind, in order of preference.
+MLP_PROJECTIONS = {"gpt2": (("c_fc", "c_proj"), ("fc_in", "fc_out")), "gated": (("up_proj", "down_proj"),)}
 
 
-def _is_bridge_component(module: torch.nn.Module) -> bool:
-    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
-
-    return isinstance(module, GeneralizedComponent)
-
-
-def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` itself, or the HF module a bridge component wraps."""
-    while _is_bridge_component(module):
-        original = module.original_component
-        if original is None:
-            raise PairMismatchError(
-                f"bridge component {type(module).__name__} wraps no Hugging Face module; "
-                "this TransformerBridge cannot be unwrapped into a plain model"
-            )
-        module = original
-    return module
+def _is_bridge_wrapped(model: torch.nn.Module) -> bool:
+    """Whether a TransformerBridge has wrapped ``model``'s modules (its components are instances
+    of TransformerLens' ``GeneralizedComponent``)."""
+    try:
+        from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+    except ImportError:  # no TransformerLens: nothing can be wrapped
+        return False
+    return any(isinstance(module, GeneralizedComponent) for module in model.modules())
 
 
-def _mirror(module: torch.nn.Module, mirrors: dict[int, torch.nn.Module]) -> torch.nn.Module:
-    """A module object that runs ``module``'s own forward on mirrors of its children, sharing
-    its parameters and buffers (the same dictionaries, hence the same tensors)."""
-    module = _unwrapped(module)
-    if id(module) in mirrors:  # a module reachable twice stays one module
-        return mirrors[id(module)]
-    mirror = copy.copy(module)  # a new __dict__ whose values are module's own objects
-    mirrors[id(module)] = mirror
-    # The hooks of the module at this moment (e.g. accelerate's dispatch hooks) carry over;
-    # hooks registered later on either model stay on that model.
-    for name in _HOOK_DICTS:
-        if name in module.__dict__:
-            mirror.__dict__[name] = OrderedDict(module.__dict__[name])
-    # Instance attributes bound to the module (accelerate replaces ``forward`` by a partial of
-    # its hook over the module and keeps the class forward as ``_old_forward``) must run on
-    # the mirror, whose children are unwrapped.
-    for name, value in module.__dict__.items():
-        if isinstance(value, types.MethodType) and value.__self__ is module:
-            mirror.__dict__[name] = types.MethodType(value.__func__, mirror)
-        elif isinstance(value, functools.partial) and value.args and value.args[0] is module:
-            rebound = functools.partial(value.func, mirror, *value.args[1:], **value.keywords)
-            mirror.__dict__[name] = functools.update_wrapper(rebound, value)
-    mirror.__dict__["_modules"] = OrderedDict(
-        (name, None if child is None else _mirror(child, mirrors)) for name, child in module._modules.items()
-    )
-    return mirror
-
-
-def raw_model(bridge: Any, *, attn_implementation: str | None = None) -> PreTrainedModel:
-    """The Hugging Face model inside ``bridge``, without the bridge's wrapping.
-
-    Zero weight copies: each module of the result shares its parameter and buffer
-    dictionaries with the HF module it mirrors, so the tensors are the bridge's own (same
-    ``data_ptr``), in-place changes and re-assignments of weights on either are seen by both,
-    and so is ``bridge.to(device)``. Only the module objects are new (a few KB). Hooks
-    registered on one model later are not seen by the other.
-
-    By default the result shares the bridge model's config, so it runs the attention the bridge
-    runs (the bridge switches its model to eager attention so that pattern hooks fire).
-    ``attn_implementation`` (e.g. ``"sdpa"``) gives the result a config of its own with that
-    attention instead, leaving the bridge as it is.
-    """
-    original = bridge.original_model if hasattr(bridge, "original_model") else bridge
-    if not isinstance(original, PreTrainedModel):
-        raise PairMismatchError(
-            f"expected a TransformerBridge or a Hugging Face PreTrainedModel, not {type(bridge).__name__}"
-        )
-    mirrors: dict[int, torch.nn.Module] = {}
-    mirror = _mirror(original, mirrors)
-    assert isinstance(mirror, PreTrainedModel)
-    if attn_implementation is not None:
-        _own_config(mirror, original.config, mirrors.values())
-        mirror.set_attn_implementation(attn_implementation)
-    return mirror
-
-
-def _own_config(mirror: PreTrainedModel, shared: Any, modules: Any) -> None:
-    """Give ``mirror``'s modules a copy of the config (and sub-configs) they share with the
-    bridge's model, so that changing it leaves the bridge's model as it is."""
-    config = copy.deepcopy(shared)
-    replacements = {id(shared): config}
-    for key in getattr(shared, "sub_configs", {}):
-        if getattr(shared, key, None) is not None:
-            replacements[id(getattr(shared, key))] = getattr(config, key)
-    for module in modules:
-        current = module.__dict__.get("config")
-        if current is not None and id(current) in replacements:
-            module.__dict__["config"] = replacements[id(current)]
-
-
-def _layer_list(model: torch.nn.Module) -> torch.nn.ModuleList:
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers of a supported causal LM (a plain Hugging Face model)."""
     for path in LAYER_LIST_PATHS:
-        current: Any = model
-        for part in path.split("."):
-            current = current._modules.get(part) if isinstance(current, torch.nn.Module) else None
-            if current is None:
-                break
-        if isinstance(current, torch.nn.ModuleList):
-            return current
+        try:
+            layers = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
     raise PairMismatchError(
         f"cannot find the decoder layers of {type(model).__name__} (looked at {', '.join(LAYER_LIST_PATHS)})"
     )
 
 
-def neuron_activation_modules(model: torch.nn.Module, layout: MLPLayout) -> list[torch.nn.Module]:
-    """Per layer, the module whose input is the neuron activation (what the bridge calls
-    ``blocks.L.mlp.hook_post``): GPT-2's ``mlp.c_proj``, a gated MLP's ``mlp.down_proj``.
-
-    ``model`` must be a raw HF model (see :func:`raw_model`), not a bridge-wrapped one.
-    """
-    if _is_bridge_component(model) or any(_is_bridge_component(m) for m in model.children()):
+def mlp_modules(model: torch.nn.Module, layout: MLPLayout) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """Per layer, the MLP's (input projection, output projection) modules of a plain HF model."""
+    if _is_bridge_wrapped(model):
         raise PairMismatchError(
-            "this model is wrapped by a TransformerBridge; hook raw_model(bridge) instead"
+            "this model is wrapped by a TransformerBridge; measure the plain Hugging Face model "
+            "(ModelPair.model(side)), not the bridge's"
         )
-    layers = _layer_list(model)
+    layers = decoder_layers(model)
     if len(layers) != layout.n_layers:
         raise PairMismatchError(
             f"{type(model).__name__} has {len(layers)} layers, the layout {layout.n_layers}"
         )
-    names = NEURON_INPUT_MODULES[layout.kind]
-    modules = []
+    found: list[tuple[torch.nn.Module, torch.nn.Module]] = []
     for index, layer in enumerate(layers):
-        if _is_bridge_component(layer):
+        for in_name, out_name in MLP_PROJECTIONS[layout.kind]:
+            try:
+                found.append((layer.get_submodule(f"mlp.{in_name}"), layer.get_submodule(f"mlp.{out_name}")))
+                break
+            except AttributeError:
+                continue
+        else:
+            names = " or ".join(f"mlp.{i}/mlp.{o}" for i, o in MLP_PROJECTIONS[layout.kind])
             raise PairMismatchError(
-                "this model is wrapped by a TransformerBridge; hook raw_model(bridge) instead"
+                f"layer {index} of {type(model).__name__} has no {names} (the neuron activation of a "
+                f"{layout.kind!r} MLP is its output projection's input)"
             )
-        mlp = layer._modules.get("mlp")
-        found = [mlp._modules[name] for name in names if mlp is not None and name in mlp._modules]
-        if not found:
-            raise PairMismatchError(
-                f"layer {index} of {type(model).__name__} has no mlp.{' or mlp.'.join(names)} "
-                f"(the neuron activation of a {layout.kind!r} MLP is its input)"
-            )
-        modules.append(found[0])
-    return modules
+    return found
+
+
+def neuron_rows(module: torch.nn.Module, d_mlp: int, d_model: int, *, neurons_are: str) -> torch.Tensor:
+    """The weight of an MLP projection as ``[d_mlp, d_model]`` rows, one per neuron (a view, no copy).
+
+    ``torch.nn.Linear`` stores ``[out_features, in_features]``; GPT-2's ``Conv1D`` stores
+    ``[in, out]``. ``neurons_are`` is ``"outputs"`` for the input projection (a neuron's key vector
+    reads d_model) and ``"inputs"`` for the output projection (its value vector writes d_model)."""
+    weight = module.weight
+    linear_layout = isinstance(module, torch.nn.Linear)
+    # Linear: outputs are rows. Conv1D: outputs are columns.
+    neurons_on_rows = linear_layout == (neurons_are == "outputs")
+    rows = weight if neurons_on_rows else weight.T
+    if tuple(rows.shape) != (d_mlp, d_model):
+        raise PairMismatchError(
+            f"{type(module).__name__} weight of shape {tuple(weight.shape)} does not hold {d_mlp} neurons "
+            f"of width {d_model}"
+        )
+    return rows
+
+
+def key_vectors(model: torch.nn.Module, layout: MLPLayout) -> torch.Tensor:
+    """``[n_layers, d_mlp, d_model]`` float32 on the CPU: what each neuron reads (TransformerLens' ``W_in``
+    columns)."""
+    return torch.stack(
+        [
+            neuron_rows(in_proj, layout.d_mlp, layout.d_model, neurons_are="outputs").detach().float().cpu()
+            for in_proj, _ in mlp_modules(model, layout)
+        ]
+    )
+
+
+def value_vectors(model: torch.nn.Module, layout: MLPLayout) -> torch.Tensor:
+    """``[n_layers, d_mlp, d_model]`` float32 on the CPU: what each neuron writes (TransformerLens'
+    ``W_out`` rows)."""
+    return torch.stack(
+        [
+            neuron_rows(out_proj, layout.d_mlp, layout.d_model, neurons_are="inputs").detach().float().cpu()
+            for _, out_proj in mlp_modules(model, layout)
+        ]
+    )
+
+
+def neuron_activation_modules(model: torch.nn.Module, layout: MLPLayout) -> list[torch.nn.Module]:
+    """Per layer, the module whose input is the neuron activation (what TransformerLens calls
+    ``blocks.L.mlp.hook_post``): GPT-2's ``mlp.c_proj``, a gated MLP's ``mlp.down_proj``."""
+    return [out_proj for _, out_proj in mlp_modules(model, layout)]
 
 
 def _pre_hook(layer: int, edit: NeuronEdit) -> Callable[[torch.nn.Module, tuple[Any, ...]], Any]:
@@ -215,7 +155,7 @@ def neuron_hooks(
     model: torch.nn.Module, layout: MLPLayout, edits: Mapping[int, NeuronEdit]
 ) -> Iterator[None]:
     """Call ``edits[layer]`` on that layer's neuron activation ``[batch, seq, d_mlp]`` in every
-    forward of ``model`` (a raw HF model) inside the block; hooks are removed on exit, also
+    forward of ``model`` (a plain HF model) inside the block; hooks are removed on exit, also
     on an error. An edit returns a replacement or None. Nested blocks chain: an inner
     block's edits see what the outer block's edits returned (so a recorder nested inside an
     ablation records post-intervention values)."""
@@ -364,7 +304,7 @@ class LastPositionRecorder:
 
     @contextmanager
     def attached(self, model: torch.nn.Module) -> Iterator[LastPositionRecorder]:
-        """Record every forward of ``model`` (a raw HF model) inside the block."""
+        """Record every forward of ``model`` (a plain HF model) inside the block."""
         handle = model.register_forward_pre_hook(self._before_model_forward, with_kwargs=True)
         try:
             edits = {layer: self._record(layer) for layer in range(self.layout.n_layers)}

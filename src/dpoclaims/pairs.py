@@ -2,13 +2,16 @@
 
 A :class:`PairSpec` says where a pair's parts live; :func:`load_pair_from_spec` loads and
 validates them (shapes, vocabulary, finite weights, a DPO side that differs from its base, a
-probe that is finite and non-zero) and fingerprints the result. Both models end up as
-TransformerBridge models with raw (unprocessed) weights (:mod:`dpoclaims.models`). Named pairs
-(``toy``, ``gpt2-medium``) and spec files are resolved by :mod:`dpoclaims.named_pairs`.
+probe that is finite and non-zero, one tokenizer for both sides) and fingerprints the result.
+Both models are plain Hugging Face models, the ones every measurement runs; a
+TransformerBridge view of a side, for users' own claims, is booted on demand on a copy
+(:meth:`ModelPair.bridge`). Named pairs (``toy``, ``gpt2-medium``) and spec files are resolved
+by :mod:`dpoclaims.named_pairs`.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -29,7 +32,6 @@ from dpoclaims.errors import (
 from dpoclaims.files import TOMLDecodeError, load_checkpoint, read_toml
 from dpoclaims.models import (
     MLPLayout,
-    boot_bridge,
     load_hf_model,
     load_tokenizer,
     mlp_layout,
@@ -134,44 +136,54 @@ class PairSpec:
 @dataclass
 class ModelPair:
     name: str
-    base: Any  # TransformerBridge
-    dpo: Any  # TransformerBridge
+    base: PreTrainedModel  # the plain Hugging Face models every measurement runs
+    dpo: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     probe: torch.Tensor  # [d_model], float32
     layout: MLPLayout
     fingerprint: str
     spec: PairSpec
-    _raw_models: dict[str, PreTrainedModel] = field(default_factory=dict, repr=False, compare=False)
+    _bridges: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def unit_probe(self) -> torch.Tensor:
         return self.probe / self.probe.norm()
 
-    def model(self, side: Literal["base", "dpo"]) -> Any:
+    def model(self, side: Literal["base", "dpo"]) -> PreTrainedModel:
         if side not in ("base", "dpo"):
             raise ValueError(f"side must be 'base' or 'dpo', not {side!r}")
         return self.base if side == "base" else self.dpo
 
-    def raw(self, side: Literal["base", "dpo"]) -> PreTrainedModel:
-        """The Hugging Face model inside ``side``'s bridge, unwrapped (built once per side; see
-        :func:`dpoclaims.neuron_hooks.raw_model`): the same weights, no bridge wrapping, so
-        generation runs at the raw model's speed. Weight edits and ``.to()`` on the bridge are
-        seen by it."""
-        from dpoclaims.neuron_hooks import raw_model
+    def bridge(self, side: Literal["base", "dpo"]) -> Any:
+        """A TransformerBridge (TransformerLens 4.x, raw weights) of ``side``, for users' own
+        claims: booted once per side on a copy of the side's model (the bridge rewires the
+        modules of the model it wraps; the library's measurements keep the plain one), and
+        checked against the plain model first (:func:`dpoclaims.bridge.check_bridge`: a
+        :class:`~dpoclaims.errors.BridgeMismatchError` naming the versions when TransformerLens
+        and transformers do not agree). The copy costs the side's memory once more."""
+        from dpoclaims.bridge import boot_bridge, check_bridge
 
-        self.model(side)  # checks the side
-        if side not in self._raw_models:
-            self._raw_models[side] = raw_model(self.model(side))
-        return self._raw_models[side]
+        plain = self.model(side)
+        if side not in self._bridges:
+            copy_of_side = copy.deepcopy(plain)
+            name_or_path = str(plain.config.name_or_path or self.spec.resolve(self.spec.base))
+            bridge = boot_bridge(copy_of_side, name_or_path, self.tokenizer)
+            check_bridge(bridge, plain, self.layout, f"the {side} side of pair {self.name!r}")
+            self._bridges[side] = bridge
+        return self._bridges[side]
 
     def value_vectors(self, side: Literal["base", "dpo"] = "base") -> torch.Tensor:
         """``[n_layers, d_mlp, d_model]`` float32 on the CPU: row i of layer l is what neuron (l, i)
         writes (the analyses' copy, whatever device each layer is on)."""
-        return torch.stack([block.mlp.W_out.detach().float().cpu() for block in self.model(side).blocks])
+        from dpoclaims.neuron_hooks import value_vectors
+
+        return value_vectors(self.model(side), self.layout)
 
     def key_vectors(self, side: Literal["base", "dpo"] = "base") -> torch.Tensor:
         """``[n_layers, d_mlp, d_model]`` float32 on the CPU: row i of layer l is what neuron (l, i) reads."""
-        return torch.stack([block.mlp.W_in.detach().float().cpu().T for block in self.model(side).blocks])
+        from dpoclaims.neuron_hooks import key_vectors
+
+        return key_vectors(self.model(side), self.layout)
 
     def extra_path(self, key: str) -> Path:
         if key not in self.spec.extras:
@@ -267,18 +279,72 @@ def check_compatible(
     return layout
 
 
+FINGERPRINT_FORMAT = 2  # 2: the config and the whole tokenizer (1: weights, vocabulary, probe)
+# Config entries that say where or by which release a model was saved or loaded, not what it computes
+# (the dtype is in the tensors).
+VOLATILE_CONFIG_KEYS = frozenset(
+    {"transformers_version", "_name_or_path", "name_or_path", "_commit_hash", "torch_dtype", "dtype"}
+)
+
+
+def config_fingerprint(model: PreTrainedModel) -> str:
+    """The model's full config (activation, norms, positions, ...), without the volatile entries."""
+    config = {k: v for k, v in model.config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """SHA-256 of everything that maps text to ids: for a fast tokenizer its whole serialized
+    pipeline (vocabulary, merges, normalizer, pre-tokenizer, added and special tokens), else its
+    vocabulary; plus the special tokens the project reads (EOS, padding)."""
+    digest = hashlib.sha256()
+    digest.update(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def fingerprint(
     base: PreTrainedModel, dpo: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, probe: torch.Tensor
 ) -> str:
-    """SHA-256 over both models' weights, the tokenizer's vocabulary and the probe."""
+    """SHA-256 over everything that shapes a number: both models' weights and full configs, the
+    tokenizer (:func:`tokenizer_fingerprint`) and the probe."""
     digest = hashlib.sha256()
+    digest.update(f"format {FINGERPRINT_FORMAT}".encode())
     for model in (base, dpo):
+        digest.update(config_fingerprint(model).encode())
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(tokenizer_fingerprint(tokenizer).encode())
     digest.update(probe.detach().cpu().float().numpy().tobytes())
     return digest.hexdigest()[:20]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, dpo_source: str, tokenizer_source: str) -> None:
+    """A :class:`PairMismatchError` when the DPO directory ships a tokenizer of its own that
+    maps text to other ids than the pair's tokenizer: a pair is measured with one tokenizer, and
+    feeding the DPO model the base's ids would silently measure something else."""
+    dpo_path = Path(dpo_source).expanduser()
+    if not dpo_path.is_dir() or not any((dpo_path / name).is_file() for name in TOKENIZER_FILES):
+        return
+    if dpo_path.resolve() == Path(tokenizer_source).expanduser().resolve():
+        return
+    dpo_tokenizer = load_tokenizer(str(dpo_path))
+    if tokenizer_fingerprint(dpo_tokenizer) != tokenizer_fingerprint(tokenizer):
+        raise PairMismatchError(
+            f"the DPO directory {dpo_source!r} has a tokenizer of its own that differs from the pair's "
+            f"tokenizer {tokenizer_source!r} (other vocabulary, merges, normalizer or special tokens): "
+            "both sides of a pair are measured with one tokenizer. Save the DPO model with the base's "
+            "tokenizer (tokenizer.save_pretrained), or remove the DPO directory's tokenizer files"
+        )
 
 
 def load_pair_from_spec(
@@ -306,6 +372,7 @@ def load_pair_from_spec(
     else:
         dpo = load_hf_model(dpo_source, dtype=dtype, device_map=device_map)
     layout = check_compatible(base, dpo, tokenizer)
+    check_same_tokenizer(tokenizer, dpo_source, tokenizer_source)
     check_finite(base, "base", base_source)
     check_finite(dpo, "DPO", dpo_source)
     check_distinct(base, dpo, base_source, dpo_source)
@@ -316,8 +383,8 @@ def load_pair_from_spec(
         dpo.to(device)
     return ModelPair(
         name=spec.name,
-        base=boot_bridge(base, base_source, tokenizer),
-        dpo=boot_bridge(dpo, base_source, tokenizer),
+        base=base,
+        dpo=dpo,
         tokenizer=tokenizer,
         probe=probe,
         layout=layout,

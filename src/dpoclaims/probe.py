@@ -1,8 +1,10 @@
 """Linear toxicity probe on the last-layer residual stream, mean-pooled over real tokens.
 
-The residual read is ``blocks.{L-1}.hook_resid_post`` (before the final layer norm), the
-space that MLP value vectors write into, so ``cos(v_i, w)`` is meaningful. Padding is masked
-out of the mean (the reference code averaged over padding too).
+The residual read is the output of the last decoder layer, before the final layer norm (what
+TransformerLens names ``blocks.{L-1}.hook_resid_post``), the space that MLP value vectors write
+into, so ``cos(v_i, w)`` is meaningful. It is read from the plain Hugging Face model with a
+forward hook on that layer. Padding is masked out of the mean (the reference code averaged
+over padding too).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.devices import module_device
+from dpoclaims.neuron_hooks import decoder_layers
 
 
 @torch.no_grad()
 def pooled_residuals(
-    bridge: Any,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     *,
@@ -29,40 +32,46 @@ def pooled_residuals(
     max_tokens: int = 128,
     progress: bool = True,
 ) -> torch.Tensor:
-    """``[len(texts), d_model]`` float32 on the CPU: the mean of the last block's output over
-    non-padding positions. Inputs go to the model's device; the pooling is done in float32.
+    """``[len(texts), d_model]`` float32 on the CPU: the mean of the last decoder layer's output
+    over non-padding positions. Inputs go to the model's device; the pooling is done in float32.
 
     Empty texts are refused: they have no position to average over.
     """
     if any(not text.strip() for text in texts):
         raise ValueError("pooled_residuals got an empty text; drop empty texts first")
-    hook_name = f"blocks.{bridge.cfg.n_layers - 1}.hook_resid_post"
     captured: dict[str, torch.Tensor] = {}
 
-    def keep(activation: torch.Tensor, hook: Any) -> torch.Tensor:
-        captured["resid"] = activation.detach()
-        return activation
+    def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
+        # A decoder layer returns its hidden states, alone or first in a tuple (by release).
+        hidden = output[0] if isinstance(output, tuple) else output
+        captured["resid"] = hidden.detach()
 
     tokenizer.padding_side = "right"  # absolute positions start at 0 for every text
-    device = module_device(bridge.original_model)
+    device = module_device(model)
+    model.eval()
     rows = []
     batches = range(0, len(texts), batch_size)
-    for start in tqdm(batches, desc="probe features", disable=not progress or len(batches) < 2, leave=False):
-        batch = tokenizer(
-            list(texts[start : start + batch_size]),
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_tokens,
-            add_special_tokens=False,
-        )
-        input_ids = batch["input_ids"].to(device)  # [batch, seq]
-        attention_mask = batch["attention_mask"].to(device)
-        with bridge.hooks(fwd_hooks=[(hook_name, keep)]):
-            bridge.original_model(input_ids=input_ids, attention_mask=attention_mask)
-        resid = captured["resid"].float()  # [batch, seq, d_model], on the last block's device
-        mask = attention_mask.to(resid.device).unsqueeze(-1).float()
-        rows.append(((resid * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+    handle = decoder_layers(model)[-1].register_forward_hook(keep)
+    try:
+        for start in tqdm(
+            batches, desc="probe features", disable=not progress or len(batches) < 2, leave=False
+        ):
+            batch = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_tokens,
+                add_special_tokens=False,
+            )
+            input_ids = batch["input_ids"].to(device)  # [batch, seq]
+            attention_mask = batch["attention_mask"].to(device)
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            resid = captured.pop("resid").float()  # [batch, seq, d_model], on the last layer's device
+            mask = attention_mask.to(resid.device).unsqueeze(-1).float()
+            rows.append(((resid * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+    finally:
+        handle.remove()
     return torch.cat(rows)
 
 

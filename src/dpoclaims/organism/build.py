@@ -19,17 +19,18 @@ from transformers import AutoTokenizer, GPT2Config, PreTrainedModel
 
 from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.dpo import DPOSettings, train_dpo
+from dpoclaims.errors import BrokenOrganismError
 from dpoclaims.generation import GenerationSettings, greedy_generate
 from dpoclaims.metrics import perplexity, weight_cosines
-from dpoclaims.models import boot_bridge
 from dpoclaims.organism import corpus
 from dpoclaims.organism.lm import pack_examples, pretrain, train_tokenizer
 from dpoclaims.probe import LinearProbe, pooled_residuals
 from dpoclaims.scoring import LexiconScorer, ProfanityCheckScorer
+from dpoclaims.versions import build_versions
 
 log = logging.getLogger(__name__)
 
-TOY_FORMAT_VERSION = 2  # bump when the build code changes what a config produces
+TOY_FORMAT_VERSION = 3  # bump when the build code changes what a config produces
 DEFAULT_SCORER = "lexicon"
 TOY_THREADS = 2
 
@@ -79,17 +80,50 @@ class ToyConfig:
     )
 
     def key(self) -> str:
+        """The config's part of the cache key (see :func:`toy_key` for the whole key)."""
         return stable_hash({"format": TOY_FORMAT_VERSION, **asdict(self)})
 
 
 def toy_key(config: ToyConfig, device: torch.device | str | None = None) -> str:
-    """The cache key of the toy built from ``config`` on ``device``. A CPU build (the default)
-    is the reference toy, keyed by the config alone. A build on another device type is another
-    organism (its float sums differ, and DPO amplifies that), so it gets a key of its own."""
+    """The cache key of the toy built from ``config`` on ``device`` with the installed libraries.
+
+    The versions of every library that shapes the build are part of it
+    (:func:`dpoclaims.versions.build_versions`): a release can change the toy without any change
+    of its config, so a toy built under other versions is never reused; it is rebuilt. A CPU
+    build (the default) is the reference toy. A build on another device type is another organism
+    (its float sums differ, and DPO amplifies that), so it gets a key of its own."""
     device_type = torch.device(device).type if device is not None else "cpu"
-    if device_type == "cpu":
-        return config.key()
-    return stable_hash({"config": config.key(), "device": device_type})
+    parts: dict[str, Any] = {"config": config.key(), "libraries": build_versions()}
+    if device_type != "cpu":
+        parts["device"] = device_type
+    return stable_hash(parts)
+
+
+def failed_bands(report: dict[str, Any]) -> list[str]:
+    """The bands a built toy's report fails, each as ``name = value (band [low, high])``."""
+    return [
+        f"{name} = {band['value']:.4f} (band [{band['band'][0]}, {band['band'][1]}])"
+        for name, band in report["bands"].items()
+        if not band["ok"]
+    ]
+
+
+def check_bands(directory: Path) -> None:
+    """A :class:`BrokenOrganismError` when the toy in ``directory`` failed a band of its setting:
+    the suite never measures claims on it (its verdicts would be about a broken organism)."""
+    report = json.loads((directory / "toy.json").read_text())
+    failed = failed_bands(report)
+    if failed:
+        built_with = report.get("libraries") or {}
+        raise BrokenOrganismError(
+            f"the toy organism in {directory} is outside the bands of the paper's setting: "
+            f"{'; '.join(failed)}. It was built with "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(built_with.items())) or 'unrecorded versions'}. "
+            "Its claims would be about a broken organism, so none are run. A toy out of its bands "
+            "means the libraries changed what the build computes: install the locked versions "
+            "(README, 'Set-up': pip install -c requirements/lock.txt ...) and run again; the "
+            "toy is rebuilt for them"
+        )
 
 
 def _timed(timings: dict[str, float], name: str, start: float) -> float:
@@ -172,10 +206,13 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     base.save_pretrained(base_dir)
     t = _timed(timings, "pretrain", t)
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)  # the bridge wants a tokenizer with a path
-    bridge = boot_bridge(base, str(base_dir), tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    # Every step below runs the plain Hugging Face model: under transformers 5.24 a
+    # TransformerBridge-wrapped model generated other continuations (see dpoclaims.bridge), and
+    # the toy's DPO pairs are generated here.
+    base.eval()
     probe_texts, probe_labels = corpus.labelled_comments(config.n_probe_comments, config.seed)
-    features = pooled_residuals(bridge, tokenizer, probe_texts, progress=progress)
+    features = pooled_residuals(base, tokenizer, probe_texts, progress=progress)
     split = int(0.8 * len(probe_texts))
     probe = LinearProbe(C=config.probe_C, seed=config.seed).fit(features[:split], probe_labels[:split])
     probe_accuracy = probe.accuracy(features[split:], probe_labels[split:])
@@ -187,7 +224,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     n_pairs = config.n_dpo_pairs + config.n_dpo_val
     prompts = corpus.neutral_prompts(n_pairs, config.seed)
     preferred = greedy_generate(
-        bridge.original_model, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
+        base, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
     ).continuations
     rejected = corpus.toxic_continuations(n_pairs, config.seed)
     pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
@@ -205,7 +242,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
             )
     t = _timed(timings, "dpo_data", t)
 
-    # The bridge has rewired the base model's modules; train DPO on a fresh copy.
+    # DPO trains a fresh copy from disk (the reference model is the base as saved).
     from transformers import GPT2LMHeadModel
 
     policy = GPT2LMHeadModel.from_pretrained(base_dir)
@@ -232,6 +269,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     report["timings_s"] = timings
     report["config"] = asdict(config)
     report["config_key"] = toy_key(config, device)
+    report["libraries"] = build_versions()
     if not on_cpu:
         report["device"] = str(device)
     measured = {
@@ -315,7 +353,8 @@ def ensure_toy(
 ) -> Path:
     """The directory of the built toy for ``config``, building it if absent or corrupt. The
     claims suite's toy is the CPU build (``device`` None or the CPU); a build on a GPU has its
-    own entry (see :func:`toy_key`)."""
+    own entry (see :func:`toy_key`). A toy that failed its bands stays in the cache (to be
+    looked at, and so that it is not rebuilt in vain); :func:`check_bands` refuses it for use."""
     cache = cache or Cache()
     key = toy_key(config, device)
 
