@@ -1780,15 +1780,26 @@ def _(b: Bench):
     from dpoclaims.dpo import distinct_pairs, read_lee_pairs, split_pairs
 
     rows = [(f"prompt {i % 7}", f"nice {i % 7}", f"rude {i % 7}") for i in range(40)]  # 7 distinct, repeated
-    rows += [("prompt 0", "another nice", "another rude")]  # same prompt, other texts
+    rows += [("prompt 0", "another nice", "another rude")]  # same prompt, other texts: a pair of its own
     pairs, n_duplicates = distinct_pairs(read_lee_pairs(_lee_pairs(b, rows)))
     train, val = split_pairs(pairs, 0.3, 0)
-    overlap = {p["prompt"] for p in train} & {p["prompt"] for p in val}
-    return {"duplicates": 33, "pairs": 8, "overlap": set()}, {
+    as_rows = [{(p["prompt"], p["chosen"], p["rejected"]) for p in side} for side in (train, val)]
+    return {"duplicates": 33, "pairs": 8, "validation rows trained on": set()}, {
         "duplicates": n_duplicates,
         "pairs": len(train) + len(val),
-        "overlap": overlap,
+        "validation rows trained on": as_rows[0] & as_rows[1],
     }
+
+
+@case(
+    "cli-train-dpo-one-pair-repeated",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: .*pairs\.jsonl holds 1 distinct pair\(s\) \(5 repeats dropped\); at least 2",
+)
+def _(b: Bench):
+    pairs = _lee_pairs(b, [("a", "b", "c")] * 6)
+    _cli(b, "train-dpo", "--base", str(b.files.base), "--pairs", str(pairs), "--out", str(b.tmp / "out"))
 
 
 # ---- issue 18: a run that measures nothing is not green

@@ -201,8 +201,8 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
     )
     if summary.get("n_duplicates"):
         print(
-            f"  {summary['n_duplicates']} duplicate pairs in {args.pairs} dropped (each kept once); pairs that "
-            "share a prompt are all on one side of the training/validation split"
+            f"  {summary['n_duplicates']} duplicate pairs in {args.pairs} dropped (each kept once), so that no "
+            "validation pair is also a training pair"
         )
     print(
         f"  largest weight change {summary['largest_weight_change']:.3g} "

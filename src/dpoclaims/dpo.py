@@ -387,25 +387,13 @@ def read_lee_pairs(path: Path) -> list[dict[str, str]]:
 def split_pairs(
     pairs: Sequence[dict[str, str]], val_fraction: float, seed: int
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Shuffle the pairs themselves (prompt, chosen and rejected stay together) and split.
-
-    The pairs should be distinct (:func:`distinct_pairs`). Pairs that share a prompt go to the
-    same side, so that no validation prompt is also trained on; the split is by prompt, at
-    ``val_fraction`` of the prompts (at least one on each side)."""
-    groups: dict[str, list[dict[str, str]]] = {}
-    for pair in pairs:
-        groups.setdefault(pair["prompt"], []).append(pair)
-    if len(groups) < 2:
-        raise CheckpointError(
-            f"the {len(pairs)} DPO pairs share {len(groups)} prompt; at least 2 distinct prompts are needed, "
-            "so that validation pairs are not also training pairs"
-        )
-    prompts = list(groups)
-    random.Random(seed).shuffle(prompts)
-    n_val = _n_val(len(prompts), val_fraction)
-    train = [pair for prompt in prompts[n_val:] for pair in groups[prompt]]
-    val = [pair for prompt in prompts[:n_val] for pair in groups[prompt]]
-    return train, val
+    """Shuffle the pairs themselves (prompt, chosen and rejected stay together) and split. The
+    pairs should be distinct (:func:`distinct_pairs`): a repeated row could land on both sides."""
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_val = _n_val(len(pairs), val_fraction)
+    shuffled = [pairs[i] for i in order]
+    return shuffled[n_val:], shuffled[:n_val]
 
 
 def distinct_pairs(pairs: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
@@ -480,6 +468,11 @@ def train_dpo_from_files(
     pairs, n_duplicates = distinct_pairs(read_lee_pairs(pairs_path))
     if n_duplicates:
         log.warning("%s: %d duplicate pairs dropped (each kept once)", pairs_path, n_duplicates)
+    if len(pairs) < 2:
+        raise CheckpointError(
+            f"{pairs_path} holds {len(pairs)} distinct pair(s) ({n_duplicates} repeats dropped); at least 2 are "
+            "needed (train and validation)"
+        )
     train, val = split_pairs(pairs, val_fraction, settings.seed)
     tokenizer = load_tokenizer(base)
     model = load_hf_model(base)
