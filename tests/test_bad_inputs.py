@@ -1725,7 +1725,7 @@ def _(b: Bench):
     "error",
     UnknownPairError,
     r"unknown \[extras\] key 'challenge_prompt'; did you mean 'challenge_prompts'\? known keys: "
-    r"challenge_prompts, neutral_texts, perplexity_window",
+    r"challenge_prompts, dpo_pairs, neutral_texts, perplexity_window, report",
 )
 def _(b: Bench):
     b.load(b.spec(extras={"challenge_prompt": "prompts.json"}))

@@ -142,6 +142,8 @@ EXTRAS_KEYS = {
     "challenge_prompts": "the challenge prompt file",
     "neutral_texts": "the held-out neutral text file",
     "perplexity_window": "tokens per perplexity window (a whole number)",
+    "dpo_pairs": "the DPO training pairs (for reference; the toy names its own)",
+    "report": "a report of how the pair was made (for reference; the toy names its build report)",
 }
 
 
