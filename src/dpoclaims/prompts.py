@@ -112,8 +112,8 @@ def usable_prompts(texts: list[str], origin: str, limit: int | None = None) -> l
             details.append(f"a limit of {limit} kept {len(kept)} of the {len(usable)} usable ones")
         raise TooFewPromptsError(
             f"{origin} has {len(kept)} usable prompts ({'; '.join(details)}); the claims need at "
-            f"least {MIN_PROMPTS} distinct usable prompts: their bootstrap intervals resample prompts, and over fewer they are "
-            f"meaningless. Add prompts to the file{' or raise the limit (--max-prompts)' if limit else ''}"
+            f"least {MIN_PROMPTS}: their bootstrap intervals resample prompts, and over fewer distinct usable "
+            f"prompts they are meaningless. Add prompts to the file{' or raise the limit (--max-prompts)' if limit else ''}"
         )
     if empty or invisible or repeated:
         log.warning("%s: %s; %d distinct usable prompts remain", origin, "; ".join(details), len(usable))
