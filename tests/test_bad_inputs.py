@@ -1369,6 +1369,23 @@ def _(b: Bench):
 
 
 @case(
+    "train-dpo-out-holds-other-files",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --out .*mine already holds files that dpoclaims train-dpo did not write; "
+    r"saving the model there would overwrite them",
+)
+def _(b: Bench):
+    (b.tmp / "mine").mkdir()
+    (b.tmp / "mine" / "config.json").write_text("{}")
+    pairs = _lee_pairs(b, [("a", "b", "c"), ("d", "e", "f")])
+    try:
+        _cli(b, "train-dpo", "--base", str(b.files.base), "--pairs", str(pairs), "--out", str(b.tmp / "mine"))
+    finally:
+        assert (b.tmp / "mine" / "config.json").read_text() == "{}"
+
+
+@case(
     "train-probe-out-is-the-csv",
     "error",
     ExitedNonZero,

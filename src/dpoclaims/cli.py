@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -68,6 +69,24 @@ def _check_output_file(path: Path, option: str) -> None:
         f"give {option} a path in a writable directory",
         OptionError,
     )
+
+
+def _check_new_model_dir(out: Path) -> None:
+    """``train-dpo --out``: refused before training when it is a file, or a directory holding
+    files that are not an earlier train-dpo output (saving would overwrite them), or cannot be
+    created where it is."""
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is a file; give a directory for the DPO model")
+    if out.is_dir() and any(out.iterdir()) and not (out / "dpo_training.json").is_file():
+        raise OptionError(
+            f"--out {out} already holds files that dpoclaims train-dpo did not write; saving the model there "
+            "would overwrite them. Give a new or empty directory"
+        )
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OptionError(f"--out {out} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise OptionError(f"--out {out} cannot be created: {existing} is not writable")
 
 
 def cmd_build_toy(args: argparse.Namespace) -> int:
@@ -171,6 +190,7 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
     _check_seed(args.seed)
     # Never write over what the run reads: --out may not be, or hold, the base or the pairs file.
     refuse_output_over_inputs(Path(args.out), "--out", {"--base": args.base, "--pairs": args.pairs})
+    _check_new_model_dir(Path(args.out))
     _device(args)  # a bad --device fails before anything is read
     settings = DPOSettings(
         beta=args.beta,
