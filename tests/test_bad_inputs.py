@@ -1844,6 +1844,52 @@ def _(b: Bench):
     }, {"prompts": measurements.prompts, "neutral": neutral}
 
 
+_READS_NEUTRAL = """
+import pytest
+from dpoclaims.claims import ClaimResult
+
+
+@pytest.mark.noise
+@pytest.mark.claim("C6", param="prompts")
+def test_reads_the_prompts(measurements, record_claim):
+    assert len(measurements.prompts) == 12
+    record_claim(ClaimResult(claim="C6", param="prompts", statement="s", criterion="c", measured=0.5,
+                             ci=(0.4, 0.6), exact=False, p_value=0.01, verdict="replicates", paper=0.5))
+
+
+@pytest.mark.noise
+@pytest.mark.claim("C6", param="neutral")
+def test_reads_the_neutral_texts(measurements):
+    measurements.neutral_texts
+"""
+
+
+@case("suite-spec-without-neutral-texts-skips-only-the-claim-reading-them", "recovery")
+def _(b: Bench):
+    (b.tmp / "prompts.json").write_text(json.dumps(PROMPTS))
+    spec = b.spec(extras={"challenge_prompts": str(b.tmp / "prompts.json")})
+    (b.tmp / "test_reads.py").write_text(_READS_NEUTRAL)
+    (b.tmp / "table.toml").write_text("[pairs]\n")
+    b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(b.tmp / "table.toml"))
+    plugins = ["-p", "fixtures.options", "-p", "fixtures.resources", "-p", "fixtures.reporting"]
+    reports = b.tmp / "reports"
+    command = b.pytest_command(
+        str(b.tmp / "test_reads.py"), *plugins, "--rootdir", str(b.tmp), "--pair", str(spec),
+        "--reports-dir", str(reports), "--cache-dir", str(b.tmp / "cache"), "--device", "cpu",
+    )  # fmt: skip
+    output = b.run(command, timeout=300)
+    records = {r["id"]: r for r in json.loads((reports / "claims.json").read_text())["claims"]}
+    return {
+        "exit": "0",
+        "outcomes": {"C6[prompts]": "passed", "C6[neutral]": "skipped"},
+        "reason": True,
+    }, {
+        "exit": "0" if "1 passed, 1 skipped" in output else output[-500:],
+        "outcomes": {k: r["outcome"] for k, r in records.items()},
+        "reason": "names no 'neutral_texts' file" in records["C6[neutral]"]["skip_reason"],
+    }
+
+
 # ---- issue 18: every bad value one message naming its source
 
 
