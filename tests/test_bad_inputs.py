@@ -15,7 +15,10 @@ test_files.py) hold more detailed checks of some of these cases.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -46,6 +49,7 @@ from dpoclaims.errors import (
     MissingDownload,
     NonFiniteWeightsError,
     PairMismatchError,
+    ReportError,
     TooFewPromptsError,
     UnknownPairError,
     UnknownSourceError,
@@ -55,7 +59,7 @@ from dpoclaims.generation import GenerationSettings
 from dpoclaims.measurements import Measurements, MeasurementSettings
 from dpoclaims.named_pairs import load_pair
 from dpoclaims.pairs import ModelPair
-from dpoclaims.prompts import MIN_PROMPTS
+from dpoclaims.prompts import MIN_PROMPTS, UnusablePromptSet
 from fixtures.options import SuiteOptions, suite_options
 from fixtures.resources import load_suite_pair, suite_measurements
 
@@ -793,14 +797,15 @@ def _(b: Bench):
 @case(
     "prompts-neutral-texts-all-empty",
     "error",
-    TooFewPromptsError,
+    UnusablePromptSet,
     r"the neutral text set .*neutral\.json of pair 'tiny' holds no text \(2 empty entries\)",
 )
 def _(b: Bench):
     pair = b.prompts_pair(PROMPTS)
     (b.tmp / "neutral.json").write_text(json.dumps(["", " "]))
     extras = {**pair.spec.extras, "neutral_texts": str(b.tmp / "neutral.json")}
-    b.measurements(replace(pair, spec=replace(pair.spec, extras=extras)))
+    # read when a measurement first needs them (issue #18: only the claims that read them are affected)
+    _ = b.measurements(replace(pair, spec=replace(pair.spec, extras=extras))).neutral_texts
 
 
 @case("prompts-empty-strings-dropped", "recovery")
@@ -1084,7 +1089,8 @@ def _(b: Bench):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    left = [p.name for p in (root / "capture").iterdir() if not p.name.endswith(".lock")]
+    # (the killed build's lock files stay: its lock, and the note of its holder's process id)
+    left = [p.name for p in (root / "capture").iterdir() if not p.name.endswith((".lock", ".lock.owner"))]
     assert len(left) == 1 and left[0].endswith(".tmp"), left  # only the interrupted build's directory
     time.sleep(0.05)  # the rerun starts strictly after the orphan's last change
     reference = b.measured
@@ -1295,6 +1301,864 @@ def _(b: Bench):
     except ExitedNonZero as exc:
         assert "skipped" not in str(exc)
         raise ExitedNonZero(" ".join(str(exc).split())) from None  # one line, for the match
+
+
+# ---- issue 18: never overwrite or delete what the user owns
+
+
+def _cli(b: Bench, *args: str) -> str:
+    """``dpoclaims ARGS`` in this process (no model loads before the checks these cases reach):
+    its output if it exits 0, else ExitedNonZero with the status and the output."""
+    from dpoclaims.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--cache-dir", str(b.tmp / "cache"), *args])
+    output = out.getvalue() + err.getvalue()
+    assert "Traceback" not in output, output
+    if code != 0:
+        raise ExitedNonZero(f"exit {code}: {output.strip()}")
+    return output
+
+
+def _lee_pairs(b: Bench, rows: list[tuple[str, str, str]], name: str = "pairs.jsonl") -> Path:
+    lines = [json.dumps({"prompt_text": p, "unpert_gen_text": c, "pert_gen_text": r}) for p, c, r in rows]
+    (b.tmp / name).write_text("\n".join(lines) + "\n")
+    return b.tmp / name
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@case(
+    "train-dpo-out-is-the-base-under-another-spelling",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --out .*/sub/\.\./base_copy is the input --base .*: writing there would "
+    r"overwrite it\. Give --out a new directory outside every input",
+)
+def _(b: Bench):
+    base = b.model_dir(b.files.base, "base_copy")
+    (b.tmp / "sub").mkdir()
+    before = _tree_bytes(base)
+    pairs = _lee_pairs(b, [("a", "b", "c"), ("d", "e", "f")])
+    try:
+        _cli(
+            b, "train-dpo", "--base", str(base), "--pairs", str(pairs), "--out", f"{b.tmp}/sub/../base_copy/"
+        )
+    finally:
+        assert _tree_bytes(base) == before  # refused before any work: the base is untouched
+
+
+@case(
+    "train-dpo-out-contains-the-pairs-file-through-a-symlink",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --out .*link contains the input --pairs .*pairs\.jsonl",
+)
+def _(b: Bench):
+    data = b.tmp / "data"
+    data.mkdir()
+    pairs = _lee_pairs(b, [("a", "b", "c"), ("d", "e", "f")], name="data/pairs.jsonl")
+    (b.tmp / "link").symlink_to(data)
+    try:
+        _cli(b, "train-dpo", "--base", str(b.files.base), "--pairs", str(pairs), "--out", str(b.tmp / "link"))
+    finally:
+        assert pairs.is_file()
+
+
+@case(
+    "train-dpo-out-holds-other-files",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --out .*mine already holds files that dpoclaims train-dpo did not write; "
+    r"saving the model there would overwrite them",
+)
+def _(b: Bench):
+    (b.tmp / "mine").mkdir()
+    (b.tmp / "mine" / "config.json").write_text("{}")
+    pairs = _lee_pairs(b, [("a", "b", "c"), ("d", "e", "f")])
+    try:
+        _cli(b, "train-dpo", "--base", str(b.files.base), "--pairs", str(pairs), "--out", str(b.tmp / "mine"))
+    finally:
+        assert (b.tmp / "mine" / "config.json").read_text() == "{}"
+
+
+@case(
+    "train-probe-out-is-the-csv",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --out .*comments\.csv is the input --csv",
+)
+def _(b: Bench):
+    csv_path = b.tmp / "comments.csv"
+    csv_path.write_text("comment_text,toxic\nhello,0\nyou idiot,1\n")
+    try:
+        _cli(b, "train-probe", "--base", str(b.files.base), "--csv", str(csv_path), "--out", str(csv_path))
+    finally:
+        assert csv_path.read_text().startswith("comment_text")
+
+
+def _report_record(claim_id: str, measured: float = 0.5) -> dict[str, Any]:
+    claim = {
+        "statement": "s",
+        "criterion": "c",
+        "measured": measured,
+        "ci": [measured - 0.1, measured + 0.1],
+        "exact": False,
+        "p_value": 0.01,
+        "verdict": "replicates",
+        "replicates": True,
+        "paper": 0.5,
+        "details": {},
+    }
+    return {"id": claim_id, "keyword": "k", "expected": "replicates", "outcome": "passed", "claim": claim}
+
+
+_HEADER = {"pair": "p", "fingerprint": "f", "n_prompts": 12, "convention": "v1", "scorer": "lexicon"}
+
+
+@case("reports-keep-other-tools-badges-and-remove-only-their-own", "recovery")
+def _(b: Bench):
+    from dpoclaims.report import write_reports
+
+    reports = b.tmp / "site"
+    (reports / "badges").mkdir(parents=True)
+    (reports / "badges" / "coverage.json").write_text('{"label": "coverage"}')
+    write_reports([_report_record("C3"), _report_record("C4[v1]")], reports, _HEADER)
+    write_reports([_report_record("C3")], reports, _HEADER)  # C4[v1] not run now: its badge goes
+    expected = {"badges": ["C3.json", "README.md", "coverage.json"], "coverage": b'{"label": "coverage"}'}
+    got = {
+        "badges": sorted(p.name for p in (reports / "badges").iterdir()),
+        "coverage": (reports / "badges" / "coverage.json").read_bytes(),
+    }
+    return expected, got
+
+
+@case(
+    "reports-full-disk-leaves-the-previous-report",
+    "error",
+    ReportError,
+    r"cannot write the reports in .*reports \(No space left on device\); set --reports-dir",
+)
+def _(b: Bench):
+    from dpoclaims.report import write_reports
+
+    reports = b.tmp / "reports"
+    write_reports([_report_record("C3"), _report_record("C4[v1]")], reports, _HEADER)
+    before = _tree_bytes(reports)
+    real_write_text = Path.write_text
+
+    def full_after_the_first(path: Path, *args: Any, **kwargs: Any) -> int:
+        if path.name == "claims.md":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_text(path, *args, **kwargs)
+
+    b.monkeypatch.setattr(Path, "write_text", full_after_the_first)
+    try:
+        write_reports([_report_record("C3", 0.7)], reports, _HEADER)
+    finally:
+        b.monkeypatch.undo()
+        assert _tree_bytes(reports) == before
+
+
+@case(
+    "reports-full-disk-found-before-the-tests",
+    "error",
+    ReportError,
+    r"cannot write the reports in .*reports \(No space left on device\); set --reports-dir",
+)
+def _(b: Bench):
+    from dpoclaims.report import check_reports_dir
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    b.monkeypatch.setattr(os, "fsync", full)
+    check_reports_dir(b.tmp / "reports")
+
+
+_FAKE_CLAIMS = """
+import os
+import pytest
+from dpoclaims.claims import ClaimResult
+
+
+def _result(claim, param):
+    return ClaimResult(claim=claim, param=param, statement="s", criterion="c", measured=0.5, ci=(0.4, 0.6),
+                       exact=False, p_value=0.01, verdict="replicates", paper=0.5)
+
+
+@pytest.mark.noise
+@pytest.mark.claim("C6", param="one")
+def test_one(record_claim):
+    open(os.environ["RAN_MARK"], "a").write("one\\n")
+    record_claim(_result("C6", "one"))
+
+
+@pytest.mark.noise
+@pytest.mark.claim("C6", param="two")
+def test_two(record_claim):
+    if os.environ.get("INTERRUPT"):
+        raise KeyboardInterrupt
+    record_claim(_result("C6", "two"))
+"""
+
+
+def _fake_suite(b: Bench, *args: str, **env: str) -> str:
+    """pytest on two fake claim tests with the suite's plugins; reports in ``b.tmp/reports``."""
+    (b.tmp / "test_fake_claims.py").write_text(_FAKE_CLAIMS)
+    (b.tmp / "table.toml").write_text("[pairs]\n")
+    for name, value in {
+        "RAN_MARK": str(b.tmp / "ran.txt"),
+        "DPOCLAIMS_EXPECTATIONS": str(b.tmp / "table.toml"),
+        **env,
+    }.items():
+        b.monkeypatch.setenv(name, value)
+    plugins = ["-p", "fixtures.options", "-p", "fixtures.resources", "-p", "fixtures.reporting"]
+    command = b.pytest_command(
+        str(b.tmp / "test_fake_claims.py"),
+        *plugins,
+        "--rootdir",
+        str(b.tmp),
+        "--cache-dir",
+        str(b.tmp / "cache"),
+        *args,
+    )
+    return b.run(command, timeout=120)
+
+
+@case("suite-interrupted-leaves-the-previous-complete-report", "recovery")
+def _(b: Bench):
+    reports = b.tmp / "reports"
+    _fake_suite(b, "--reports-dir", str(reports))
+    before = _tree_bytes(reports)
+    try:
+        _fake_suite(b, "--reports-dir", str(reports), INTERRUPT="1")
+        status = "exit 0"
+    except ExitedNonZero as exc:
+        status = str(exc).split(":")[0]
+        said = "previous complete report in" in str(exc)
+    return {"status": "exit 2", "said so": True, "report": before}, {
+        "status": status,
+        "said so": said,
+        "report": _tree_bytes(reports),
+    }
+
+
+@case("suite-interrupted-without-a-report-marks-it-incomplete", "recovery")
+def _(b: Bench):
+    reports = b.tmp / "reports"
+    with contextlib.suppress(ExitedNonZero):
+        _fake_suite(b, "--reports-dir", str(reports), INTERRUPT="1")
+    header = json.loads((reports / "claims.json").read_text())["header"]
+    badge = json.loads((reports / "badges" / "C6-one.json").read_text())
+    return {
+        "json": "the run was interrupted (Ctrl-C); 1 of 2 selected claims ran.",
+        "md": True,
+        "badge": "interrupted: replicates (0.50)",
+    }, {
+        "json": header["incomplete"],
+        "md": "**Incomplete report: the run was interrupted" in (reports / "claims.md").read_text(),
+        "badge": badge["message"],
+    }
+
+
+@case(
+    "suite-reports-dir-a-dangling-symlink-stops-before-the-tests",
+    "error",
+    ExitedNonZero,
+    r"exit 4: [\s\S]*ERROR: reports directory .*reports is a symbolic link to .*nowhere, which does not exist",
+)
+def _(b: Bench):
+    (b.tmp / "reports").symlink_to(b.tmp / "nowhere")
+    try:
+        _fake_suite(b, "--reports-dir", str(b.tmp / "reports"))
+    finally:
+        assert not (b.tmp / "ran.txt").exists()  # no test ran
+
+
+@case(
+    "suite-every-claim-skipped-for-want-of-files-is-red",
+    "error",
+    ExitedNonZero,
+    r"exit 1: .*every selected claim skipped for want of the pair's files: pair 'gpt2-medium' is not "
+    r"available: DPOCLAIMS_GPT2_DPO, DPOCLAIMS_GPT2_PROBE not set",
+)
+def _(b: Bench):
+    (b.tmp / "test_needs_the_pair.py").write_text(
+        "import pytest\n\n\n@pytest.mark.noise\n@pytest.mark.claim('C6', param='x')\n"
+        "def test_needs_the_pair(pair):\n    pass\n"
+    )
+    (b.tmp / "table.toml").write_text("[pairs]\n")
+    b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(b.tmp / "table.toml"))
+    plugins = ["-p", "fixtures.options", "-p", "fixtures.resources", "-p", "fixtures.reporting"]
+    command = b.pytest_command(
+        str(b.tmp / "test_needs_the_pair.py"),
+        *plugins,
+        "--rootdir",
+        str(b.tmp),
+        "--pair",
+        "gpt2-medium",
+        "--reports-dir",
+        str(b.tmp / "reports"),
+        "--cache-dir",
+        str(b.tmp / "cache"),
+    )
+    try:
+        b.run(command, timeout=120)
+    except ExitedNonZero as exc:
+        raise ExitedNonZero(" ".join(str(exc).split())) from None
+
+
+# ---- issue 18: intervals mean what they say
+
+
+@case(
+    "prompts-one-prompt-twenty-times-is-too-few",
+    "error",
+    TooFewPromptsError,
+    r"has 1 usable prompts \(20 prompts; 19 repeats of an earlier prompt \(dropped\)\); the claims need at "
+    r"least 10: their bootstrap intervals resample prompts, and over fewer distinct usable prompts",
+)
+def _(b: Bench):
+    b.measurements(b.prompts_pair([PROMPTS[0]] * 20))
+
+
+@case(
+    "prompts-invisible-only-are-unusable",
+    "error",
+    TooFewPromptsError,
+    r"has 0 usable prompts \(12 prompts; 12 of them only invisible characters such as zero-width spaces or "
+    r"byte-order marks \(dropped\)\)",
+)
+def _(b: Bench):
+    b.measurements(b.prompts_pair(["\u200b", "\ufeff", "\u200b\u200d", "\u2060\ufeff"] * 3))
+
+
+@case("prompts-repeats-and-invisible-dropped-and-counted", "recovery")
+def _(b: Bench):
+    messy = [*PROMPTS[:4], PROMPTS[0], "\u200b\ufeff", *PROMPTS[4:], PROMPTS[5] + "\u200b", " ", PROMPTS[1]]
+    measurements = b.measurements(b.prompts_pair(messy))
+    expected = {"prompts": PROMPTS, "dropped": {"empty": 2, "repeated": 3}}
+    return expected, {"prompts": measurements.prompts, "dropped": measurements.prompts_dropped}
+
+
+@case("probe-norm-overflow-rescaled-exactly", "recovery")
+def _(b: Bench):
+    from dpoclaims.pairs import load_probe
+
+    reference = torch.load(b.files.probe, weights_only=True).reshape(-1).float()
+    huge = b.probe(reference * 2.0**120)  # finite entries, a float32 norm of inf
+    rescaled = load_probe(str(huge), D_MODEL)
+    unit = reference / reference.norm()
+    return {"unit probe": unit, "finite norm": True}, {
+        "unit probe": rescaled / rescaled.norm(),
+        "finite norm": bool(torch.isfinite(rescaled.norm())),
+    }
+
+
+@case(
+    "probe-two-rows-refused-naming-both-shapes",
+    "error",
+    PairMismatchError,
+    rf"probe .*probe\.pt' has {D_MODEL} entries \(shape \(2, {D_MODEL // 2}\)\); the models have d_model = "
+    rf"{D_MODEL}, so a probe must have shape \({D_MODEL},\) or \(1, {D_MODEL}\)",
+)
+def _(b: Bench):
+    b.load(b.spec(probe=str(b.probe(torch.randn(2, D_MODEL // 2)))))
+
+
+@case("probe-row-and-linear-state-dict-accepted", "recovery")
+def _(b: Bench):
+    from dpoclaims.pairs import load_probe
+
+    reference = torch.randn(D_MODEL)
+    row = load_probe(str(b.probe(reference.reshape(1, -1))), D_MODEL)
+    layer = load_probe(str(b.probe({"weight": reference.reshape(1, -1), "bias": torch.zeros(1)})), D_MODEL)
+    return {"row": reference, "linear layer": reference}, {"row": row, "linear layer": layer}
+
+
+@case(
+    "probe-column-refused",
+    "error",
+    PairMismatchError,
+    rf"shape \({D_MODEL}, 1\)\); .* must have shape \({D_MODEL},\) or \(1, {D_MODEL}\)",
+)
+def _(b: Bench):
+    b.load(b.spec(probe=str(b.probe(torch.randn(D_MODEL, 1)))))
+
+
+@case(
+    "claim-zero-width-interval-not-marked-exact-is-not-measurable",
+    "recovery",
+)
+def _(b: Bench):
+    from dpoclaims.claims import claim_result
+    from dpoclaims.paper import ENTRIES
+    from dpoclaims.stats import Criterion, Estimate
+
+    got = {}
+    for entry in ENTRIES:  # every claim of the paper table
+        for param in entry.params or (None,):
+            result = claim_result(
+                entry.key,
+                param,
+                estimate=Estimate(0.0, 0.0, 0.0),
+                rule=Criterion(threshold=0.5, paper_side="above"),
+            )
+            got[result.id] = (result.verdict, result.ci)
+    return {k: ("not measurable", None) for k in got}, got
+
+
+@case(
+    "claim-result-with-a-zero-width-interval-refused",
+    "error",
+    ValueError,
+    r"C3: an interval of zero width \[0\.0, 0\.0\] on a figure not marked exact",
+)
+def _(b: Bench):
+    from dpoclaims.claims import ClaimResult
+
+    ClaimResult(
+        claim="C3",
+        param="",
+        statement="s",
+        criterion="c",
+        measured=0.0,
+        ci=(0.0, 0.0),
+        exact=False,
+        p_value=0.5,
+        verdict="replicates",
+        paper=0.5,
+    )
+
+
+# ---- issue 18: shapes and keys checked, not coerced
+
+
+@case(
+    "spec-misspelled-extras-key",
+    "error",
+    UnknownPairError,
+    r"unknown \[extras\] key 'challenge_prompt'; did you mean 'challenge_prompts'\? known keys: "
+    r"challenge_prompts, dpo_pairs, neutral_texts, perplexity_window, report",
+)
+def _(b: Bench):
+    b.load(b.spec(extras={"challenge_prompt": "prompts.json"}))
+
+
+@case(
+    "spec-perplexity-window-not-a-number",
+    "error",
+    UnknownPairError,
+    r"perplexity_window must be a positive whole number of tokens \(e\.g\. 1024\), not '1k'",
+)
+def _(b: Bench):
+    b.load(b.spec(extras={"perplexity_window": "1k"}))
+
+
+@case(
+    "replicate-pytest-args-overriding-the-pair",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --pytest-args may not set --pair: replicate sets --pair, --reports-dir, "
+    r"--cache-dir for each seed itself",
+)
+def _(b: Bench):
+    try:
+        _cli(b, "replicate", "--seeds", "0", "1", "--pytest-args", "--pair toy -q")
+    finally:
+        assert not (b.tmp / "cache").exists()  # refused before any toy was built
+
+
+@case(
+    "replicate-pytest-args-overriding-the-reports-dir",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --pytest-args may not set --reports-dir=elsewhere",
+)
+def _(b: Bench):
+    _cli(b, "replicate", "--seeds", "0", "--pytest-args=--reports-dir=elsewhere")
+
+
+@case(
+    "replicate-pytest-args-unclosed-quote",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --pytest-args '-k \"C1' cannot be split into arguments: No closing quotation",
+)
+def _(b: Bench):
+    _cli(b, "replicate", "--seeds", "0", "--pytest-args", '-k "C1')
+
+
+@case("train-dpo-repeated-rows-kept-out-of-validation", "recovery")
+def _(b: Bench):
+    from dpoclaims.dpo import distinct_pairs, read_lee_pairs, split_pairs
+
+    rows = [(f"prompt {i % 7}", f"nice {i % 7}", f"rude {i % 7}") for i in range(40)]  # 7 distinct, repeated
+    rows += [("prompt 0", "another nice", "another rude")]  # same prompt, other texts: a pair of its own
+    pairs, n_duplicates = distinct_pairs(read_lee_pairs(_lee_pairs(b, rows)))
+    train, val = split_pairs(pairs, 0.3, 0)
+    as_rows = [{(p["prompt"], p["chosen"], p["rejected"]) for p in side} for side in (train, val)]
+    return {"duplicates": 33, "pairs": 8, "validation rows trained on": set()}, {
+        "duplicates": n_duplicates,
+        "pairs": len(train) + len(val),
+        "validation rows trained on": as_rows[0] & as_rows[1],
+    }
+
+
+@case(
+    "cli-train-dpo-one-pair-repeated",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: .*pairs\.jsonl holds 1 distinct pair\(s\) \(5 repeats dropped\); at least 2",
+)
+def _(b: Bench):
+    pairs = _lee_pairs(b, [("a", "b", "c")] * 6)
+    _cli(b, "train-dpo", "--base", str(b.files.base), "--pairs", str(pairs), "--out", str(b.tmp / "out"))
+
+
+# ---- issue 18: a run that measures nothing is not green
+
+
+@case("spec-without-neutral-texts-loses-only-what-reads-them", "recovery")
+def _(b: Bench):
+    from dpoclaims.prompts import MissingPromptSet
+
+    pair = b.prompts_pair(PROMPTS)
+    pair = replace(
+        pair, spec=replace(pair.spec, extras={"challenge_prompts": pair.spec.extras["challenge_prompts"]})
+    )
+    measurements = b.measurements(pair)  # the prompts load: the claims that need no neutral text run
+    try:
+        _ = measurements.neutral_texts
+        neutral = "read"
+    except MissingPromptSet as exc:
+        neutral = str(exc)
+    return {
+        "prompts": PROMPTS,
+        "neutral": "pair 'tiny' names no 'neutral_texts' file; add it under [extras] in the pair spec "
+        "(a JSON list, JSONL or text file)",
+    }, {"prompts": measurements.prompts, "neutral": neutral}
+
+
+_READS_NEUTRAL = """
+import pytest
+from dpoclaims.claims import ClaimResult
+
+
+@pytest.mark.noise
+@pytest.mark.claim("C6", param="prompts")
+def test_reads_the_prompts(measurements, record_claim):
+    assert len(measurements.prompts) == 12
+    record_claim(ClaimResult(claim="C6", param="prompts", statement="s", criterion="c", measured=0.5,
+                             ci=(0.4, 0.6), exact=False, p_value=0.01, verdict="replicates", paper=0.5))
+
+
+@pytest.mark.noise
+@pytest.mark.claim("C6", param="neutral")
+def test_reads_the_neutral_texts(measurements):
+    measurements.neutral_texts
+"""
+
+
+@case("suite-spec-without-neutral-texts-skips-only-the-claim-reading-them", "recovery")
+def _(b: Bench):
+    (b.tmp / "prompts.json").write_text(json.dumps(PROMPTS))
+    spec = b.spec(extras={"challenge_prompts": str(b.tmp / "prompts.json")})
+    (b.tmp / "test_reads.py").write_text(_READS_NEUTRAL)
+    (b.tmp / "table.toml").write_text("[pairs]\n")
+    b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(b.tmp / "table.toml"))
+    plugins = ["-p", "fixtures.options", "-p", "fixtures.resources", "-p", "fixtures.reporting"]
+    reports = b.tmp / "reports"
+    command = b.pytest_command(
+        str(b.tmp / "test_reads.py"), *plugins, "--rootdir", str(b.tmp), "--pair", str(spec),
+        "--reports-dir", str(reports), "--cache-dir", str(b.tmp / "cache"), "--device", "cpu",
+    )  # fmt: skip
+    output = b.run(command, timeout=300)
+    records = {r["id"]: r for r in json.loads((reports / "claims.json").read_text())["claims"]}
+    return {
+        "exit": "0",
+        "outcomes": {"C6[prompts]": "passed", "C6[neutral]": "skipped"},
+        "reason": True,
+    }, {
+        "exit": "0" if "1 passed, 1 skipped" in output else output[-500:],
+        "outcomes": {k: r["outcome"] for k, r in records.items()},
+        "reason": "names no 'neutral_texts' file" in records["C6[neutral]"]["skip_reason"],
+    }
+
+
+# ---- issue 18: every bad value one message naming its source
+
+
+@case(
+    "prompts-neutral-texts-not-utf8",
+    "error",
+    UnusablePromptSet,
+    r"the neutral texts of pair 'tiny' cannot be used: prompt file .*neutral\.txt is not UTF-8 text "
+    r"\(invalid start byte at byte 5\); save it as UTF-8",
+)
+def _(b: Bench):
+    pair = b.prompts_pair(PROMPTS)
+    (b.tmp / "neutral.txt").write_bytes(b"hello\xff world\n")
+    extras = {**pair.spec.extras, "neutral_texts": str(b.tmp / "neutral.txt")}
+    _ = b.measurements(replace(pair, spec=replace(pair.spec, extras=extras))).neutral_texts
+
+
+@case(
+    "spec-base-a-directory-without-a-model",
+    "error",
+    CheckpointError,
+    r"tokenizer source '.*specs/\.\./etc' \(.*/etc\) is a directory without tokenizer files \(none of tokenizer\.json",
+)
+def _(b: Bench):
+    (b.tmp / "etc").mkdir()
+    (b.tmp / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (b.tmp / "specs").mkdir()
+    b.load(b.spec(name="specs/pair.toml", base="../etc", tokenizer=None))
+
+
+def _expectations(b: Bench, content: bytes | None, directory: bool = False) -> Any:
+    from fixtures.reporting import load_expectations
+
+    path = b.tmp / "table.toml"
+    if directory:
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(path))
+    return load_expectations("toy")
+
+
+@case(
+    "expectations-pairs-not-a-table",
+    "error",
+    pytest.UsageError,
+    r"the expectations table .*table\.toml \(\$DPOCLAIMS_EXPECTATIONS\): 'pairs' must be a table "
+    r"\(\[pairs\.<pair name>\] sections\), not 3",
+)
+def _(b: Bench):
+    _expectations(b, b"pairs = 3\n")
+
+
+@case(
+    "expectations-pair-entry-a-string",
+    "error",
+    pytest.UsageError,
+    r"table\.toml .*: the entry of pair 'toy' must be a table of claim id = reason \(\[pairs\.toy\]\), not 'x'",
+)
+def _(b: Bench):
+    _expectations(b, b'[pairs]\ntoy = "x"\n')
+
+
+@case(
+    "expectations-not-utf8",
+    "error",
+    pytest.UsageError,
+    r"the expectations table .*table\.toml \(\$DPOCLAIMS_EXPECTATIONS\) is not UTF-8 text \(invalid "
+    r"continuation byte at byte 21\); save it as UTF-8",
+)
+def _(b: Bench):
+    _expectations(b, b'[pairs.toy]\nC3 = "caf\xe9 au lait"\n')
+
+
+@case(
+    "expectations-env-empty",
+    "error",
+    pytest.UsageError,
+    r"DPOCLAIMS_EXPECTATIONS is set but empty; name an expectations table \(a \.toml file\) or unset it",
+)
+def _(b: Bench):
+    from fixtures.reporting import load_expectations
+
+    b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", "")
+    load_expectations("toy")
+
+
+@case(
+    "expectations-env-a-directory",
+    "error",
+    pytest.UsageError,
+    r"the expectations table .*table\.toml \(\$DPOCLAIMS_EXPECTATIONS\) is a directory; name the \.toml file itself",
+)
+def _(b: Bench):
+    _expectations(b, None, directory=True)
+
+
+_option_case(
+    "option-max-prompts-unicode-digits",
+    r"--max-prompts must be a whole number >= 10 .*not '²⁰'; write it in the digits 0-9",
+    max_prompts="²⁰",
+)
+_option_case(
+    "option-search-examples-unicode-digits",
+    r"--search-examples must be a whole number \(0 skips the searches\), not '³'; write it in the digits 0-9",
+    search_examples="³",
+)
+
+
+@case(
+    "env-max-prompts-named-as-the-source",
+    "error",
+    pytest.UsageError,
+    r"\$DPOCLAIMS_MAX_PROMPTS must be a whole number >= 10 .*not 'many'",
+)
+def _(b: Bench):
+    b.monkeypatch.setenv("DPOCLAIMS_MAX_PROMPTS", "many")
+    suite_options(_Config(b.tmp))
+
+
+@case(
+    "env-device-map-empty",
+    "error",
+    pytest.UsageError,
+    r"\$DPOCLAIMS_DEVICE_MAP is set but empty; give a device map such as auto, or unset it",
+)
+def _(b: Bench):
+    b.monkeypatch.setenv("DPOCLAIMS_DEVICE_MAP", "")
+    suite_options(_Config(b.tmp))
+
+
+@case(
+    "cache-disk-full-names-the-cache-and-a-remedy",
+    "error",
+    CacheError,
+    r"cannot write cache entry things/k in the cache directory .*cache \(No space left on device\); free "
+    r"space there, or set --cache-dir or \$DPOCLAIMS_CACHE to a writable directory",
+)
+def _(b: Bench):
+    def fill_the_disk(directory: Path) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    try:
+        b.cache.get_or_build("things", "k", fill_the_disk)
+    finally:
+        assert [p.name for p in (b.tmp / "cache" / "things").iterdir() if p.name.endswith(".tmp")] == []
+
+
+@case("cache-a-build-error-stays-itself", "error", ZeroDivisionError, r"division by zero")
+def _(b: Bench):
+    """Only write failures become a CacheError: a bug in a build is not blamed on the disk."""
+    b.cache.get_or_build("things", "k", lambda directory: 1 / 0)
+
+
+_HOLD_THE_LOCK = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from dpoclaims.cache import _OwnedLock
+
+    with _OwnedLock(Path(sys.argv[1])):
+        Path(sys.argv[2]).touch()
+        time.sleep(float(sys.argv[3]))
+""")
+
+
+@case("cache-waiting-on-a-lock-says-whose-within-seconds", "recovery")
+def _(b: Bench):
+    from dpoclaims.cache import LOCK_NOTICE_S
+
+    root = b.tmp / "cache"
+    (root / "things").mkdir(parents=True)
+    script = b.tmp / "hold.py"
+    script.write_text(_HOLD_THE_LOCK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
+    holder = subprocess.Popen(
+        [sys.executable, str(script), str(root / "things" / "k.lock"), str(b.tmp / "held"), "6"], env=env
+    )
+    try:
+        _wait_for(lambda: (b.tmp / "held").exists(), [holder], "the other process held the lock")
+        err = io.StringIO()
+        started = time.monotonic()
+        with contextlib.redirect_stderr(err):
+            b.cache.get_or_build("things", "k", lambda d: (d / "x").write_text("built"))
+        said = err.getvalue()
+    finally:
+        holder.wait(timeout=60)
+    return {"said": True, "built": "built", "waited": True}, {
+        "said": f"waiting for process {holder.pid}, which holds the build lock" in said,
+        "built": (root / "things" / "k" / "x").read_text(),
+        "waited": time.monotonic() - started > LOCK_NOTICE_S,
+    }
+
+
+@case(
+    "cli-build-toy-negative-seed",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --seed must be a whole number from 0 to 4294967295, not -1",
+)
+def _(b: Bench):
+    _cli(b, "build-toy", "--seed", "-1")
+
+
+@case(
+    "cli-build-toy-report-a-directory",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --report .*out is a directory; name a file",
+)
+def _(b: Bench):
+    (b.tmp / "out").mkdir()
+    try:
+        _cli(b, "build-toy", "--report", str(b.tmp / "out"))
+    finally:
+        assert not (b.tmp / "cache").exists()  # refused before the toy was built
+
+
+@case(
+    "cli-build-toy-report-unwritable",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: cannot create the directory of --report .*file/reports \(Not a directory\)",
+)
+def _(b: Bench):
+    (b.tmp / "file").write_text("x")
+    _cli(b, "build-toy", "--report", str(b.tmp / "file" / "reports" / "toy.json"))
+
+
+@case(
+    "cli-train-probe-c-zero",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: --C \(inverse regularisation strength\) must be a positive, finite number, not 0\.0",
+)
+def _(b: Bench):
+    _cli(
+        b,
+        "train-probe",
+        "--base",
+        str(b.files.base),
+        "--csv",
+        "x.csv",
+        "--out",
+        str(b.tmp / "p.pt"),
+        "--C",
+        "0",
+    )
+
+
+@case(
+    "cli-train-dpo-pairs-not-utf8",
+    "error",
+    ExitedNonZero,
+    r"exit 2: dpoclaims: error: DPO pairs file .*pairs\.jsonl is not UTF-8 text \(invalid start byte at byte 17\)",
+)
+def _(b: Bench):
+    (b.tmp / "pairs.jsonl").write_bytes(b'{"prompt_text": "\xff"}\n')
+    _cli(
+        b,
+        "train-dpo",
+        "--base",
+        str(b.files.base),
+        "--pairs",
+        str(b.tmp / "pairs.jsonl"),
+        "--out",
+        str(b.tmp / "out"),
+        "--device",
+        "cpu",
+    )
 
 
 # --------------------------------------------------------------------------- the three outcome tests

@@ -207,11 +207,18 @@ def test_without_a_repository_the_wall_says_how_to_set_it():
     assert "--badge-repo" in wall and "GITHUB_REPOSITORY" in wall
 
 
-def test_stale_badge_files_are_removed(tmp_path):
+def test_stale_badge_files_are_removed_and_only_those_the_reports_wrote(tmp_path):
+    """The manifest of the last report names what it wrote: a badge of a claim not run now is
+    removed; a file some other tool put there (or an older version's) is left alone (issue #18)."""
     (tmp_path / "badges").mkdir()
     (tmp_path / "badges" / "C4[v1].json").write_text("{}")
+    write_reports([record("C4[v1]"), record("C5[A+]")], tmp_path, HEADER)
     write_reports([record("C4[v1]")], tmp_path, HEADER)
-    assert sorted(p.name for p in (tmp_path / "badges").iterdir()) == ["C4-v1.json", "README.md"]
+    assert sorted(p.name for p in (tmp_path / "badges").iterdir()) == [
+        "C4-v1.json",
+        "C4[v1].json",
+        "README.md",
+    ]
 
 
 class FakeConfig:

@@ -39,7 +39,7 @@ def test_info_prints_pair_summary(tmp_path, capsys, gpt2_pair_files, gpt2_pair):
     assert info["fingerprint"] == gpt2_pair.fingerprint
     assert (info["mlp"], info["n_layers"], info["d_model"], info["d_mlp"]) == ("gpt2", 2, 32, 128)
     assert info["n_neurons"] == 256
-    assert info["extras"] == {"notes": "notes.txt"}
+    assert info["extras"] == {"report": "notes.txt"}
 
 
 def test_missing_command_is_a_usage_error(capsys):

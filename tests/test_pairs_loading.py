@@ -121,7 +121,7 @@ def test_loaded_pair_fields(gpt2_pair, gpt2_pair_files):
         torch.testing.assert_close(
             gpt2_pair.key_vectors("dpo")[layer], raw.transformer.h[layer].mlp.c_fc.weight.T, rtol=0, atol=0
         )
-    assert gpt2_pair.extra_path("notes").read_text() == "hello"
+    assert gpt2_pair.extra_path("report").read_text() == "hello"
     with pytest.raises(ValueError, match="side"):
         gpt2_pair.model("other")
 
@@ -152,7 +152,7 @@ def test_spec_relative_paths_resolve_against_spec_dir(tmp_path, gpt2_pair_files,
     monkeypatch.chdir(tmp_path)  # not the spec's directory
     assert spec.resolve("base") == str(gpt2_pair_files.root.resolve() / "base")
     assert spec.resolve("org/hub-model") == "org/hub-model"
-    assert spec.extras == {"notes": "notes.txt"}
+    assert spec.extras == {"report": "notes.txt"}
     assert spec.name == "tiny"
     unnamed = write_spec(tmp_path / "my_pair.toml", base="b", dpo="d", probe="p")
     assert PairSpec.from_file(unnamed).name == "my_pair"

@@ -102,6 +102,13 @@ def test_a_full_claims_run_generates_once_per_side_and_intervention(tmp_path, ma
     records = json.loads(report.read_text())["claims"]
     measured = {record["claim"]["claim"] for record in records if record.get("claim")}
     assert {"C1", "C2", "C3", "C10", "C12"} <= measured
+    # Over every claim: no interval of zero width on a figure not marked exact (issue #18)
+    zero_width = [
+        r["id"]
+        for r in records
+        if r.get("claim") and r["claim"]["ci"] and r["claim"]["ci"][0] == r["claim"]["ci"][1]
+    ]
+    assert zero_width == [], zero_width
 
     passes = read_passes(log)
     generations = [(kind, side, intervention) for kind, side, intervention in passes if kind != "perplexity"]

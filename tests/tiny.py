@@ -75,7 +75,7 @@ def save_pair(
         dpo="dpo",
         probe="probe.pt",
         tokenizer="base",
-        extras={"notes": "notes.txt"},
+        extras={"report": "notes.txt"},  # a free-form file: report is for reference
     )
     (root / "notes.txt").write_text("hello")
     return PairFiles(

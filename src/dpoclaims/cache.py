@@ -9,12 +9,14 @@ concurrent processes (pytest-xdist workers, two shells) build it once and share 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -159,7 +161,7 @@ class Cache:
         if self.read_only:
             raise NotCached(f"{kind}/{key} is not in the cache at {self.root}")
         self.check_writable(kind)
-        with FileLock(str(directory) + ".lock"):
+        with self._build_lock(directory):
             started = time.time()
             _remove_orphaned_builds(directory, older_than=started)
             problem = verify_entry(directory)
@@ -168,17 +170,92 @@ class Cache:
             if problem != "missing":
                 log.warning("cache entry %s/%s is corrupt (%s); rebuilding", kind, key, problem)
                 _remove(directory)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=TMP_SUFFIX, dir=directory.parent))
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=TMP_SUFFIX, dir=directory.parent))
+            except OSError as exc:
+                raise self._write_error(kind, key, exc) from None
             try:
                 meta = build(tmp)
                 write_manifest(tmp, meta)
                 os.replace(tmp, directory)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
+                problem = self._write_error(kind, key, exc)
+                if problem is not None:
+                    raise problem from None
                 raise
         if (problem := verify_entry(directory)) is not None:
             raise CacheError(f"cache entry {directory} failed verification right after build: {problem}")
         return directory
+
+    def _write_error(self, kind: str, key: str, exc: BaseException) -> CacheError | None:
+        """A :class:`CacheError` naming the cache and a remedy when ``exc`` is a failure to write
+        to the disk (full, read-only, no permission, quota), else None (a build's own error)."""
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+            reason = exc.strerror or str(exc)
+        elif type(exc).__name__ == "SafetensorError" and _DISK_WORDS.search(str(exc)):
+            reason = str(exc)  # safetensors reports an I/O error as its own exception type
+        else:
+            return None
+        return CacheError(
+            f"cannot write cache entry {kind}/{key} in the cache directory {self.root} ({reason}); "
+            f"free space there, or {CACHE_REMEDY}"
+        )
+
+    def _build_lock(self, directory: Path) -> _OwnedLock:
+        return _OwnedLock(Path(str(directory) + ".lock"))
+
+
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO})
+_DISK_WORDS = re.compile(r"No space|StorageFull|ReadOnly|Read-only|PermissionDenied|os error", re.IGNORECASE)
+#: How long a process waits for an entry's build lock before saying who holds it.
+LOCK_NOTICE_S = 2.0
+
+
+class _OwnedLock:
+    """An entry's build lock (``filelock``) that records its holder's process id beside it, so
+    that a process waiting for it can say, within seconds, which process it waits for."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.owner = Path(str(path) + ".owner")
+        self.lock = FileLock(str(path))
+
+    def __enter__(self) -> _OwnedLock:
+        try:
+            self.lock.acquire(timeout=LOCK_NOTICE_S)
+        except Timeout:
+            import sys
+
+            holder = self._holder()
+            print(
+                f"dpoclaims: waiting for {holder}, which holds the build lock of the cache entry "
+                f"{self.path.with_suffix('')}; this run goes on when it finishes (a stopped or suspended "
+                "process holds it until it ends)",
+                file=sys.stderr,
+                flush=True,
+            )
+            log.warning("waiting for the build lock %s held by %s", self.path, holder)
+            self.lock.acquire()
+        try:
+            self.owner.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+        except OSError:
+            pass  # only a courtesy for waiting processes
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self.owner.unlink(missing_ok=True)
+        except OSError:
+            pass
+        self.lock.release()
+
+    def _holder(self) -> str:
+        try:
+            pid, host = self.owner.read_text().split()[:2]
+        except (OSError, ValueError):
+            return "another process"
+        return f"process {pid}" + ("" if host == socket.gethostname() else f" on {host}")
 
 
 TMP_SUFFIX = ".tmp"

@@ -97,6 +97,13 @@ class ClaimResult:
             "with the measured reason if that is what this pair shows"
         )
 
+    def __post_init__(self) -> None:
+        if self.ci is not None and not self.exact and self.ci[0] == self.ci[1]:
+            raise ValueError(
+                f"{self.id}: an interval of zero width {list(self.ci)} on a figure not marked exact; "
+                "such a figure is not measurable (see claim_result)"
+            )
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["id"] = self.id
@@ -120,6 +127,15 @@ def claim_result(
     entry = paper.entry(key)
     test_id = entry.test_id(param)
     verdict = verdict_override or stats.verdict(estimate, rule)
+    finding = ""
+    if zero_width(estimate):
+        # Every resample gave the same figure: the prompts do not vary in it, so its sampling
+        # error cannot be estimated, and an interval [x, x] would claim a certainty never measured.
+        verdict = "not measurable"
+        finding = (
+            f"its 95% interval has zero width ([{estimate.low:.4g}, {estimate.high:.4g}]): every resample gave "
+            "the same figure, so its sampling error cannot be estimated; measure on more varied prompts"
+        )
     measurable = estimate.measurable and verdict != "not measurable"
     return ClaimResult(
         claim=entry.claim,
@@ -138,7 +154,13 @@ def claim_result(
         paper=entry.figure(param),
         hypothesis=entry.hypothesis,
         details=details or {},
+        finding=finding,
     )
+
+
+def zero_width(estimate: Estimate) -> bool:
+    """An interval of zero width on a figure not marked exact."""
+    return estimate.measurable and not estimate.exact and estimate.low == estimate.high
 
 
 def recovered(m: Measurements, intervention: Intervention) -> Estimate:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -12,13 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dpoclaims.cache import Cache
-from dpoclaims.errors import DpoclaimsError
+from dpoclaims.errors import DpoclaimsError, OptionError
 from dpoclaims.files import (
     PICKLE_GLOBALS_ENV,
     PICKLE_GLOBALS_OPTION,
     atomic_torch_save,
     atomic_write_text,
+    ensure_writable_dir,
     pickle_globals_allowed,
+    refuse_output_over_inputs,
 )
 
 if TYPE_CHECKING:
@@ -46,17 +49,59 @@ def _add_device(parser: argparse.ArgumentParser, default_help: str, default: str
     parser.set_defaults(default_device=default)
 
 
+#: Seeds numpy and scikit-learn accept: 0 <= seed < 2**32.
+MAX_SEED = 2**32 - 1
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise OptionError(f"--seed must be a whole number from 0 to {MAX_SEED}, not {seed}")
+
+
+def _check_output_file(path: Path, option: str) -> None:
+    """An output file ``option`` names: refused, before any work, when it is a directory or its
+    directory cannot be written."""
+    if path.is_dir():
+        raise OptionError(f"{option} {path} is a directory; name a file (e.g. {path / 'out.json'})")
+    ensure_writable_dir(
+        path.parent if str(path.parent) else Path("."),
+        f"the directory of {option}",
+        f"give {option} a path in a writable directory",
+        OptionError,
+    )
+
+
+def _check_new_model_dir(out: Path) -> None:
+    """``train-dpo --out``: refused before training when it is a file, or a directory holding
+    files that are not an earlier train-dpo output (saving would overwrite them), or cannot be
+    created where it is."""
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is a file; give a directory for the DPO model")
+    if out.is_dir() and any(out.iterdir()) and not (out / "dpo_training.json").is_file():
+        raise OptionError(
+            f"--out {out} already holds files that dpoclaims train-dpo did not write; saving the model there "
+            "would overwrite them. Give a new or empty directory"
+        )
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise OptionError(f"--out {out} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK):
+        raise OptionError(f"--out {out} cannot be created: {existing} is not writable")
+
+
 def cmd_build_toy(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from dpoclaims.organism.build import ToyConfig, ensure_toy, toy_key
 
+    _check_seed(args.seed)
     config = replace(ToyConfig(), seed=args.seed)
     device = _device(args)
     key = toy_key(config, device)
     if args.print_key:  # for a CI cache key: the key alone on stdout, nothing built or read
         print(key)
         return 0
+    _check_output_file(Path(args.report), "--report")  # found now, not after minutes of building
     cache = _cache(args)
     if args.force:
         import shutil
@@ -127,7 +172,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
     from dpoclaims.dpo import DPOSettings, train_dpo_from_files
-    from dpoclaims.errors import OptionError
 
     positive = {
         "--batch-size": args.batch_size,
@@ -143,6 +187,10 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
         raise OptionError("--warmup-steps must be at least 0 and --patience at least 1")
     if not 0 < args.val_fraction < 1:
         raise OptionError(f"--val-fraction must be between 0 and 1, not {args.val_fraction}")
+    _check_seed(args.seed)
+    # Never write over what the run reads: --out may not be, or hold, the base or the pairs file.
+    refuse_output_over_inputs(Path(args.out), "--out", {"--base": args.base, "--pairs": args.pairs})
+    _check_new_model_dir(Path(args.out))
     _device(args)  # a bad --device fails before anything is read
     settings = DPOSettings(
         beta=args.beta,
@@ -171,6 +219,11 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
         + (f" ({dropped} dropped: their prompt alone fills --max-length)" if dropped else "")
         + f"; {summary['steps']} of {summary['warmup_note']}"
     )
+    if summary.get("n_duplicates"):
+        print(
+            f"  {summary['n_duplicates']} duplicate pairs in {args.pairs} dropped (each kept once), so that no "
+            "validation pair is also a training pair"
+        )
     print(
         f"  largest weight change {summary['largest_weight_change']:.3g} "
         f"({summary['largest_weight_change_tensor']})"
@@ -186,14 +239,27 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
 def cmd_train_probe(args: argparse.Namespace) -> int:
     """Logistic-regression toxicity probe on the base's mean-pooled last-layer residual."""
 
+    import math
+
     from dpoclaims.cache import file_sha256
     from dpoclaims.data import read_jigsaw_csv, train_val_split
-    from dpoclaims.errors import OptionError
     from dpoclaims.models import load_hf_model, load_tokenizer, mlp_layout
     from dpoclaims.probe import LinearProbe, pooled_residuals
 
     if args.batch_size < 1 or args.max_tokens < 1:
         raise OptionError("--batch-size and --max-tokens must be positive")
+    if not (math.isfinite(args.C) and args.C > 0):
+        raise OptionError(
+            f"--C (inverse regularisation strength) must be a positive, finite number, not {args.C}"
+        )
+    if not 0 <= args.val_fraction < 1:
+        raise OptionError(f"--val-fraction must be in [0, 1), not {args.val_fraction}")
+    _check_seed(args.seed)
+    out = Path(args.out)
+    sidecar = out.with_name(out.name + ".json")
+    for written in (out, sidecar):
+        refuse_output_over_inputs(written, "--out", {"--base": args.base, "--csv": args.csv})
+    _check_output_file(out, "--out")
     device = _device(args)
     texts, labels = read_jigsaw_csv(args.csv)
     train, val = train_val_split(len(texts), args.val_fraction, args.seed, args.max_examples)
@@ -244,9 +310,7 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         "val_accuracy": probe.accuracy(x_val, y_val) if val else None,
         "val_majority_baseline": round(max(share(y_val), 1 - share(y_val)), 4) if val else None,
     }
-    out = Path(args.out)
     atomic_torch_save(out, direction)
-    sidecar = out.with_name(out.name + ".json")
     atomic_write_text(sidecar, json.dumps(summary, indent=1))
     balance = summary["toxic_share"]
     print(f"probe ({d_model} entries) written to {out}; details in {sidecar}")
@@ -266,14 +330,21 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
 def cmd_replicate(args: argparse.Namespace) -> int:
     import shlex
 
-    from dpoclaims.replication import replicate
+    from dpoclaims.replication import check_pytest_args, replicate
 
+    try:
+        pytest_args = shlex.split(args.pytest_args)
+    except ValueError as exc:  # an unclosed quote
+        raise OptionError(
+            f"--pytest-args {args.pytest_args!r} cannot be split into arguments: {exc}"
+        ) from None
+    check_pytest_args(pytest_args)
     replicate(
         args.seeds,
         cache=_cache(args),
         reports_dir=Path(args.reports_dir),
         claims_dir=Path(args.claims_dir) if args.claims_dir else None,
-        pytest_args=shlex.split(args.pytest_args),
+        pytest_args=pytest_args,
         build_progress=not args.no_progress,
     )
     return 0

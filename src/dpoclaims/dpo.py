@@ -349,10 +349,20 @@ def read_lee_pairs(path: Path) -> list[dict[str, str]]:
     ``unpert_gen_text`` (the unperturbed, greedy continuation) is preferred, ``pert_gen_text``
     (the toxic, PPLM-steered one) rejected.
     """
+    if path.is_dir():
+        raise CheckpointError(f"DPO pairs file {path} is a directory; name the JSONL file itself")
     if not path.is_file():
         raise CheckpointError(f"DPO pairs file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"DPO pairs file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read DPO pairs file {path}: {exc.strerror or exc}") from None
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -379,12 +389,26 @@ def read_lee_pairs(path: Path) -> list[dict[str, str]]:
 def split_pairs(
     pairs: Sequence[dict[str, str]], val_fraction: float, seed: int
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """Shuffle the pairs themselves (prompt, chosen and rejected stay together) and split."""
+    """Shuffle the pairs themselves (prompt, chosen and rejected stay together) and split. The
+    pairs should be distinct (:func:`distinct_pairs`): a repeated row could land on both sides."""
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     n_val = _n_val(len(pairs), val_fraction)
     shuffled = [pairs[i] for i in order]
     return shuffled[n_val:], shuffled[:n_val]
+
+
+def distinct_pairs(pairs: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], int]:
+    """The pairs with repeats dropped (the first of each kept, in order), and how many were
+    dropped: a repeated row would otherwise be trained on and validated on at once."""
+    seen: set[tuple[str, str, str]] = set()
+    kept = []
+    for pair in pairs:
+        key = (pair["prompt"], pair["chosen"], pair["rejected"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(pair)
+    return kept, len(pairs) - len(kept)
 
 
 def pairs_needed_for_warmup(settings: DPOSettings, val_fraction: float) -> tuple[int, int]:
@@ -443,7 +467,15 @@ def train_dpo_from_files(
     """
     from dpoclaims.models import load_hf_model, load_tokenizer
 
-    train, val = split_pairs(read_lee_pairs(pairs_path), val_fraction, settings.seed)
+    pairs, n_duplicates = distinct_pairs(read_lee_pairs(pairs_path))
+    if n_duplicates:
+        log.warning("%s: %d duplicate pairs dropped (each kept once)", pairs_path, n_duplicates)
+    if len(pairs) < 2:
+        raise CheckpointError(
+            f"{pairs_path} holds {len(pairs)} distinct pair(s) ({n_duplicates} repeats dropped); at least 2 are "
+            "needed (train and validation)"
+        )
+    train, val = split_pairs(pairs, val_fraction, settings.seed)
     tokenizer = load_tokenizer(base)
     model = load_hf_model(base)
     model.train()
@@ -459,6 +491,7 @@ def train_dpo_from_files(
         "pairs": str(pairs_path),
         "n_train": len(train),
         "n_val": len(val),
+        "n_duplicates": n_duplicates,
         "device": str(device or "cpu"),
         "settings": asdict(settings),
         **run.summary(),

@@ -27,7 +27,7 @@ TOMLDecodeError = tomllib.TOMLDecodeError
 
 def read_toml(path: Path) -> dict[str, Any]:
     """The parsed TOML file; raises ``OSError`` or :data:`TOMLDecodeError` as ``tomllib`` does."""
-    return tomllib.loads(Path(path).read_text())
+    return tomllib.loads(Path(path).read_text(encoding="utf-8"))
 
 
 #: Comma-separated, fully qualified names of pickle globals a checkpoint may use (off by default).
@@ -152,6 +152,11 @@ def ensure_writable_dir(path: Path, what: str, remedy: str, error: type[Exceptio
     it; otherwise raise ``error`` (a :class:`~dpoclaims.errors.DpoclaimsError` subclass) with
     one line naming ``what`` and ``path`` and ending in ``remedy`` (what to do)."""
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise error(
+            f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+            f"create that directory or {remedy[0].lower() + remedy[1:]}"
+        )
     if path.exists() and not path.is_dir():
         raise error(f"{what} {path} is a file, not a directory; {remedy}")
     try:
@@ -195,3 +200,25 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     import torch
 
     _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def refuse_output_over_inputs(out: Path, option: str, inputs: dict[str, str | Path | None]) -> None:
+    """An :class:`OptionError` when the output ``out`` (given as ``option``) is one of the
+    ``inputs`` (``{option: path}``) or a directory holding one, under any spelling of the paths
+    (relative, ``..``, ``~``, symbolic links, a trailing slash): writing it would overwrite
+    or delete what the command reads. Inputs that are not existing paths (a hub id) are skipped."""
+    target = Path(out).expanduser().resolve()
+    for name, value in inputs.items():
+        if value is None or not str(value).strip():
+            continue
+        source = Path(value).expanduser()
+        if not source.exists():
+            continue
+        resolved = source.resolve()
+        same = target == resolved or (target.exists() and os.path.samefile(target, resolved))
+        if same or target in resolved.parents:
+            relation = "is" if same else "contains"
+            raise OptionError(
+                f"{option} {out} {relation} the input {name} {value} ({resolved}): writing there would "
+                f"overwrite it. Give {option} a new directory outside every input"
+            )

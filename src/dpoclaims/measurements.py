@@ -26,6 +26,7 @@ from dpoclaims import selection
 from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.capture import CAPTURE_FORMAT, Capture, Convention, capture
 from dpoclaims.decomposition import Decomposition, decompose
+from dpoclaims.errors import DpoclaimsError
 from dpoclaims.evaluation import (
     EVALUATION_FORMAT,
     F1_FORMAT,
@@ -42,7 +43,13 @@ from dpoclaims.generation import GenerationSettings
 from dpoclaims.interventions import Intervention
 from dpoclaims.metrics import ContinuationF1, F1Settings, perplexity_from_rows
 from dpoclaims.pairs import ModelPair
-from dpoclaims.prompts import pair_texts
+from dpoclaims.prompts import (
+    MissingPromptSet,
+    UnusablePromptSet,
+    challenge_texts,
+    dropped_prompts,
+    pair_texts,
+)
 from dpoclaims.versions import measurement_versions
 
 Side = Literal["base", "dpo"]
@@ -80,9 +87,30 @@ class Measurements:
         self.settings = settings
         self.progress = progress
         self.prompts = pair_texts(pair, "challenge_prompts", settings.max_prompts)
-        self.neutral_texts = pair_texts(pair, "neutral_texts")
+        # What usable_prompts dropped from the file (empty or invisible, repeats): the report says it.
+        self.prompts_dropped = dropped_prompts(challenge_texts(pair))
         self._in_memory: dict[tuple[str, str, str], Any] = {}
         self._libraries = measurement_versions()
+
+    @cached_property
+    def neutral_texts(self) -> list[str]:
+        """The pair's held-out neutral texts, read when a measurement first needs them: a pair
+        without them loses only the claims that read them (a
+        :class:`~dpoclaims.prompts.MissingPromptSet` there, which the claims suite turns into a skip)."""
+        try:
+            return pair_texts(self.pair, "neutral_texts")
+        except MissingPromptSet:
+            raise
+        except DpoclaimsError as exc:
+            raise UnusablePromptSet(
+                f"the neutral texts of pair {self.pair.name!r} cannot be used: {exc}"
+            ) from exc
+
+    @cached_property
+    def perplexity_window(self) -> int | None:
+        """The spec's ``perplexity_window`` (tokens per window), checked when the spec was read."""
+        value = self.pair.spec.extras.get("perplexity_window")
+        return int(value) if value else None
 
     def measure(
         self,
@@ -202,8 +230,7 @@ class Measurements:
         self, side: Side, intervention: Intervention = NO_INTERVENTION
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per text (or window) NLL sums and token counts of ``side`` on the neutral texts."""
-        window_value = self.pair.spec.extras.get("perplexity_window")
-        window = int(window_value) if window_value else None
+        window = self.perplexity_window
 
         def compute(directory: Path) -> None:
             nll, tokens = intervened_perplexity(

@@ -192,8 +192,21 @@ def _from_hub(load: Callable[..., Loaded], source: str, what: str, **kwargs: Any
     return load(source, **kwargs)
 
 
+#: Files one of which a local tokenizer directory holds (fast or slow tokenizers).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
+
+
 def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
     kind = classify_source(source, "tokenizer source")
+    local = Path(source).expanduser()
+    if kind == "local" and local.is_dir():
+        has_files = any((local / name).is_file() for name in TOKENIZER_FILES) or any(local.glob("*.model"))
+        if not has_files:  # said plainly, not as transformers' advice to install sentencepiece
+            raise CheckpointError(
+                f"tokenizer source {source!r} ({local.resolve()}) is a directory without tokenizer files "
+                f"(none of {', '.join(TOKENIZER_FILES)}, *.model): point the spec's base (or tokenizer) at a "
+                "Hugging Face model directory"
+            )
     try:
         if kind == "hub":
             tokenizer = _from_hub(AutoTokenizer.from_pretrained, source, "tokenizer")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +40,8 @@ from dpoclaims.models import (
     model_from_state_dict,
     read_state_dict_file,
 )
+
+log = logging.getLogger(__name__)
 
 PATH_SUFFIXES = frozenset({".pt", ".bin", ".safetensors", ".json", ".jsonl", ".toml", ".txt", ".csv", ".raw"})
 
@@ -122,6 +126,7 @@ class PairSpec:
             raise UnknownPairError(
                 f"pair spec {path}: extras must be strings (paths) or numbers, not {bad_extras!r}"
             )
+        check_extras(extras, f"pair spec {path}")
         return cls(
             name=str(data.get("name", path.stem)),
             base=data["base"],
@@ -131,6 +136,38 @@ class PairSpec:
             extras={k: str(v) for k, v in extras.items()},
             root=str(path.parent.resolve()),
         )
+
+
+#: The ``[extras]`` keys something reads: a misspelled key would otherwise be ignored, and the
+#: claims that need it skipped.
+EXTRAS_KEYS = {
+    "challenge_prompts": "the challenge prompt file",
+    "neutral_texts": "the held-out neutral text file",
+    "perplexity_window": "tokens per perplexity window (a whole number)",
+    "dpo_pairs": "the DPO training pairs (for reference; the toy names its own)",
+    "report": "a report of how the pair was made (for reference; the toy names its build report)",
+}
+
+
+def check_extras(extras: dict[str, Any], where: str) -> None:
+    """An :class:`UnknownPairError` for an unknown ``[extras]`` key (with the closest known key)
+    or a ``perplexity_window`` that is not a positive whole number."""
+    import difflib
+
+    for key in extras:
+        if key not in EXTRAS_KEYS:
+            close = difflib.get_close_matches(key, list(EXTRAS_KEYS), n=1, cutoff=0.5)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UnknownPairError(
+                f"{where}: unknown [extras] key {key!r}; {hint}known keys: {', '.join(sorted(EXTRAS_KEYS))}"
+            )
+    window = extras.get("perplexity_window")
+    if window is not None:
+        text = str(window).strip()
+        if isinstance(window, bool) or not (text.isascii() and text.isdigit() and int(text) > 0):
+            raise UnknownPairError(
+                f"{where}: perplexity_window must be a positive whole number of tokens (e.g. 1024), not {window!r}"
+            )
 
 
 @dataclass
@@ -197,6 +234,10 @@ class ModelPair:
 
 
 def load_probe(source: str, d_model: int) -> torch.Tensor:
+    """The probe direction, ``[d_model]`` float32. Accepted: a tensor of shape ``(d_model,)`` or
+    ``(1, d_model)``, or a linear layer's state dict whose ``weight`` has one of these shapes;
+    any other shape is refused (never reshaped). A probe whose norm overflows (or underflows)
+    float32 is rescaled by a power of two, which keeps its direction exactly."""
     payload = load_checkpoint(Path(source).expanduser(), "probe")
     if isinstance(payload, dict) and "weight" in payload:
         payload = payload["weight"]
@@ -205,9 +246,10 @@ def load_probe(source: str, d_model: int) -> torch.Tensor:
             f"probe {source!r} holds a {type(payload).__name__}, not a tensor: save the probe direction "
             "itself (torch.save(tensor)) or a dict with it under 'weight'"
         )
-    if payload.numel() != d_model:
+    if tuple(payload.shape) not in ((d_model,), (1, d_model)):
         raise PairMismatchError(
-            f"probe {source!r} has {payload.numel()} entries (shape {tuple(payload.shape)}); the models have d_model = {d_model}"
+            f"probe {source!r} has {payload.numel()} entries (shape {tuple(payload.shape)}); the models have "
+            f"d_model = {d_model}, so a probe must have shape ({d_model},) or (1, {d_model})"
         )
     probe = payload.detach().reshape(-1).float()
     remedy = "it defines no direction; retrain the probe (dpoclaims train-probe) or point to the right file"
@@ -216,8 +258,20 @@ def load_probe(source: str, d_model: int) -> torch.Tensor:
         raise DegenerateProbeError(
             f"probe {source!r} has {non_finite} of {probe.numel()} entries NaN or infinite: {remedy}"
         )
-    if probe.norm() == 0:
+    largest = float(probe.abs().max())
+    if largest == 0:
         raise DegenerateProbeError(f"probe {source!r} is all zeros: {remedy}")
+    norm = float(probe.norm())
+    if not math.isfinite(norm) or norm == 0:
+        # Divide by the power of two at the largest entry: exact, so the direction is unchanged.
+        exponent = math.frexp(largest)[1]
+        probe = torch.ldexp(probe, torch.tensor(-exponent, dtype=torch.int32))
+        log.warning(
+            "probe %r: its norm %s in float32; rescaled by 2**%d (its direction is unchanged)",
+            source,
+            "overflows" if not math.isfinite(norm) else "underflows to 0",
+            -exponent,
+        )
     return probe
 
 

@@ -252,6 +252,26 @@ def claims_command(
     ]
 
 
+#: Options ``replicate`` sets for each seed's run; ``--pytest-args`` may not override them (a
+#: later ``--pair`` would measure that pair for every seed and call each claim "stable").
+OWN_OPTIONS = ("--pair", "--reports-dir", "--cache-dir")
+
+
+def check_pytest_args(pytest_args: Sequence[str]) -> None:
+    """An :class:`OptionError` when ``pytest_args`` set an option that ``replicate`` sets itself."""
+    clashes = [
+        arg
+        for arg in pytest_args
+        if any(arg == option or arg.startswith(option + "=") for option in OWN_OPTIONS)
+    ]
+    if clashes:
+        raise OptionError(
+            f"--pytest-args may not set {', '.join(clashes)}: replicate sets {', '.join(OWN_OPTIONS)} for each "
+            "seed itself (--pair toy-seedN; --reports-dir and --cache-dir from its own options). Pass "
+            "--reports-dir or --cache-dir to dpoclaims replicate instead"
+        )
+
+
 def replicate(
     seeds: Sequence[int],
     *,
@@ -273,6 +293,10 @@ def replicate(
         raise OptionError("name at least one seed: dpoclaims replicate --seeds 0 1 2")
     if len(set(seeds)) != len(seeds):
         raise OptionError(f"each seed once, please: got {list(seeds)}")
+    bad_seeds = [seed for seed in seeds if not 0 <= seed < 2**32]
+    if bad_seeds:
+        raise OptionError(f"seeds must be whole numbers from 0 to {2**32 - 1}, not {bad_seeds}")
+    check_pytest_args(pytest_args)
     claims_dir = Path(claims_dir) if claims_dir else CHECKOUT / "claims"
     if not any(claims_dir.glob("test_*.py")):
         raise OptionError(

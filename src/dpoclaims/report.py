@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -232,10 +235,24 @@ def badge_wall_markdown(records: Sequence[dict[str, Any]], repo: str | None) -> 
 
 
 def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -> str:
+    incomplete = (
+        [f"**Incomplete report: {header['incomplete']}** Verdicts below cover only the claims that ran.", ""]
+        if header.get("incomplete")
+        else []
+    )
+    dropped = header.get("prompts_dropped") or {}
+    dropped_text = ", ".join(
+        f"{n} {what}"
+        for what, n in (("repeated", dropped.get("repeated")), ("empty or invisible", dropped.get("empty")))
+        if n
+    )
     lines = [
         f"# Claims of Yang et al. 2024 on pair `{header['pair']}`",
         "",
-        f"Pair fingerprint `{header['fingerprint']}`; {header['n_prompts']} prompts; position convention "
+        *incomplete,
+        f"Pair fingerprint `{header['fingerprint']}`; {header['n_prompts']} prompts"
+        + (f" (distinct and usable; dropped from the file: {dropped_text})" if dropped_text else "")
+        + "; position convention "
         f"`{header['convention']}`; scorer `{header['scorer']}`. Shares use the four reducing groups' total as "
         "denominator (v1) unless the id says `gross` (the gross reduction over all D_i > 0, EMNLP). Intervals are "
         "95% bootstrap intervals over prompts (over texts or windows for perplexity; Fisher z for correlations; "
@@ -285,6 +302,66 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
     return "\n".join(lines) + "\n"
 
 
+#: The list of files the reports writer wrote last time, in the reports directory: the only
+#: files it ever deletes (a badge of a claim no longer run). Other tools' files stay.
+REPORTS_MANIFEST = ".dpoclaims-reports.json"
+_STAGING_PREFIX = ".dpoclaims-reports-"
+#: Bytes the start-of-run check writes: enough to find a full disk, small enough to be instant.
+_CHECK_BYTES = 1 << 16
+
+
+def check_reports_dir(out_dir: Path) -> None:
+    """Before any test runs: the reports directory (and its ``figures``/``badges``) can be
+    created, and a file of some size can be written and moved there (a read-only mount, a
+    dangling symbolic link, a full disk, no permission are found now, not after the run); a
+    :class:`ReportError` naming the path and what to do otherwise."""
+    for directory in (out_dir, out_dir / "figures", out_dir / "badges"):
+        ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
+    staging = _staging_dir(out_dir)
+    try:
+        trial = staging / "check"
+        with open(trial, "wb") as handle:
+            handle.write(b"\0" * _CHECK_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise _write_error(out_dir, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out_dir))
+    except OSError as exc:
+        raise _write_error(out_dir, exc) from None
+
+
+def _write_error(out_dir: Path, exc: OSError) -> ReportError:
+    return ReportError(f"cannot write the reports in {out_dir} ({exc.strerror or exc}); {REPORTS_REMEDY}")
+
+
+def report_files_written(out_dir: Path) -> list[str]:
+    """The files (relative paths) the last :func:`write_reports` wrote into ``out_dir``; empty
+    without a manifest (a directory this writer has not written, or an older version's)."""
+    try:
+        files = json.loads((out_dir / REPORTS_MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [
+        f for f in files if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()
+    ]
+
+
+def previous_report_complete(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a claims report from a run that was not interrupted."""
+    try:
+        header = json.loads((out_dir / "claims.json").read_text())["header"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(header, dict) and not header.get("incomplete")
+
+
 def write_reports(
     records: Sequence[dict[str, Any]],
     out_dir: Path,
@@ -293,20 +370,18 @@ def write_reports(
 ) -> list[Path]:
     """Write every report file from the claim records and the figure data the tests recorded
     (``figure_data``: :meth:`dpoclaims.decomposition.Decomposition.figure_data`, or None).
-    Nothing is measured here. A reports directory (or its ``figures``/``badges``) that is a
-    file, cannot be created or is not writable is a :class:`ReportError` naming the path,
-    before anything is written."""
+    Nothing is measured here.
+
+    Everything is written first into a staging directory inside ``out_dir``, then moved into
+    place, so a write that fails (a full disk) leaves the previous report as it was. Files the
+    previous report wrote and this one does not (badges of claims not run now) are deleted;
+    no other file is (:data:`REPORTS_MANIFEST` lists what was written). ``header["incomplete"]``
+    (a sentence: the run was interrupted) marks ``claims.md``, ``claims.json`` and every badge.
+    A reports directory (or its ``figures``/``badges``) that is a file, cannot be created or is
+    not writable is a :class:`ReportError` naming the path, before anything is written."""
     for directory in (out_dir, out_dir / "figures", out_dir / "badges"):
         ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
     records = sorted(records, key=lambda r: (int(r["id"][1:].split("[")[0]), r.get("order", 0)))
-    figures, skipped = draw_figures(records, out_dir / "figures", header, figure_data)
-    header = {**header, "figures": figures, "figures_skipped": skipped, "holm_changes": holm_adjust(records)}
-    atomic_write_text(
-        out_dir / "claims.json", json.dumps({"header": header, "claims": records}, indent=1, default=str)
-    )
-    atomic_write_text(out_dir / "claims.md", claims_markdown(records, header))
-    badge_dir = out_dir / "badges"
-    badge_dir.mkdir(exist_ok=True)
     files: dict[str, str] = {}
     for r in records:
         name = badge_filename(r["id"])
@@ -314,12 +389,48 @@ def write_reports(
             raise ValueError(
                 f"claim ids {files[name]!r} and {r['id']!r} both give badge file {name}; rename one"
             )
-    for stale in badge_dir.glob("*.json"):
-        stale.unlink()
+    staging = _staging_dir(out_dir)
+    try:
+        try:
+            written = _write_into(staging, records, header, figure_data)
+        except OSError as exc:
+            raise _write_error(out_dir, exc) from None
+        previous = set(report_files_written(out_dir))
+        for relative in written:
+            target = out_dir / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / relative, target)
+        for stale in sorted(previous - set(written)):
+            (out_dir / stale).unlink(missing_ok=True)
+        manifest = {"files": written, "complete": not header.get("incomplete")}
+        atomic_write_text(out_dir / REPORTS_MANIFEST, json.dumps(manifest, indent=1))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / "claims.json", out_dir / "claims.md", out_dir / "badges"]
+
+
+def _write_into(
+    directory: Path,
+    records: list[dict[str, Any]],
+    header: dict[str, Any],
+    figure_data: dict[str, Any] | None,
+) -> list[str]:
+    """Write the report files into ``directory``; their paths relative to it."""
+    figures, skipped = draw_figures(records, directory / "figures", header, figure_data)
+    header = {**header, "figures": figures, "figures_skipped": skipped, "holm_changes": holm_adjust(records)}
+    (directory / "claims.json").write_text(
+        json.dumps({"header": header, "claims": records}, indent=1, default=str)
+    )
+    (directory / "claims.md").write_text(claims_markdown(records, header))
+    badge_dir = directory / "badges"
+    badge_dir.mkdir(exist_ok=True)
     for r in records:
-        atomic_write_text(badge_dir / badge_filename(r["id"]), json.dumps(badge(r)))
-    atomic_write_text(badge_dir / "README.md", badge_wall_markdown(records, header.get("badge_repo")))
-    return [out_dir / "claims.json", out_dir / "claims.md", badge_dir]
+        data = badge(r)
+        if header.get("incomplete"):
+            data = {**data, "message": f"interrupted: {data['message']}"}
+        (badge_dir / badge_filename(r["id"])).write_text(json.dumps(data))
+    (badge_dir / "README.md").write_text(badge_wall_markdown(records, header.get("badge_repo")))
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
 
 
 def draw_figures(
