@@ -139,6 +139,12 @@ def pids_running(marker: str) -> list[int]:
     return found
 
 
+def measuring(cache: Cache) -> bool:
+    """Whether a claims run has begun writing measurements into ``cache`` (anything besides the
+    toy: a finished entry, or a temporary build directory)."""
+    return any(kind.name != "toy" for kind in cache.root.iterdir() if kind.is_dir())
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -172,8 +178,7 @@ def test_a_worker_killed_mid_cell_is_retried_to_the_same_result(
     deadline = time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and driver.is_alive():
         claims_runs = [p for p in pids_running(marker) if "dpoclaims.cell_pytest" in cmdline(p)]
-        if claims_runs:
-            time.sleep(8)  # mid-cell: the claims run has loaded the toy and is measuring
+        if claims_runs and measuring(cache):  # mid-cell: the claims run is writing measurements
             worker = parent_of(claims_runs[0])
             os.kill(worker, signal.SIGKILL)
             killed = (worker, claims_runs[0])
@@ -194,22 +199,23 @@ def test_a_worker_killed_mid_cell_is_retried_to_the_same_result(
     assert broken_entries(cache) == []
 
 
-def _build_slowly(root: str, log: str) -> str:
-    """Get-or-build one entry, counting the builds in ``log`` (append-only)."""
-
-    def build(tmp: Path) -> dict:
-        with open(log, "a") as handle:
-            handle.write(f"{os.getpid()}\n")
-        time.sleep(2)  # long enough that the other task asks while this one builds
-        (tmp / "data.txt").write_text("built once")
-        return {}
-
-    return str(Cache(root).get_or_build("shared", "one-key", build))
-
-
 def test_two_cells_that_need_one_entry_build_it_once(tmp_path, ray_cluster):
     log = tmp_path / "builds.log"
-    task = ray.remote(num_cpus=1)(_build_slowly)
+
+    def build_slowly(root: str, log: str) -> str:
+        """Get-or-build one entry, counting the builds in ``log`` (append-only). A nested
+        function: Ray ships it by value (this test module is not importable on a worker)."""
+
+        def build(tmp: Path) -> dict:
+            with open(log, "a") as handle:
+                handle.write(f"{os.getpid()}\n")
+            time.sleep(2)  # long enough that the other task asks while this one builds
+            (tmp / "data.txt").write_text("built once")
+            return {}
+
+        return str(Cache(root).get_or_build("shared", "one-key", build))
+
+    task = ray.remote(num_cpus=1)(build_slowly)
     paths = ray.get([task.remote(str(tmp_path / "cache"), str(log)) for _ in range(2)])
     assert paths[0] == paths[1]
     assert len(log.read_text().split()) == 1  # one build; the other task waited on the lock and read it
@@ -229,3 +235,42 @@ def test_a_failing_cell_is_reported_and_the_other_goes_on(tmp_path, ray_result):
     assert "--no-such-option" in results[0].error  # the tail of its pytest log says why
     assert results[1].ok and "claims.json" in results[1].files
     assert any("1 done, 0 running, 0 queued, 1 failed" in line for line in lines)
+
+
+def test_ctrl_c_on_the_driver_cancels_the_cells_and_leaves_the_cache_consistent(
+    tmp_path, toy_entry, ray_cluster
+):
+    import _thread
+
+    cache = fresh_cache(tmp_path / "cache", toy_entry)
+    marker = str(cache.root)
+    seen: list[int] = []
+
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            claims_runs = [p for p in pids_running(marker) if "dpoclaims.cell_pytest" in cmdline(p)]
+            if claims_runs:
+                seen.extend(claims_runs)
+                time.sleep(5)  # mid-cell
+                _thread.interrupt_main()  # what Ctrl-C does to the driver
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=interrupt_once_running, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep("ray", cache, tmp_path / "reports")
+    watcher.join()
+    assert seen, "no claims run started"
+    deadline = time.monotonic() + 30  # the cancelled workers' claims runs end with them
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in seen):
+        time.sleep(0.5)
+    assert not any(p in pids_running(marker) for p in seen)
+    result = json.loads((tmp_path / "reports" / "replication.json").read_text())
+    assert set(result["missing"].values()) == {"cancelled (Ctrl-C on the driver)"}
+    assert {entry["verdict"] for row in result["matrix"].values() for entry in row.values()} <= {"missing"}
+    assert broken_entries(cache) == []
+    # The cache goes on working: the cell runs to the end afterwards.
+    again = run_sweep("ray", cache, tmp_path / "reports-again", CELLS[:1])
+    assert again["missing"] == {}
