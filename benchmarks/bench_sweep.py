@@ -109,6 +109,13 @@ def main() -> None:
         default=3600.0,
         help="assumed seconds per 7-8B cell on one GPU for the second projection (not measured here)",
     )
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=["cold", "warm"],
+        default=["cold", "warm"],
+        help="cold and/or warm runs",
+    )
     parser.add_argument("--out", default=str(ROOT / "reports" / "bench_sweep.json"))
     args = parser.parse_args()
 
@@ -119,7 +126,7 @@ def main() -> None:
     runs: dict[str, Any] = {}
     try:
         caches = {engine: fresh_cache(work / engine / "cache", args.seeds) for engine in sweep.ENGINES}
-        for phase in ("cold", "warm"):
+        for phase in args.phases:
             for engine in sweep.ENGINES:
                 print(f"{phase} {engine}: {len(cells)} cells", flush=True)
                 reports = work / engine / f"reports-{phase}"
@@ -164,10 +171,11 @@ def main() -> None:
             "ray_fixed_s": round(on_ray["init_s"] + on_ray["cache_check_s"] + on_ray["shutdown_s"], 2),
         }
     # The Ray engine's costs: a fixed part (start, cache check, shutdown) and the rest per cell.
-    cold = summary["cold"]
+    cold = summary["cold"] if "cold" in summary else summary["warm"]
     fixed = cold["ray_fixed_s"]
     per_cell = max(0.0, (cold["overhead_s"] - fixed) / len(cells))
-    toy_cell_s = sum(c["build_s"] + c["claims_s"] for c in runs["local_cold"]["cells"].values()) / len(cells)
+    first = runs[f"local_{args.phases[0]}"]
+    toy_cell_s = sum(c["build_s"] + c["claims_s"] for c in first["cells"].values()) / len(cells)
 
     def makespan(cell_s: float, nodes: int) -> float:
         return fixed + math.ceil(args.project_cells / nodes) * (cell_s + per_cell)
@@ -181,7 +189,7 @@ def main() -> None:
             "one GPU per node, one cell per GPU at a time; equal cell times; the pairs already in the "
             "shared cache; fixed and per-cell Ray costs as measured here on a local instance"
         ),
-        "toy_cell_s (measured, cold, this machine)": round(toy_cell_s, 1),
+        f"toy_cell_s (measured, {args.phases[0]}, this machine)": round(toy_cell_s, 1),
         "assumed_7_8B_cell_s (assumption, not measured)": args.assume_cell_s,
         "makespan_s": {
             str(n): {
