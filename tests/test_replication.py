@@ -1,5 +1,6 @@
-"""Claims across organism seeds (dpoclaims.replication): the matrix, markdown and figure
-written from the seeds' claims.json files (synthetic here: nothing is built or run)."""
+"""The replication matrix (dpoclaims.replication) and the sweep's grid and options
+(dpoclaims.sweep): the matrix, markdown and figure written from the cells' claims.json files
+(synthetic here: nothing is built or run)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from dpoclaims import replication
+from dpoclaims import replication, sweep
 from dpoclaims.cache import Cache
 from dpoclaims.cli import build_parser
 from dpoclaims.errors import OptionError
@@ -61,7 +62,7 @@ def claims_files(tmp_path):
 
 def test_the_matrix_reads_each_seed_s_verdicts_in_claim_order(claims_files):
     result = replication.replication_matrix(claims_files)
-    assert result["seeds"] == [0, 1, 2]
+    assert result["columns"] == ["0", "1", "2"] and result["missing"] == {}
     assert result["claims"] == ["C1[N=100]", "C2[N=100]", "C9", "C10", "C12[x2]"]
     verdicts = {c: [result["matrix"][c][str(s)]["verdict"] for s in (0, 1, 2)] for c in result["claims"]}
     assert verdicts == {
@@ -78,20 +79,35 @@ def test_the_matrix_reads_each_seed_s_verdicts_in_claim_order(claims_files):
 
 
 def test_the_writer_gives_json_markdown_and_a_figure(claims_files, tmp_path):
+    cells = [sweep.Cell(f"toy-seed{s}") for s in SEEDS]
+    files = {cell.id: claims_files[cell.seed] for cell in cells}
     runs = [
-        replication.SeedRun(s, f"/toys/{s}", s > 0, 150.0 * (s > 0), 60.0, 1, f"r/seed-{s}") for s in SEEDS
+        sweep.CellResult(
+            c.id, toy_built=c.seed > 0, build_s=150.0 * (c.seed > 0), claims_s=60.0, pytest_exit=1
+        )
+        for c in cells
     ]
     out = tmp_path / "reports"
-    paths = replication.write_replication(claims_files, out, runs, wall_s=480.0)
+    paths = replication.write_replication(
+        files,
+        out,
+        columns=[c.id for c in cells],
+        cells=[c.describe() for c in cells],
+        runs=[r.run_record() for r in runs],
+        wall_s=480.0,
+        engine="local",
+    )
     assert paths == [out / "replication.json", out / "replication.md", out / "figures" / "replication.png"]
     data = json.loads(paths[0].read_text())
     assert data["runs"][1]["toy_built"] is True and data["wall_s"] == 480.0
+    assert data["columns"] == ["toy-seed0.v1.default", "toy-seed1.v1.default", "toy-seed2.v1.default"]
     markdown = paths[1].read_text()
-    assert "| claim | seed 0 | seed 1 | seed 2 | stable |" in markdown
+    assert "| claim | seed 0 | seed 1 | seed 2 | stable |" in markdown  # only the seed varies
     assert "| C9 | contradicts (0.57) | contradicts (0.41) | contradicts (0.6) | yes |" in markdown
     assert "| C10 | replicates (0.9) | not measurable | not measured | no |" in markdown
-    assert "Stable across seeds (2): C1[N=100], C9." in markdown
-    assert "| 1 | built | 150 | 60 | 1 |" in markdown and "Wall time: 480 s." in markdown
+    assert "Stable across the cells (2): C1[N=100], C9." in markdown
+    assert "| seed 1 | built | 150 | 60 | 1 | - | - |  |" in markdown
+    assert "Wall time: 480 s (engine local)." in markdown
     png = paths[2].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -104,26 +120,96 @@ def test_verdicts_come_from_three_state_reports_or_else_the_replicates_flag():
     assert replication.verdict_of({"claim": None, "outcome": "error"}) == "not measured"
 
 
-def test_an_unreadable_seed_report_is_a_replication_error(tmp_path):
+def test_an_unreadable_cell_report_is_a_replication_error(tmp_path):
     (tmp_path / "claims.json").write_text("{not json")
-    with pytest.raises(replication.ReplicationError, match="seed 4: cannot read"):
+    with pytest.raises(replication.ReplicationError, match="cell 4: cannot read"):
         replication.replication_matrix({4: tmp_path / "claims.json"})
 
 
-def test_replicate_refuses_bad_seeds_and_a_missing_suite(tmp_path):
+def test_a_missing_cell_is_marked_missing_never_a_verdict(claims_files, tmp_path):
+    files = {"a": claims_files[0], "c": claims_files[2]}
+    result = replication.replication_matrix(files, columns=["a", "b", "c"], missing={"b": "failed: boom"})
+    assert result["missing"] == {"b": "failed: boom"}
+    assert {result["matrix"][c]["b"]["verdict"] for c in result["claims"]} == {"missing"}
+    assert result["matrix"]["C9"]["b"]["measured"] is None
+    # C9 contradicts in both cells that ran, but a missing cell leaves it not stable.
+    assert "C9" not in result["stable"] and result["stable"] == []
+    paths = replication.write_replication(
+        files, tmp_path / "r", columns=["a", "b", "c"], missing={"b": "failed: boom"}
+    )
+    markdown = paths[1].read_text()
+    assert "| C9 | contradicts (0.57) | missing | contradicts (0.6) | no |" in markdown
+    assert "**Missing cell b** (`b`): failed: boom" in markdown
+
+
+def test_the_grid_crosses_pairs_seeds_conventions_and_scorers():
+    cells = sweep.grid(["toy", "my-pair"], [0, 2], ["v1", "emnlp"], [None, "profanity-check"])
+    assert len(cells) == (2 + 1) * 2 * 2
+    assert cells[0] == sweep.Cell("toy-seed0", "v1", None) and cells[0].seed == 0
+    assert [c.id for c in cells[:4]] == [
+        "toy-seed0.v1.default",
+        "toy-seed0.v1.profanity-check",
+        "toy-seed0.emnlp.default",
+        "toy-seed0.emnlp.profanity-check",
+    ]
+    assert cells[-1] == sweep.Cell("my-pair", "emnlp", "profanity-check") and cells[-1].seed is None
+    assert sweep.Cell("specs/paper pair.toml").id == "paper_pair.v1.default"  # a path: its stem
+    labels = replication.column_labels(
+        {"columns": [c.id for c in cells], "cells": [c.describe() for c in cells]}
+    )
+    assert labels["toy-seed2.emnlp.profanity-check"] == "toy-seed2 · emnlp · profanity-check"
+
+
+def test_the_sweep_refuses_bad_grids_and_options_before_running_anything(tmp_path):
     cache = Cache(tmp_path / "cache")
     with pytest.raises(OptionError, match="at least one seed"):
-        replication.replicate([], cache=cache, reports_dir=tmp_path)
+        sweep.grid(["toy"], [])
     with pytest.raises(OptionError, match="each seed once"):
-        replication.replicate([1, 1], cache=cache, reports_dir=tmp_path)
+        sweep.grid(["toy"], [1, 1])
+    with pytest.raises(OptionError, match="add toy to --pairs"):
+        sweep.grid(["gpt2-paper"], [0, 1])
+    with pytest.raises(OptionError, match="unknown position convention"):
+        sweep.grid(["toy"], [0], ["v2"])
+    with pytest.raises(OptionError, match="unknown scorer"):
+        sweep.grid(["toy"], [0], ["v1"], ["nope"])
+    cells = sweep.grid()
     with pytest.raises(OptionError, match="no claims suite"):
-        replication.replicate([0], cache=cache, reports_dir=tmp_path, claims_dir=tmp_path)
+        sweep.sweep(cells, cache=cache, reports_dir=tmp_path, claims_dir=tmp_path)
+    with pytest.raises(OptionError, match="--max-prompts must be at least 10"):
+        sweep.sweep(cells, cache=cache, reports_dir=tmp_path, max_prompts=5)
+    with pytest.raises(OptionError, match="unknown engine"):
+        sweep.sweep(cells, cache=cache, reports_dir=tmp_path, engine="slurm")
+    with pytest.raises(OptionError, match="--cpus-per-cell must be positive"):
+        sweep.sweep(cells, cache=cache, reports_dir=tmp_path, cpus_per_cell=0)
+    with pytest.raises(OptionError, match="each seed once"):
+        sweep.replicate([1, 1], cache=cache, reports_dir=tmp_path)
     assert not (tmp_path / "cache").exists()  # nothing was built
 
 
-def test_the_cli_parses_replicate():
+def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(sweep.SweepError, match=r"pip install -e '\.\[cluster\]'"):
+        sweep.sweep(sweep.grid(), cache=Cache(tmp_path / "cache"), reports_dir=tmp_path, engine="ray")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "replication").exists()
+
+
+def test_the_cli_parses_sweep_and_replicate_as_its_alias():
     args = build_parser().parse_args(["replicate", "--seeds", "0", "1", "2", "--pytest-args", "-n 2"])
-    assert args.seeds == [0, 1, 2] and args.pytest_args == "-n 2" and args.func.__name__ == "cmd_replicate"
+    assert args.seeds == [0, 1, 2] and args.pytest_args == "-n 2" and args.func.__name__ == "cmd_sweep"
+    assert args.engine == "local" and build_parser().parse_args(["replicate"]).seeds == [0, 1, 2]
+    args = build_parser().parse_args(
+        "sweep --engine ray --seeds 0 1 --conventions v1 emnlp --max-prompts 20".split()
+    )
+    assert (args.engine, args.seeds, args.conventions, args.max_prompts) == (
+        "ray",
+        [0, 1],
+        ["v1", "emnlp"],
+        20,
+    )
+    assert args.pairs == ["toy"] and args.scorers is None
+    assert args.cpus_per_cell == 1 and args.gpus_per_cell is None and args.max_retries == 3
 
 
 def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, monkeypatch):
@@ -142,5 +228,8 @@ def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, mon
     assert named_pairs.pair_name("toy-seed2") == "toy-seed2" and built == []  # naming builds nothing
     spec = named_pairs.resolve_spec("toy-seed2", Cache(tmp_path / "cache"))
     assert built == [2] and spec.name == "toy-seed2" and spec.lexicon == TOXIC_WORDS
-    command = replication.claims_command(tmp_path, 2, tmp_path / "r", Cache(tmp_path / "cache"))
+    job = sweep.CellJob(sweep.Cell("toy-seed2", "emnlp"), str(tmp_path / "cache"), str(tmp_path), 10)
+    command = sweep.claims_command(job, tmp_path / "r")
     assert command[command.index("--pair") + 1] == "toy-seed2"
+    assert command[command.index("--convention") + 1] == "emnlp" and "--scorer" not in command
+    assert command[command.index("--max-prompts") + 1] == "10"

@@ -1,4 +1,4 @@
-"""Command line: ``dpoclaims build-toy``, ``dpoclaims info``."""
+"""Command line: ``dpoclaims build-toy``, ``info``, ``train-dpo``, ``train-probe``, ``sweep`` and ``replicate``."""
 
 from __future__ import annotations
 
@@ -327,10 +327,11 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_replicate(args: argparse.Namespace) -> int:
+def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
-    from dpoclaims.replication import check_pytest_args, replicate
+    from dpoclaims.replication import check_pytest_args
+    from dpoclaims.sweep import grid, sweep
 
     try:
         pytest_args = shlex.split(args.pytest_args)
@@ -339,13 +340,19 @@ def cmd_replicate(args: argparse.Namespace) -> int:
             f"--pytest-args {args.pytest_args!r} cannot be split into arguments: {exc}"
         ) from None
     check_pytest_args(pytest_args)
-    replicate(
-        args.seeds,
+    cells = grid(args.pairs, args.seeds, args.conventions, args.scorers or (None,))
+    sweep(
+        cells,
         cache=_cache(args),
         reports_dir=Path(args.reports_dir),
+        engine=args.engine,
         claims_dir=Path(args.claims_dir) if args.claims_dir else None,
+        max_prompts=args.max_prompts,
         pytest_args=pytest_args,
-        build_progress=not args.no_progress,
+        address=args.address,
+        cpus_per_cell=args.cpus_per_cell,
+        gpus_per_cell=args.gpus_per_cell,
+        max_retries=args.max_retries,
     )
     return 0
 
@@ -372,6 +379,77 @@ def _add_allow_pickle_globals(parser: argparse.ArgumentParser) -> None:
         help="comma-separated, fully qualified pickle globals that checkpoints may use "
         f"(added to ${PICKLE_GLOBALS_ENV}; default none). Only for files you trust: unpickling them can run code",
     )
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser, default_seeds: list[int]) -> None:
+    from dpoclaims.sweep import ENGINES
+
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        default=["toy"],
+        metavar="PAIR",
+        help="pair names or spec paths; toy stands for the toy at each of --seeds (default: toy)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=default_seeds,
+        help=f"toy organisms built at these seeds, the pairs toy-seedN (default: {' '.join(map(str, default_seeds))})",
+    )
+    parser.add_argument(
+        "--conventions", nargs="+", default=["v1"], help="activation position conventions (default: v1)"
+    )
+    parser.add_argument(
+        "--scorers", nargs="+", default=None, help="toxicity scorers (default: the suite's default scorer)"
+    )
+    parser.add_argument(
+        "--max-prompts", type=int, default=None, help="each cell uses only the first N challenge prompts"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local: one cell after another; ray: each cell a Ray task (default: local)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="--engine ray: join the Ray cluster at this address (e.g. auto, or head-node:6379); "
+        "default: start a local Ray instance",
+    )
+    parser.add_argument(
+        "--cpus-per-cell",
+        type=float,
+        default=1,
+        help="--engine ray: CPUs each cell asks for (also its claims run's CPU threads; default 1)",
+    )
+    parser.add_argument(
+        "--gpus-per-cell",
+        type=float,
+        default=None,
+        help="--engine ray: GPUs each cell asks for (default: 1 where the cluster has GPUs, else 0)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        help="--engine ray: times a cell lost with its worker or node is run again (default 3)",
+    )
+    parser.add_argument(
+        "--reports-dir",
+        default="reports",
+        help="replication.{json,md}, figures/ and replication/<cell>/ go here",
+    )
+    parser.add_argument(
+        "--claims-dir", default=None, help="the claims suite (default: this checkout's claims/)"
+    )
+    parser.add_argument("--pytest-args", default="", help='extra pytest arguments for each cell, e.g. "-n 2"')
+    parser.add_argument(
+        "--no-progress", action="store_true", help="accepted for compatibility: cells build toys without bars"
+    )
+    parser.set_defaults(func=cmd_sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,19 +547,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_allow_pickle_globals(probe)
     probe.set_defaults(func=_allowing_pickle_globals(cmd_train_probe))
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="run every claim on each cell of pairs x toy seeds x conventions x scorers, write the matrix",
+    )
+    _add_sweep_options(sweep, default_seeds=[0])
     replicate = sub.add_parser(
-        "replicate", help="build the toy at several seeds, run every claim on each, write the matrix"
+        "replicate",
+        help="the sweep over toy seeds (default 0 1 2): run every claim on each, write the matrix",
     )
-    replicate.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    replicate.add_argument(
-        "--reports-dir", default="reports", help="replication.{json,md} and figures/ go here"
-    )
-    replicate.add_argument(
-        "--claims-dir", default=None, help="the claims suite (default: this checkout's claims/)"
-    )
-    replicate.add_argument("--pytest-args", default="", help='extra pytest arguments, e.g. "-n 2"')
-    replicate.add_argument("--no-progress", action="store_true", help="no progress bars while a toy builds")
-    replicate.set_defaults(func=cmd_replicate)
+    _add_sweep_options(replicate, default_seeds=[0, 1, 2])
     return parser
 
 
@@ -498,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     except DpoclaimsError as exc:
         print(f"dpoclaims: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # what was cancelled is said where it happened (e.g. the sweep's matrix)
+        print("dpoclaims: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

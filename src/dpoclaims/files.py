@@ -195,6 +195,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic_write(path, write)
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a binary file atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+
+    _atomic_write(path, write)
+
+
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` atomically."""
     import torch
