@@ -273,3 +273,50 @@ def test_c13_tests_both_stated_constant_sets():
         "C13[alpha=0.01,beta=0.55]",
         "C13[alpha=0.05,beta=0.5]",
     ]
+
+
+def test_the_report_names_the_best_edit_and_draws_the_front(tmp_path):
+    from dpoclaims import report
+
+    def measure(spec: EditSpec) -> edit_search.EditPoint:
+        return synthetic_point(spec, 0.05 - spec.beta * 0.08, spec.beta - 0.7)
+
+    reference = {
+        "toxicity": 0.3,
+        "toxicity_ci": [0.28, 0.32],
+        "perplexity": 10.0,
+        "perplexity_ci": [9.5, 10.5],
+    }
+    references = [
+        {**reference, "kind": "base", "label": "base", "toxicity": 0.5},
+        {**reference, "kind": "dpo", "label": "DPO"},
+        {**reference, "kind": "C1 ablation", "label": "ablate top 2 toxic", "toxicity": 0.45},
+    ]
+    result = edit_search.run_edit_search(
+        edit_search.EditSpace(editing.DIRECTIONS), measure, max_examples=12, seed=0, references=references
+    )
+    claim = result.claim_result()
+    record = {
+        "id": claim.id,
+        "order": 0,
+        "keyword": "editing",
+        "expected": "replicates",
+        "outcome": "passed",
+        "node_id": "claims/test_editing.py::x",
+        "claim": claim.to_json(),
+        "skip_reason": "",
+    }
+    header = {
+        "pair": "synthetic",
+        "fingerprint": "f",
+        "n_prompts": N_PROMPTS,
+        "convention": "v1",
+        "scorer": "s",
+    }
+    report.write_reports([record], tmp_path, header)
+    text = (tmp_path / "claims.md").read_text()
+    best = result.best
+    assert best is not None and "Activation editing:" in text
+    assert f"best: alpha {best.spec.alpha:g}, beta {best.spec.beta:g}" in text
+    assert "| DPO | - |" in text and "best edit" in text and "stated edit" in text
+    assert (tmp_path / "figures" / "c13_edit_front.png").stat().st_size > 0
