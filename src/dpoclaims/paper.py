@@ -400,8 +400,9 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         statement="Editing the base's activations with (alpha, beta) = {param} gives toxicity and perplexity at "
         "most DPO's",
         criterion="both parts hold: edited toxicity minus DPO's is below 0, and edited perplexity over DPO's "
-        "minus 1 is below 0 (each 95% interval wholly below); contradicts if either interval lies wholly at or "
-        "above 0",
+        "minus 1 is below 0 (each 95% interval wholly below; an interval test can show 'below', not 'equal', so "
+        "'at most' is tested as 'below', the abstract's 'outperforms'); contradicts if either interval lies "
+        "wholly at or above 0",
         definition=f"{EDITING}; {EDIT_COMPARISON}",
         param_name="constants",
         params=EDIT_CONSTANTS,
