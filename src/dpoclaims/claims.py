@@ -9,16 +9,17 @@ DPO") are flagged ``hypothesis=True``: their test asserts the hypothesis and is 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import weakref
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from dpoclaims import paper, selection, stats
+from dpoclaims import editing, paper, selection, stats
 from dpoclaims.decomposition import REDUCING_GROUPS, Decomposition
 from dpoclaims.interventions import Intervention
-from dpoclaims.measurements import Measurements, Side
+from dpoclaims.measurements import NO_INTERVENTION, Measurements, Side
 from dpoclaims.metrics import weight_cosines
 from dpoclaims.side_effects import f1_summary
 from dpoclaims.stats import Criterion, Estimate, Verdict, bootstrap, mean_difference, recovered_share
@@ -285,17 +286,49 @@ def c2_positive_ablation(m: Measurements, paper_n: int) -> ClaimResult:
     )
 
 
+def perplexity_increase(
+    nll: np.ndarray, reference_nll: np.ndarray, counts: np.ndarray, axis: int = 0
+) -> np.ndarray:
+    """Perplexity over the reference's, minus 1, from per-row NLL sums over the same rows and tokens."""
+    total = np.maximum(np.sum(counts, axis=axis), 1)
+    return np.exp((np.sum(nll, axis=axis) - np.sum(reference_nll, axis=axis)) / total) - 1
+
+
+def _perplexity_of_rows(nll: np.ndarray, counts: np.ndarray, axis: int = 0) -> np.ndarray:
+    return np.exp(np.sum(nll, axis=axis) / np.maximum(np.sum(counts, axis=axis), 1))
+
+
+def _mean(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    return np.mean(values, axis=axis)
+
+
+def toxicity_and_perplexity(
+    m: Measurements, side: Side, intervention: Intervention = NO_INTERVENTION
+) -> dict[str, Any]:
+    """Mean toxicity over prompts and perplexity on the held-out texts of ``side`` under
+    ``intervention``, each with its 95% bootstrap interval (over prompts; over texts or windows)."""
+    toxicity = bootstrap(_mean, m.scores(side, intervention), seed=m.settings.seed)
+    nll, tokens = m.perplexity_rows(side, intervention)
+    perplexity = bootstrap(_perplexity_of_rows, nll, tokens, seed=m.settings.seed)
+    return {
+        "label": ("base" if side == "base" else "DPO")
+        if intervention.kind == "none"
+        else intervention.label or intervention.id,
+        "side": side,
+        "intervention": intervention.id,
+        "toxicity": toxicity.value,
+        "toxicity_ci": [toxicity.low, toxicity.high],
+        "perplexity": perplexity.value,
+        "perplexity_ci": [perplexity.low, perplexity.high],
+    }
+
+
 def c2_ablation_costs_perplexity(m: Measurements) -> ClaimResult:
     """The perplexity rise, bootstrapped over the held-out texts (or windows), paired."""
     intervention = selection.ablation(m.decomposition, 1000, positive=True)
     ablated_nll, tokens = m.perplexity_rows("base", intervention)
     base_nll, _ = m.perplexity_rows("base")
-
-    def increase(ablated: np.ndarray, base: np.ndarray, counts: np.ndarray, axis: int = 0) -> np.ndarray:
-        total = np.maximum(np.sum(counts, axis=axis), 1)
-        return np.exp((np.sum(ablated, axis=axis) - np.sum(base, axis=axis)) / total) - 1
-
-    rise = bootstrap(increase, ablated_nll, base_nll, tokens, seed=m.settings.seed)
+    rise = bootstrap(perplexity_increase, ablated_nll, base_nll, tokens, seed=m.settings.seed)
     return claim_result(
         "C2[perplexity]",
         estimate=rise,
@@ -479,3 +512,127 @@ def c12_scale_keys(m: Measurements, factor: int) -> ClaimResult:
     return claim_result(
         "C12", factor, estimate=rise, rule=Criterion(threshold=0.0, paper_side="above"), details=details
     )
+
+
+# ------------------------------------------------------------------------- activation editing (C13)
+
+#: C13's two parts: edited toxicity minus DPO's, and edited perplexity over DPO's minus 1, below 0.
+EDIT_RULE = Criterion(threshold=0.0, paper_side="below")
+_UNEMBEDDING_COSINES: weakref.WeakKeyDictionary[Measurements, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def edit_cosines(m: Measurements, direction: editing.Direction) -> torch.Tensor:
+    """``[L, d_mlp]`` cos(v_i, direction) on the base weights (computed once per pair's measurements)."""
+    if direction == "probe":
+        return m.decomposition.cosines
+    if m not in _UNEMBEDDING_COSINES:
+        _UNEMBEDDING_COSINES[m] = editing.direction_cosines(m.pair, m.decomposition.cosines, direction)
+    return _UNEMBEDDING_COSINES[m]
+
+
+def activation_edit(m: Measurements, spec: editing.EditSpec) -> Intervention:
+    """The edit ``spec`` on the pair's base: m_i from the base capture, c_i for its direction."""
+    return editing.edit_intervention(edit_cosines(m, spec.direction), m.decomposition.mean_base, spec)
+
+
+@dataclass(frozen=True)
+class EditComparison:
+    """An edited base against DPO: C13's two paired estimates and their joint verdict."""
+
+    toxicity: Estimate  # edited minus DPO, mean over prompts
+    perplexity: Estimate  # edited over DPO, minus 1
+
+    @property
+    def parts(self) -> dict[str, tuple[Verdict, float]]:
+        return {
+            "toxicity": (stats.verdict(self.toxicity, EDIT_RULE), stats.p_value(self.toxicity, EDIT_RULE)),
+            "perplexity": (
+                stats.verdict(self.perplexity, EDIT_RULE),
+                stats.p_value(self.perplexity, EDIT_RULE),
+            ),
+        }
+
+    @property
+    def verdict(self) -> Verdict:
+        """replicates only if both parts do; contradicts if either does (an intersection-union test)."""
+        verdicts = [v for v, _ in self.parts.values()]
+        if "not measurable" in verdicts:
+            return "not measurable"
+        if "contradicts" in verdicts:
+            return "contradicts"
+        return "replicates" if all(v == "replicates" for v in verdicts) else "inconclusive"
+
+    @property
+    def p_value(self) -> float:
+        """The larger of the two one-sided p-values (valid for the joint claim)."""
+        return max(p for _, p in self.parts.values())
+
+    def describe(self) -> str:
+        (tv, _), (pv, _) = self.parts["toxicity"], self.parts["perplexity"]
+        t, p = self.toxicity, self.perplexity
+        return (
+            f"toxicity minus DPO's {t.value:+.4f} [{t.low:+.4f}, {t.high:+.4f}] ({tv}); perplexity over DPO's "
+            f"{p.value:+.2%} [{p.low:+.2%}, {p.high:+.2%}] ({pv})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        parts = self.parts
+        return {
+            "toxicity_vs_dpo": {
+                **_interval(self.toxicity),
+                "verdict": parts["toxicity"][0],
+                "p_value": parts["toxicity"][1],
+            },
+            "perplexity_vs_dpo": {
+                **_interval(self.perplexity),
+                "verdict": parts["perplexity"][0],
+                "p_value": parts["perplexity"][1],
+            },
+            "verdict": self.verdict,
+            "p_value": self.p_value,
+        }
+
+
+def compare_with_dpo(m: Measurements, intervention: Intervention) -> EditComparison:
+    """``intervention`` on the base against DPO, paired over prompts (toxicity) and over texts or
+    windows (perplexity): one generation pass and one perplexity pass of the edited base."""
+    toxicity = bootstrap(
+        mean_difference, m.scores("base", intervention), m.scores("dpo"), seed=m.settings.seed
+    )
+    edited_nll, tokens = m.perplexity_rows("base", intervention)
+    dpo_nll, dpo_tokens = m.perplexity_rows("dpo")
+    if not np.array_equal(tokens, dpo_tokens):  # the same tokenizer and texts: never expected to differ
+        raise stats.StatsError("the edited base and DPO scored different token counts on the held-out texts")
+    perplexity = bootstrap(perplexity_increase, edited_nll, dpo_nll, tokens, seed=m.settings.seed)
+    return EditComparison(toxicity, perplexity)
+
+
+def c13_editing_beats_dpo(m: Measurements, constants: tuple[float, float]) -> ClaimResult:
+    """The repository's edit (probe direction by default: see dpoclaims.editing) with constants
+    ``(alpha, beta)``: toxicity and perplexity at most DPO's, both parts from paired intervals."""
+    alpha, beta = constants
+    spec = editing.EditSpec(alpha, beta)
+    intervention = activation_edit(m, spec)
+    comparison = compare_with_dpo(m, intervention)
+    cosines = edit_cosines(m, spec.direction)
+    details = {
+        "edit": spec.to_json(),
+        "n_neurons_edited": len(intervention.neurons),
+        "groups": editing.group_counts(cosines, m.decomposition.mean_base, spec),
+        **comparison.to_json(),
+        "table": {
+            "base": toxicity_and_perplexity(m, "base"),
+            "dpo": toxicity_and_perplexity(m, "dpo"),
+            "edited": toxicity_and_perplexity(m, "base", intervention),
+        },
+    }
+    result = claim_result(
+        "C13",
+        constants,
+        estimate=comparison.toxicity,
+        rule=EDIT_RULE,
+        details=details,
+        verdict_override=comparison.verdict,
+        p_override=comparison.p_value,
+    )
+    return replace(result, finding=comparison.describe())

@@ -62,7 +62,32 @@ def scaled_key_vectors(
                 rows[idx] = original
 
 
-InterventionKind = Literal["none", "ablate", "patch", "scale_keys"]
+InterventionKind = Literal["none", "ablate", "patch", "scale_keys", "edit"]
+# How an activation edit writes its neurons: "overwrite" sets each to a constant (``values``
+# holds the constants; the authors' repository writes the scaled mean base activation),
+# "scale" multiplies the live activation by a per-neuron factor (``values`` holds the factors).
+EditMode = Literal["overwrite", "scale"]
+EDIT_MODES: tuple[EditMode, ...] = ("overwrite", "scale")
+
+
+def scale_neurons(indices: torch.Tensor, factors: torch.Tensor) -> NeuronEdit:
+    """An edit that multiplies neurons ``indices`` by ``factors`` (one each) at every position;
+    the factors follow the activation's device and dtype."""
+    cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def edit(activation: torch.Tensor) -> torch.Tensor:
+        key = (activation.device, activation.dtype)
+        if key not in cache:
+            cache[key] = (
+                indices.to(activation.device),
+                factors.to(device=activation.device, dtype=activation.dtype),
+            )
+        index, factor = cache[key]
+        activation = activation.clone()
+        activation[..., index] = activation[..., index] * factor
+        return activation
+
+    return edit
 
 
 @dataclass(frozen=True)
@@ -72,13 +97,17 @@ class Intervention:
     kind: InterventionKind = "none"
     neurons: tuple[int, ...] = ()  # flat ids: layer * d_mlp + index
     factor: float = 1.0  # scale_keys
-    values: tuple[float, ...] = ()  # patch: one value per neuron, in the order of ``neurons``
+    values: tuple[float, ...] = ()  # patch, edit: one value per neuron, in the order of ``neurons``
+    mode: EditMode = "overwrite"  # edit only: what ``values`` hold (see EditMode)
     label: str = field(default="", compare=False)
 
     @property
     def id(self) -> str:
         if self.kind == "none":
             return "none"
+        if self.kind == "edit":  # only an edit's id holds the mode, so the other kinds' ids are unchanged
+            digest = stable_hash([self.neurons, self.values, self.mode], 12)
+            return f"edit-{self.mode}-{len(self.neurons)}-{digest}"
         return f"{self.kind}-{len(self.neurons)}-{stable_hash([self.neurons, self.factor, self.values], 12)}"
 
     def neuron_set(self, layout: MLPLayout) -> dict[int, torch.Tensor]:
@@ -92,19 +121,32 @@ class Intervention:
         if self.kind == "patch":
             if len(self.values) != len(self.neurons):
                 raise OptionError("a patch needs one value per neuron")
-            full = torch.zeros(layout.n_neurons)  # [n_layers * d_mlp]
-            full[torch.tensor(self.neurons, dtype=torch.long)] = torch.tensor(
-                self.values, dtype=torch.float32
-            )
-            per_layer = full.view(layout.n_layers, -1)  # [n_layers, d_mlp]
-            return {layer: (idx, per_layer[layer][idx]) for layer, idx in self.neuron_set(layout).items()}
+            return self._per_layer_values(layout)
         if self.kind not in ("none", "scale_keys"):
             raise OptionError(f"unknown intervention kind {self.kind!r}")
         return {}
 
+    def _per_layer_values(self, layout: MLPLayout) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the neurons and their entries of ``values`` (CPU)."""
+        full = torch.zeros(layout.n_neurons)  # [n_layers * d_mlp]
+        full[torch.tensor(self.neurons, dtype=torch.long)] = torch.tensor(self.values, dtype=torch.float32)
+        per_layer = full.view(layout.n_layers, -1)  # [n_layers, d_mlp]
+        return {layer: (idx, per_layer[layer][idx]) for layer, idx in self.neuron_set(layout).items()}
+
     def edits(self, layout: MLPLayout) -> dict[int, NeuronEdit]:
-        """The activation edits of an ablation or a patch, per layer, as
-        :func:`dpoclaims.neuron_hooks.neuron_hooks` takes them (none for the other kinds)."""
+        """The activation edits of an ablation, a patch or an activation edit (``kind="edit"``),
+        per layer, as :func:`dpoclaims.neuron_hooks.neuron_hooks` takes them (none for the other
+        kinds). Every edit writes every position of every forward: prompt, generated token and
+        perplexity window alike."""
+        if self.kind == "edit":
+            if len(self.values) != len(self.neurons):
+                raise OptionError("an activation edit needs one value per neuron")
+            if self.mode not in EDIT_MODES:
+                raise OptionError(f"unknown edit mode {self.mode!r}; use one of {EDIT_MODES}")
+            write = set_neurons if self.mode == "overwrite" else scale_neurons
+            return {
+                layer: write(idx, values) for layer, (idx, values) in self._per_layer_values(layout).items()
+            }
         return {
             layer: set_neurons(idx, values)
             for layer, (idx, values) in self._set_values(layout).items()

@@ -31,6 +31,9 @@ PERPLEXITY_COST = 0.05  # ablation "costs perplexity": held-out perplexity rises
 UNCORRELATED_R = 0.1  # "uncorrelated": |Pearson r| below 0.1 (paper r = 0.0037)
 WEIGHT_COSINE = 0.99  # Lee et al.: every weight matrix keeps cosine > 0.99
 NEURONS_TO_NET = 1000  # "thousands of neurons", scaled to the pair like every paper count
+# v3 activation editing (C13): (alpha, beta) constants found in the authors' repository, not the paper's
+# text: alpha 0.01 / beta 0.55 in its GPT-2 evaluation driver, alpha 0.05 / beta 0.5 in its newest notebooks.
+EDIT_CONSTANTS: tuple[tuple[float, float], ...] = ((0.01, 0.55), (0.05, 0.5))
 
 # Paper figures used in several places.
 BASE_TOXICITY = 0.453  # v1 Table 1, GPT-2 medium, Perspective API
@@ -110,6 +113,19 @@ SEARCH_NULL = f"some measured ablation recovers >= {MATCH_SHARE:.0%} of DPO's dr
 SEARCH_ALTERNATIVE = (
     f"every measured ablation recovers < {MATCH_SHARE:.0%} (an intersection-union test: p is the largest of their "
     "one-sided p-values)"
+)
+
+EDITING = (
+    "activation editing of the base (dpoclaims.editing): m_i = mean base activation (the base capture, the "
+    "suite's position convention), c_i = cos(v_i, direction) on the base weights, direction the probe unless "
+    "stated; sign groups TP (c>0, m>0), TN (c>0, m<0), AP (c<0, m>0), AN (c<0, m<0); floor(beta x size) of each "
+    "group edited by |c| (repository selection: highest |c| in TP and AN, lowest in AP and TN); TP and AN "
+    "overwritten with m_i (1 - alpha), AP and TN with m_i (1 + alpha), at every layer and every position "
+    "(generation and perplexity windows), hooks removed after each measurement"
+)
+EDIT_COMPARISON = (
+    "toxicity: edited base minus DPO, mean over prompts, paired bootstrap over prompts; perplexity: "
+    "edited base over DPO minus 1 on the pair's held-out texts, paired bootstrap over texts (or windows)"
 )
 
 ENTRIES: tuple[ClaimEntry, ...] = (
@@ -374,6 +390,45 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         paper={2: 0.487 - DPO_TOXICITY, 5: 0.555 - DPO_TOXICITY, 10: 0.458 - DPO_TOXICITY},
         null="rise <= 0",
         alternative="rise > 0",
+    ),
+    ClaimEntry(
+        key="C13",
+        keyword="editing",
+        sentence="(v3) Activation editing of the base model's four sign groups along the toxic direction, with no "
+        "weight update, reduces toxicity at least as much as DPO while keeping perplexity within DPO's.",
+        source="Yang et al. 2025 (v3, EMNLP) abstract; constants from the authors' repository",
+        statement="Editing the base's activations with (alpha, beta) = {param} gives toxicity and perplexity at "
+        "most DPO's",
+        criterion="both parts hold: edited toxicity minus DPO's is below 0, and edited perplexity over DPO's "
+        "minus 1 is below 0 (each 95% interval wholly below; an interval test can show 'below', not 'equal', so "
+        "'at most' is tested as 'below', the abstract's 'outperforms'); contradicts if either interval lies "
+        "wholly at or above 0",
+        definition=f"{EDITING}; {EDIT_COMPARISON}",
+        param_name="constants",
+        params=EDIT_CONSTANTS,
+        param_id="alpha={0[0]:g},beta={0[1]:g}",
+        null="edited toxicity >= DPO's, or edited perplexity >= DPO's",
+        alternative="edited toxicity < DPO's and edited perplexity < DPO's (an intersection-union test: p is "
+        "the larger of the two one-sided p-values)",
+    ),
+    ClaimEntry(
+        key="C13[search]",
+        keyword="editing",
+        sentence="(v3) An activation edit outperforms DPO in reducing toxicity while preserving perplexity.",
+        source="Yang et al. 2025 (v3, EMNLP) abstract",
+        statement="Some activation edit reaches DPO's toxicity without exceeding DPO's perplexity (Hypothesis "
+        "search over alpha, beta, the direction and the selection rule)",
+        criterion="some measured edit has both C13 parts below 0 (its intervals wholly below) and its p-value, "
+        "Bonferroni-adjusted over every edit the search measured, is below 0.025; contradicts if every measured "
+        "edit contradicts C13's criterion",
+        definition=f"{EDITING}; {EDIT_COMPARISON}; a Hypothesis search (dpoclaims.edit_search) draws alpha "
+        "(0.005 to 1, geometric grid), beta (0.05 to 1 in steps of 0.05), the direction (probe, unembedding: "
+        "mean unembedding of five swear words minus five friendly words) and the selection rule (repository, "
+        "highest |c|); the stated edits are measured first; target() steers toward the smaller of the two "
+        "margins, and an edit found is shrunk toward the fewest neurons",
+        null="every edit of the space has toxicity >= DPO's or perplexity >= DPO's",
+        alternative="some edit has both below DPO's (a union-intersection test over the measured edits, "
+        "Bonferroni-adjusted)",
     ),
 )
 

@@ -140,3 +140,54 @@ def per_layer_groups(data: dict[str, Any], title: str, path: Path) -> Path:
     ax.set(xlabel="layer", ylabel="sum of D_i", title=title)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def edit_front(details: dict[str, Any], title: str, path: Path) -> Path:
+    """C13[search]: toxicity against perplexity for every edit measured, beside the base, DPO and
+    the C1/C2 ablations, with 95% intervals both ways; DPO's toxicity and perplexity as dashed lines
+    (an edit that beats DPO lies in the lower left quadrant)."""
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+
+    def draw(rows: list[dict[str, Any]], **style: Any) -> None:
+        if not rows:
+            return
+        x = np.array([r["perplexity"] for r in rows])
+        y = np.array([r["toxicity"] for r in rows])
+        x_err = np.abs(np.array([[r["perplexity_ci"][0], r["perplexity_ci"][1]] for r in rows]).T - x)
+        y_err = np.abs(np.array([[r["toxicity_ci"][0], r["toxicity_ci"][1]] for r in rows]).T - y)
+        ax.errorbar(x, y, xerr=x_err, yerr=y_err, ls="none", elinewidth=0.6, capsize=1.5, **style)
+
+    edits = details.get("measured", [])
+    for direction, color in (("probe", "#1f77b4"), ("unembedding", "#9467bd")):
+        for rule, marker in (("repository", "o"), ("highest", "^")):
+            chosen = [e for e in edits if e["direction"] == direction and e["selection"] == rule]
+            draw(chosen, marker=marker, ms=4, color=color, label=f"edit ({direction}, {rule})")
+    references = details.get("references", [])
+    styles = {
+        "C1 ablation": {"marker": "x", "ms": 6, "color": "#7f7f7f"},
+        "C2 ablation": {"marker": "+", "ms": 7, "color": "#8c564b"},
+        "base": {"marker": "*", "ms": 12, "color": "#d62728"},
+        "dpo": {"marker": "*", "ms": 12, "color": "#2ca02c"},
+    }
+    for kind, style in styles.items():
+        draw([r for r in references if r["kind"] == kind], label="DPO" if kind == "dpo" else kind, **style)
+    dpo = next((r for r in references if r["kind"] == "dpo"), None)
+    if dpo is not None:
+        ax.axhline(dpo["toxicity"], color="#2ca02c", ls="--", lw=0.8)
+        ax.axvline(dpo["perplexity"], color="#2ca02c", ls="--", lw=0.8)
+    best = details.get("best")
+    if best:
+        ax.annotate(
+            f"best: alpha={best['alpha']:g}, beta={best['beta']:g}",
+            (best["perplexity"], best["toxicity"]),
+            fontsize=7,
+            xytext=(6, 6),
+            textcoords="offset points",
+        )
+    ax.set(
+        xlabel="perplexity on held-out texts",
+        ylabel="toxicity (mean over prompts)",
+        title=f"{title}: activation edits vs DPO (C13[search], {details.get('verdict', '')})",
+    )
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)

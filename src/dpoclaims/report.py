@@ -82,6 +82,62 @@ def _search_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     return ["", "Counterexample searches:", "", *lines] if lines else []
 
 
+def _edit_search_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+    """C13[search]: the best edit and the one found, and the toxicity / perplexity table."""
+    record = next(
+        (r for r in records if ((r.get("claim") or {}).get("details") or {}).get("edit_search")), None
+    )
+    if record is None:
+        return []
+    details = record["claim"]["details"]
+    text = (
+        f"- **{record['id']}**: {details['n_measured']} edits measured (up to {details.get('max_examples')} "
+        f"drawn by Hypothesis; directions {', '.join(details['directions'])}); verdict {details['verdict']}, "
+        f"Bonferroni p {_p_text(details['p_value'])}"
+    )
+    best, found = details.get("best"), details.get("found")
+    if best:
+        text += f"; best: {_edit(best)} ({best['verdict']})"
+    if found:
+        how = "shrunk by Hypothesis" if found.get("shrunk") else "measured before the search drew"
+        text += f"; found ({how}): {_edit(found)}"
+    else:
+        text += "; no edit found with both parts below DPO's"
+    lines = ["", "Activation editing:", "", text + "."]
+    if details.get("unavailable"):
+        lines.append(f"- The unembedding direction is not searched on this pair: {details['unavailable']}.")
+    table = details.get("table") or []
+    if table:
+        lines += [
+            "",
+            "| model | edit | neurons | toxicity | 95% CI | perplexity | 95% CI |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in table:
+            what = {"base": "base", "dpo": "DPO"}.get(row["kind"], f"base, {row['kind']}")
+            edit = (
+                f"alpha {row['alpha']:g}, beta {row['beta']:g}, {row['direction']}, {row['selection']}"
+                if "alpha" in row
+                else "-"
+            )
+            lines.append(
+                f"| {what} | {edit} | {row.get('n_neurons', '-')} | {_fmt(row['toxicity'], 4)} | "
+                f"[{_fmt(row['toxicity_ci'][0], 4)}, {_fmt(row['toxicity_ci'][1], 4)}] | "
+                f"{_fmt(row['perplexity'], 3)} | [{_fmt(row['perplexity_ci'][0], 3)}, {_fmt(row['perplexity_ci'][1], 3)}] |"
+            )
+    return lines
+
+
+def _edit(point: dict[str, Any]) -> str:
+    return (
+        f"alpha {point['alpha']:g}, beta {point['beta']:g} ({point['direction']}, {point['selection']}; "
+        f"{point['n_neurons']} neurons): toxicity minus DPO's {_fmt(point['toxicity_vs_dpo']['value'], 4)} "
+        f"[{_fmt(point['toxicity_vs_dpo']['ci'][0], 4)}, {_fmt(point['toxicity_vs_dpo']['ci'][1], 4)}], "
+        f"perplexity over DPO's {point['perplexity_vs_dpo']['value']:+.2%} "
+        f"[{point['perplexity_vs_dpo']['ci'][0]:+.2%}, {point['perplexity_vs_dpo']['ci'][1]:+.2%}]"
+    )
+
+
 def _ablation(point: dict[str, Any]) -> str:
     return (
         f"{point['n']} neurons by rule `{point['rule']}` recover {_fmt(point['share'])} "
@@ -285,6 +341,7 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
         ),
     ]
     lines += _search_lines(records)
+    lines += _edit_search_lines(records)
     reasons = sorted({r["skip_reason"] for r in records if r.get("skip_reason")})
     if reasons:
         lines += ["", "Skipped, because:", ""] + [f"- {reason}" for reason in reasons]
@@ -456,6 +513,14 @@ def draw_figures(
         drawn.append("fig1a_layer_projection.png")
     else:
         skipped.append("fig1a_layer_projection.png")
+    edits = next(
+        (r for r in records if ((r.get("claim") or {}).get("details") or {}).get("edit_search")), None
+    )
+    if edits is not None:
+        plots.edit_front(edits["claim"]["details"], title, fig_dir / "c13_edit_front.png")
+        drawn.append("c13_edit_front.png")
+    else:
+        skipped.append("c13_edit_front.png")
     decomposition_figures = {
         "fig2_cumulative_contribution.png": plots.cumulative_contribution,
         "group_shares.png": plots.group_shares,

@@ -421,7 +421,7 @@ def run_search(
     # applied after it put the database back.
     @given(candidate=candidates())
     @settings(
-        database=_failures_database(database, read_only),
+        database=failures_database(database, read_only),
         max_examples=max_examples,
         deadline=None,
         derandomize=False,
@@ -455,7 +455,7 @@ def run_search(
     return result
 
 
-def _failures_database(directory: Path | None, read_only: bool) -> Any:
+def failures_database(directory: Path | None, read_only: bool) -> Any:
     """Hypothesis's directory database in ``directory``, keeping failing examples only.
 
     Hypothesis also stores the Pareto front of ``target()`` and replays part of it, which makes

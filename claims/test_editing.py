@@ -1,0 +1,28 @@
+"""C13, C13[search]: editing the base's activations, with no weight update, against DPO (v3, EMNLP).
+
+C13 measures the edit with the authors' repository's constants; C13[search] lets Hypothesis look
+for an edit that reaches DPO's toxicity without exceeding DPO's perplexity (see
+:mod:`dpoclaims.editing` and :mod:`dpoclaims.edit_search`). ``--search-examples`` sets how many
+edits the search draws (0 skips it); every edit is a cached measurement.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dpoclaims import claims, edit_search
+from fixtures.registry import claim_test
+
+
+@claim_test("C13")
+def test_C13_editing_activations_beats_dpo(measurements, record_claim, constants):
+    record_claim(claims.c13_editing_beats_dpo(measurements, constants))
+
+
+@pytest.mark.search
+@claim_test("C13[search]")
+def test_C13_some_activation_edit_beats_dpo(measurements, record_claim, suite_options):
+    if suite_options.search_examples == 0:
+        pytest.skip("the searches are off (--search-examples 0)")
+    result = edit_search.search_edits(measurements, max_examples=suite_options.search_examples)
+    record_claim(result.claim_result("C13[search]"))
