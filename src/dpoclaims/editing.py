@@ -22,7 +22,7 @@ version"), and what this module does:
   TP-, AN-, AP+ and TN+ shifts. ``mode="overwrite"`` (the repository) writes that constant;
   ``mode="scale"`` multiplies the live activation by (1 - alpha) or (1 + alpha) instead.
 - The edit is an :class:`dpoclaims.interventions.Intervention` (``kind="edit"``: a value with a
-  stable id, cached like every intervention), applied through pre-hooks on the raw model's
+  stable id, cached like every intervention), applied through pre-hooks on the plain model's
   neuron modules at every layer and every position, in generation and perplexity windows
   alike, and removed when the measurement ends. (The repository's hooks edited one position
   per perplexity window and were never removed: not repeated here.)
