@@ -119,10 +119,11 @@ def check_bands(directory: Path) -> None:
             f"the toy organism in {directory} is outside the bands of the paper's setting: "
             f"{'; '.join(failed)}. It was built with "
             f"{', '.join(f'{k} {v}' for k, v in sorted(built_with.items())) or 'unrecorded versions'}. "
-            "Its claims would be about a broken organism, so none are run. A toy out of its bands "
-            "means the libraries changed what the build computes: install the locked versions "
-            "(README, 'Set-up': pip install -c requirements/lock.txt ...) and run again; the "
-            "toy is rebuilt for them"
+            "Its claims would be about a broken organism, so none are run. Something changed what "
+            "the build computes: other library versions (install the locked ones: README, 'Set-up', "
+            "pip install -c requirements/lock.txt ...; the toy is rebuilt for them), or this machine's "
+            "float arithmetic, which the toy's DPO amplifies (README, 'The toy organism', known issue); "
+            "run the claims on another pair meanwhile (--pair)"
         )
 
 
