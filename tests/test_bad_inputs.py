@@ -1764,7 +1764,7 @@ def _(b: Bench):
     "error",
     ExitedNonZero,
     r"exit 2: dpoclaims: error: --pytest-args may not set --pair: replicate sets --pair, --reports-dir, "
-    r"--cache-dir for each seed itself",
+    r"--cache-dir for each cell itself",
 )
 def _(b: Bench):
     try:
