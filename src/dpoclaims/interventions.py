@@ -24,7 +24,14 @@ import torch
 from dpoclaims.cache import stable_hash
 from dpoclaims.errors import OptionError
 from dpoclaims.models import MLPLayout
-from dpoclaims.neuron_hooks import NeuronEdit, mlp_modules, neuron_hooks, neuron_rows, set_neurons
+from dpoclaims.neuron_hooks import (
+    NeuronEdit,
+    edit_neurons,
+    mlp_modules,
+    neuron_hooks,
+    neuron_rows,
+    set_neurons,
+)
 
 NeuronSet = Mapping[int, torch.Tensor]
 
@@ -71,23 +78,8 @@ EDIT_MODES: tuple[EditMode, ...] = ("overwrite", "scale")
 
 
 def scale_neurons(indices: torch.Tensor, factors: torch.Tensor) -> NeuronEdit:
-    """An edit that multiplies neurons ``indices`` by ``factors`` (one each) at every position;
-    the factors follow the activation's device and dtype."""
-    cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def edit(activation: torch.Tensor) -> torch.Tensor:
-        key = (activation.device, activation.dtype)
-        if key not in cache:
-            cache[key] = (
-                indices.to(activation.device),
-                factors.to(device=activation.device, dtype=activation.dtype),
-            )
-        index, factor = cache[key]
-        activation = activation.clone()
-        activation[..., index] = activation[..., index] * factor
-        return activation
-
-    return edit
+    """An edit that multiplies neurons ``indices`` by ``factors`` (one each) at every position."""
+    return edit_neurons(indices, factors, lambda current, factor: current * factor)
 
 
 @dataclass(frozen=True)

@@ -173,9 +173,13 @@ def neuron_hooks(
             handle.remove()
 
 
-def set_neurons(indices: torch.Tensor, values: torch.Tensor) -> NeuronEdit:
-    """An edit that sets neurons ``indices`` to ``values`` (one value each, or one for all)
-    at every position; the values follow the activation's device and dtype."""
+def edit_neurons(
+    indices: torch.Tensor,
+    values: torch.Tensor,
+    write: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> NeuronEdit:
+    """An edit that replaces neurons ``indices`` by ``write(their activation, values)`` at every
+    position; ``indices`` and ``values`` follow the activation's device and dtype (moved once each)."""
     cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def edit(activation: torch.Tensor) -> torch.Tensor:
@@ -187,10 +191,16 @@ def set_neurons(indices: torch.Tensor, values: torch.Tensor) -> NeuronEdit:
             )
         index, value = cache[key]
         activation = activation.clone()
-        activation[..., index] = value
+        activation[..., index] = write(activation[..., index], value)
         return activation
 
     return edit
+
+
+def set_neurons(indices: torch.Tensor, values: torch.Tensor) -> NeuronEdit:
+    """An edit that sets neurons ``indices`` to ``values`` (one value each, or one for all)
+    at every position."""
+    return edit_neurons(indices, values, lambda current, value: value.expand_as(current))
 
 
 class LastPositionRecorder:
