@@ -264,3 +264,16 @@ def test_split_keeps_pairs_whole_and_is_deterministic(n, fraction, seed):
     assert sorted(p["prompt"] for p in train + val) == sorted(p["prompt"] for p in pairs)
     assert all(p["chosen"][1:] == p["prompt"][1:] == p["rejected"][1:] for p in train + val)
     assert split_pairs(pairs, fraction, seed) == (train, val)
+
+
+def test_trainer_config_trains_in_float32_unless_asked(tmp_path):
+    # TRL's DPOConfig turns bf16 autocast on by default, on the CPU too; the project's runs
+    # are float32 so that a CPU's bf16 kernels cannot decide the toy (DPOSettings.bf16).
+    import torch
+
+    from dpoclaims.dpo import trainer_config
+
+    default = trainer_config(DPOSettings(), tmp_path, torch.device("cpu"))
+    assert (default.bf16, default.fp16) == (False, False)
+    assert default.lr_scheduler_type == "linear" and default.weight_decay == 0.0
+    assert trainer_config(DPOSettings(bf16=True), tmp_path, torch.device("cpu")).bf16 is True

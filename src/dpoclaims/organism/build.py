@@ -61,11 +61,16 @@ class ToyConfig:
     probe_C: float = 1.0
     n_dpo_pairs: int = 1600
     n_dpo_val: int = 160
+    # DPO in float32 (DPOSettings.bf16: TRL's default bf16 made the toy differ from CPU to CPU)
+    # for 4 epochs (400 steps). 4 is the first rung of a ladder fixed beforehand (2, 4, 8 epochs)
+    # whose toy meets every band, judged on the bands alone, no claim measured: 2 gives DPO/base
+    # toxicity 0.617 (band 0.5), 4 gives 0.013 with the validation loss converged, 8 raises
+    # held-out perplexity 17% (band 15%). Figures: README, "The toy organism".
     dpo: DPOSettings = field(
         default_factory=lambda: DPOSettings(
             learning_rate=3e-5,
             batch_size=16,
-            max_epochs=2,
+            max_epochs=4,
             eval_every=20,
             patience=3,
             warmup_steps=10,
