@@ -25,7 +25,7 @@ step "install the newest releases (no lock)"
 python3 -m venv "$venv" && . "$venv/bin/activate" || fail "venv"
 # shellcheck disable=SC2086  # DRIFT_TORCH_ARGS holds several words
 pip install --quiet "${DRIFT_TORCH:-torch==2.13.0}" ${DRIFT_TORCH_ARGS:-} || fail "pip install torch"
-pip install --quiet --upgrade -e ".[test]" || fail "pip install -e .[test]"
+pip install --quiet --upgrade -e ".[test,cluster]" || fail "pip install -e .[test,cluster]"
 pip install --quiet --upgrade transformers trl accelerate transformer-lens tokenizers || fail "pip upgrade"
 python - <<'PY'
 from dpoclaims.versions import build_versions, versions_line

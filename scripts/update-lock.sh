@@ -5,19 +5,28 @@
 # after changing a dependency in pyproject.toml, or to move the lock to newer releases; then run
 # the README's two commands and commit the lock with the figures they gave.
 #
-#   bash scripts/update-lock.sh
+#   bash scripts/update-lock.sh          # the newest releases pyproject.toml and pins.txt allow
+#   bash scripts/update-lock.sh --keep   # keep every version already locked, add only new ones
+#                                        # (a new dependency must not move the toy's libraries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION="2.13.0"  # the CPU build that pip takes when torch is installed first (README)
-EXTRAS="test"  # the cluster extra (ray) is not locked: see README, the sweep
+EXTRAS="test,cluster"  # what the README's test command installs (the Ray tests need the cluster extra)
+constraints=(-c requirements/pins.txt)
+if [ "${1:-}" = "--keep" ]; then
+    constraints+=(-c requirements/lock.txt)
+elif [ -n "${1:-}" ]; then
+    echo "usage: bash scripts/update-lock.sh [--keep]" >&2
+    exit 2
+fi
 venv="$(mktemp -d)/venv"
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet "torch==$TORCH_VERSION"
-"$venv/bin/pip" install --quiet -c requirements/pins.txt -e ".[$EXTRAS]"
+"$venv/bin/pip" install --quiet "${constraints[@]}" -e ".[$EXTRAS]"
 {
     echo "# The exact versions dpoclaims is tested with (README 'Set-up', .ci/run), compiled by"
     echo "# scripts/update-lock.sh from pyproject.toml [$EXTRAS] under requirements/pins.txt."
-    echo "# Use as a constraints file: pip install -c requirements/lock.txt -e '.[test]'"
+    echo "# Use as a constraints file: pip install -c requirements/lock.txt -e '.[$EXTRAS]'"
     echo "# Python $("$venv/bin/python" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')"
     # torch: the version without its local build label (+cpu), so that a CUDA build of the same
     # release satisfies the lock too.
