@@ -244,6 +244,14 @@ def test_exact_figures_are_decided_by_their_value():
 
 def test_criteria_validate_and_state_their_hypotheses():
     assert Criterion(threshold=0.8, paper_side="below").hypotheses("share") == ("share ≥ 0.8", "share < 0.8")
+    assert Criterion(threshold=0.5, paper_side="below", inclusive=True).hypotheses("r") == (
+        "r > 0.5",
+        "r ≤ 0.5",
+    )
+    assert Criterion(threshold=0.05, paper_side="above", inclusive=True).hypotheses("s") == (
+        "s < 0.05",
+        "s ≥ 0.05",
+    )
     assert Criterion(threshold=0, paper_side="above").hypotheses() == ("θ ≤ 0", "θ > 0")
     assert Criterion.inside(-0.1, 0.1).hypotheses("r") == ("r ≤ -0.1 or r ≥ 0.1", "-0.1 < r < 0.1")
     with pytest.raises(StatsError, match="finite threshold"):
@@ -446,3 +454,26 @@ def test_normalisation_and_id_overlap():
     assert normalize_answer("The  quick, brown FOX's den.") == ["quick", "brown", "foxs", "den"]
     assert overlap_f1([5, 6, 7], [7, 6, 5]) == 1.0  # order does not matter
     assert overlap_f1([5, 5, 9], [5, 8]) == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+
+
+@pytest.mark.parametrize("side", ["above", "below"])
+def test_a_tie_with_the_threshold_belongs_to_the_papers_side_only_when_inclusive(side):
+    # "at least 25%" (C6[increasing]): 512 of 2,048 neurons is exactly 25%, a reachable tie.
+    t = 0.25
+    resampled = np.array([t, t, t, t + 0.01] if side == "above" else [t, t, t, t - 0.01])
+    low, high = float(resampled.min()), float(resampled.max())
+    estimate = Estimate(t, low, high, resampled=resampled)
+    strict, inclusive = Criterion(t, side), Criterion(t, side, inclusive=True)
+    assert verdict(estimate, inclusive) == "replicates" and p_value(estimate, inclusive) == pytest.approx(
+        1 / 5
+    )
+    assert verdict(estimate, strict) == "inconclusive" and p_value(estimate, strict) == pytest.approx(4 / 5)
+    assert inclusive.holds(t) and not strict.holds(t)
+    # an interval wholly on the other side contradicts both
+    away = Estimate(t, t - 0.1, t - 0.05) if side == "above" else Estimate(t, t + 0.05, t + 0.1)
+    assert verdict(away, strict) == verdict(away, inclusive) == "contradicts"
+
+
+def test_an_equivalence_criterion_cannot_be_inclusive():
+    with pytest.raises(StatsError, match="open interval"):
+        Criterion(paper_side="inside", bounds=(-0.1, 0.1), inclusive=True)

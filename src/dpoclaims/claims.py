@@ -365,7 +365,7 @@ def c4_dampened_share(m: Measurements, denominator: str) -> ClaimResult:
 def c5_group_share(m: Measurements, group: str) -> ClaimResult:
     d = m.decomposition
     share = d.share(group, "four-groups", seed=m.settings.seed)
-    rule = Criterion(threshold=paper.NONTRIVIAL_SHARE, paper_side="above")
+    rule = Criterion(threshold=paper.NONTRIVIAL_SHARE, paper_side="above", inclusive=True)  # at least
     details = {"count": d.group_count(group), "sum": d.group_sum(group)}
     return claim_result("C5", group, estimate=share, rule=rule, details=details)
 
@@ -373,14 +373,14 @@ def c5_group_share(m: Measurements, group: str) -> ClaimResult:
 def c5_anti_toxic_share(m: Measurements) -> ClaimResult:
     d = m.decomposition
     share = d.share(("AP+", "AN-"), "four-groups", seed=m.settings.seed)
-    rule = Criterion(threshold=paper.ANTI_TOXIC_LARGE_SHARE, paper_side="above")
+    rule = Criterion(threshold=paper.ANTI_TOXIC_LARGE_SHARE, paper_side="above", inclusive=True)
     return claim_result("C5[anti-toxic]", estimate=share, rule=rule, details=_group_details(d))
 
 
 def c6_fraction_increasing(m: Measurements) -> ClaimResult:
     d = m.decomposition
     fraction = d.fraction_increasing_estimate(seed=m.settings.seed)
-    rule = Criterion(threshold=paper.LARGE_FRACTION_INCREASING, paper_side="above")
+    rule = Criterion(threshold=paper.LARGE_FRACTION_INCREASING, paper_side="above", inclusive=True)
     details = {"n_increasing": int((d.contribution < 0).sum()), "n_neurons": d.contribution.numel()}
     return claim_result("C6[increasing]", estimate=fraction, rule=rule, details=details)
 
@@ -388,7 +388,7 @@ def c6_fraction_increasing(m: Measurements) -> ClaimResult:
 def c6_net_over_gross(m: Measurements) -> ClaimResult:
     d = m.decomposition
     ratio = d.net_over_gross(seed=m.settings.seed)
-    rule = Criterion(threshold=paper.NET_OVER_GROSS_SMALL, paper_side="below")
+    rule = Criterion(threshold=paper.NET_OVER_GROSS_SMALL, paper_side="below", inclusive=True)  # at most
     return claim_result(
         "C6[net-over-gross]", estimate=ratio, rule=rule, details={"net": d.net, "gross": d.gross}
     )
@@ -481,7 +481,7 @@ def c9_correlation(m: Measurements) -> ClaimResult:
 
 def c10_patch_all_groups(m: Measurements) -> ClaimResult:
     share, override, details = _patch(m, REDUCING_GROUPS)
-    rule = Criterion(threshold=paper.MATCH_SHARE, paper_side="above")
+    rule = Criterion(threshold=paper.MATCH_SHARE, paper_side="above", inclusive=True)  # at least 80%
     return claim_result("C10", estimate=share, rule=rule, details=details, verdict_override=override)
 
 

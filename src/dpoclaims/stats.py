@@ -373,15 +373,18 @@ def _fisher_z(r: float) -> float:
 
 @dataclass(frozen=True)
 class Criterion:
-    """Where the paper puts a statistic: ``below`` / ``above`` a threshold (strictly), or
-    ``inside`` an open interval (equivalence claims, e.g. |r| < 0.1: ``Criterion.inside(-0.1, 0.1)``).
+    """Where the paper puts a statistic: ``below`` / ``above`` a threshold, or ``inside`` an open
+    interval (equivalence claims, e.g. |r| < 0.1: ``Criterion.inside(-0.1, 0.1)``).
 
-    The claim is the alternative hypothesis H1; H0 is its complement (ties belong to H0).
+    The claim is the alternative hypothesis H1; H0 is its complement. A tie (the statistic equal
+    to the threshold) belongs to H0 ("below" and "above" are strict), unless ``inclusive``: then
+    the claim reads "at most" / "at least" and a tie belongs to H1, as the claim's prose says.
     """
 
     threshold: float | None = None
     paper_side: Side = "below"
     bounds: tuple[float, float] | None = None
+    inclusive: bool = False
 
     def __post_init__(self) -> None:
         if self.paper_side in ("below", "above"):
@@ -390,6 +393,8 @@ class Criterion:
                     f"a {self.paper_side!r} criterion needs a finite threshold and no bounds, got {self}"
                 )
         elif self.paper_side == "inside":
+            if self.inclusive:
+                raise StatsError("an equivalence criterion is an open interval; it cannot be inclusive")
             if self.bounds is None or self.threshold is not None:
                 raise StatsError(f"use Criterion.inside(low, high) for an equivalence criterion, got {self}")
             low, high = self.bounds
@@ -407,18 +412,23 @@ class Criterion:
     def holds(self, value: float) -> bool:
         """Whether ``value`` lies on the paper's side."""
         if self.paper_side == "below":
-            return value < self.threshold
+            return value <= self.threshold if self.inclusive else value < self.threshold
         if self.paper_side == "above":
-            return value > self.threshold
+            return value >= self.threshold if self.inclusive else value > self.threshold
         low, high = self.bounds
         return low < value < high
 
     def hypotheses(self, name: str = "θ") -> tuple[str, str]:
         """The null and alternative hypotheses in words, e.g. ("θ ≥ 0.8", "θ < 0.8")."""
+        t = f"{self.threshold:g}" if self.threshold is not None else ""
         if self.paper_side == "below":
-            return f"{name} ≥ {self.threshold:g}", f"{name} < {self.threshold:g}"
+            return (
+                (f"{name} > {t}", f"{name} ≤ {t}") if self.inclusive else (f"{name} ≥ {t}", f"{name} < {t}")
+            )
         if self.paper_side == "above":
-            return f"{name} ≤ {self.threshold:g}", f"{name} > {self.threshold:g}"
+            return (
+                (f"{name} < {t}", f"{name} ≥ {t}") if self.inclusive else (f"{name} ≤ {t}", f"{name} > {t}")
+            )
         low, high = self.bounds
         return f"{name} ≤ {low:g} or {name} ≥ {high:g}", f"{low:g} < {name} < {high:g}"
 
@@ -431,10 +441,11 @@ def verdict(estimate: Estimate, criterion: Criterion) -> Verdict:
     if estimate.exact:
         return "replicates" if criterion.holds(estimate.value) else "contradicts"
     low, high = estimate.low, estimate.high
-    if criterion.paper_side == "below":
-        paper, other = high < criterion.threshold, low >= criterion.threshold
-    elif criterion.paper_side == "above":
-        paper, other = low > criterion.threshold, high <= criterion.threshold
+    if criterion.paper_side in ("below", "above"):
+        # The paper's side of the interval's far end, the other side of its near end; an
+        # inclusive criterion puts the threshold itself on the paper's side.
+        far, near = (high, low) if criterion.paper_side == "below" else (low, high)
+        paper, other = criterion.holds(far), not criterion.holds(near)
     else:
         bound_low, bound_high = criterion.bounds
         paper = bound_low < low and high < bound_high
@@ -463,10 +474,12 @@ def p_value(estimate: Estimate, criterion: Criterion) -> float:
             _one_sided(estimate, low, "above"),
             _one_sided(estimate, high, "below"),
         )
-    return _one_sided(estimate, criterion.threshold, criterion.paper_side)
+    return _one_sided(estimate, criterion.threshold, criterion.paper_side, criterion.inclusive)
 
 
-def _one_sided(estimate: Estimate, threshold: float, paper_side: Literal["below", "above"]) -> float:
+def _one_sided(
+    estimate: Estimate, threshold: float, paper_side: Literal["below", "above"], inclusive: bool = False
+) -> float:
     if estimate.method == "fisher_z":
         if estimate.n is None:
             raise StatsError("a Fisher-z estimate needs its number of pairs n for a p-value")
@@ -480,7 +493,10 @@ def _one_sided(estimate: Estimate, threshold: float, paper_side: Literal["below"
             "so no p-value can be computed from it"
         )
     resampled = estimate.resampled
-    on_null_side = resampled >= threshold if paper_side == "below" else resampled <= threshold
+    if paper_side == "below":  # H0: at or above the threshold (above it, when inclusive)
+        on_null_side = resampled > threshold if inclusive else resampled >= threshold
+    else:
+        on_null_side = resampled < threshold if inclusive else resampled <= threshold
     return float((1 + np.count_nonzero(on_null_side)) / (1 + len(resampled)))
 
 

@@ -126,9 +126,9 @@ def check_bands(directory: Path) -> None:
             f"{', '.join(f'{k} {v}' for k, v in sorted(built_with.items())) or 'unrecorded versions'}. "
             "Its claims would be about a broken organism, so none are run. Something changed what "
             "the build computes: other library versions (install the locked ones: README, 'Set-up', "
-            "pip install -c requirements/lock.txt ...; the toy is rebuilt for them), or this machine's "
-            "float arithmetic, which the toy's DPO amplifies (README, 'The toy organism', known issue); "
-            "run the claims on another pair meanwhile (--pair)"
+            "pip install -c requirements/lock.txt ...; the toy is rebuilt for them), or a change of the "
+            "build's settings or code; the bands and the build's settings are in README, 'The toy "
+            "organism'. Run the claims on another pair meanwhile (--pair)"
         )
 
 
