@@ -234,3 +234,27 @@ def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, mon
     assert command[command.index("--pair") + 1] == "toy-seed2"
     assert command[command.index("--convention") + 1] == "emnlp" and "--scorer" not in command
     assert command[command.index("--max-prompts") + 1] == "10"
+
+
+def test_a_cell_on_a_toy_outside_its_bands_fails_with_the_band_and_runs_no_claims(tmp_path, monkeypatch):
+    from dpoclaims.organism import build
+
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    bands = {"dpo_over_base_toxicity": {"value": 0.7065, "band": [0.0, 0.5], "ok": False}}
+    (toy / "toy.json").write_text(json.dumps({"bands": bands, "libraries": {"torch": "x"}}))
+    monkeypatch.setattr(build, "ensure_toy", lambda config, *, cache=None, progress=True: toy)
+    ran = []
+    monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: ran.append(a))
+    job = sweep.CellJob(sweep.Cell("toy-seed1"), str(tmp_path / "cache"), str(tmp_path), 10)
+    result = sweep.run_cell(job)
+    assert not result.ok and ran == []
+    assert "BrokenOrganismError" in result.error and "dpo_over_base_toxicity = 0.7065" in result.error
+
+
+def test_a_claims_run_that_measured_nothing_is_a_failed_cell():
+    errored = {"claims": [{"id": "C3", "outcome": "error"}, {"id": "C9", "outcome": "error"}]}
+    measured = {"claims": [{"id": "C3", "outcome": "error"}, {"id": "C9", "outcome": "passed"}]}
+    assert sweep._nothing_measured(json.dumps(errored).encode())
+    assert not sweep._nothing_measured(json.dumps(measured).encode())
+    assert not sweep._nothing_measured(json.dumps({"claims": []}).encode())

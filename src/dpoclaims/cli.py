@@ -423,7 +423,8 @@ def _add_sweep_options(parser: argparse.ArgumentParser, default_seeds: list[int]
         "--cpus-per-cell",
         type=float,
         default=1,
-        help="--engine ray: CPUs each cell asks for (also its claims run's CPU threads; default 1)",
+        help="CPU threads of each cell's claims run, either engine (float sums depend on the count, "
+        "so the engines give the same figures), and the CPUs a Ray task asks for; default 1",
     )
     parser.add_argument(
         "--gpus-per-cell",

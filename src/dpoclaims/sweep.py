@@ -243,8 +243,13 @@ def run_cell(job: CellJob) -> CellResult:
             began = time.perf_counter()
             # Under the cache's lock: of two cells that need this toy, one builds it and the
             # other waits for it and reads it (see Cache.get_or_build).
-            ensure_toy(config, cache=cache, progress=False)
+            toy = ensure_toy(config, cache=cache, progress=False)
             result.build_s = time.perf_counter() - began
+            # A toy outside its bands is refused here, as the suite would refuse it at session
+            # start: the cell fails with the band and its value, and the matrix marks it missing.
+            from dpoclaims.organism.build import check_bands
+
+            check_bands(toy)
         claims_dir = Path(job.claims_dir)
         reports = work / "reports"
         reports.mkdir()
@@ -269,11 +274,23 @@ def run_cell(job: CellJob) -> CellResult:
                 f"the claims run (pytest exit {result.pytest_exit}) wrote no claims.json; "
                 f"its log ends:\n{tail}"
             )
+        elif _nothing_measured(result.files["claims.json"]):
+            # e.g. a pair refused at session start: every claim errored before measuring
+            tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+            result.error = (
+                f"the claims run (pytest exit {result.pytest_exit}) measured no claim: every test "
+                f"errored; its log ends:\n{tail}"
+            )
     except Exception as exc:  # reported as the cell's error: the other cells go on
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _nothing_measured(claims_json: bytes) -> bool:
+    records = json.loads(claims_json)["claims"]
+    return bool(records) and all(record.get("outcome") == "error" for record in records)
 
 
 # ------------------------------------------------------------------------- engines
@@ -601,8 +618,18 @@ def sweep(
     out = reports_dir / "replication"
     ensure_writable_dir(out, "reports directory", REPORTS_REMEDY, ReportError)
     cache.check_writable()
+    # Both engines run each cell's claims on the same number of CPU threads: float sums depend on
+    # it, so a sweep's figures do not depend on the engine that ran it.
+    threads = max(1, int(cpus_per_cell))
     jobs = [
-        CellJob(cell, str(cache.root.resolve()), str(claims_dir.resolve()), max_prompts, tuple(pytest_args))
+        CellJob(
+            cell,
+            str(cache.root.resolve()),
+            str(claims_dir.resolve()),
+            max_prompts,
+            tuple(pytest_args),
+            threads,
+        )
         for cell in cells
     ]
     progress(f"sweep: {len(cells)} cell(s) with engine {engine}: {', '.join(c.id for c in cells)}")
