@@ -5,7 +5,7 @@
 # the band that moved), the project's tests, then the claims. Exits non-zero at the first step
 # that fails. The scheduled workflow .github/workflows/drift.yml runs this; locally:
 #
-#   bash scripts/drift.sh            # everything (about 15 minutes on 2 cores)
+#   bash scripts/drift.sh            # everything (about 25 minutes on 2 cores)
 #   DRIFT_KEEP=1 bash scripts/drift.sh   # keep the venv and cache (printed) to look into a failure
 #
 # torch: DRIFT_TORCH (default torch==2.13.0, the CPU build pip takes from a machine that has it;
