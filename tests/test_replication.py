@@ -237,13 +237,13 @@ def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, mon
 
 
 def test_a_cell_on_a_toy_outside_its_bands_fails_with_the_band_and_runs_no_claims(tmp_path, monkeypatch):
-    from dpoclaims.organism import build
+    from dpoclaims import named_pairs
 
     toy = tmp_path / "toy"
     toy.mkdir()
     bands = {"dpo_over_base_toxicity": {"value": 0.7065, "band": [0.0, 0.5], "ok": False}}
     (toy / "toy.json").write_text(json.dumps({"bands": bands, "libraries": {"torch": "x"}}))
-    monkeypatch.setattr(build, "ensure_toy", lambda config, *, cache=None, progress=True: toy)
+    monkeypatch.setattr(named_pairs, "ensure_toy", lambda config, *, cache=None, progress=True: toy)
     ran = []
     monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: ran.append(a))
     job = sweep.CellJob(sweep.Cell("toy-seed1"), str(tmp_path / "cache"), str(tmp_path), 10)

@@ -19,15 +19,15 @@ from dpoclaims.organism.corpus import TOXIC_WORDS
 from dpoclaims.pairs import ModelPair, PairSpec, load_pair_from_spec
 
 
-def _built_toy(cache: Cache, config: ToyConfig) -> Path:
+def built_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path:
     """The toy's directory, built if needed; refused (BrokenOrganismError) if out of its bands."""
-    directory = ensure_toy(config, cache=cache)
+    directory = ensure_toy(config, cache=cache, progress=progress)
     check_bands(directory)
     return directory
 
 
 def _toy_spec(cache: Cache) -> PairSpec:
-    spec = PairSpec.from_file(_built_toy(cache, ToyConfig()) / "pair.toml")
+    spec = PairSpec.from_file(built_toy(cache, ToyConfig()) / "pair.toml")
     return replace(spec, lexicon=TOXIC_WORDS)  # the toy's toxic register, for the lexicon scorer
 
 
@@ -44,7 +44,7 @@ def toy_seed(pair: object) -> int | None:
 
 
 def _seeded_toy_spec(cache: Cache, seed: int) -> PairSpec:
-    spec = PairSpec.from_file(_built_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
+    spec = PairSpec.from_file(built_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
     return replace(spec, name=f"toy-seed{seed}", lexicon=TOXIC_WORDS)
 
 

@@ -170,6 +170,11 @@ class CellResult:
         return record
 
 
+def cell_threads(cpus_per_cell: float) -> int:
+    """The CPU threads of a cell's claims run that asks for ``cpus_per_cell`` CPUs."""
+    return max(1, int(cpus_per_cell))
+
+
 def _cell_env(root: Path, expectations: Path, threads: int | None) -> dict[str, str]:
     env = {
         **os.environ,
@@ -236,20 +241,18 @@ def run_cell(job: CellJob) -> CellResult:
     try:
         cache = Cache(job.cache_root)
         if cell.seed is not None:
-            from dpoclaims.organism.build import ToyConfig, ensure_toy, toy_key
+            from dpoclaims.named_pairs import built_toy
+            from dpoclaims.organism.build import ToyConfig, toy_key
 
             config = replace(ToyConfig(), seed=cell.seed)
             result.toy_built = cache.get("toy", toy_key(config)) is None
             began = time.perf_counter()
             # Under the cache's lock: of two cells that need this toy, one builds it and the
-            # other waits for it and reads it (see Cache.get_or_build).
-            toy = ensure_toy(config, cache=cache, progress=False)
+            # other waits for it and reads it (see Cache.get_or_build). A toy outside its bands
+            # is refused here, as the suite would refuse it at session start: the cell fails with
+            # the band and its value, and the matrix marks it missing.
+            built_toy(cache, config, progress=False)
             result.build_s = time.perf_counter() - began
-            # A toy outside its bands is refused here, as the suite would refuse it at session
-            # start: the cell fails with the band and its value, and the matrix marks it missing.
-            from dpoclaims.organism.build import check_bands
-
-            check_bands(toy)
         claims_dir = Path(job.claims_dir)
         reports = work / "reports"
         reports.mkdir()
@@ -269,17 +272,16 @@ def run_cell(job: CellJob) -> CellResult:
         result.claims_s = time.perf_counter() - began
         result.files = _read_tree(reports)
         if "claims.json" not in result.files:
-            tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-            result.error = (
-                f"the claims run (pytest exit {result.pytest_exit}) wrote no claims.json; "
-                f"its log ends:\n{tail}"
-            )
+            problem = "wrote no claims.json"
         elif _nothing_measured(result.files["claims.json"]):
             # e.g. a pair refused at session start: every claim errored before measuring
+            problem = "measured no claim: every test errored"
+        else:
+            problem = None
+        if problem is not None:
             tail = log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
             result.error = (
-                f"the claims run (pytest exit {result.pytest_exit}) measured no claim: every test "
-                f"errored; its log ends:\n{tail}"
+                f"the claims run (pytest exit {result.pytest_exit}) {problem}; its log ends:\n{tail}"
             )
     except Exception as exc:  # reported as the cell's error: the other cells go on
         result.error = f"{type(exc).__name__}: {exc}"
@@ -508,8 +510,7 @@ def _run_on_ray(
 
     def cell_task(job: CellJob, starts: Any) -> CellResult:
         ray.get(starts.started.remote(job.cell.id, socket.gethostname()))
-        threads = max(1, int(cpus_per_cell))
-        return run_cell(replace(job, threads=job.threads or threads))
+        return run_cell(replace(job, threads=job.threads or cell_threads(cpus_per_cell)))
 
     starts = Starts.remote()
     remote_cell = ray.remote(cell_task).options(
@@ -620,7 +621,7 @@ def sweep(
     cache.check_writable()
     # Both engines run each cell's claims on the same number of CPU threads: float sums depend on
     # it, so a sweep's figures do not depend on the engine that ran it.
-    threads = max(1, int(cpus_per_cell))
+    threads = cell_threads(cpus_per_cell)
     jobs = [
         CellJob(
             cell,
