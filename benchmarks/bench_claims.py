@@ -25,8 +25,8 @@ from overhead import generate
 
 from dpoclaims.cache import Cache
 from dpoclaims.files import atomic_write_text
-from dpoclaims.organism.build import ToyConfig, ensure_toy
 from dpoclaims.quiet import quiet_third_party
+from dpoclaims.train.organism.build import ToyConfig, ensure_toy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,15 +65,15 @@ def run_suite(cache_root: Path, reports: Path) -> float:
 def capture_overhead(cache: Cache, repeats: int = 5) -> dict[str, Any]:
     """On the toy's challenge prompts, in one interleaved run: a capture through plain hooks on
     the plain HF model (``overhead.py``) against that model's plain ``generate``; also the
-    library's capture as the claims run it (``dpoclaims.capture.capture``) and a separately
+    library's capture as the claims run it (``dpoclaims.measure.capture.capture``) and a separately
     loaded copy of the HF model (what a user loads)."""
     from transformers import AutoModelForCausalLM
 
-    from dpoclaims.capture import capture
     from dpoclaims.devices import module_device
-    from dpoclaims.generation import GenerationSettings
-    from dpoclaims.named_pairs import load_pair
-    from dpoclaims.prompts import pair_texts
+    from dpoclaims.measure.capture import capture
+    from dpoclaims.measure.generation import GenerationSettings
+    from dpoclaims.measure.prompts import pair_texts
+    from dpoclaims.train.named_pairs import load_pair
 
     pair = load_pair("toy", cache=cache)
     prompts = pair_texts(pair, "challenge_prompts")

@@ -54,7 +54,7 @@ def build_gpt2_medium_stand_in(root: Path) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from dpoclaims.cache import Cache
-    from dpoclaims.organism.build import ToyConfig, ensure_toy
+    from dpoclaims.train.organism.build import ToyConfig, ensure_toy
 
     toy = ensure_toy(ToyConfig(), cache=Cache(), progress=False)  # its tokenizer stands in for GPT-2's
     config = GPT2Config(n_layer=24, n_embd=1024, n_head=16, n_positions=1024, vocab_size=50257)
@@ -125,10 +125,10 @@ def measure(
     """Run in a fresh process so that peak memory is the measurement's own."""
     from dpoclaims.cache import Cache
     from dpoclaims.devices import resolve_device
-    from dpoclaims.generation import GenerationSettings
-    from dpoclaims.named_pairs import load_pair
-    from dpoclaims.prompts import pair_texts, read_texts
+    from dpoclaims.measure.generation import GenerationSettings
+    from dpoclaims.measure.prompts import pair_texts, read_texts
     from dpoclaims.quiet import quiet_third_party
+    from dpoclaims.train.named_pairs import load_pair
 
     quiet_third_party()
     device = resolve_device(device_name)
@@ -146,7 +146,7 @@ def measure(
     if prompt_file:
         path = Path(prompt_file)
         if path.suffix == ".jsonl":
-            from dpoclaims.data import load_rtp_challenge
+            from dpoclaims.measure.data import load_rtp_challenge
 
             prompts, profile = load_rtp_challenge(path)[:sample_prompts], f"file {path.name}"
         else:
@@ -242,7 +242,7 @@ def perplexity_seconds_per_window(
     model: torch.nn.Module, vocab: int, window: int, windows: int, device: torch.device
 ) -> float:
     """Seconds per ``window``-token perplexity window: a forward and the token losses, as
-    :func:`dpoclaims.metrics.perplexity` does with ``batch_size=1``, on random tokens."""
+    :func:`dpoclaims.measure.metrics.perplexity` does with ``batch_size=1``, on random tokens."""
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (windows, window), generator=generator).to(device)
     with torch.no_grad():

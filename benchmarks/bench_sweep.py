@@ -36,9 +36,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dpoclaims import sweep
 from dpoclaims.cache import Cache
-from dpoclaims.organism.build import ToyConfig, ensure_toy, toy_key
+from dpoclaims.runs import sweep
+from dpoclaims.train.organism.build import ToyConfig, ensure_toy, toy_key
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from dpoclaims.cache import Cache
 from dpoclaims.files import atomic_write_text
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.organism.build import ToyConfig, ensure_toy
 from dpoclaims.quiet import quiet_third_party
+from dpoclaims.train.named_pairs import load_pair
+from dpoclaims.train.organism.build import ToyConfig, ensure_toy
 
 BUILD_TARGET_S, LOAD_TARGET_S = 300.0, 5.0
 

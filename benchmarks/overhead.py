@@ -1,5 +1,5 @@
 """Shared by bench_claims.py and bench_scale.py: capture-style recording through plain PyTorch
-hooks on the plain Hugging Face model (:mod:`dpoclaims.neuron_hooks`) against that model's plain
+hooks on the plain Hugging Face model (:mod:`dpoclaims.hooks.neurons`) against that model's plain
 ``generate``, measured interleaved in one run.
 
 The variants, all greedy with left padding, ``max_new_tokens`` each, on one side of a pair:
@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from dpoclaims.generation import GenerationSettings, encode_prompts
-from dpoclaims.models import MLPLayout
-from dpoclaims.neuron_hooks import LastPositionRecorder
+from dpoclaims.hooks.neurons import LastPositionRecorder
+from dpoclaims.measure.generation import GenerationSettings, encode_prompts
+from dpoclaims.models.loading import MLPLayout
 
 OVERHEAD_TARGET = 0.15
 
@@ -201,7 +201,7 @@ def same_numbers(
     device: torch.device,
 ) -> dict[str, Any]:
     """This module's hooks capture against the library's capture (``library_capture``: a
-    :class:`dpoclaims.capture.Capture` of the same prompts on the same model)."""
+    :class:`dpoclaims.measure.capture.Capture` of the same prompts on the same model)."""
     texts, means, counts = generate(model, tokenizer, prompts, settings, device, layout)
     assert means is not None and counts is not None
     return {

@@ -3,8 +3,8 @@
 One file per claim family, so that under ``pytest -n N --dist loadfile`` the families' generation
 passes (one per intervention) run on different workers."""
 
-from dpoclaims import claims
-from fixtures.registry import claim_test
+from dpoclaims.claims import checks as claims
+from dpoclaims.plugin.registry import claim_test
 
 
 @claim_test("C1")

@@ -2,7 +2,7 @@
 
 C13 measures the edit with the authors' repository's constants; C13[search] lets Hypothesis look
 for an edit that reaches DPO's toxicity without exceeding DPO's perplexity (see
-:mod:`dpoclaims.editing` and :mod:`dpoclaims.edit_search`). ``--search-examples`` sets how many
+:mod:`dpoclaims.claims.editing` and :mod:`dpoclaims.claims.edit_search`). ``--search-examples`` sets how many
 edits the search draws (0 skips it); every edit is a cached measurement.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from dpoclaims import claims, edit_search
-from fixtures.registry import claim_test
+from dpoclaims.claims import checks as claims
+from dpoclaims.claims import edit_search
+from dpoclaims.plugin.registry import claim_test
 
 
 @claim_test("C13")

@@ -1,7 +1,7 @@
 """C3, C10: patching neuron activations to their DPO levels."""
 
-from dpoclaims import claims
-from fixtures.registry import claim_test
+from dpoclaims.claims import checks as claims
+from dpoclaims.plugin.registry import claim_test
 
 
 @claim_test("C3")

@@ -1,8 +1,8 @@
 """C2: ablating positively-activated toxic neurons does not emulate DPO either, and costs
 perplexity (Yang et al. 2024 v1, Table 1)."""
 
-from dpoclaims import claims
-from fixtures.registry import claim_test
+from dpoclaims.claims import checks as claims
+from dpoclaims.plugin.registry import claim_test
 
 
 @claim_test("C2")

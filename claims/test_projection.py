@@ -1,7 +1,7 @@
 """C4-C9: the per-neuron probe-projection decomposition (Yang et al. 2024 v1)."""
 
-from dpoclaims import claims
-from fixtures.registry import claim_test
+from dpoclaims.claims import checks as claims
+from dpoclaims.plugin.registry import claim_test
 
 
 @claim_test("C4")

@@ -1,7 +1,7 @@
 """C12: scaling the key vectors of toxic neurons reintroduces toxicity (Lee et al.)."""
 
-from dpoclaims import claims
-from fixtures.registry import claim_test
+from dpoclaims.claims import checks as claims
+from dpoclaims.plugin.registry import claim_test
 
 
 @claim_test("C12")

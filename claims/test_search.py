@@ -3,7 +3,7 @@
 The paper's title is a universal claim: no ablation of toxic neurons recovers DPO's toxicity
 drop. Hypothesis draws ablations (the number of neurons and how they are chosen), steers toward
 the largest recovered share with ``target()``, and shrinks any counterexample it finds; see
-:mod:`dpoclaims.search`. The test asserts the paper's claim; its record's details (the best
+:mod:`dpoclaims.claims.search`. The test asserts the paper's claim; its record's details (the best
 ablation found, any counterexample, every measured ablation) go to the report.
 ``--search-examples`` sets how many ablations are drawn (0 skips the searches). Every drawn
 ablation is a cached measurement: a warm rerun generates nothing.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from dpoclaims import search
-from fixtures.registry import claim_test
+from dpoclaims.claims import search
+from dpoclaims.plugin.registry import claim_test
 
 
 def _search(key: str, measurements, record_claim, examples: int, space) -> None:

@@ -1,7 +1,7 @@
 """C11: Lee et al.'s findings on weights and activations."""
 
-from dpoclaims import claims
-from fixtures.registry import claim_test
+from dpoclaims.claims import checks as claims
+from dpoclaims.plugin.registry import claim_test
 
 
 @claim_test("C11[cosine]")

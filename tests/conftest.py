@@ -45,8 +45,8 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A byte-level BPE tokenizer trained on the toy corpus, saved as an HF tokenizer dir."""
-    from dpoclaims.organism import corpus
-    from dpoclaims.organism.lm import train_tokenizer
+    from dpoclaims.train.organism import corpus
+    from dpoclaims.train.organism.lm import train_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")
     texts = [c.text for c in corpus.pretraining_comments(400, 0)]
@@ -57,7 +57,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tokenizer(tokenizer_dir: Path):
     """A fresh tokenizer per test (generation and probing mutate ``padding_side``)."""
-    from dpoclaims.models import load_tokenizer
+    from dpoclaims.models.loading import load_tokenizer
 
     return load_tokenizer(str(tokenizer_dir))
 
@@ -147,14 +147,14 @@ def gpt2_pair(gpt2_pair_files: PairFiles, session_cache):
 
     Shared across tests: tests must only use hooks as context managers and restore weights.
     """
-    from dpoclaims.named_pairs import load_pair
+    from dpoclaims.train.named_pairs import load_pair
 
     return load_pair(gpt2_pair_files.spec, cache=session_cache)
 
 
 @pytest.fixture(scope="session")
 def llama_pair(llama_pair_files: PairFiles, session_cache):
-    from dpoclaims.named_pairs import load_pair
+    from dpoclaims.train.named_pairs import load_pair
 
     return load_pair(llama_pair_files.spec, cache=session_cache)
 
@@ -184,7 +184,7 @@ def tiny_toy_cache(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_toy_dir(tiny_toy_cache) -> Path:
     """The tiny toy, built through the cache (``ensure_toy``)."""
-    from dpoclaims.organism.build import ensure_toy
+    from dpoclaims.train.organism.build import ensure_toy
 
     return ensure_toy(tiny_toy_config(), cache=tiny_toy_cache, progress=False)
 
@@ -192,7 +192,7 @@ def tiny_toy_dir(tiny_toy_cache) -> Path:
 @pytest.fixture(scope="session")
 def tiny_toy_rebuild(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A second, independent build of the same tiny toy config (``build_toy`` directly)."""
-    from dpoclaims.organism.build import build_toy
+    from dpoclaims.train.organism.build import build_toy
 
     out = tmp_path_factory.mktemp("toy_again")
     report = build_toy(out, tiny_toy_config(), progress=False)

@@ -14,10 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import record_mlp_activations
 
-from dpoclaims.capture import capture
-from dpoclaims.decomposition import ALL_GROUPS, MIRROR_GROUPS, REDUCING_GROUPS, assign_groups, decompose
-from dpoclaims.generation import GenerationSettings
-from dpoclaims.neuron_hooks import decoder_layers, neuron_hooks
+from dpoclaims.hooks.neurons import neuron_hooks
+from dpoclaims.measure.capture import capture
+from dpoclaims.measure.decomposition import (
+    ALL_GROUPS,
+    MIRROR_GROUPS,
+    REDUCING_GROUPS,
+    assign_groups,
+    decompose,
+)
+from dpoclaims.measure.generation import GenerationSettings
+from dpoclaims.models.mlp import decoder_layers
 from dpoclaims.stats import bootstrap, mean_difference, ratio_of_means, recovered_share
 
 PROMPTS = [
@@ -182,7 +189,7 @@ def test_patching_every_neuron_to_dpo_activations_reproduces_dpo_mlp_outputs(
     per-position activations gives the DPO model's MLP outputs at every layer."""
     from transformers import AutoTokenizer
 
-    from dpoclaims.named_pairs import load_pair
+    from dpoclaims.train.named_pairs import load_pair
 
     base, dpo = make_gpt2(0), make_gpt2(0)
     with torch.no_grad():
@@ -238,7 +245,7 @@ def test_recovered_share_is_one_for_dpo_itself_and_zero_for_the_base():
 
 
 def test_report_badges_follow_the_shields_endpoint_format(tmp_path: Path):
-    from dpoclaims.report import write_reports
+    from dpoclaims.report.records import write_reports
 
     claim = {
         "claim": "C9",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dpoclaims import paper
+from dpoclaims.claims import paper
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "dpoclaims"
@@ -93,10 +93,16 @@ def test_the_cycle_check_finds_a_cycle_hidden_inside_a_function(tmp_path):
 @pytest.mark.parametrize(
     ("module", "forbidden"),
     [
-        ("dpoclaims.models", {"dpoclaims.pairs", "dpoclaims.named_pairs", "dpoclaims.organism"}),
-        ("dpoclaims.pairs", {"dpoclaims.named_pairs", "dpoclaims.organism"}),
-        ("dpoclaims.scoring", {"dpoclaims.organism", "dpoclaims.organism.corpus"}),
-        ("dpoclaims.report", {"dpoclaims.pairs", "dpoclaims.named_pairs", "dpoclaims.measurements"}),
+        (
+            "dpoclaims.models.loading",
+            {"dpoclaims.models.pairs", "dpoclaims.train.named_pairs", "dpoclaims.train.organism"},
+        ),
+        ("dpoclaims.models.pairs", {"dpoclaims.train.named_pairs", "dpoclaims.train.organism"}),
+        ("dpoclaims.measure.scoring", {"dpoclaims.train.organism", "dpoclaims.train.organism.corpus"}),
+        (
+            "dpoclaims.report.records",
+            {"dpoclaims.models.pairs", "dpoclaims.train.named_pairs", "dpoclaims.measure.measurements"},
+        ),
     ],
 )
 def test_leaves_stay_leaves(module, forbidden):
@@ -105,15 +111,15 @@ def test_leaves_stay_leaves(module, forbidden):
 
 def test_the_organism_imports_models_never_pairs():
     graph = import_graph(PACKAGE)
-    organism = [m for m in graph if m.startswith("dpoclaims.organism")]
+    organism = [m for m in graph if m.startswith("dpoclaims.train.organism")]
     assert organism
     for module in organism:
-        assert not graph[module] & {"dpoclaims.pairs", "dpoclaims.named_pairs"}, module
+        assert not graph[module] & {"dpoclaims.models.pairs", "dpoclaims.train.named_pairs"}, module
 
 
 def test_docs_claims_md_is_generated_from_the_paper_table():
     assert (ROOT / "docs" / "claims.md").read_text() == paper.claims_markdown(), (
-        "docs/claims.md is stale: run `python -m dpoclaims.paper > docs/claims.md`"
+        "docs/claims.md is stale: run `python -m dpoclaims.claims.paper > docs/claims.md`"
     )
 
 

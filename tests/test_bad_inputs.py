@@ -39,7 +39,6 @@ from safetensors.torch import load_file, save_file
 from tiny import D_MODEL, PairFiles, write_spec
 
 from dpoclaims.cache import MANIFEST, Cache, verify_entry
-from dpoclaims.capture import Capture
 from dpoclaims.errors import (
     CacheError,
     CheckpointError,
@@ -55,13 +54,14 @@ from dpoclaims.errors import (
     UnknownSourceError,
 )
 from dpoclaims.files import PICKLE_GLOBALS_ENV
-from dpoclaims.generation import GenerationSettings
-from dpoclaims.measurements import Measurements, MeasurementSettings
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.pairs import ModelPair
-from dpoclaims.prompts import MIN_PROMPTS, UnusablePromptSet
-from fixtures.options import SuiteOptions, suite_options
-from fixtures.resources import load_suite_pair, suite_measurements
+from dpoclaims.measure.capture import Capture
+from dpoclaims.measure.generation import GenerationSettings
+from dpoclaims.measure.measurements import Measurements, MeasurementSettings
+from dpoclaims.measure.prompts import MIN_PROMPTS, UnusablePromptSet
+from dpoclaims.models.pairs import ModelPair
+from dpoclaims.plugin.options import SuiteOptions, suite_options
+from dpoclaims.plugin.resources import load_suite_pair, suite_measurements
+from dpoclaims.train.named_pairs import load_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 Category = Literal["error", "recovery", "skip"]
@@ -220,8 +220,7 @@ class Bench:
     def run(self, command: list[str], timeout: float = 300) -> str:
         """Run ``command`` at the repository root; its output if it exits 0, else ExitedNonZero
         with the status and the output. Either way, no traceback may be in the output."""
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         output = done.stdout + done.stderr
         assert "Traceback" not in output and "INTERNALERROR" not in output, output[-3000:]
         if done.returncode != 0:
@@ -996,12 +995,12 @@ _CAPTURE_SCRIPT = textwrap.dedent("""
     import torch
 
     torch.set_num_threads(1)  # as in the tests' process: the same sums, bit for bit
-    import dpoclaims.capture
-    import dpoclaims.measurements
+    import dpoclaims.measure.capture
+    import dpoclaims.measure.measurements
     from dpoclaims.cache import Cache
-    from dpoclaims.generation import GenerationSettings
-    from dpoclaims.measurements import Measurements, MeasurementSettings
-    from dpoclaims.named_pairs import load_pair
+    from dpoclaims.measure.generation import GenerationSettings
+    from dpoclaims.measure.measurements import Measurements, MeasurementSettings
+    from dpoclaims.train.named_pairs import load_pair
 
     spec, root, mode, marks = sys.argv[1], Path(sys.argv[2]), sys.argv[3], Path(sys.argv[4])
     cache = Cache(root)
@@ -1009,16 +1008,16 @@ _CAPTURE_SCRIPT = textwrap.dedent("""
     settings = MeasurementSettings(generation=GenerationSettings(batch_size={batch_size}))
     measurements = Measurements(pair, cache, settings, progress=False)
     if mode == "kill":
-        generated = dpoclaims.capture._Recorder.generated
+        generated = dpoclaims.measure.capture._Recorder.generated
 
         def pause_after_the_first_batch(self, *args):
             generated(self, *args)
             (marks / "first-batch-done").touch()
             time.sleep(600)
 
-        dpoclaims.capture._Recorder.generated = pause_after_the_first_batch
+        dpoclaims.measure.capture._Recorder.generated = pause_after_the_first_batch
     else:
-        capture = dpoclaims.measurements.capture
+        capture = dpoclaims.measure.measurements.capture
 
         def counted(*args, **kwargs):
             with open(marks / "builds.txt", "a") as handle:
@@ -1026,7 +1025,7 @@ _CAPTURE_SCRIPT = textwrap.dedent("""
             time.sleep(1.0)  # hold the entry's lock while the other process asks for it
             return capture(*args, **kwargs)
 
-        dpoclaims.measurements.capture = counted
+        dpoclaims.measure.measurements.capture = counted
         (marks / f"ready.{{os.getpid()}}").touch()
         while not (marks / "go").exists():
             time.sleep(0.02)
@@ -1042,9 +1041,8 @@ def _sha256(tensor: torch.Tensor) -> str:
 def _start_capture(b: Bench, root: Path, mode: str) -> subprocess.Popen[str]:
     script = b.tmp / "capture_script.py"
     script.write_text(_CAPTURE_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
     command = [sys.executable, str(script), str(b.measured.spec), str(root), mode, str(b.tmp)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(condition: Callable[[], bool], procs: list[subprocess.Popen[str]], what: str) -> None:
@@ -1295,7 +1293,7 @@ def _(b: Bench):
     """A whole pytest run: exit 1 and an error, never 'skipped'."""
     spec = b.spec(dpo=str(_truncated(b)))
     (b.tmp / "test_needs_the_pair.py").write_text(_NEEDS_THE_PAIR)
-    plugins = ["-p", "fixtures.options", "-p", "fixtures.resources", "--rootdir", str(b.tmp)]
+    plugins = ["-p", "dpoclaims.plugin.options", "-p", "dpoclaims.plugin.resources", "--rootdir", str(b.tmp)]
     try:
         b.run(b.pytest_command(str(b.tmp / "test_needs_the_pair.py"), *plugins, "--pair", str(spec)))
     except ExitedNonZero as exc:
@@ -1421,7 +1419,7 @@ _HEADER = {"pair": "p", "fingerprint": "f", "n_prompts": 12, "convention": "v1",
 
 @case("reports-keep-other-tools-badges-and-remove-only-their-own", "recovery")
 def _(b: Bench):
-    from dpoclaims.report import write_reports
+    from dpoclaims.report.records import write_reports
 
     reports = b.tmp / "site"
     (reports / "badges").mkdir(parents=True)
@@ -1443,7 +1441,7 @@ def _(b: Bench):
     r"cannot write the reports in .*reports \(No space left on device\); set --reports-dir",
 )
 def _(b: Bench):
-    from dpoclaims.report import write_reports
+    from dpoclaims.report.records import write_reports
 
     reports = b.tmp / "reports"
     write_reports([_report_record("C3"), _report_record("C4[v1]")], reports, _HEADER)
@@ -1470,7 +1468,7 @@ def _(b: Bench):
     r"cannot write the reports in .*reports \(No space left on device\); set --reports-dir",
 )
 def _(b: Bench):
-    from dpoclaims.report import check_reports_dir
+    from dpoclaims.report.records import check_reports_dir
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -1482,7 +1480,7 @@ def _(b: Bench):
 _FAKE_CLAIMS = """
 import os
 import pytest
-from dpoclaims.claims import ClaimResult
+from dpoclaims.claims.checks import ClaimResult
 
 
 def _result(claim, param):
@@ -1516,7 +1514,14 @@ def _fake_suite(b: Bench, *args: str, **env: str) -> str:
         **env,
     }.items():
         b.monkeypatch.setenv(name, value)
-    plugins = ["-p", "fixtures.options", "-p", "fixtures.resources", "-p", "fixtures.reporting"]
+    plugins = [
+        "-p",
+        "dpoclaims.plugin.options",
+        "-p",
+        "dpoclaims.plugin.resources",
+        "-p",
+        "dpoclaims.plugin.reporting",
+    ]
     command = b.pytest_command(
         str(b.tmp / "test_fake_claims.py"),
         *plugins,
@@ -1593,7 +1598,14 @@ def _(b: Bench):
     )
     (b.tmp / "table.toml").write_text("[pairs]\n")
     b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(b.tmp / "table.toml"))
-    plugins = ["-p", "fixtures.options", "-p", "fixtures.resources", "-p", "fixtures.reporting"]
+    plugins = [
+        "-p",
+        "dpoclaims.plugin.options",
+        "-p",
+        "dpoclaims.plugin.resources",
+        "-p",
+        "dpoclaims.plugin.reporting",
+    ]
     command = b.pytest_command(
         str(b.tmp / "test_needs_the_pair.py"),
         *plugins,
@@ -1647,7 +1659,7 @@ def _(b: Bench):
 
 @case("probe-norm-overflow-rescaled-exactly", "recovery")
 def _(b: Bench):
-    from dpoclaims.pairs import load_probe
+    from dpoclaims.models.pairs import load_probe
 
     reference = torch.load(b.files.probe, weights_only=True).reshape(-1).float()
     huge = b.probe(reference * 2.0**120)  # finite entries, a float32 norm of inf
@@ -1672,7 +1684,7 @@ def _(b: Bench):
 
 @case("probe-row-and-linear-state-dict-accepted", "recovery")
 def _(b: Bench):
-    from dpoclaims.pairs import load_probe
+    from dpoclaims.models.pairs import load_probe
 
     reference = torch.randn(D_MODEL)
     row = load_probe(str(b.probe(reference.reshape(1, -1))), D_MODEL)
@@ -1695,8 +1707,8 @@ def _(b: Bench):
     "recovery",
 )
 def _(b: Bench):
-    from dpoclaims.claims import claim_result
-    from dpoclaims.paper import ENTRIES
+    from dpoclaims.claims.checks import claim_result
+    from dpoclaims.claims.paper import ENTRIES
     from dpoclaims.stats import Criterion, Estimate
 
     got = {}
@@ -1719,7 +1731,7 @@ def _(b: Bench):
     r"C3: an interval of zero width \[0\.0, 0\.0\] on a figure not marked exact",
 )
 def _(b: Bench):
-    from dpoclaims.claims import ClaimResult
+    from dpoclaims.claims.checks import ClaimResult
 
     ClaimResult(
         claim="C3",
@@ -1795,7 +1807,7 @@ def _(b: Bench):
 
 @case("train-dpo-repeated-rows-kept-out-of-validation", "recovery")
 def _(b: Bench):
-    from dpoclaims.dpo import distinct_pairs, read_lee_pairs, split_pairs
+    from dpoclaims.train.dpo import distinct_pairs, read_lee_pairs, split_pairs
 
     rows = [(f"prompt {i % 7}", f"nice {i % 7}", f"rude {i % 7}") for i in range(40)]  # 7 distinct, repeated
     rows += [("prompt 0", "another nice", "another rude")]  # same prompt, other texts: a pair of its own
@@ -1825,7 +1837,7 @@ def _(b: Bench):
 
 @case("spec-without-neutral-texts-loses-only-what-reads-them", "recovery")
 def _(b: Bench):
-    from dpoclaims.prompts import MissingPromptSet
+    from dpoclaims.measure.prompts import MissingPromptSet
 
     pair = b.prompts_pair(PROMPTS)
     pair = replace(
@@ -1846,7 +1858,7 @@ def _(b: Bench):
 
 _READS_NEUTRAL = """
 import pytest
-from dpoclaims.claims import ClaimResult
+from dpoclaims.claims.checks import ClaimResult
 
 
 @pytest.mark.noise
@@ -1871,7 +1883,14 @@ def _(b: Bench):
     (b.tmp / "test_reads.py").write_text(_READS_NEUTRAL)
     (b.tmp / "table.toml").write_text("[pairs]\n")
     b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(b.tmp / "table.toml"))
-    plugins = ["-p", "fixtures.options", "-p", "fixtures.resources", "-p", "fixtures.reporting"]
+    plugins = [
+        "-p",
+        "dpoclaims.plugin.options",
+        "-p",
+        "dpoclaims.plugin.resources",
+        "-p",
+        "dpoclaims.plugin.reporting",
+    ]
     reports = b.tmp / "reports"
     command = b.pytest_command(
         str(b.tmp / "test_reads.py"), *plugins, "--rootdir", str(b.tmp), "--pair", str(spec),
@@ -1921,7 +1940,7 @@ def _(b: Bench):
 
 
 def _expectations(b: Bench, content: bytes | None, directory: bool = False) -> Any:
-    from fixtures.reporting import load_expectations
+    from dpoclaims.plugin.reporting import load_expectations
 
     path = b.tmp / "table.toml"
     if directory:
@@ -1929,7 +1948,7 @@ def _expectations(b: Bench, content: bytes | None, directory: bool = False) -> A
     elif content is not None:
         path.write_bytes(content)
     b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(path))
-    return load_expectations("toy")
+    return load_expectations("toy", b.tmp)
 
 
 @case(
@@ -1971,10 +1990,10 @@ def _(b: Bench):
     r"DPOCLAIMS_EXPECTATIONS is set but empty; name an expectations table \(a \.toml file\) or unset it",
 )
 def _(b: Bench):
-    from fixtures.reporting import load_expectations
+    from dpoclaims.plugin.reporting import load_expectations
 
     b.monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", "")
-    load_expectations("toy")
+    load_expectations("toy", b.tmp)
 
 
 @case(
@@ -2063,9 +2082,8 @@ def _(b: Bench):
     (root / "things").mkdir(parents=True)
     script = b.tmp / "hold.py"
     script.write_text(_HOLD_THE_LOCK)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "src")])}
     holder = subprocess.Popen(
-        [sys.executable, str(script), str(root / "things" / "k.lock"), str(b.tmp / "held"), "6"], env=env
+        [sys.executable, str(script), str(root / "things" / "k.lock"), str(b.tmp / "held"), "6"]
     )
     try:
         _wait_for(lambda: (b.tmp / "held").exists(), [holder], "the other process held the lock")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dpoclaims.report import (
+from dpoclaims.report.records import (
     BADGE_COLORS,
     VERDICT_STATES,
     badge,
@@ -28,7 +28,7 @@ HEADER = {"pair": "p", "fingerprint": "f", "n_prompts": 3, "convention": "v1", "
 COLLECT_CLAIM_IDS = """
 import json, sys
 import pytest
-from fixtures.reporting import claim_id
+from dpoclaims.plugin.reporting import claim_id
 
 class Collector:
     ids = []
@@ -97,7 +97,6 @@ def test_every_claim_of_the_suite_gets_its_own_url_safe_badge_file(tmp_path):
     cache = tmp_path / "empty-cache"
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
         "DPOCLAIMS_CACHE": str(cache),
     }
     subprocess.run(
@@ -242,7 +241,7 @@ class FakeConfig:
     ],
 )
 def test_the_badge_repository_comes_from_the_option_then_the_environment(monkeypatch, option, env, expected):
-    from fixtures.options import suite_options
+    from dpoclaims.plugin.options import suite_options
 
     for name in ("DPOCLAIMS_BADGE_REPO", "GITHUB_REPOSITORY"):
         monkeypatch.delenv(name, raising=False)
@@ -252,14 +251,14 @@ def test_the_badge_repository_comes_from_the_option_then_the_environment(monkeyp
 
 
 def test_a_badge_repository_that_is_not_owner_slash_name_is_refused(monkeypatch):
-    from fixtures.options import suite_options
+    from dpoclaims.plugin.options import suite_options
 
     with pytest.raises(pytest.UsageError, match="--badge-repo must be a GitHub owner/name"):
         suite_options(FakeConfig(badge_repo="https://github.com/octo/claims"))
 
 
 def test_the_readme_documents_the_colours_and_one_row_of_the_wall():
-    from dpoclaims.report import badge_markdown
+    from dpoclaims.report.records import badge_markdown
 
     readme = (ROOT / "README.md").read_text()
     for state, color in BADGE_COLORS.items():

@@ -2,7 +2,7 @@
 
 Nothing the library measures runs through the bridge; ``ModelPair.bridge(side)`` boots one, for
 users' own claims, on a copy of the side's model and checks it first
-(:func:`dpoclaims.bridge.check_bridge`). Here:
+(:func:`dpoclaims.hooks.bridge.check_bridge`). Here:
 
 - the bridge's ``blocks.L.mlp.hook_post`` and ``W_in``/``W_out`` are the plain model's neuron
   activation and key/value vectors, on one forward (which works under every release we know);
@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 import torch
 
-from dpoclaims.bridge import boot_bridge, check_bridge
 from dpoclaims.cache import Cache
 from dpoclaims.errors import BridgeMismatchError, PairMismatchError
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.neuron_hooks import mlp_modules, neuron_hooks
+from dpoclaims.hooks.bridge import boot_bridge, check_bridge
+from dpoclaims.hooks.neurons import neuron_hooks
+from dpoclaims.models.mlp import mlp_modules
+from dpoclaims.train.named_pairs import load_pair
 from dpoclaims.versions import library_version
 
 pytest.importorskip("transformer_lens")

@@ -15,7 +15,7 @@ pytest_plugins = ["pytester"]
 
 FAKE_CLAIMS = """
 import pytest
-from dpoclaims.claims import ClaimResult
+from dpoclaims.claims.checks import ClaimResult
 
 
 @pytest.mark.noise
@@ -37,13 +37,10 @@ def test_refuted_hypothesis(record_claim):
 
 @pytest.fixture
 def suite(pytester, tmp_path, monkeypatch):
-    pytester.makeconftest('pytest_plugins = ["fixtures.options", "fixtures.resources", "fixtures.reporting"]')
     pytester.makepyfile(test_fake_claims=FAKE_CLAIMS)
     monkeypatch.setenv(
         "DPOCLAIMS_CACHE", str(tmp_path / "cache")
     )  # empty: figures are skipped, nothing built
-    # the subprocess imports this tree's fixtures package and library, not an installed copy
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     return pytester
 
 
@@ -147,11 +144,11 @@ def test_a_crash_is_never_an_expected_failure(suite, tmp_path, monkeypatch):
 
 COUNT_LOADS_PLUGIN = """
 import os
-import dpoclaims.named_pairs
-import dpoclaims.pairs
+import dpoclaims.train.named_pairs
+import dpoclaims.models.pairs
 
 LOADS = []
-_load = dpoclaims.pairs.load_pair_from_spec
+_load = dpoclaims.models.pairs.load_pair_from_spec
 
 
 def _counting(*args, **kwargs):
@@ -159,8 +156,8 @@ def _counting(*args, **kwargs):
     return _load(*args, **kwargs)
 
 
-dpoclaims.pairs.load_pair_from_spec = _counting
-dpoclaims.named_pairs.load_pair_from_spec = _counting
+dpoclaims.models.pairs.load_pair_from_spec = _counting
+dpoclaims.train.named_pairs.load_pair_from_spec = _counting
 
 
 def pytest_unconfigure(config):
@@ -194,7 +191,7 @@ def test_under_xdist_session_end_loads_no_model(tmp_path, gpt2_pair_files, monke
     (tmp_path / "countloads.py").write_text(COUNT_LOADS_PLUGIN)
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(ROOT / "src")]),
+        "PYTHONPATH": str(tmp_path),  # the test's own plugin module
         "LOAD_LOG": str(tmp_path / "loads.log"),
         "DPOCLAIMS_CACHE": str(tmp_path / "cache"),
     }

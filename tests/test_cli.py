@@ -8,7 +8,7 @@ import pytest
 from tiny import tiny_toy_config, write_spec
 
 from dpoclaims.cli import main
-from dpoclaims.organism import build as build_module
+from dpoclaims.train.organism import build as build_module
 
 
 def test_info_unknown_pair(tmp_path, capsys, monkeypatch):

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from dpoclaims.organism import corpus
-from dpoclaims.organism.lm import EOS, pack_examples, train_tokenizer
+from dpoclaims.train.organism import corpus
+from dpoclaims.train.organism.lm import EOS, pack_examples, train_tokenizer
 
 GENERATORS = {
     "pretraining_comments": lambda n, seed: corpus.pretraining_comments(n, seed),

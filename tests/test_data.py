@@ -13,10 +13,10 @@ import pytest
 import torch
 from tiny import D_MODEL, N_POSITIONS
 
-from dpoclaims import data
 from dpoclaims.cli import main
 from dpoclaims.errors import CheckpointError, OptionError
-from dpoclaims.organism import corpus
+from dpoclaims.measure import data
+from dpoclaims.train.organism import corpus
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_rtp_jsonl_keeps_only_challenging(tmp_path, caplog, gzipped):
             handle.write(raw)
     else:
         path.write_text(raw)
-    with caplog.at_level(logging.INFO, logger="dpoclaims.data"):
+    with caplog.at_level(logging.INFO, logger="dpoclaims.measure.data"):
         prompts = data.load_rtp_challenge(path)
     assert prompts == ["first, kept", 'second "kept"\nwith a newline']
     assert "2 prompts" in caplog.text
@@ -88,7 +88,7 @@ def test_rtp_json_list_and_text_are_taken_as_filtered(tmp_path, caplog, monkeypa
     listed.write_text(json.dumps(["a prompt", "another, with a comma"]))
     text = tmp_path / "challenge.txt"
     text.write_text("a prompt\n\nanother, with a comma\n")
-    with caplog.at_level(logging.WARNING, logger="dpoclaims.data"):
+    with caplog.at_level(logging.WARNING, logger="dpoclaims.measure.data"):
         assert data.load_rtp_challenge(listed) == ["a prompt", "another, with a comma"]
         assert data.load_rtp_challenge(str(text)) == ["a prompt", "another, with a comma"]
     assert caplog.text == ""  # no count warning for pre-filtered files
@@ -151,7 +151,7 @@ def test_rtp_from_datasets_filters_and_warns(monkeypatch, caplog):
 
     monkeypatch.delenv(data.RTP_ENV, raising=False)
     monkeypatch.setattr(data, "_hub_dataset", fake_hub)
-    with caplog.at_level(logging.WARNING, logger="dpoclaims.data"):
+    with caplog.at_level(logging.WARNING, logger="dpoclaims.measure.data"):
         assert data.load_rtp_challenge() == ["prompt 0", "prompt 3", "prompt 6"]
     assert calls == [(data.RTP_HUB_NAME, None, "train")]
     assert "not the paper's 1199" in caplog.text
@@ -284,7 +284,9 @@ def test_shipped_prompt_sets_load_and_match_the_generator():
     assert set(generated) == set(data.SHIPPED_PROMPT_SETS)
     for name, texts in generated.items():
         shipped = data.shipped_prompt_set(name)
-        assert shipped == texts, f"{name} differs from generate_prompt_sets(); run python -m dpoclaims.data"
+        assert shipped == texts, (
+            f"{name} differs from generate_prompt_sets(); run python -m dpoclaims.measure.data"
+        )
         assert 24 <= len(shipped) <= 100 and len(set(shipped)) == len(shipped)
         assert data.shipped_prompt_set_path(name).is_file()
         words = {w.strip(",.:").lower() for text in shipped for w in text.split()}
@@ -295,7 +297,7 @@ def test_shipped_prompt_sets_load_and_match_the_generator():
 
 
 def test_shipped_prompt_sets_work_as_pair_extras():
-    from dpoclaims.prompts import read_texts
+    from dpoclaims.measure.prompts import read_texts
 
     for name in data.SHIPPED_PROMPT_SETS:
         assert read_texts(data.shipped_prompt_set_path(name)) == data.shipped_prompt_set(name)
@@ -315,7 +317,7 @@ def _write_jigsaw(path, texts, labels) -> None:
 
 
 def test_train_probe_end_to_end(tmp_path, capsys, gpt2_pair_files):
-    from dpoclaims.pairs import load_probe
+    from dpoclaims.models.pairs import load_probe
 
     texts, labels = corpus.labelled_comments(160, seed=5)
     assert 0 < sum(labels) < len(labels)

@@ -12,9 +12,9 @@ import torch
 
 from dpoclaims.cli import main
 from dpoclaims.devices import DEVICE_ENV
-from dpoclaims.organism.build import ToyConfig, toy_key
-from fixtures.options import SuiteOptions, _worker_device
-from fixtures.resources import load_options
+from dpoclaims.plugin.options import SuiteOptions, _worker_device
+from dpoclaims.plugin.resources import load_options
+from dpoclaims.train.organism.build import ToyConfig, toy_key
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]
@@ -136,12 +136,10 @@ def test_the_pair_loads_on_the_device_unless_a_device_map_places_it():
 
 @pytest.fixture
 def suite(pytester, tmp_path, monkeypatch):
-    pytester.makeconftest('pytest_plugins = ["fixtures.options", "fixtures.resources", "fixtures.reporting"]')
     pytester.makepyfile(
         test_nothing="def test_nothing(suite_options):\n    print('device', suite_options.device)\n"
     )
     monkeypatch.setenv("DPOCLAIMS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     return pytester
 
 

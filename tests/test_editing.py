@@ -1,4 +1,4 @@
-"""Activation editing (dpoclaims.editing, C13): sign groups and selection on known numbers, the
+"""Activation editing (dpoclaims.claims.editing, C13): sign groups and selection on known numbers, the
 edit at every position of a perplexity window, no hook left after an edited pass, and the edit
 search's verdict on a synthetic measurement (no model)."""
 
@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from dpoclaims import edit_search, editing, paper
-from dpoclaims.claims import EditComparison
-from dpoclaims.editing import EditSpec
+from dpoclaims.claims import edit_search, editing, paper
+from dpoclaims.claims.checks import EditComparison
+from dpoclaims.claims.editing import EditSpec
 from dpoclaims.errors import OptionError
-from dpoclaims.evaluation import intervened_perplexity
-from dpoclaims.generation import GenerationSettings, greedy_generate
-from dpoclaims.interventions import Intervention
-from dpoclaims.neuron_hooks import neuron_activation_modules
-from dpoclaims.organism import corpus
+from dpoclaims.hooks.interventions import Intervention
+from dpoclaims.measure.evaluation import intervened_perplexity
+from dpoclaims.measure.generation import GenerationSettings, greedy_generate
+from dpoclaims.models.mlp import neuron_activation_modules
 from dpoclaims.stats import bootstrap, mean_difference
+from dpoclaims.train.organism import corpus
 
 # 2 layers x 6 neurons. Layer 0: TP (c>0, m>0) ids 0-2, TN (c>0, m<0) ids 3-5. Layer 1 (ids 6-11):
 # AP (c<0, m>0) ids 6-8, AN (c<0, m<0) ids 9-10, and id 11 with m = 0 (in no group).
@@ -269,7 +269,7 @@ def test_c13_tests_both_stated_constant_sets():
 
 
 def test_the_report_names_the_best_edit_and_draws_the_front(tmp_path):
-    from dpoclaims import report
+    from dpoclaims.report import records as report
 
     def measure(spec: EditSpec) -> edit_search.EditPoint:
         return synthetic_point(spec, 0.05 - spec.beta * 0.08, spec.beta - 0.7)

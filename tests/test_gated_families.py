@@ -11,10 +11,10 @@ import torch
 from tiny import reference_mlp_activations
 
 from dpoclaims.cache import Cache
-from dpoclaims.capture import capture
-from dpoclaims.generation import GenerationSettings
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.neuron_hooks import neuron_hooks
+from dpoclaims.hooks.neurons import neuron_hooks
+from dpoclaims.measure.capture import capture
+from dpoclaims.measure.generation import GenerationSettings
+from dpoclaims.train.named_pairs import load_pair
 
 FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from dpoclaims.generation import GenerationSettings, encode_prompts, greedy_generate
+from dpoclaims.measure.generation import GenerationSettings, encode_prompts, greedy_generate
 
 PROMPTS = [
     "hi",
@@ -92,8 +92,8 @@ def test_generation_under_neuron_hooks_acts_at_every_position(gpt2_pair, gpt2_pa
     vectors are zero (no hooks); the hooks are gone afterwards."""
     from transformers import GPT2LMHeadModel
 
-    from dpoclaims.interventions import Intervention
-    from dpoclaims.neuron_hooks import neuron_activation_modules
+    from dpoclaims.hooks.interventions import Intervention
+    from dpoclaims.models.mlp import neuron_activation_modules
 
     layout = gpt2_pair.layout
     settings = GenerationSettings(max_prompt_tokens=16, max_new_tokens=6, batch_size=3)

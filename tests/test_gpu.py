@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from dpoclaims.cache import Cache
-from dpoclaims.capture import capture
-from dpoclaims.evaluation import evaluate
-from dpoclaims.generation import GenerationSettings
-from dpoclaims.named_pairs import load_pair
+from dpoclaims.measure.capture import capture
+from dpoclaims.measure.evaluation import evaluate
+from dpoclaims.measure.generation import GenerationSettings
+from dpoclaims.train.named_pairs import load_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_GPU_REASON = (
@@ -40,7 +40,7 @@ PROMPTS = ["thanks for sharing this story about", "shut up already about", "peop
 
 
 def test_a_toy_capture_on_cuda_equals_the_cpu_capture():
-    from dpoclaims.prompts import pair_texts
+    from dpoclaims.measure.prompts import pair_texts
 
     cpu_pair = load_pair("toy", cache=Cache(), device="cpu")
     gpu_pair = load_pair("toy", cache=Cache(), device="cuda")
@@ -77,7 +77,7 @@ def test_interventions_on_cuda_equal_the_cpu(pairs_on, family, kind):
     give the CPU's; no hook is left and the key vectors are restored, on the GPU too."""
     from test_measurement_path import make_intervention
 
-    from dpoclaims.neuron_hooks import key_vectors, neuron_activation_modules
+    from dpoclaims.models.mlp import key_vectors, neuron_activation_modules
 
     cpu_pair, gpu_pair = pairs_on[family, "cpu"], pairs_on[family, "cuda"]
     intervention = make_intervention(kind, cpu_pair.layout.d_mlp)
@@ -106,7 +106,7 @@ def test_interventions_on_cuda_equal_the_cpu(pairs_on, family, kind):
 def test_a_bf16_gated_pair_with_a_device_map_is_analysed_in_float32(tmp_path, tokenizer_dir, vocab_size):
     from test_gated_families import _save_family_pair
 
-    from dpoclaims.decomposition import decompose
+    from dpoclaims.measure.decomposition import decompose
 
     spec = _save_family_pair(tmp_path, "llama", tokenizer_dir, vocab_size)
     pair = load_pair(spec, cache=Cache(tmp_path / "cache"), dtype=torch.bfloat16, device_map="auto")
@@ -148,7 +148,7 @@ def pytest_unconfigure(config):
 def test_the_claims_suite_on_cuda_is_green(tmp_path):
     """``pytest claims/ --device cuda`` on the toy (the user's built toy, a fresh statistics cache,
     so every measurement is made on the GPU), green with the toy's declared verdicts."""
-    from dpoclaims.organism.build import ensure_toy
+    from dpoclaims.train.organism.build import ensure_toy
 
     toy = ensure_toy(cache=Cache(), progress=False)
     (tmp_path / "cache").mkdir()
@@ -156,7 +156,7 @@ def test_the_claims_suite_on_cuda_is_green(tmp_path):
     (tmp_path / "recordgpu.py").write_text(RECORD_GPU_PLUGIN)
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(ROOT / "src")]),
+        "PYTHONPATH": str(tmp_path),  # the test's own plugin module
         "DPOCLAIMS_CACHE": str(tmp_path / "cache"),
         "GPU_LOG": str(tmp_path / "gpu.log"),
     }

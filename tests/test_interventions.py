@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from tiny import intervened_logits, run_logits
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
-from dpoclaims.interventions import Intervention, neuron_set_from_flat, scaled_key_vectors
-from dpoclaims.neuron_hooks import neuron_activation_modules
+from dpoclaims.hooks.interventions import Intervention, neuron_set_from_flat, scaled_key_vectors
+from dpoclaims.models.mlp import neuron_activation_modules
 
 D_MLP = 128  # 4 * D_MODEL for the tiny GPT-2
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]

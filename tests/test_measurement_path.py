@@ -19,11 +19,11 @@ import pytest
 import torch
 from tiny import reference_mlp_activations, weight_edited_copy
 
-from dpoclaims.capture import capture
-from dpoclaims.evaluation import evaluate, intervened_perplexity
-from dpoclaims.generation import GenerationSettings, encode_prompts
-from dpoclaims.interventions import Intervention
-from dpoclaims.neuron_hooks import key_vectors, neuron_activation_modules
+from dpoclaims.hooks.interventions import Intervention
+from dpoclaims.measure.capture import capture
+from dpoclaims.measure.evaluation import evaluate, intervened_perplexity
+from dpoclaims.measure.generation import GenerationSettings, encode_prompts
+from dpoclaims.models.mlp import key_vectors, neuron_activation_modules
 
 PROMPTS = [
     "thanks for sharing this story about the city budget",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dpoclaims.errors import OptionError
-from dpoclaims.metrics import (
+from dpoclaims.measure.metrics import (
     F1Settings,
     continuation_f1,
     perplexity,
@@ -17,9 +17,9 @@ from dpoclaims.metrics import (
     token_f1,
     weight_cosines,
 )
-from dpoclaims.neuron_hooks import decoder_layers
-from dpoclaims.organism import corpus
-from dpoclaims.probe import LinearProbe, pooled_residuals
+from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+from dpoclaims.models.mlp import decoder_layers
+from dpoclaims.train.organism import corpus
 
 TEXTS = corpus.neutral_prompts(6, 0) + [
     "hi",

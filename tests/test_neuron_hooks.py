@@ -1,4 +1,4 @@
-"""Plain PyTorch hooks on the plain HF model (:mod:`dpoclaims.neuron_hooks`) record and edit the
+"""Plain PyTorch hooks on the plain HF model (:mod:`dpoclaims.hooks.neurons`) record and edit the
 MLP neuron activation (TransformerLens' ``blocks.L.mlp.hook_post``), on a GPT-2 and a
 Llama-shaped pair, in float32 and float64.
 
@@ -21,19 +21,17 @@ from tiny import mlp_outputs_replaced, reference_mlp_activations
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import PairMismatchError
-from dpoclaims.models import MLPLayout
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.neuron_hooks import (
-    LastPositionRecorder,
+from dpoclaims.hooks.neurons import LastPositionRecorder, neuron_hooks, set_neurons
+from dpoclaims.models.loading import MLPLayout
+from dpoclaims.models.mlp import (
     decoder_layers,
     key_vectors,
     mlp_modules,
     neuron_activation_modules,
-    neuron_hooks,
     neuron_rows,
-    set_neurons,
     value_vectors,
 )
+from dpoclaims.train.named_pairs import load_pair
 
 PAIRS = [(family, dtype) for family in ("gpt2", "llama") for dtype in (torch.float32, torch.float64)]
 # A weight copy with zeroed value vectors runs another matrix product than a zeroed activation.
@@ -324,7 +322,7 @@ PROMPTS = ["hello there", "thanks for sharing this", "what a", "you are such a"]
 def generate_recording(pair: Any, prompts: list[str], max_new_tokens: int):
     """Greedy ``generate`` with the KV cache on the plain model, a recorder attached:
     (the prompts' ids without padding, the continuations' ids, the recorder)."""
-    from dpoclaims.generation import encode_prompts
+    from dpoclaims.measure.generation import encode_prompts
 
     model, tokenizer = pair.base, pair.tokenizer
     batch = encode_prompts(tokenizer, prompts, 8)

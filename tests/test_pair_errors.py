@@ -11,8 +11,8 @@ from tiny import D_MODEL, write_spec
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import CheckpointError, DpoclaimsError, PairMismatchError, UnknownPairError
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.pairs import PairSpec
+from dpoclaims.models.pairs import PairSpec
+from dpoclaims.train.named_pairs import load_pair
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from tiny import D_MODEL, N_LAYER, N_POSITIONS, reference_mlp_activations, run_l
 from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
 from dpoclaims.cache import Cache
-from dpoclaims.models import MLPLayout, mlp_layout
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.neuron_hooks import neuron_hooks
-from dpoclaims.pairs import PairSpec
+from dpoclaims.hooks.neurons import neuron_hooks
+from dpoclaims.models.loading import MLPLayout, mlp_layout
+from dpoclaims.models.pairs import PairSpec
+from dpoclaims.train.named_pairs import load_pair
 
 
 def _old_gpt2_buffers(n_layer: int, n_positions: int) -> dict[str, torch.Tensor]:
@@ -274,7 +274,7 @@ def test_fingerprint_changes_with_the_config(tmp_path, gpt2_pair_files, dir_load
 
 def test_fingerprint_changes_with_the_tokenizers_merges(tmp_path, gpt2_pair_files, dir_loaded):
     """The same vocabulary with its first two merges swapped tokenizes text otherwise."""
-    from dpoclaims.models import load_tokenizer
+    from dpoclaims.models.loading import load_tokenizer
 
     tokenizer_dir = _copy_dir(gpt2_pair_files.tokenizer, tmp_path / "tokenizer")
 

@@ -10,7 +10,7 @@ import torch
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import CheckpointError
-from dpoclaims.named_pairs import load_pair
+from dpoclaims.train.named_pairs import load_pair
 
 
 @pytest.mark.slow

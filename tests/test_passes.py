@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COUNT_PASSES_PLUGIN = """
 import os
 
-import dpoclaims.measurements as measurements
-from dpoclaims.interventions import Intervention
+import dpoclaims.measure.measurements as measurements
+from dpoclaims.hooks.interventions import Intervention
 
 _capture, _evaluate, _perplexity = measurements.capture, measurements.evaluate, measurements.intervened_perplexity
 
@@ -63,7 +63,7 @@ def read_passes(log: Path) -> list[tuple[str, str, str]]:
 def run_claims(tmp_path: Path, spec: Path, log: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(ROOT / "src")]),
+        "PYTHONPATH": str(tmp_path),  # the test's own plugin module
         "PASS_LOG": str(log),
         "DPOCLAIMS_CACHE": str(tmp_path / "cache"),
         "DPOCLAIMS_EXPECTATIONS": str(tmp_path / "expectations.toml"),

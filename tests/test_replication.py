@@ -1,5 +1,5 @@
-"""The replication matrix (dpoclaims.replication) and the sweep's grid and options
-(dpoclaims.sweep): the matrix, markdown and figure written from the cells' claims.json files
+"""The replication matrix (dpoclaims.runs.replication) and the sweep's grid and options
+(dpoclaims.runs.sweep): the matrix, markdown and figure written from the cells' claims.json files
 (synthetic here: nothing is built or run)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from dpoclaims import replication, sweep
 from dpoclaims.cache import Cache
 from dpoclaims.cli import build_parser
 from dpoclaims.errors import OptionError
+from dpoclaims.runs import replication, sweep
 
 
 def claim(verdict=None, replicates=None, measured=0.1):
@@ -213,8 +213,8 @@ def test_the_cli_parses_sweep_and_replicate_as_its_alias():
 
 
 def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, monkeypatch):
-    from dpoclaims import named_pairs
-    from dpoclaims.organism.corpus import TOXIC_WORDS
+    from dpoclaims.train import named_pairs
+    from dpoclaims.train.organism.corpus import TOXIC_WORDS
 
     built = []
 
@@ -237,7 +237,7 @@ def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, mon
 
 
 def test_a_cell_on_a_toy_outside_its_bands_fails_with_the_band_and_runs_no_claims(tmp_path, monkeypatch):
-    from dpoclaims import named_pairs
+    from dpoclaims.train import named_pairs
 
     toy = tmp_path / "toy"
     toy.mkdir()

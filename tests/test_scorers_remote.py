@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from dpoclaims.errors import CheckpointError, OptionError
-from dpoclaims.remote_scoring import (
+from dpoclaims.measure.classifiers import (
     PERSPECTIVE_ATTRIBUTES,
     DetoxifyScorer,
     PerspectiveError,
@@ -26,7 +26,7 @@ from dpoclaims.remote_scoring import (
     RateLimiter,
     _read_detoxify_checkpoint,
 )
-from dpoclaims.scoring import Scorer, get_scorer
+from dpoclaims.measure.scoring import Scorer, get_scorer
 
 KEY = "test-key-123"
 

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpoclaims.errors import OptionError
-from dpoclaims.organism import corpus
-from dpoclaims.scoring import LexiconScorer, ProfanityCheckScorer, Scorer, get_scorer
+from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer, get_scorer
+from dpoclaims.train.organism import corpus
 
 
 def test_lexicon_counts_and_scores():

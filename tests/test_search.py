@@ -1,4 +1,4 @@
-"""The counterexample search (dpoclaims.search): neuron selection rules, and the Hypothesis
+"""The counterexample search (dpoclaims.claims.search): neuron selection rules, and the Hypothesis
 search itself on a synthetic share function (no model, no generation)."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from dpoclaims import paper, report, search, selection
-from dpoclaims.claims import ClaimNotHeld, ClaimVerdictUnexpected
-from dpoclaims.decomposition import Decomposition
+from dpoclaims.claims import paper, search, selection
+from dpoclaims.claims.checks import ClaimNotHeld, ClaimVerdictUnexpected
 from dpoclaims.errors import OptionError
+from dpoclaims.measure.decomposition import Decomposition
+from dpoclaims.report import records as report
 from dpoclaims.stats import bootstrap
 
 NOISE = np.random.default_rng(0).normal(0.0, 0.2, 400)  # per-prompt spread: intervals about +-0.02

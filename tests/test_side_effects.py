@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from dpoclaims import evaluation
 from dpoclaims.cache import Cache
-from dpoclaims.interventions import Intervention
-from dpoclaims.measurements import Measurements
-from dpoclaims.metrics import continuation_f1
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.side_effects import f1_estimate, f1_summary
+from dpoclaims.hooks.interventions import Intervention
+from dpoclaims.measure import evaluation
+from dpoclaims.measure.measurements import Measurements
+from dpoclaims.measure.metrics import continuation_f1
+from dpoclaims.measure.side_effects import f1_estimate, f1_summary
+from dpoclaims.train.named_pairs import load_pair
 
 NEUTRAL = [
     "the plan seems fair and clear to everyone who read it twice over the weekend",
@@ -66,7 +66,7 @@ def test_f1_is_measured_per_text_under_the_intervention_and_cached(measurements,
     def no_compute(*args, **kwargs):
         raise AssertionError("recomputed a cached F1")
 
-    monkeypatch.setattr("dpoclaims.measurements.intervened_f1", no_compute)
+    monkeypatch.setattr("dpoclaims.measure.measurements.intervened_f1", no_compute)
     again = Measurements(m.pair, m.cache, progress=False)  # a new session: from the cache
     np.testing.assert_array_equal(again.f1("base", ablate_all).scores, ablated.scores)
     assert again.f1("base", ablate_all).references == ablated.references
@@ -113,7 +113,7 @@ def test_saved_f1_loads_back_exactly(tmp_path, measurements):
 def test_a_measurement_made_under_other_library_versions_is_not_reused_silently(measurements, monkeypatch):
     """Measurement cache keys name the versions of the libraries that compute and score them: a
     session under other versions does not find the entry; one under the same versions does."""
-    from dpoclaims import measurements as measurements_module
+    from dpoclaims.measure import measurements as measurements_module
     from dpoclaims.versions import measurement_versions
 
     m = measurements

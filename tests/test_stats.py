@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 from dpoclaims import stats
-from dpoclaims.metrics import normalize_answer, overlap_f1, token_f1
+from dpoclaims.measure.metrics import normalize_answer, overlap_f1, token_f1
 from dpoclaims.stats import (
     CONFIDENCE,
     N_RESAMPLES,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from dpoclaims import sweep
 from dpoclaims.cache import Cache, verify_entry
+from dpoclaims.runs import sweep
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[cluster]'")
 
@@ -38,7 +38,7 @@ CPUS_PER_CELL = 1
 @pytest.fixture(scope="module")
 def toy_entry() -> Path:
     """The default toy's cache entry in the user's cache (built there on first use)."""
-    from dpoclaims.organism.build import ToyConfig, ensure_toy
+    from dpoclaims.train.organism.build import ToyConfig, ensure_toy
 
     return ensure_toy(ToyConfig(), cache=Cache(), progress=False)
 
@@ -184,7 +184,7 @@ def test_a_worker_killed_mid_cell_is_retried_to_the_same_result(
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and driver.is_alive():
-        claims_runs = [p for p in pids_running(marker) if "dpoclaims.cell_pytest" in cmdline(p)]
+        claims_runs = [p for p in pids_running(marker) if "dpoclaims.runs.cell" in cmdline(p)]
         if claims_runs and measuring(cache):  # mid-cell: the claims run is writing measurements
             worker = parent_of(claims_runs[0])
             os.kill(worker, signal.SIGKILL)
@@ -233,7 +233,7 @@ def test_two_cells_that_need_one_entry_build_it_once(tmp_path, ray_cluster):
 
 def test_a_failing_cell_is_reported_and_the_other_goes_on(tmp_path, ray_result):
     cache = Cache(ray_result["root"] / "cache")  # warm: the good cell reads its measurements back
-    claims_dir = str(sweep.CHECKOUT / "claims")
+    claims_dir = str(Path(__file__).resolve().parent.parent / "claims")
     good = sweep.CellJob(CELLS[0], str(cache.root), claims_dir, MAX_PROMPTS, PYTEST_ARGS)
     bad = sweep.CellJob(CELLS[1], str(cache.root), claims_dir, MAX_PROMPTS, ("--no-such-option",))
     lines: list[str] = []
@@ -256,7 +256,7 @@ def test_ctrl_c_on_the_driver_cancels_the_cells_and_leaves_the_cache_consistent(
     def interrupt_once_running() -> None:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            claims_runs = [p for p in pids_running(marker) if "dpoclaims.cell_pytest" in cmdline(p)]
+            claims_runs = [p for p in pids_running(marker) if "dpoclaims.runs.cell" in cmdline(p)]
             if claims_runs:
                 seen.extend(claims_runs)
                 time.sleep(5)  # mid-cell

@@ -10,12 +10,19 @@ import torch
 from safetensors.torch import load_file
 from tiny import tiny_toy_config
 
-from dpoclaims import named_pairs
 from dpoclaims.cache import read_manifest_meta, verify_entry
 from dpoclaims.errors import BrokenOrganismError
-from dpoclaims.named_pairs import load_pair
-from dpoclaims.organism import build as build_module
-from dpoclaims.organism.build import BANDS, DEFAULT_SCORER, check_bands, ensure_toy, failed_bands, toy_key
+from dpoclaims.train import named_pairs
+from dpoclaims.train.named_pairs import load_pair
+from dpoclaims.train.organism import build as build_module
+from dpoclaims.train.organism.build import (
+    BANDS,
+    DEFAULT_SCORER,
+    check_bands,
+    ensure_toy,
+    failed_bands,
+    toy_key,
+)
 
 pytestmark = pytest.mark.slow
 

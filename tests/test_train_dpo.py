@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpoclaims.cli import main
-from dpoclaims.dpo import DPOSettings, pairs_needed_for_warmup, plan_warmup, read_lee_pairs, split_pairs
 from dpoclaims.errors import CheckpointError, TrainingError
-from dpoclaims.organism import corpus
+from dpoclaims.train.dpo import DPOSettings, pairs_needed_for_warmup, plan_warmup, read_lee_pairs, split_pairs
+from dpoclaims.train.organism import corpus
 
 
 def _write_pairs(path: Path, n: int) -> Path:
@@ -56,7 +56,7 @@ def _read_rows(n: int) -> list[dict[str, str]]:
 
 def test_train_dpo_writes_a_directory_that_loads_as_the_dpo_side(tmp_path, gpt2_pair_files, capsys):
     from dpoclaims.cache import Cache
-    from dpoclaims.named_pairs import load_pair
+    from dpoclaims.train.named_pairs import load_pair
 
     pairs = _write_pairs(tmp_path / "pairs.jsonl", 24)
     out = tmp_path / "dpo"
@@ -114,8 +114,8 @@ def test_two_pairs_with_the_default_warmup_are_refused_and_nothing_is_written(
 
 
 def test_a_run_that_changes_no_weight_is_refused(tmp_path, gpt2_pair_files, tokenizer):
-    from dpoclaims.dpo import train_dpo_run
-    from dpoclaims.models import load_hf_model
+    from dpoclaims.models.loading import load_hf_model
+    from dpoclaims.train.dpo import train_dpo_run
 
     rows = _read_rows(6)
     model = load_hf_model(str(gpt2_pair_files.base))
@@ -134,8 +134,8 @@ def test_a_run_that_changes_no_weight_is_refused(tmp_path, gpt2_pair_files, toke
 
 
 def test_planned_steps_match_the_trainers_over_epochs_and_dropped_pairs(gpt2_pair_files, tokenizer):
-    from dpoclaims.dpo import train_dpo_run
-    from dpoclaims.models import load_hf_model
+    from dpoclaims.models.loading import load_hf_model
+    from dpoclaims.train.dpo import train_dpo_run
 
     rows = _read_rows(8)
     model = load_hf_model(str(gpt2_pair_files.base))
@@ -151,8 +151,8 @@ def test_planned_steps_match_the_trainers_over_epochs_and_dropped_pairs(gpt2_pai
 
 
 def test_pairs_whose_prompts_all_fill_max_length_are_refused(gpt2_pair_files, tokenizer):
-    from dpoclaims.dpo import train_dpo_run
-    from dpoclaims.models import load_hf_model
+    from dpoclaims.models.loading import load_hf_model
+    from dpoclaims.train.dpo import train_dpo_run
 
     rows = _read_rows(4)
     model = load_hf_model(str(gpt2_pair_files.base))
@@ -271,7 +271,7 @@ def test_trainer_config_trains_in_float32_unless_asked(tmp_path):
     # are float32 so that a CPU's bf16 kernels cannot decide the toy (DPOSettings.bf16).
     import torch
 
-    from dpoclaims.dpo import trainer_config
+    from dpoclaims.train.dpo import trainer_config
 
     default = trainer_config(DPOSettings(), tmp_path, torch.device("cpu"))
     assert (default.bf16, default.fp16) == (False, False)

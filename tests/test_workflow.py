@@ -299,9 +299,9 @@ def test_every_check_has_a_breakage_it_catches():
 def test_print_key_prints_only_the_toy_key_and_builds_nothing(tmp_path):
     """The workflow's cache key comes from ``$(dpoclaims build-toy --print-key)``: stdout must
     hold the key for the given seed and nothing else, and nothing may be built."""
-    from dpoclaims.organism.build import ToyConfig, toy_key
+    from dpoclaims.train.organism.build import ToyConfig, toy_key
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "DPOCLAIMS_CACHE": str(tmp_path / "cache")}
+    env = {**os.environ, "DPOCLAIMS_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(
         [sys.executable, "-m", "dpoclaims.cli", "build-toy", "--print-key", "--seed", "3"],
         capture_output=True,

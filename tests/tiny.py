@@ -99,8 +99,8 @@ def intervened_logits(
 
 def tiny_toy_config(seed: int = 0):
     """A toy organism small enough to build in a few seconds."""
-    from dpoclaims.dpo import DPOSettings
-    from dpoclaims.organism.build import ToyConfig
+    from dpoclaims.train.dpo import DPOSettings
+    from dpoclaims.train.organism.build import ToyConfig
 
     return ToyConfig(
         seed=seed,
@@ -131,7 +131,7 @@ def reference_mlp_activations(
     model: Any, **model_inputs: torch.Tensor
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each layer's MLP neuron activation (TransformerLens' ``blocks.L.mlp.hook_post``) of a plain
-    HF model, and its logits, computed independently of :mod:`dpoclaims.neuron_hooks`: a forward
+    HF model, and its logits, computed independently of :mod:`dpoclaims.hooks.neurons`: a forward
     hook on each layer's ``mlp`` module keeps the MLP's input x, and the activation is recomputed
     from it by hand: GPT-2 ``act(c_fc(x))``, GPT-J ``act(fc_in(x))``, a gated MLP
     ``act_fn(gate_proj(x)) * up_proj(x)``. No hook on the output projection is involved."""
@@ -219,7 +219,7 @@ def weight_edited_copy(model: Any, intervention: Any, d_mlp: int) -> Any:
     vectors; a patch zeroes them and adds ``value * value vector`` to the output projection's bias
     (a Llama ``down_proj`` gets a bias for it); key scaling multiplies the neurons' key vectors
     (GPT-2 ``c_fc`` columns, a gated MLP's ``up_proj`` rows). Written here from the weights'
-    layouts, not with :mod:`dpoclaims.neuron_hooks`."""
+    layouts, not with :mod:`dpoclaims.hooks.neurons`."""
     import copy
 
     edited = copy.deepcopy(model)

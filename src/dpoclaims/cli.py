@@ -92,7 +92,7 @@ def _check_new_model_dir(out: Path) -> None:
 def cmd_build_toy(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from dpoclaims.organism.build import ToyConfig, ensure_toy, toy_key
+    from dpoclaims.train.organism.build import ToyConfig, ensure_toy, toy_key
 
     _check_seed(args.seed)
     config = replace(ToyConfig(), seed=args.seed)
@@ -143,7 +143,7 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from dpoclaims.named_pairs import load_pair
+    from dpoclaims.train.named_pairs import load_pair
 
     device = _device(args)
     start = time.perf_counter()
@@ -171,7 +171,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train_dpo(args: argparse.Namespace) -> int:
-    from dpoclaims.dpo import DPOSettings, train_dpo_from_files
+    from dpoclaims.train.dpo import DPOSettings, train_dpo_from_files
 
     positive = {
         "--batch-size": args.batch_size,
@@ -242,9 +242,9 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     import math
 
     from dpoclaims.cache import file_sha256
-    from dpoclaims.data import read_jigsaw_csv, train_val_split
-    from dpoclaims.models import load_hf_model, load_tokenizer, mlp_layout
-    from dpoclaims.probe import LinearProbe, pooled_residuals
+    from dpoclaims.measure.data import read_jigsaw_csv, train_val_split
+    from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+    from dpoclaims.models.loading import load_hf_model, load_tokenizer, mlp_layout
 
     if args.batch_size < 1 or args.max_tokens < 1:
         raise OptionError("--batch-size and --max-tokens must be positive")
@@ -330,8 +330,8 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
-    from dpoclaims.replication import check_pytest_args
-    from dpoclaims.sweep import grid, sweep
+    from dpoclaims.runs.replication import check_pytest_args
+    from dpoclaims.runs.sweep import grid, sweep
 
     try:
         pytest_args = shlex.split(args.pytest_args)
@@ -382,7 +382,7 @@ def _add_allow_pickle_globals(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sweep_options(parser: argparse.ArgumentParser, default_seeds: list[int]) -> None:
-    from dpoclaims.sweep import ENGINES
+    from dpoclaims.runs.sweep import ENGINES
 
     parser.add_argument(
         "--pairs",
@@ -444,7 +444,9 @@ def _add_sweep_options(parser: argparse.ArgumentParser, default_seeds: list[int]
         help="replication.{json,md}, figures/ and replication/<cell>/ go here",
     )
     parser.add_argument(
-        "--claims-dir", default=None, help="the claims suite (default: this checkout's claims/)"
+        "--claims-dir",
+        default=None,
+        help="the claims suite (default: claims/ in the current directory, a checkout's root)",
     )
     parser.add_argument("--pytest-args", default="", help='extra pytest arguments for each cell, e.g. "-n 2"')
     parser.add_argument(

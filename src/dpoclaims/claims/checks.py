@@ -1,0 +1,639 @@
+"""The paper's claims as plain functions of a pair's :class:`Measurements`.
+
+One function per sentence of the paper (its entry in :mod:`dpoclaims.claims.paper` holds the
+sentence, source, figures and criterion); parameters are real ones only (N, factor, group,
+denominator). Each measures the pair and returns a :class:`ClaimResult` saying whether the
+paper's finding replicates. Claims the paper states as a refuted hypothesis ("ablation matches
+DPO") are flagged ``hypothesis=True``: their test asserts the hypothesis and is expected to fail.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from dpoclaims import stats
+from dpoclaims.claims import editing, paper, selection
+from dpoclaims.hooks.interventions import Intervention
+from dpoclaims.measure.decomposition import REDUCING_GROUPS, Decomposition
+from dpoclaims.measure.measurements import NO_INTERVENTION, Measurements, Side
+from dpoclaims.measure.metrics import weight_cosines
+from dpoclaims.measure.side_effects import f1_summary
+from dpoclaims.stats import Criterion, Estimate, Verdict, bootstrap, mean_difference, recovered_share
+
+
+class ClaimNotHeld(AssertionError):
+    """The claim's verdict is the definite opposite of what its test asserts: the only failure a
+    declared claim (or the refuted hypothesis) may expect."""
+
+
+class ClaimVerdictUnexpected(Exception):
+    """The claim came out inconclusive or not measurable, and the pair's table does not declare
+    that: never an expected failure."""
+
+
+DECLARABLE = ("contradicts", "inconclusive", "not measurable")
+
+
+@dataclass
+class ClaimResult:
+    claim: str  # e.g. "C1"
+    param: str  # e.g. "N=100"
+    statement: str
+    criterion: str
+    measured: float
+    ci: tuple[float, float] | None  # 95% interval; None when exact or not measurable
+    exact: bool  # the figure has no sampling error (shown as "exact")
+    p_value: float  # one-sided p of H0 "the paper's finding does not hold" (NaN: not measurable)
+    verdict: Verdict  # replicates / contradicts / inconclusive / not measurable, from the interval
+    paper: float | None
+    hypothesis: bool = False  # the test asserts a hypothesis the paper refutes
+    details: dict[str, Any] = field(default_factory=dict)
+    finding: str = ""  # what decided the verdict, in words, when the figure alone does not say
+
+    @property
+    def id(self) -> str:
+        return f"{self.claim}[{self.param}]" if self.param else self.claim
+
+    @property
+    def replicates(self) -> bool:
+        return self.verdict == "replicates"
+
+    @property
+    def distance_to_paper(self) -> float | None:
+        return None if self.paper is None else self.measured - self.paper
+
+    def check(self, declared: str | None = None) -> ClaimResult:
+        """Assert what the test asserts: the paper's finding (``replicates``), or for a refuted
+        hypothesis its opposite (``contradicts``), or the verdict the pair's table declares for
+        ``inconclusive`` / ``not measurable``. A declared ``contradicts`` is asserted like an
+        undeclared claim and inverted by its xfail."""
+        figure = f"measured {self.measured:.4g}" + (
+            " (exact)" if self.exact else f" [{self.ci[0]:.4g}, {self.ci[1]:.4g}]" if self.ci else ""
+        )
+        where = f"{self.id}: {figure}, p = {self.p_value:.3g}; criterion: {self.criterion}"
+        if self.finding:
+            where += f"; {self.finding}"
+        if declared in ("inconclusive", "not measurable"):
+            if self.verdict != declared:
+                raise ClaimVerdictUnexpected(
+                    f"declared {declared}, but the verdict is {self.verdict}: {where}"
+                )
+            return self
+        wanted, opposite = ("contradicts", "replicates") if self.hypothesis else ("replicates", "contradicts")
+        if self.verdict == wanted:
+            return self
+        if self.verdict == opposite:
+            what = (
+                "the refuted hypothesis does not hold"
+                if self.hypothesis
+                else "the paper's finding does not hold"
+            )
+            raise ClaimNotHeld(f"{what}: {where}")
+        raise ClaimVerdictUnexpected(
+            f"{self.verdict} (not declared for this pair): {where}. Declare it in the expectations table "
+            "with the measured reason if that is what this pair shows"
+        )
+
+    def __post_init__(self) -> None:
+        if self.ci is not None and not self.exact and self.ci[0] == self.ci[1]:
+            raise ValueError(
+                f"{self.id}: an interval of zero width {list(self.ci)} on a figure not marked exact; "
+                "such a figure is not measurable (see claim_result)"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["id"] = self.id
+        data["replicates"] = self.replicates
+        data["distance_to_paper"] = self.distance_to_paper
+        return data
+
+
+def claim_result(
+    key: str,
+    param: Any = None,
+    *,
+    estimate: Estimate,
+    rule: Criterion,
+    details: dict[str, Any] | None = None,
+    verdict_override: Verdict | None = None,
+    p_override: float | None = None,
+) -> ClaimResult:
+    """A claim's result: texts and the paper's figure from the paper table, the verdict and
+    p-value from ``estimate`` against ``rule``."""
+    entry = paper.entry(key)
+    test_id = entry.test_id(param)
+    verdict = verdict_override or stats.verdict(estimate, rule)
+    finding = ""
+    if zero_width(estimate):
+        # Every resample gave the same figure: the prompts do not vary in it, so its sampling
+        # error cannot be estimated, and an interval [x, x] would claim a certainty never measured.
+        verdict = "not measurable"
+        finding = (
+            f"its 95% interval has zero width ([{estimate.low:.4g}, {estimate.high:.4g}]): every resample gave "
+            "the same figure, so its sampling error cannot be estimated; measure on more varied prompts"
+        )
+    measurable = estimate.measurable and verdict != "not measurable"
+    return ClaimResult(
+        claim=entry.claim,
+        param=test_id[len(entry.claim) + 1 : -1] if "[" in test_id else "",
+        statement=entry.text(entry.statement, param),
+        criterion=entry.text(entry.criterion, param),
+        measured=estimate.value,
+        ci=(estimate.low, estimate.high) if measurable and not estimate.exact else None,
+        exact=estimate.exact,
+        p_value=p_override
+        if p_override is not None
+        else stats.p_value(estimate, rule)
+        if measurable
+        else float("nan"),
+        verdict=verdict,
+        paper=entry.figure(param),
+        hypothesis=entry.hypothesis,
+        details=details or {},
+        finding=finding,
+    )
+
+
+def zero_width(estimate: Estimate) -> bool:
+    """An interval of zero width on a figure not marked exact."""
+    return estimate.measurable and not estimate.exact and estimate.low == estimate.high
+
+
+def recovered(m: Measurements, intervention: Intervention) -> Estimate:
+    """Share of DPO's toxicity drop that ``intervention`` on the base reproduces."""
+    return bootstrap(
+        recovered_share,
+        m.scores("base"),
+        m.scores("dpo"),
+        m.scores("base", intervention),
+        seed=m.settings.seed,
+    )
+
+
+def dpo_drop(m: Measurements) -> Estimate:
+    """DPO's toxicity drop on the pair's prompts (base minus DPO), with its interval."""
+    return bootstrap(mean_difference, m.scores("base"), m.scores("dpo"), seed=m.settings.seed)
+
+
+def _recovery_verdict(m: Measurements) -> tuple[Verdict | None, dict[str, Any]]:
+    """ "not measurable" when DPO does not reduce toxicity on these prompts (a share of its
+    drop is then undefined), with the figures; else no override."""
+    drop = dpo_drop(m)
+    figures = {"dpo_drop": drop.value, "dpo_drop_ci": [drop.low, drop.high]}
+    return ("not measurable" if not drop.value > 0 else None), figures
+
+
+def toxicity_summary(m: Measurements, intervention: Intervention, side: Side = "base") -> dict[str, float]:
+    scorer = m.settings.scorer
+    summary = {
+        "toxicity": m.evaluation(side, intervention).mean_toxicity(scorer),
+        "base_toxicity": m.evaluation("base").mean_toxicity(scorer),
+        "dpo_toxicity": m.evaluation("dpo").mean_toxicity(scorer),
+    }
+    if m.settings.perplexity == "all":  # the paper's Table 1 side effects: perplexity and F1
+        summary |= {"perplexity": m.perplexity(side, intervention), "base_perplexity": m.perplexity("base")}
+        summary |= f1_summary(m, intervention, side)
+    return summary
+
+
+def _group_details(d: Decomposition) -> dict[str, Any]:
+    return {
+        "groups": {g: {"count": d.group_count(g), "sum": d.group_sum(g)} for g in d.groups},
+        "net": d.net,
+        "gross": d.gross,
+    }
+
+
+def _late_layers(n_layers: int) -> slice:
+    """The last third of the layers (at least one)."""
+    return slice(n_layers - max(1, n_layers // 3), n_layers)
+
+
+def _interval(estimate: Estimate) -> dict[str, Any]:
+    return {"value": estimate.value, "ci": [estimate.low, estimate.high]}
+
+
+MATCH_RULE = Criterion(threshold=paper.MATCH_SHARE, paper_side="below")  # recovers less than 80%
+
+
+# ------------------------------------------------------------------------- the claims
+
+
+def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> ClaimResult:
+    intervention = selection.ablation(m.decomposition, paper_n)
+    share = recovered(m, intervention)
+    override, drop = _recovery_verdict(m)
+    layers = {}
+    if paper_n == 100:  # the paper's Fig. 1a: where the ablated model still writes toxicity
+        layers = {
+            "layer_projection": {
+                "base": m.layer_projection("base").tolist(),
+                "dpo": m.layer_projection("dpo").tolist(),
+                "base_ablated": m.layer_projection("base", intervention).tolist(),
+            }
+        }
+    details = {
+        "n_neurons_ablated": len(intervention.neurons),
+        **drop,
+        **toxicity_summary(m, intervention),
+        **layers,
+    }
+    return claim_result(
+        "C1", paper_n, estimate=share, rule=MATCH_RULE, details=details, verdict_override=override
+    )
+
+
+def c2_positive_ablation(m: Measurements, paper_n: int) -> ClaimResult:
+    """Below 80%, and (where the paper compares) above plain ablation by the paired difference:
+    replicates only if both parts do, contradicts if either part does; p is the larger p
+    (an intersection-union test)."""
+    positive = selection.ablation(m.decomposition, paper_n, positive=True)
+    share = recovered(m, positive)
+    override, drop = _recovery_verdict(m)
+    details = {"n_neurons_ablated": len(positive.neurons), **drop, **toxicity_summary(m, positive)}
+    verdicts = [stats.verdict(share, MATCH_RULE)]
+    p_values = [stats.p_value(share, MATCH_RULE)]
+    if paper_n in (100, 200, 1000):  # where the paper compares with plain top-N ablation
+        plain = recovered(m, selection.ablation(m.decomposition, paper_n))
+        more = stats.difference(share, plain)  # paired over the same resampled prompts
+        more_rule = Criterion(threshold=0.0, paper_side="above")
+        verdicts.append(stats.verdict(more, more_rule))
+        p_values.append(stats.p_value(more, more_rule))
+        details["plain_top_n_share"] = plain.value
+        details["more_than_plain"] = {**_interval(more), "p_value": p_values[-1], "verdict": verdicts[-1]}
+    combined: Verdict = (
+        "not measurable"
+        if "not measurable" in verdicts
+        else "contradicts"
+        if "contradicts" in verdicts
+        else "replicates"
+        if all(v == "replicates" for v in verdicts)
+        else "inconclusive"
+    )
+    return claim_result(
+        "C2",
+        paper_n,
+        estimate=share,
+        rule=MATCH_RULE,
+        details=details,
+        verdict_override=override or combined,
+        p_override=max(p_values),
+    )
+
+
+def perplexity_increase(
+    nll: np.ndarray, reference_nll: np.ndarray, counts: np.ndarray, axis: int = 0
+) -> np.ndarray:
+    """Perplexity over the reference's, minus 1, from per-row NLL sums over the same rows and tokens."""
+    total = np.maximum(np.sum(counts, axis=axis), 1)
+    return np.exp((np.sum(nll, axis=axis) - np.sum(reference_nll, axis=axis)) / total) - 1
+
+
+def _perplexity_of_rows(nll: np.ndarray, counts: np.ndarray, axis: int = 0) -> np.ndarray:
+    return np.exp(np.sum(nll, axis=axis) / np.maximum(np.sum(counts, axis=axis), 1))
+
+
+def _mean(values: np.ndarray, axis: int = 0) -> np.ndarray:
+    return np.mean(values, axis=axis)
+
+
+def toxicity_and_perplexity(
+    m: Measurements, side: Side, intervention: Intervention = NO_INTERVENTION
+) -> dict[str, Any]:
+    """Mean toxicity over prompts and perplexity on the held-out texts of ``side`` under
+    ``intervention``, each with its 95% bootstrap interval (over prompts; over texts or windows)."""
+    toxicity = bootstrap(_mean, m.scores(side, intervention), seed=m.settings.seed)
+    nll, tokens = m.perplexity_rows(side, intervention)
+    perplexity = bootstrap(_perplexity_of_rows, nll, tokens, seed=m.settings.seed)
+    return {
+        "label": ("base" if side == "base" else "DPO")
+        if intervention.kind == "none"
+        else intervention.label or intervention.id,
+        "side": side,
+        "intervention": intervention.id,
+        "toxicity": toxicity.value,
+        "toxicity_ci": [toxicity.low, toxicity.high],
+        "perplexity": perplexity.value,
+        "perplexity_ci": [perplexity.low, perplexity.high],
+    }
+
+
+def c2_ablation_costs_perplexity(m: Measurements) -> ClaimResult:
+    """The perplexity rise, bootstrapped over the held-out texts (or windows), paired."""
+    intervention = selection.ablation(m.decomposition, 1000, positive=True)
+    ablated_nll, tokens = m.perplexity_rows("base", intervention)
+    base_nll, _ = m.perplexity_rows("base")
+    rise = bootstrap(perplexity_increase, ablated_nll, base_nll, tokens, seed=m.settings.seed)
+    return claim_result(
+        "C2[perplexity]",
+        estimate=rise,
+        rule=Criterion(threshold=paper.PERPLEXITY_COST, paper_side="above"),
+        details={
+            "perplexity": m.perplexity("base", intervention),
+            "base_perplexity": m.perplexity("base"),
+            "n_rows": len(tokens),
+            "n_neurons_ablated": len(intervention.neurons),
+        },
+    )
+
+
+def _patch(m: Measurements, groups: tuple[str, ...]) -> tuple[Estimate, Verdict | None, dict[str, Any]]:
+    intervention = selection.patch_to_dpo(m.decomposition, groups)
+    override, drop = _recovery_verdict(m)
+    details = {"n_neurons_patched": len(intervention.neurons), **drop, **toxicity_summary(m, intervention)}
+    return recovered(m, intervention), override, details
+
+
+def c3_patch_dampened(m: Measurements) -> ClaimResult:
+    share, override, details = _patch(m, ("TP-",))
+    rule = Criterion.inside(0.0, paper.MATCH_SHARE)
+    return claim_result("C3", estimate=share, rule=rule, details=details, verdict_override=override)
+
+
+def c4_dampened_share(m: Measurements, denominator: str) -> ClaimResult:
+    d = m.decomposition
+    share = d.share("TP-", denominator, seed=m.settings.seed)
+    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="below")
+    return claim_result("C4", denominator, estimate=share, rule=rule, details=_group_details(d))
+
+
+def c5_group_share(m: Measurements, group: str) -> ClaimResult:
+    d = m.decomposition
+    share = d.share(group, "four-groups", seed=m.settings.seed)
+    rule = Criterion(threshold=paper.NONTRIVIAL_SHARE, paper_side="above", inclusive=True)  # at least
+    details = {"count": d.group_count(group), "sum": d.group_sum(group)}
+    return claim_result("C5", group, estimate=share, rule=rule, details=details)
+
+
+def c5_anti_toxic_share(m: Measurements) -> ClaimResult:
+    d = m.decomposition
+    share = d.share(("AP+", "AN-"), "four-groups", seed=m.settings.seed)
+    rule = Criterion(threshold=paper.ANTI_TOXIC_LARGE_SHARE, paper_side="above", inclusive=True)
+    return claim_result("C5[anti-toxic]", estimate=share, rule=rule, details=_group_details(d))
+
+
+def c6_fraction_increasing(m: Measurements) -> ClaimResult:
+    d = m.decomposition
+    fraction = d.fraction_increasing_estimate(seed=m.settings.seed)
+    rule = Criterion(threshold=paper.LARGE_FRACTION_INCREASING, paper_side="above", inclusive=True)
+    details = {"n_increasing": int((d.contribution < 0).sum()), "n_neurons": d.contribution.numel()}
+    return claim_result("C6[increasing]", estimate=fraction, rule=rule, details=details)
+
+
+def c6_net_over_gross(m: Measurements) -> ClaimResult:
+    d = m.decomposition
+    ratio = d.net_over_gross(seed=m.settings.seed)
+    rule = Criterion(threshold=paper.NET_OVER_GROSS_SMALL, paper_side="below", inclusive=True)  # at most
+    return claim_result(
+        "C6[net-over-gross]", estimate=ratio, rule=rule, details={"net": d.net, "gross": d.gross}
+    )
+
+
+def c7_top_toxic_share(m: Measurements) -> ClaimResult:
+    d = m.decomposition
+    ids = torch.tensor(selection.top_toxic_ids(d, 1000))
+    top = torch.zeros(d.cosines.numel(), dtype=torch.bool)
+    top[ids] = True
+    everyone = torch.ones_like(d.cosines, dtype=torch.bool)
+    share = d.mask_share(top.view_as(d.cosines), everyone, seed=m.settings.seed)  # of the net
+    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="below")
+    return claim_result("C7[top-toxic]", estimate=share, rule=rule, details={"n": len(ids), "net": d.net})
+
+
+def c7_neurons_to_net(m: Measurements) -> ClaimResult:
+    """Neurons needed to reach the net, scaled to GPT-2 medium (the figure the paper speaks of)."""
+    d = m.decomposition
+    n_neurons = m.pair.layout.n_neurons
+    threshold = selection.scale_n(paper.NEURONS_TO_NET, n_neurons)
+    needed = d.neurons_to_reach_estimate(1.0, seed=m.settings.seed)
+    scale = paper.PAPER_NEURONS / n_neurons
+    scaled = Estimate(
+        needed.value * scale,
+        needed.low * scale,
+        needed.high * scale,
+        n=needed.n,
+        resampled=None if needed.resampled is None else needed.resampled * scale,
+        scheme=needed.scheme,
+    )
+    rule = Criterion(threshold=(threshold - 0.5) * scale, paper_side="above")  # needed >= threshold
+    details = {
+        "neurons_needed": int(needed.value),
+        "threshold": threshold,
+        "neurons_needed_ci": [needed.low, needed.high],
+    }
+    return claim_result("C7[rank-to-net]", estimate=scaled, rule=rule, details=details)
+
+
+def c8_peak_layer(m: Measurements) -> ClaimResult:
+    """The peak layer's position (0 = first, 1 = last layer); the interval and p-value come from
+    where the peak falls across resamples (``fraction_in_last_third``)."""
+    d = m.decomposition
+    layers = d.per_layer()
+    n_layers = len(layers["total"])
+    late = _late_layers(n_layers)
+    peak = d.peak_layer_estimate(seed=m.settings.seed)
+    span = max(n_layers - 1, 1)
+    position = Estimate(
+        peak.value / span,
+        peak.low / span,
+        peak.high / span,
+        n=peak.n,
+        resampled=None if peak.resampled is None else peak.resampled / span,
+        scheme=peak.scheme,
+    )
+    rule = Criterion(threshold=(late.start - 0.5) / span, paper_side="above")  # peak in the last third
+    details = {
+        "peak_layer": int(peak.value),
+        "fraction_in_last_third": peak.fraction(lambda layer: layer >= late.start),
+        "last_third_from_layer": late.start,
+        "per_layer": layers["total"].tolist(),
+    }
+    return claim_result("C8[peak]", estimate=position, rule=rule, details=details)
+
+
+def c8_late_groups(m: Measurements) -> ClaimResult:
+    d = m.decomposition
+    layers = d.per_layer()
+    late = _late_layers(len(layers["total"]))
+    in_late = torch.zeros_like(d.cosines, dtype=torch.bool)
+    in_late[late] = True
+    tp_an = (d.groups["TP-"] | d.groups["AN-"]) & in_late
+    reducing = torch.zeros_like(in_late)
+    for group in REDUCING_GROUPS:
+        reducing |= d.groups[group]
+    share = d.mask_share(tp_an, reducing & in_late, seed=m.settings.seed)
+    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="above")  # more than half
+    return claim_result(
+        "C8[late-groups]", estimate=share, rule=rule, details={g: layers[g].tolist() for g in REDUCING_GROUPS}
+    )
+
+
+def c9_correlation(m: Measurements) -> ClaimResult:
+    r = m.decomposition.change_cosine_correlation()  # Fisher-z interval
+    rule = Criterion.inside(-paper.UNCORRELATED_R, paper.UNCORRELATED_R)
+    return claim_result("C9", estimate=r, rule=rule)
+
+
+def c10_patch_all_groups(m: Measurements) -> ClaimResult:
+    share, override, details = _patch(m, REDUCING_GROUPS)
+    rule = Criterion(threshold=paper.MATCH_SHARE, paper_side="above", inclusive=True)  # at least 80%
+    return claim_result("C10", estimate=share, rule=rule, details=details, verdict_override=override)
+
+
+def c11_weight_cosines(m: Measurements) -> ClaimResult:
+    cosines = weight_cosines(m.pair.base, m.pair.dpo)
+    lowest = min(cosines, key=cosines.get)
+    return claim_result(
+        "C11[cosine]",
+        estimate=Estimate.exact_value(cosines[lowest]),
+        rule=Criterion(threshold=paper.WEIGHT_COSINE, paper_side="above"),
+        details={"lowest": lowest, "n_matrices": len(cosines)},
+    )
+
+
+def c11_toxic_activation_drop(m: Measurements) -> ClaimResult:
+    ids = torch.tensor(selection.top_toxic_ids(m.decomposition, 128))
+    base = m.capture("base").mean_activation.flatten(1)[:, ids].mean(1).numpy()  # [n_prompts]
+    dpo = m.capture("dpo").mean_activation.flatten(1)[:, ids].mean(1).numpy()
+    drop = bootstrap(mean_difference, base, dpo, seed=m.settings.seed)
+    rule = Criterion(threshold=0.0, paper_side="above")
+    return claim_result("C11[toxic-activation]", estimate=drop, rule=rule, details={"n": len(ids)})
+
+
+def c12_scale_keys(m: Measurements, factor: int) -> ClaimResult:
+    intervention = selection.scale_keys(m.decomposition, 7, factor)
+    rise = bootstrap(mean_difference, m.scores("dpo", intervention), m.scores("dpo"), seed=m.settings.seed)
+    details = {"n_neurons": len(intervention.neurons), **toxicity_summary(m, intervention, side="dpo")}
+    return claim_result(
+        "C12", factor, estimate=rise, rule=Criterion(threshold=0.0, paper_side="above"), details=details
+    )
+
+
+# ------------------------------------------------------------------------- activation editing (C13)
+
+#: C13's two parts: edited toxicity minus DPO's, and edited perplexity over DPO's minus 1, below 0.
+EDIT_RULE = Criterion(threshold=0.0, paper_side="below")
+_UNEMBEDDING_COSINES: weakref.WeakKeyDictionary[Measurements, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def edit_cosines(m: Measurements, direction: editing.Direction) -> torch.Tensor:
+    """``[L, d_mlp]`` cos(v_i, direction) on the base weights (computed once per pair's measurements)."""
+    if direction == "probe":
+        return m.decomposition.cosines
+    if m not in _UNEMBEDDING_COSINES:
+        _UNEMBEDDING_COSINES[m] = editing.direction_cosines(m.pair, m.decomposition.cosines, direction)
+    return _UNEMBEDDING_COSINES[m]
+
+
+def activation_edit(m: Measurements, spec: editing.EditSpec) -> Intervention:
+    """The edit ``spec`` on the pair's base: m_i from the base capture, c_i for its direction."""
+    return editing.edit_intervention(edit_cosines(m, spec.direction), m.decomposition.mean_base, spec)
+
+
+@dataclass(frozen=True)
+class EditComparison:
+    """An edited base against DPO: C13's two paired estimates and their joint verdict."""
+
+    toxicity: Estimate  # edited minus DPO, mean over prompts
+    perplexity: Estimate  # edited over DPO, minus 1
+
+    @property
+    def parts(self) -> dict[str, tuple[Verdict, float]]:
+        return {
+            "toxicity": (stats.verdict(self.toxicity, EDIT_RULE), stats.p_value(self.toxicity, EDIT_RULE)),
+            "perplexity": (
+                stats.verdict(self.perplexity, EDIT_RULE),
+                stats.p_value(self.perplexity, EDIT_RULE),
+            ),
+        }
+
+    @property
+    def verdict(self) -> Verdict:
+        """replicates only if both parts do; contradicts if either does (an intersection-union test)."""
+        verdicts = [v for v, _ in self.parts.values()]
+        if "not measurable" in verdicts:
+            return "not measurable"
+        if "contradicts" in verdicts:
+            return "contradicts"
+        return "replicates" if all(v == "replicates" for v in verdicts) else "inconclusive"
+
+    @property
+    def p_value(self) -> float:
+        """The larger of the two one-sided p-values (valid for the joint claim)."""
+        return max(p for _, p in self.parts.values())
+
+    def describe(self) -> str:
+        (tv, _), (pv, _) = self.parts["toxicity"], self.parts["perplexity"]
+        t, p = self.toxicity, self.perplexity
+        return (
+            f"toxicity minus DPO's {t.value:+.4f} [{t.low:+.4f}, {t.high:+.4f}] ({tv}); perplexity over DPO's "
+            f"{p.value:+.2%} [{p.low:+.2%}, {p.high:+.2%}] ({pv})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        parts = self.parts
+        return {
+            "toxicity_vs_dpo": {
+                **_interval(self.toxicity),
+                "verdict": parts["toxicity"][0],
+                "p_value": parts["toxicity"][1],
+            },
+            "perplexity_vs_dpo": {
+                **_interval(self.perplexity),
+                "verdict": parts["perplexity"][0],
+                "p_value": parts["perplexity"][1],
+            },
+            "verdict": self.verdict,
+            "p_value": self.p_value,
+        }
+
+
+def compare_with_dpo(m: Measurements, intervention: Intervention) -> EditComparison:
+    """``intervention`` on the base against DPO, paired over prompts (toxicity) and over texts or
+    windows (perplexity): one generation pass and one perplexity pass of the edited base."""
+    toxicity = bootstrap(
+        mean_difference, m.scores("base", intervention), m.scores("dpo"), seed=m.settings.seed
+    )
+    edited_nll, tokens = m.perplexity_rows("base", intervention)
+    dpo_nll, dpo_tokens = m.perplexity_rows("dpo")
+    if not np.array_equal(tokens, dpo_tokens):  # the same tokenizer and texts: never expected to differ
+        raise stats.StatsError("the edited base and DPO scored different token counts on the held-out texts")
+    perplexity = bootstrap(perplexity_increase, edited_nll, dpo_nll, tokens, seed=m.settings.seed)
+    return EditComparison(toxicity, perplexity)
+
+
+def c13_editing_beats_dpo(m: Measurements, constants: tuple[float, float]) -> ClaimResult:
+    """The repository's edit (probe direction by default: see dpoclaims.claims.editing) with constants
+    ``(alpha, beta)``: toxicity and perplexity at most DPO's, both parts from paired intervals."""
+    alpha, beta = constants
+    spec = editing.EditSpec(alpha, beta)
+    intervention = activation_edit(m, spec)
+    comparison = compare_with_dpo(m, intervention)
+    cosines = edit_cosines(m, spec.direction)
+    details = {
+        "edit": spec.to_json(),
+        "n_neurons_edited": len(intervention.neurons),
+        "groups": editing.group_counts(cosines, m.decomposition.mean_base, spec),
+        **comparison.to_json(),
+        "table": {
+            "base": toxicity_and_perplexity(m, "base"),
+            "dpo": toxicity_and_perplexity(m, "dpo"),
+            "edited": toxicity_and_perplexity(m, "base", intervention),
+        },
+    }
+    result = claim_result(
+        "C13",
+        constants,
+        estimate=comparison.toxicity,
+        rule=EDIT_RULE,
+        details=details,
+        verdict_override=comparison.verdict,
+        p_override=comparison.p_value,
+    )
+    return replace(result, finding=comparison.describe())

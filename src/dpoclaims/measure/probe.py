@@ -1,0 +1,103 @@
+"""Linear toxicity probe on the last-layer residual stream, mean-pooled over real tokens.
+
+The residual read is the output of the last decoder layer, before the final layer norm (what
+TransformerLens names ``blocks.{L-1}.hook_resid_post``), the space that MLP value vectors write
+into, so ``cos(v_i, w)`` is meaningful. It is read from the plain Hugging Face model with a
+forward hook on that layer. Padding is masked out of the mean (the reference code averaged
+over padding too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from dpoclaims.devices import module_device
+from dpoclaims.models.mlp import decoder_layers
+
+
+@torch.no_grad()
+def pooled_residuals(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_tokens: int = 128,
+    progress: bool = True,
+) -> torch.Tensor:
+    """``[len(texts), d_model]`` float32 on the CPU: the mean of the last decoder layer's output
+    over non-padding positions. Inputs go to the model's device; the pooling is done in float32.
+
+    Empty texts are refused: they have no position to average over.
+    """
+    if any(not text.strip() for text in texts):
+        raise ValueError("pooled_residuals got an empty text; drop empty texts first")
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(module: torch.nn.Module, args: Any, output: Any) -> None:
+        # A decoder layer returns its hidden states, alone or first in a tuple (by release).
+        hidden = output[0] if isinstance(output, tuple) else output
+        captured["resid"] = hidden.detach()
+
+    tokenizer.padding_side = "right"  # absolute positions start at 0 for every text
+    device = module_device(model)
+    model.eval()
+    rows = []
+    batches = range(0, len(texts), batch_size)
+    handle = decoder_layers(model)[-1].register_forward_hook(keep)
+    try:
+        for start in tqdm(
+            batches, desc="probe features", disable=not progress or len(batches) < 2, leave=False
+        ):
+            batch = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_tokens,
+                add_special_tokens=False,
+            )
+            input_ids = batch["input_ids"].to(device)  # [batch, seq]
+            attention_mask = batch["attention_mask"].to(device)
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            resid = captured.pop("resid").float()  # [batch, seq, d_model], on the last layer's device
+            mask = attention_mask.to(resid.device).unsqueeze(-1).float()
+            rows.append(((resid * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+    finally:
+        handle.remove()
+    return torch.cat(rows)
+
+
+@dataclass
+class LinearProbe:
+    """Logistic regression; ``direction`` is the probe vector ``w`` in residual space."""
+
+    C: float = 1.0
+    seed: int = 0
+    direction: torch.Tensor | None = field(default=None, repr=False)
+    bias: float = 0.0
+
+    def fit(self, features: torch.Tensor, labels: Sequence[int]) -> LinearProbe:
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
+        model.fit(features.numpy().astype(np.float64), np.asarray(labels))
+        self.direction = torch.tensor(model.coef_[0], dtype=torch.float32)
+        self.bias = float(model.intercept_[0])
+        return self
+
+    def decision_function(self, features: torch.Tensor) -> torch.Tensor:
+        if self.direction is None:
+            raise RuntimeError("the probe is not fitted; call fit() first")
+        return features.float() @ self.direction + self.bias
+
+    def accuracy(self, features: torch.Tensor, labels: Sequence[int]) -> float:
+        predictions = (self.decision_function(features) > 0).long()
+        return float((predictions == torch.as_tensor(labels)).float().mean())

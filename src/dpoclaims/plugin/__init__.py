@@ -1,0 +1,16 @@
+"""The claims suite's pytest plugin, registered through the ``pytest11`` entry point (so any
+``pytest`` run where dpoclaims is installed has it; ``-p no:dpoclaims`` turns it off).
+
+- :mod:`~dpoclaims.plugin.options`: the suite's command-line options, parsed once into a
+  frozen :class:`~dpoclaims.plugin.options.SuiteOptions`.
+- :mod:`~dpoclaims.plugin.resources`: the fixtures (the pair, its base and DPO models, the
+  cached captures and measurements) and building the toy before the first test.
+- :mod:`~dpoclaims.plugin.reporting`: verdicts, expected failures, reports and badges.
+- :mod:`~dpoclaims.plugin.registry`: ``@claim_test(key)``, a claim test's markers,
+  parametrization and docstring from the paper table.
+
+Everything here acts only on a run that selects ``claims/`` under its root directory, or on
+items marked ``claim``: elsewhere the plugin adds its options and nothing else.
+"""
+
+pytest_plugins = ["dpoclaims.plugin.options", "dpoclaims.plugin.resources", "dpoclaims.plugin.reporting"]

@@ -1,0 +1,341 @@
+"""Expected outcomes per pair, and the reports written at the end of every run.
+
+- Collection: a claim marked ``hypothesis=True`` asserts a hypothesis the paper refutes and
+  is expected to fail (``xfail(strict=True)``). ``claims/expectations.toml`` declares, per
+  pair, claims known not to replicate there, with the measured reason; such a claim's
+  expectation is inverted. A run is green when every outcome matches what is declared.
+- Reporting: each claim test attaches its measurement to its report; the controller (never
+  an xdist worker) gathers them and writes ``claims.json``, ``claims.md``, badges and figures.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpoclaims.claims import paper
+from dpoclaims.claims.checks import DECLARABLE, ClaimNotHeld
+from dpoclaims.files import TOMLDecodeError, read_toml
+from dpoclaims.plugin.options import DECLARED_KEY, KEYWORD_MARKERS, OPTIONS_KEY, SuiteOptions
+from dpoclaims.plugin.resources import (
+    CLAIM_PROPERTY,
+    FIGURES_PROPERTY,
+    MISSING_FILES,
+    PAIR_PROPERTY,
+    runs_claims,
+)
+from dpoclaims.train.named_pairs import pair_name
+
+EXPECTED_KEY = pytest.StashKey[str]()
+ORDER_KEY = pytest.StashKey[int]()
+KEYWORDS = frozenset(KEYWORD_MARKERS)
+
+
+def expectations_file(rootpath: Path) -> Path:
+    """``claims/expectations.toml`` under the run's root directory (a checkout), or the file
+    named by ``$DPOCLAIMS_EXPECTATIONS`` (a table of your own pairs)."""
+    default = rootpath / "claims" / "expectations.toml"
+    value = os.environ.get("DPOCLAIMS_EXPECTATIONS")
+    if value is None:
+        return default
+    if not value.strip():
+        raise pytest.UsageError(
+            "DPOCLAIMS_EXPECTATIONS is set but empty; name an expectations table (a .toml file) or unset it "
+            f"(then {default} is used)"
+        )
+    return Path(value).expanduser()
+
+
+def load_expectations(pair: str, rootpath: Path) -> dict[str, tuple[str, str]]:
+    """``claim id -> (declared verdict, measured reason)`` for the claims declared not to
+    replicate on ``pair`` (looked up by the pair's name, also when ``pair`` is a spec file).
+
+    A plain string value declares ``contradicts``; ``{ verdict = "inconclusive", reason = "..." }``
+    (or ``"not measurable"``, ``"contradicts"``) declares that state. Every problem with the table
+    (missing, a directory, not UTF-8, not TOML, values of the wrong type) is one usage error naming it."""
+    path = expectations_file(rootpath)
+    named = "DPOCLAIMS_EXPECTATIONS" in os.environ
+    source = f"the expectations table {path}" + (" ($DPOCLAIMS_EXPECTATIONS)" if named else "")
+    if path.is_dir():
+        raise pytest.UsageError(f"{source} is a directory; name the .toml file itself")
+    if not path.is_file():
+        if named:
+            raise pytest.UsageError(f"DPOCLAIMS_EXPECTATIONS names {path}, which does not exist")
+        return {}
+    try:
+        document = read_toml(path)
+    except UnicodeDecodeError as exc:
+        raise pytest.UsageError(
+            f"{source} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from None
+    except (OSError, TOMLDecodeError) as exc:
+        raise pytest.UsageError(f"cannot read {source}: {exc}") from None
+    table = document.get("pairs", {})
+    if not isinstance(table, dict):
+        raise pytest.UsageError(
+            f"{source}: 'pairs' must be a table ([pairs.<pair name>] sections), not {table!r}"
+        )
+    entries = table.get(pair_name(pair), {})
+    if not isinstance(entries, dict):
+        raise pytest.UsageError(
+            f"{source}: the entry of pair {pair_name(pair)!r} must be a table of claim id = reason "
+            f"([pairs.{pair_name(pair)}]), not {entries!r}"
+        )
+    declared: dict[str, tuple[str, str]] = {}
+    for claim, value in entries.items():
+        if isinstance(value, str):
+            declared[claim] = ("contradicts", value)
+        elif (
+            isinstance(value, dict)
+            and value.get("verdict") in DECLARABLE
+            and isinstance(value.get("reason"), str)
+        ):
+            declared[claim] = (value["verdict"], value["reason"])
+        else:
+            raise pytest.UsageError(
+                f"{path}: {claim!r} must be a reason string (contradicts) or a table "
+                f'{{ verdict = one of {list(DECLARABLE)}, reason = "..." }}, not {value!r}'
+            )
+    return declared
+
+
+def claim_id(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("claim")
+    if marker is None:
+        return None
+    callspec = getattr(item, "callspec", None)
+    param = callspec.id if callspec else marker.kwargs.get("param")
+    return f"{marker.args[0]}[{param}]" if param else marker.args[0]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    options: SuiteOptions = config.stash[OPTIONS_KEY]
+    declared = load_expectations(options.pair, config.rootpath)
+    # Every id of the paper table counts as known, so one claims file can run on its own.
+    table_ids = {entry.test_id(p) for entry in paper.ENTRIES for p in (entry.params or (None,))}
+    known = table_ids | ({claim_id(item) for item in items} - {None})
+    unknown = set(declared) - known
+    if unknown:
+        raise pytest.UsageError(
+            f"{expectations_file(config.rootpath)} declares unknown claim ids for {options.pair!r}: {sorted(unknown)}"
+        )
+    for index, item in enumerate(items):
+        cid = claim_id(item)
+        if cid is None:
+            continue
+        item.stash[ORDER_KEY] = index
+        hypothesis = bool(item.get_closest_marker("claim").kwargs.get("hypothesis", False))
+        state, reason = declared.get(cid, (None, None))
+        item.stash[DECLARED_KEY] = state
+        item.stash[EXPECTED_KEY] = f"{state} (declared)" if state else "replicates"
+        # Only the claim's own assertion (ClaimNotHeld) is an expected failure: any other
+        # exception, in the claim or its fixtures, fails the run. A declared "inconclusive" or
+        # "not measurable" is no xfail: the test asserts that verdict.
+        if state in ("inconclusive", "not measurable"):
+            continue
+        if hypothesis and not reason:
+            item.add_marker(
+                pytest.mark.xfail(strict=True, raises=ClaimNotHeld, reason="a hypothesis the paper refutes")
+            )
+        elif reason and not hypothesis:
+            item.add_marker(
+                pytest.mark.xfail(
+                    strict=True,
+                    raises=ClaimNotHeld,
+                    reason=f"declared not to replicate on {options.pair}: {reason}",
+                )
+            )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if EXPECTED_KEY in item.stash:
+        marker = item.get_closest_marker("claim")
+        report.user_properties.append(
+            (
+                "dpoclaims_meta",
+                {
+                    "expected": item.stash[EXPECTED_KEY],
+                    "keyword": next((m.name for m in item.iter_markers() if m.name in KEYWORDS), ""),
+                    "claim_id": claim_id(item),
+                    "order": item.stash[ORDER_KEY],
+                    "hypothesis": bool(marker.kwargs.get("hypothesis", False)),
+                },
+            )
+        )
+    return report
+
+
+def _outcome(report: pytest.TestReport) -> str:
+    if hasattr(report, "wasxfail"):
+        return "xfailed" if report.skipped else "xpassed"
+    if report.when != "call" and report.failed:
+        return "error"
+    return report.outcome
+
+
+class ClaimRecorder:
+    """Gathers the claim records of one pytest run (on the controller under xdist) and writes
+    the reports at its end. One instance per config, so in-process runs never mix."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.records: dict[str, dict[str, Any]] = {}
+        self.header: dict[str, Any] | None = None  # the pair, as a claim test recorded it
+        self.figure_data: dict[str, Any] | None = None
+        self.written: list[str] = []
+        self.selected: set[str] = set()  # claim tests selected (empty on an xdist controller)
+        self.messages: list[str] = []  # said at the end of the terminal summary
+        self.checked = False  # the reports directory was checked at the start
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if PAIR_PROPERTY in props:
+            self.header = props[PAIR_PROPERTY]
+        if FIGURES_PROPERTY in props:
+            self.figure_data = props[FIGURES_PROPERTY]
+        if "dpoclaims_meta" not in props:
+            return
+        if report.when == "call" or (report.when == "setup" and (report.skipped or report.failed)):
+            meta = props["dpoclaims_meta"]
+            self.records[report.nodeid] = {
+                "id": meta["claim_id"],
+                "order": meta["order"],
+                "keyword": meta["keyword"],
+                "expected": meta["expected"],
+                "outcome": _outcome(report),
+                "node_id": report.nodeid,
+                "claim": props.get(CLAIM_PROPERTY),
+                "skip_reason": str(report.longrepr[2])
+                if report.skipped and isinstance(report.longrepr, tuple)
+                else "",
+            }
+
+    @pytest.hookimpl(tryfirst=True)  # before the toy is built (minutes)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """The reports directory is checked before any test runs (read-only, a dangling link, a
+        full disk): one line and a non-zero exit now, not a traceback after all the work. Here
+        when the run names claims/ (also the xdist controller, which collects nothing), else
+        once the collected tests include a claim."""
+        config = self.config
+        if hasattr(config, "workerinput") or config.option.collectonly or not runs_claims(config):
+            return
+        self._check_reports_dir()
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.selected = {item.nodeid for item in session.items if item.get_closest_marker("claim")}
+        on_worker = hasattr(self.config, "workerinput")  # the controller checks, once
+        if self.selected and not (self.checked or on_worker or self.config.option.collectonly):
+            self._check_reports_dir()
+
+    def _check_reports_dir(self) -> None:
+        from dpoclaims.errors import ReportError
+        from dpoclaims.report.records import check_reports_dir
+
+        self.checked = True
+        try:
+            check_reports_dir(self.config.stash[OPTIONS_KEY].reports_dir)
+        except ReportError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    def _incomplete(self, session: pytest.Session, exitstatus: int) -> str | None:
+        """Why this run's report would be incomplete (interrupted, stopped early), else None."""
+        selected = getattr(self, "selected", set())
+        missing = selected - set(self.records)
+        ran = f"{len(self.records)} of {len(selected)} selected claims ran" if selected else ""
+        if exitstatus == pytest.ExitCode.INTERRUPTED:
+            return "the run was interrupted (Ctrl-C)" + (f"; {ran}" if ran else "") + "."
+        if session.shouldstop or session.shouldfail or missing:
+            reason = session.shouldstop or session.shouldfail or "not every selected claim ran"
+            return f"the run stopped early ({reason})" + (f"; {ran}" if ran else "") + "."
+        return None
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        """Write the reports from what the tests recorded; no model is loaded here."""
+        if hasattr(self.config, "workerinput") or not self.records:
+            return
+        options: SuiteOptions = self.config.stash[OPTIONS_KEY]
+        from dpoclaims.errors import DpoclaimsError
+        from dpoclaims.report.records import previous_report_complete, write_reports
+
+        records = list(self.records.values())
+        missing_files = sorted(
+            {r["skip_reason"] for r in records if MISSING_FILES.search(r.get("skip_reason") or "")}
+        )
+        if missing_files and all(r["outcome"] == "skipped" for r in records):
+            # Nothing was measured: never a green run.
+            self.messages.append(
+                "dpoclaims: every selected claim skipped for want of the pair's files: "
+                + " | ".join(reason.removeprefix("Skipped: ") for reason in missing_files)
+            )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        incomplete = self._incomplete(session, exitstatus)
+        if incomplete and previous_report_complete(options.reports_dir):
+            self.messages.append(
+                f"dpoclaims: {incomplete} The previous complete report in {options.reports_dir} is left as it was."
+            )
+            return
+        recorded = self.header or {}
+        header = {
+            "pair": recorded.get("pair", options.pair),
+            "fingerprint": recorded.get("fingerprint", "unknown"),
+            "n_prompts": recorded.get("n_prompts"),
+            "prompts_dropped": recorded.get("prompts_dropped"),
+            "convention": options.convention,
+            "scorer": recorded.get("scorer", options.scorer),
+            "source": "Yang et al. 2024 (arXiv 2411.06424), Lee et al. 2024 (arXiv 2401.01967)",
+            "badge_repo": options.badge_repo,
+            "incomplete": incomplete,
+        }
+        for record in records:
+            record["pair_fingerprint"] = header["fingerprint"]
+        try:
+            self.written = [
+                str(p) for p in write_reports(records, options.reports_dir, header, self.figure_data)
+            ]
+        except (DpoclaimsError, OSError) as exc:  # one line, not an INTERNALERROR after the whole run
+            self.messages.append(f"dpoclaims: ERROR: the reports were not written: {exc}")
+            if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            return
+        if incomplete:
+            self.messages.append(
+                f"dpoclaims: {incomplete} The report in {options.reports_dir} is marked incomplete."
+            )
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        for message in getattr(self, "messages", []):
+            terminalreporter.write_line(message, red=True, bold=True)
+        if not self.written:
+            return
+        options: SuiteOptions = config.stash[OPTIONS_KEY]
+        from dpoclaims.report.records import VERDICT_STATES, verdict
+
+        counts: dict[str, int] = {}
+        for record in self.records.values():
+            key = verdict(record) if record.get("claim") else record["outcome"]
+            counts[key] = counts.get(key, 0) + 1
+        order = [*VERDICT_STATES, *sorted(set(counts) - set(VERDICT_STATES))]
+        markup = {
+            "replicates": {"green": True},
+            "contradicts": {"red": True},
+            "inconclusive": {"yellow": True},
+        }
+        terminalreporter.write_sep("-", "dpoclaims")
+        terminalreporter.write(f"pair {options.pair}: ")
+        for index, key in enumerate(k for k in order if k in counts):
+            terminalreporter.write(
+                ("" if index == 0 else ", ") + f"{counts[key]} {key}", **markup.get(key, {})
+            )
+        terminalreporter.write_line("")
+        terminalreporter.write_line(
+            f"reports: {options.reports_dir / 'claims.md'} (+ claims.json, badges/ with its README.md, figures/)"
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(ClaimRecorder(config), "dpoclaims-claim-recorder")

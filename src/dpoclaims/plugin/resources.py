@@ -1,0 +1,275 @@
+"""Session fixtures: the pair, its models, cached captures and the measurements, and the
+fixture that records a claim's result (and the figure data) on its test report.
+
+Everything comes from the dpoclaims cache, so a second run computes nothing, and
+pytest-xdist workers share entries (each is built once under a file lock).
+
+Only what was not provided skips: an optional download (:class:`dpoclaims.errors.MissingDownload`)
+or a prompt set the pair names no file for. A file that was given but cannot be used fails
+every test that needs it, with the message; a cache that cannot be written stops the session
+with one line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpoclaims.cache import Cache
+from dpoclaims.claims.checks import ClaimResult
+from dpoclaims.errors import CacheError, DpoclaimsError, MissingDownload
+from dpoclaims.files import pickle_globals_allowed
+from dpoclaims.measure.capture import Capture
+from dpoclaims.measure.decomposition import Decomposition
+from dpoclaims.measure.generation import GenerationSettings
+from dpoclaims.measure.measurements import Measurements, MeasurementSettings
+from dpoclaims.measure.prompts import MissingPromptSet, UnusablePromptSet
+from dpoclaims.models.pairs import ModelPair
+from dpoclaims.plugin.options import DECLARED_KEY, OPTIONS_KEY, SuiteOptions
+from dpoclaims.train.named_pairs import load_pair
+
+CLAIM_PROPERTY = "dpoclaims_claim"
+PAIR_PROPERTY = "dpoclaims_pair"  # pair name, fingerprint, prompt count, scorer: the report's header
+FIGURES_PROPERTY = "dpoclaims_figures"  # Decomposition.figure_data, sent once per process
+_figures_sent: set[str] = set()  # pair fingerprints whose figure data this process has sent
+
+
+def default_scorer(pair: ModelPair, options: SuiteOptions) -> str:
+    if options.scorer:
+        return options.scorer
+    return "lexicon" if pair.spec.lexicon else "profanity-check"
+
+
+def load_options(options: SuiteOptions) -> dict[str, Any]:
+    """How the pair loads: dtype, and either accelerate's device map or the one device."""
+    import torch
+
+    device = None if options.device_map else torch.device(options.device)
+    return {"dtype": getattr(torch, options.dtype), "device_map": options.device_map, "device": device}
+
+
+@pytest.fixture(scope="session")
+def suite_options(pytestconfig: pytest.Config) -> SuiteOptions:
+    return pytestconfig.stash[OPTIONS_KEY]
+
+
+@pytest.fixture(scope="session")
+def dpoclaims_cache(suite_options: SuiteOptions) -> Cache:
+    return Cache(suite_options.cache_dir)
+
+
+def load_suite_pair(options: SuiteOptions, cache: Cache) -> ModelPair:
+    """The suite's pair, its checkpoints loaded safely (with the pickle globals that
+    ``--allow-pickle-globals`` names). Skips only when an optional download was not provided;
+    any other error fails, with its message and without a traceback."""
+    from dpoclaims.quiet import quiet_third_party
+
+    quiet_third_party()
+    try:
+        with pickle_globals_allowed(options.allow_pickle_globals):
+            return load_pair(options.pair, cache=cache, **load_options(options))
+    except MissingDownload as exc:  # files the user has not obtained: say what is missing
+        pytest.skip(f"pair {options.pair!r} is not available: {exc}")
+    except DpoclaimsError as exc:  # files the user gave that cannot be used: the run is red
+        pytest.fail(f"pair {options.pair!r} cannot be used: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def pair(suite_options: SuiteOptions, dpoclaims_cache: Cache) -> ModelPair:
+    return load_suite_pair(suite_options, dpoclaims_cache)
+
+
+@pytest.fixture(scope="session")
+def base_model(pair: ModelPair) -> Any:
+    """The base model as a TransformerBridge (raw weights), for your own claims: booted on a copy
+    of the base and checked against the plain model first (see ModelPair.bridge; a
+    TransformerLens that disagrees with the installed transformers stops with the versions)."""
+    try:
+        return pair.bridge("base")
+    except DpoclaimsError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def dpo_model(pair: ModelPair) -> Any:
+    """The DPO model as a TransformerBridge (raw weights), for your own claims (see base_model)."""
+    try:
+        return pair.bridge("dpo")
+    except DpoclaimsError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def measurement_settings(pair: ModelPair, options: SuiteOptions) -> MeasurementSettings:
+    return MeasurementSettings(
+        max_prompts=options.max_prompts,
+        generation=GenerationSettings(),
+        convention=options.convention,
+        scorer=default_scorer(pair, options),
+        perplexity=options.perplexity,
+    )
+
+
+def suite_measurements(pair: ModelPair, cache: Cache, options: SuiteOptions) -> Measurements:
+    """The pair's measurements. Skips when the pair names no file for a prompt set; a prompt
+    file that was given but cannot be used (unreadable, fewer than the minimum of usable
+    prompts) fails, with its message."""
+    try:
+        return Measurements(pair, cache, measurement_settings(pair, options))
+    except MissingPromptSet as exc:
+        pytest.skip(str(exc))
+    except DpoclaimsError as exc:
+        pytest.fail(f"the prompt sets of pair {pair.name!r} cannot be used: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def measurements(pair: ModelPair, dpoclaims_cache: Cache, suite_options: SuiteOptions) -> Measurements:
+    """Everything the claims measure on the pair, cached (see :mod:`dpoclaims.measure.measurements`)."""
+    return suite_measurements(pair, dpoclaims_cache, suite_options)
+
+
+@pytest.fixture(scope="session")
+def base_capture(measurements: Measurements) -> Capture:
+    """Per-prompt mean activations of the base model on its own continuations (cached)."""
+    return measurements.capture("base")
+
+
+@pytest.fixture(scope="session")
+def dpo_capture(measurements: Measurements) -> Capture:
+    return measurements.capture("dpo")
+
+
+@pytest.fixture(scope="session")
+def decomposition(measurements: Measurements) -> Decomposition:
+    """The per-neuron probe-projection decomposition of DPO's reduction."""
+    return measurements.decomposition
+
+
+@pytest.fixture
+def record_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], ClaimResult]:
+    """Attach a claim's result to the test report (xdist carries it to the controller), with,
+    when the test uses ``measurements``, the pair's header and (once per process) the
+    decomposition's figure data: the reports are built from these alone. Then assert what the
+    test asserts (:meth:`ClaimResult.check`, with the verdict the pair's table declares)."""
+
+    def record(result: ClaimResult) -> ClaimResult:
+        node = request.node
+        node.user_properties.append((CLAIM_PROPERTY, result.to_json()))
+        if "measurements" in request.fixturenames:
+            _record_pair(request, node)
+        return result.check(node.stash.get(DECLARED_KEY, None))
+
+    return record
+
+
+def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
+    """The pair's header and, once per process, the decomposition's figure data."""
+    measurements: Measurements = request.getfixturevalue("measurements")
+    pair = measurements.pair
+    header = {
+        "pair": pair.name,
+        "fingerprint": pair.fingerprint,
+        "n_prompts": len(measurements.prompts),
+        "prompts_dropped": measurements.prompts_dropped,
+        "scorer": measurements.settings.scorer,
+    }
+    node.user_properties.append((PAIR_PROPERTY, header))
+    computed = "decomposition" in vars(measurements)  # never compute it only for a figure
+    if computed and pair.fingerprint not in _figures_sent:
+        data = measurements.decomposition.figure_data(seed=measurements.settings.seed)
+        node.user_properties.append((FIGURES_PROPERTY, data))
+        _figures_sent.add(pair.fingerprint)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """A prompt set a claim reads lazily (the neutral texts): the claim skips when the pair names
+    no file for it, and fails with the message (no traceback) when the file cannot be used. Other
+    claims of the pair are unaffected. A cache that cannot be written stops the run."""
+    try:
+        return (yield)
+    except MissingPromptSet as exc:
+        raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
+    except UnusablePromptSet as exc:
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
+    except CacheError as exc:
+        raise _cache_failure(item, exc) from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    try:
+        return (yield)
+    except CacheError as exc:
+        raise _cache_failure(item, exc) from None
+
+
+def _cache_failure(item: pytest.Item, exc: CacheError) -> BaseException:
+    """A cache entry that cannot be written (a full or read-only disk): this test fails with the
+    message, naming the cache and a remedy, and the run stops instead of failing every test."""
+    item.session.shouldstop = f"the cache cannot be written: {exc}"
+    return pytest.fail.Exception(str(exc), pytrace=False)
+
+
+#: Skip reasons that mean the pair's files were not provided (load_suite_pair, suite_measurements,
+#: a lazily read prompt set): a run in which every claim skips for them measured nothing.
+MISSING_FILES = re.compile(r"pair '[^']*' is not available: |names no '\w+' file")
+
+
+def runs_claims(config: pytest.Config) -> bool:
+    """Whether the run selects the claims suite (``claims/`` under the run's root directory, or
+    a file in it)."""
+    return _runs_claims(config)
+
+
+def _runs_claims(config: pytest.Config) -> bool:
+    claims_dir = (config.rootpath / "claims").resolve()
+    for arg in config.args:
+        path = Path(str(arg).split("::")[0]).resolve()
+        if path == claims_dir or claims_dir in path.parents:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build the toy before any test (and before xdist workers start), with visible progress
+    bars: inside a test or a worker its few minutes would pass in silence."""
+    config = session.config
+    options: SuiteOptions = config.stash[OPTIONS_KEY]
+    if hasattr(config, "workerinput") or options.pair != "toy" or not _runs_claims(config):
+        return
+    if config.option.collectonly:  # collecting needs no model: `--collect-only` stays instant
+        return
+    try:  # a cache that cannot be written: one line and a non-zero exit, not an INTERNALERROR
+        _build_toy(config, Cache(options.cache_dir))
+    except DpoclaimsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _build_toy(config: pytest.Config, cache: Cache) -> None:
+    from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy, toy_key
+
+    existing = cache.get("toy", toy_key(ToyConfig()))
+    if existing is not None:
+        check_bands(existing)  # a toy out of its bands stops the run here, with one message
+        return
+    cache.check_writable("toy")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"dpoclaims: building the toy organism into {cache.root} (first use: about 7 minutes on 2 CPU cores)"
+        )
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    from dpoclaims.quiet import quiet_third_party
+
+    quiet_third_party()
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            built = ensure_toy(cache=cache, progress=True)
+    else:
+        built = ensure_toy(cache=cache, progress=True)
+    check_bands(built)

@@ -1,0 +1,1 @@
+"""Reports: claim records, badges, markdown tables and plots."""

@@ -1,0 +1,142 @@
+"""Named pairs (the toy organism, the paper's gpt2-medium pair) and resolving a pair
+argument (a name, a spec file or a directory holding ``pair.toml``) to a loaded pair."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dpoclaims.cache import Cache
+from dpoclaims.errors import MissingDownload, UnknownPairError
+from dpoclaims.models.pairs import ModelPair, PairSpec, load_pair_from_spec
+from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy
+from dpoclaims.train.organism.corpus import TOXIC_WORDS
+
+
+def built_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path:
+    """The toy's directory, built if needed; refused (BrokenOrganismError) if out of its bands."""
+    directory = ensure_toy(config, cache=cache, progress=progress)
+    check_bands(directory)
+    return directory
+
+
+def _toy_spec(cache: Cache) -> PairSpec:
+    spec = PairSpec.from_file(built_toy(cache, ToyConfig()) / "pair.toml")
+    return replace(spec, lexicon=TOXIC_WORDS)  # the toy's toxic register, for the lexicon scorer
+
+
+# The toy organism built at another seed, e.g. "toy-seed1" (dpoclaims replicate runs the claims on
+# these). A directory holding the toy's pair.toml would load without the toy's lexicon, so its
+# claims would silently be scored by profanity-check instead.
+TOY_SEED_NAME = re.compile(r"toy-seed(\d+)")
+
+
+def toy_seed(pair: object) -> int | None:
+    """The seed of a ``toy-seedN`` pair name, else None."""
+    match = TOY_SEED_NAME.fullmatch(pair) if isinstance(pair, str) else None
+    return int(match[1]) if match else None
+
+
+def _seeded_toy_spec(cache: Cache, seed: int) -> PairSpec:
+    spec = PairSpec.from_file(built_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
+    return replace(spec, name=f"toy-seed{seed}", lexicon=TOXIC_WORDS)
+
+
+GPT2_MEDIUM_HELP = (
+    "The paper pair needs three files you obtain yourself: the base model (hub id 'gpt2-medium', "
+    "resolved from your Hugging Face cache, or a local directory: DPOCLAIMS_GPT2_BASE), Lee et al.'s DPO "
+    "checkpoint dpo.pt (DPOCLAIMS_GPT2_DPO) and their probe probe.pt (DPOCLAIMS_GPT2_PROBE), both "
+    "distributed by the authors of github.com/ajyl/dpo_toxic; plus the RealToxicityPrompts prompts.jsonl "
+    "(DPOCLAIMS_RTP_PATH) and Wikitext-2 raw test text (DPOCLAIMS_WIKITEXT_PATH) for the behavioural claims."
+)
+
+
+def _env_file(env: str) -> str | None:
+    """The path ``$env`` names, or None when unset; a :class:`MissingDownload` when it names
+    nothing that exists (the download is not where the variable says)."""
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return None
+    if not Path(value).expanduser().exists():
+        raise MissingDownload(f"{env} names {value}, which does not exist. {GPT2_MEDIUM_HELP}")
+    return value
+
+
+def _gpt2_medium_spec(cache: Cache) -> PairSpec:
+    """The paper's pair, assembled from environment variables (see ``GPT2_MEDIUM_HELP``).
+    Files it lacks are a :class:`MissingDownload`: the claims suite skips the pair then."""
+    missing = [
+        env for env in ("DPOCLAIMS_GPT2_DPO", "DPOCLAIMS_GPT2_PROBE") if not os.environ.get(env, "").strip()
+    ]
+    if missing:
+        raise MissingDownload(f"{', '.join(missing)} not set. {GPT2_MEDIUM_HELP}")
+    dpo, probe = _env_file("DPOCLAIMS_GPT2_DPO"), _env_file("DPOCLAIMS_GPT2_PROBE")
+    base = os.environ.get("DPOCLAIMS_GPT2_BASE", "").strip() or "gpt2-medium"
+    if base.startswith(("/", ".", "~")) and not Path(base).expanduser().exists():  # a path, not a hub id
+        raise MissingDownload(f"DPOCLAIMS_GPT2_BASE names {base}, which does not exist. {GPT2_MEDIUM_HELP}")
+    extras = {
+        key: path
+        for key, env in (
+            ("challenge_prompts", "DPOCLAIMS_RTP_PATH"),
+            ("neutral_texts", "DPOCLAIMS_WIKITEXT_PATH"),
+        )
+        if (path := _env_file(env)) is not None
+    }
+    extras["perplexity_window"] = "1024"  # Wikitext-2 test in 1024-token windows, as the paper
+    return PairSpec(name="gpt2-medium", base=base, dpo=str(dpo), probe=str(probe), extras=extras)
+
+
+NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {"toy": _toy_spec, "gpt2-medium": _gpt2_medium_spec}
+DEFAULT_PAIR = "toy"
+
+
+def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> PairSpec:
+    if isinstance(pair, PairSpec):
+        return pair
+    cache = cache or Cache()
+    if isinstance(pair, str) and pair in NAMED_PAIRS:
+        return NAMED_PAIRS[pair](cache)
+    if (seed := toy_seed(pair)) is not None:
+        return _seeded_toy_spec(cache, seed)
+    path = Path(pair).expanduser()
+    if path.is_file():
+        return PairSpec.from_file(path)
+    if path.is_dir() and (path / "pair.toml").is_file():
+        return PairSpec.from_file(path / "pair.toml")
+    raise UnknownPairError(
+        f"unknown pair {str(pair)!r}: not a named pair ({', '.join(sorted(NAMED_PAIRS))}, toy-seedN) "
+        "nor a .toml/.json pair spec file or a directory holding pair.toml"
+    )
+
+
+def pair_name(pair: str | Path) -> str:
+    """The name of a pair argument without loading (or building) it: a named pair's name, or the
+    ``name`` in a spec file (its stem if it has none)."""
+    if isinstance(pair, str) and (pair in NAMED_PAIRS or toy_seed(pair) is not None):
+        return pair
+    path = Path(pair).expanduser()
+    if path.is_dir():
+        path = path / "pair.toml"
+    try:
+        return PairSpec.from_file(path).name
+    except UnknownPairError:
+        return path.stem
+
+
+def load_pair(
+    pair: str | Path | PairSpec = DEFAULT_PAIR,
+    *,
+    cache: Cache | None = None,
+    dtype: torch.dtype = torch.float32,
+    device_map: Any = None,
+    device: torch.device | str | None = None,
+) -> ModelPair:
+    """Load and validate a pair given by name, spec file or directory holding ``pair.toml``
+    (see :func:`dpoclaims.models.pairs.load_pair_from_spec` for ``dtype``, ``device_map`` and ``device``)."""
+    return load_pair_from_spec(resolve_spec(pair, cache), dtype=dtype, device_map=device_map, device=device)

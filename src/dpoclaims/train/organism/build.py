@@ -1,0 +1,372 @@
+"""Build the toy model organism: corpus -> tokenizer -> base LM -> probe -> DPO model.
+
+The whole build is a pure function of :class:`ToyConfig` (and its seed). ``ensure_toy``
+caches the result under ``<cache>/toy/<hash of the config>/`` and builds it on first use;
+concurrent callers wait on a lock and reuse one build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, GPT2Config, PreTrainedModel
+
+from dpoclaims.cache import Cache, stable_hash
+from dpoclaims.errors import BrokenOrganismError
+from dpoclaims.measure.generation import GenerationSettings, greedy_generate
+from dpoclaims.measure.metrics import perplexity, weight_cosines
+from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer
+from dpoclaims.train.dpo import DPOSettings, train_dpo
+from dpoclaims.train.organism import corpus
+from dpoclaims.train.organism.lm import pack_examples, pretrain, train_tokenizer
+from dpoclaims.versions import build_versions
+
+log = logging.getLogger(__name__)
+
+TOY_FORMAT_VERSION = 3  # bump when the build code changes what a config produces
+DEFAULT_SCORER = "lexicon"
+TOY_THREADS = 2
+
+# The bands a toy must meet to behave like the paper's setting (issue #2).
+BANDS: dict[str, tuple[float, float]] = {
+    "base_toxicity": (0.3, 0.6),
+    "dpo_over_base_toxicity": (0.0, 0.5),
+    "perplexity_increase": (-1.0, 0.15),
+    "min_weight_cosine": (0.99, 1.0),
+    "probe_accuracy": (0.90, 1.0),
+}
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    seed: int = 0
+    n_pretrain_comments: int = 40_000
+    vocab_size: int = 1024
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 64
+    pretrain_steps: int = 500
+    pretrain_batch: int = 32
+    pretrain_block: int = 64
+    pretrain_lr: float = 3e-3
+    n_probe_comments: int = 3000
+    probe_C: float = 1.0
+    n_dpo_pairs: int = 1600
+    n_dpo_val: int = 160
+    # DPO in float32 (DPOSettings.bf16: TRL's default bf16 made the toy differ from CPU to CPU)
+    # for 4 epochs (400 steps). 4 is the first rung of a ladder fixed beforehand (2, 4, 8 epochs)
+    # whose toy meets every band, judged on the bands alone, no claim measured: 2 gives DPO/base
+    # toxicity 0.617 (band 0.5), 4 gives 0.013 with the validation loss converged, 8 raises
+    # held-out perplexity 17% (band 15%). Figures: README, "The toy organism".
+    dpo: DPOSettings = field(
+        default_factory=lambda: DPOSettings(
+            learning_rate=3e-5,
+            batch_size=16,
+            max_epochs=4,
+            eval_every=20,
+            patience=3,
+            warmup_steps=10,
+            max_length=64,
+            optimizer="rmsprop",
+        )
+    )
+    n_challenge: int = 400
+    n_neutral_eval: int = 400
+    generation: GenerationSettings = GenerationSettings(
+        max_prompt_tokens=32, max_new_tokens=20, batch_size=64
+    )
+
+    def key(self) -> str:
+        """The config's part of the cache key (see :func:`toy_key` for the whole key)."""
+        return stable_hash({"format": TOY_FORMAT_VERSION, **asdict(self)})
+
+
+def toy_key(config: ToyConfig, device: torch.device | str | None = None) -> str:
+    """The cache key of the toy built from ``config`` on ``device`` with the installed libraries.
+
+    The versions of every library that shapes the build are part of it
+    (:func:`dpoclaims.versions.build_versions`): a release can change the toy without any change
+    of its config, so a toy built under other versions is never reused; it is rebuilt. A CPU
+    build (the default) is the reference toy. A build on another device type is another organism
+    (its float sums differ, and DPO amplifies that), so it gets a key of its own."""
+    device_type = torch.device(device).type if device is not None else "cpu"
+    parts: dict[str, Any] = {"config": config.key(), "libraries": build_versions()}
+    if device_type != "cpu":
+        parts["device"] = device_type
+    return stable_hash(parts)
+
+
+def failed_bands(report: dict[str, Any]) -> list[str]:
+    """The bands a built toy's report fails, each as ``name = value (band [low, high])``."""
+    return [
+        f"{name} = {band['value']:.4f} (band [{band['band'][0]}, {band['band'][1]}])"
+        for name, band in report["bands"].items()
+        if not band["ok"]
+    ]
+
+
+def check_bands(directory: Path) -> None:
+    """A :class:`BrokenOrganismError` when the toy in ``directory`` failed a band of its setting:
+    the suite never measures claims on it (its verdicts would be about a broken organism)."""
+    report = json.loads((directory / "toy.json").read_text())
+    failed = failed_bands(report)
+    if failed:
+        built_with = report.get("libraries") or {}
+        raise BrokenOrganismError(
+            f"the toy organism in {directory} is outside the bands of the paper's setting: "
+            f"{'; '.join(failed)}. It was built with "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(built_with.items())) or 'unrecorded versions'}. "
+            "Its claims would be about a broken organism, so none are run. Something changed what "
+            "the build computes: other library versions (install the locked ones: README, 'Set-up', "
+            "pip install -c requirements/lock.txt ...; the toy is rebuilt for them), or a change of the "
+            "build's settings or code; the bands and the build's settings are in README, 'The toy "
+            "organism'. Run the claims on another pair meanwhile (--pair)"
+        )
+
+
+def _timed(timings: dict[str, float], name: str, start: float) -> float:
+    now = time.perf_counter()
+    timings[name] = round(now - start, 2)
+    return now
+
+
+def _bands(measured: dict[str, float]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"value": measured[name], "band": [low, high], "ok": low <= measured[name] <= high}
+        for name, (low, high) in BANDS.items()
+    }
+
+
+def _check_tied(model: PreTrainedModel) -> None:
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+        if model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr():
+            raise RuntimeError("DPO model lost its tied embeddings")
+
+
+def build_toy(
+    out: Path,
+    config: ToyConfig = ToyConfig(),
+    *,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Build every part of the toy into ``out`` and return its measurement report.
+
+    The build always runs on ``TOY_THREADS`` torch threads, whatever the caller uses: float
+    sums depend on the thread count, and DPO amplifies such differences, so a fixed count is
+    what makes the same seed give the same toy (e.g. inside a one-thread xdist worker).
+    ``device`` (default the CPU): where pretraining, probe features, generation and DPO run. On
+    the CPU the build is bit-identical run to run; on a GPU it is a different toy (other float
+    sums), reproducible only on the same GPU and software.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(TOY_THREADS)
+    try:
+        return _build_toy(out, config, progress=progress, device=torch.device(device or "cpu"))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.device) -> dict[str, Any]:
+    on_cpu = device.type == "cpu"
+    torch.manual_seed(config.seed)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    comments = corpus.pretraining_comments(config.n_pretrain_comments, config.seed)
+    texts = [c.text for c in comments]
+    base_dir, dpo_dir = out / "base", out / "dpo"
+    tokenizer = train_tokenizer(texts, config.vocab_size, base_dir)
+    t = _timed(timings, "corpus_and_tokenizer", t)
+
+    token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    data = pack_examples(token_lists, tokenizer.eos_token_id, config.pretrain_block)
+    lm_config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=config.n_positions,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    base, losses = pretrain(
+        lm_config,
+        data,
+        steps=config.pretrain_steps,
+        batch_size=config.pretrain_batch,
+        lr=config.pretrain_lr,
+        seed=config.seed,
+        progress=progress,
+        device=None if on_cpu else device,
+    )
+    base.save_pretrained(base_dir)
+    t = _timed(timings, "pretrain", t)
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    # Every step below runs the plain Hugging Face model: under transformers 5.24 a
+    # TransformerBridge-wrapped model generated other continuations (see dpoclaims.hooks.bridge), and
+    # the toy's DPO pairs are generated here.
+    base.eval()
+    probe_texts, probe_labels = corpus.labelled_comments(config.n_probe_comments, config.seed)
+    features = pooled_residuals(base, tokenizer, probe_texts, progress=progress)
+    split = int(0.8 * len(probe_texts))
+    probe = LinearProbe(C=config.probe_C, seed=config.seed).fit(features[:split], probe_labels[:split])
+    probe_accuracy = probe.accuracy(features[split:], probe_labels[split:])
+    torch.save(probe.direction.clone(), out / "probe.pt")
+    t = _timed(timings, "probe", t)
+
+    # DPO pairs as Lee et al.: neutral prompt, preferred = the base's greedy continuation,
+    # rejected = a toxic continuation.
+    n_pairs = config.n_dpo_pairs + config.n_dpo_val
+    prompts = corpus.neutral_prompts(n_pairs, config.seed)
+    preferred = greedy_generate(
+        base, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
+    ).continuations
+    rejected = corpus.toxic_continuations(n_pairs, config.seed)
+    pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
+    with open(out / "dpo_pairs.jsonl", "w") as handle:
+        for pair in pairs:
+            handle.write(
+                json.dumps(
+                    {
+                        "prompt_text": pair["prompt"],
+                        "unpert_gen_text": pair["chosen"],
+                        "pert_gen_text": pair["rejected"],
+                    }
+                )
+                + "\n"
+            )
+    t = _timed(timings, "dpo_data", t)
+
+    # DPO trains a fresh copy from disk (the reference model is the base as saved).
+    from transformers import GPT2LMHeadModel
+
+    policy = GPT2LMHeadModel.from_pretrained(base_dir)
+    dpo_model, history = train_dpo(
+        policy,
+        tokenizer,
+        pairs[: config.n_dpo_pairs],
+        pairs[config.n_dpo_pairs :],
+        config.dpo,
+        progress=progress,
+        device=None if on_cpu else device,
+    )
+    _check_tied(dpo_model)
+    dpo_model.save_pretrained(dpo_dir)
+    tokenizer.save_pretrained(dpo_dir)
+    t = _timed(timings, "dpo_train", t)
+
+    report = measure_toy(base_dir, dpo_dir, config, progress=progress, device=device)
+    report["probe_accuracy"] = probe_accuracy
+    report["pretrain_final_loss"] = sum(losses[-50:]) / len(losses[-50:])
+    report["dpo_history"] = [h for h in history if "eval_loss" in h]
+    report["dpo_steps"] = max((h.get("step", 0) for h in history), default=0)
+    _timed(timings, "evaluate", t)
+    report["timings_s"] = timings
+    report["config"] = asdict(config)
+    report["config_key"] = toy_key(config, device)
+    report["libraries"] = build_versions()
+    if not on_cpu:
+        report["device"] = str(device)
+    measured = {
+        "base_toxicity": report["toxicity"][DEFAULT_SCORER]["base"],
+        "dpo_over_base_toxicity": report["toxicity"][DEFAULT_SCORER]["dpo"]
+        / max(report["toxicity"][DEFAULT_SCORER]["base"], 1e-9),
+        "perplexity_increase": report["perplexity"]["dpo"] / report["perplexity"]["base"] - 1,
+        "min_weight_cosine": report["min_weight_cosine"],
+        "probe_accuracy": probe_accuracy,
+    }
+    report["bands"] = _bands(measured)
+    report["default_scorer"] = DEFAULT_SCORER
+
+    (out / "challenge_prompts.json").write_text(
+        json.dumps(corpus.challenge_prompts(config.n_challenge, config.seed + 1))
+    )
+    (out / "neutral_texts.json").write_text(
+        json.dumps(corpus.neutral_texts(config.n_neutral_eval, config.seed + 1))
+    )
+    (out / "toy.json").write_text(json.dumps(report, indent=1))
+    (out / "pair.toml").write_text(
+        'name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n\n[extras]\n'
+        'challenge_prompts = "challenge_prompts.json"\nneutral_texts = "neutral_texts.json"\n'
+        'dpo_pairs = "dpo_pairs.jsonl"\nreport = "toy.json"\n'
+    )
+    return report
+
+
+def measure_toy(
+    base_dir: Path,
+    dpo_dir: Path,
+    config: ToyConfig,
+    *,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Toxicity (both scorers), perplexity and weight cosines of a built toy pair (on ``device``,
+    default the CPU)."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    models = {
+        "base": GPT2LMHeadModel.from_pretrained(base_dir).eval(),
+        "dpo": GPT2LMHeadModel.from_pretrained(dpo_dir).eval(),
+    }
+    if device is not None and torch.device(device).type != "cpu":
+        for model in models.values():
+            model.to(device)
+    challenge = corpus.challenge_prompts(config.n_challenge, config.seed + 1)
+    neutral = corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)
+    scorers = [LexiconScorer(corpus.TOXIC_WORDS), ProfanityCheckScorer()]
+    toxicity: dict[str, dict[str, float]] = {s.name: {} for s in scorers}
+    samples: dict[str, list[str]] = {}
+    ppl: dict[str, float] = {}
+    for side, model in models.items():
+        generations = greedy_generate(
+            model, tokenizer, challenge, config.generation, progress=progress, desc=f"challenge ({side})"
+        )
+        for scorer in scorers:
+            scores = scorer.score(generations.continuations)
+            toxicity[scorer.name][side] = sum(scores) / len(scores)
+        samples[side] = [p + " |" + c for p, c in zip(challenge[:5], generations.continuations[:5])]
+        ppl[side] = perplexity(model, tokenizer, neutral)
+    cosines = weight_cosines(models["base"], models["dpo"])
+    return {
+        "toxicity": toxicity,
+        "perplexity": ppl,
+        "min_weight_cosine": min(cosines.values()),
+        "weight_cosines": cosines,
+        "samples": samples,
+        "n_challenge_prompts": len(challenge),
+    }
+
+
+def ensure_toy(
+    config: ToyConfig = ToyConfig(),
+    *,
+    cache: Cache | None = None,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+) -> Path:
+    """The directory of the built toy for ``config``, building it if absent or corrupt. The
+    claims suite's toy is the CPU build (``device`` None or the CPU); a build on a GPU has its
+    own entry (see :func:`toy_key`). A toy that failed its bands stays in the cache (to be
+    looked at, and so that it is not rebuilt in vain); :func:`check_bands` refuses it for use."""
+    cache = cache or Cache()
+    key = toy_key(config, device)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        log.info("building the toy organism into %s (first use: about 7 minutes on 2 CPU cores)", cache.root)
+        report = build_toy(tmp, config, progress=progress, device=device)
+        return {"config_key": key, "bands_ok": all(b["ok"] for b in report["bands"].values())}
+
+    return cache.get_or_build("toy", key, build)
