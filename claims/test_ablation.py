@@ -4,9 +4,9 @@ One file per claim family, so that under ``pytest -n N --dist loadfile`` the fam
 passes (one per intervention) run on different workers."""
 
 from dpoclaims.claims import checks as claims
-from dpoclaims.plugin.registry import claim_test
+from dpoclaims.plugin.claim_tests import claim_test
 
 
 @claim_test("C1")
-def test_C1_ablating_top_toxic_neurons_matches_dpo(measurements, record_claim, paper_n):
-    record_claim(claims.c1_ablation_matches_dpo(measurements, paper_n))
+def test_C1_ablating_top_toxic_neurons_matches_dpo(measurements, check_claim, paper_n):
+    check_claim(claims.c1_ablation_matches_dpo(measurements, paper_n))

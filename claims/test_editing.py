@@ -12,18 +12,17 @@ import pytest
 
 from dpoclaims.claims import checks as claims
 from dpoclaims.claims import edit_search
-from dpoclaims.plugin.registry import claim_test
+from dpoclaims.plugin.claim_tests import claim_test
 
 
 @claim_test("C13")
-def test_C13_editing_activations_beats_dpo(measurements, record_claim, constants):
-    record_claim(claims.c13_editing_beats_dpo(measurements, constants))
+def test_C13_editing_activations_beats_dpo(measurements, check_claim, constants):
+    check_claim(claims.c13_editing_beats_dpo(measurements, constants))
 
 
 @pytest.mark.search
 @claim_test("C13[search]")
-def test_C13_some_activation_edit_beats_dpo(measurements, record_claim, suite_options):
+def test_C13_some_activation_edit_beats_dpo(measurements, check_claim, suite_options):
     if suite_options.search_examples == 0:
         pytest.skip("the searches are off (--search-examples 0)")
-    result = edit_search.search_edits(measurements, max_examples=suite_options.search_examples)
-    record_claim(result.claim_result("C13[search]"))
+    check_claim(edit_search.c13_some_edit_beats_dpo(measurements, max_examples=suite_options.search_examples))

@@ -14,25 +14,26 @@ from __future__ import annotations
 import pytest
 
 from dpoclaims.claims import search
-from dpoclaims.plugin.registry import claim_test
+from dpoclaims.plugin.claim_tests import claim_test
 
 
-def _search(key: str, measurements, record_claim, examples: int, space) -> None:
+def _search(claim_search, measurements, check_claim, examples: int) -> None:
     if examples == 0:
         pytest.skip("the counterexample searches are off (--search-examples 0)")
-    result = search.search_ablations(measurements, space(measurements.decomposition), max_examples=examples)
-    record_claim(result.claim_result(key))
+    check_claim(claim_search(measurements, max_examples=examples))
 
 
 @pytest.mark.search
 @claim_test("C1[search]")
-def test_C1_no_ablation_of_toxic_neurons_matches_dpo(measurements, record_claim, suite_options):
-    _search("C1[search]", measurements, record_claim, suite_options.search_examples, search.c1_space)
+def test_C1_no_ablation_of_toxic_neurons_matches_dpo(measurements, check_claim, suite_options):
+    _search(search.c1_no_ablation_matches_dpo, measurements, check_claim, suite_options.search_examples)
 
 
 @pytest.mark.search
 @claim_test("C2[search]")
 def test_C2_no_ablation_of_positively_activated_toxic_neurons_matches_dpo(
-    measurements, record_claim, suite_options
+    measurements, check_claim, suite_options
 ):
-    _search("C2[search]", measurements, record_claim, suite_options.search_examples, search.c2_space)
+    _search(
+        search.c2_no_positive_ablation_matches_dpo, measurements, check_claim, suite_options.search_examples
+    )

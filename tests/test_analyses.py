@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import record_mlp_activations
+from tiny import claim_record, record_mlp_activations
 
 from dpoclaims.hooks.neurons import neuron_hooks
 from dpoclaims.measure.capture import capture
@@ -245,33 +245,10 @@ def test_recovered_share_is_one_for_dpo_itself_and_zero_for_the_base():
 
 
 def test_report_badges_follow_the_shields_endpoint_format(tmp_path: Path):
-    from dpoclaims.report.records import write_reports
+    from dpoclaims.report.writer import write_reports
 
-    claim = {
-        "claim": "C9",
-        "param": "",
-        "statement": "s",
-        "criterion": "c",
-        "measured": 0.5,
-        "ci": [0.4, 0.6],
-        "paper": 0.0037,
-        "replicates": False,
-        "hypothesis": False,
-        "details": {},
-        "id": "C9",
-        "distance_to_paper": 0.4963,
-    }
     records = [
-        {
-            "id": "C9",
-            "order": 0,
-            "keyword": "correlation",
-            "expected": "does not replicate (declared)",
-            "outcome": "xfailed",
-            "node_id": "claims/x.py::t",
-            "claim": claim,
-            "skip_reason": "",
-        }
+        claim_record("C9", "xfailed", "contradicts", keyword="correlation", expected="contradicts (declared)")
     ]
     header = {"pair": "p", "fingerprint": "f", "n_prompts": 3, "convention": "v1", "scorer": "lexicon"}
     write_reports(records, tmp_path, header)

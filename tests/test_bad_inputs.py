@@ -36,7 +36,7 @@ from typing import Any, Literal
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny import D_MODEL, PairFiles, write_spec
+from tiny import D_MODEL, PairFiles, claim_record, write_spec
 
 from dpoclaims.cache import MANIFEST, Cache, verify_entry
 from dpoclaims.errors import (
@@ -1398,20 +1398,8 @@ def _(b: Bench):
         assert csv_path.read_text().startswith("comment_text")
 
 
-def _report_record(claim_id: str, measured: float = 0.5) -> dict[str, Any]:
-    claim = {
-        "statement": "s",
-        "criterion": "c",
-        "measured": measured,
-        "ci": [measured - 0.1, measured + 0.1],
-        "exact": False,
-        "p_value": 0.01,
-        "verdict": "replicates",
-        "replicates": True,
-        "paper": 0.5,
-        "details": {},
-    }
-    return {"id": claim_id, "keyword": "k", "expected": "replicates", "outcome": "passed", "claim": claim}
+def _report_record(claim_id: str, measured: float = 0.5) -> Any:
+    return claim_record(claim_id, measured=measured)
 
 
 _HEADER = {"pair": "p", "fingerprint": "f", "n_prompts": 12, "convention": "v1", "scorer": "lexicon"}
@@ -1419,7 +1407,7 @@ _HEADER = {"pair": "p", "fingerprint": "f", "n_prompts": 12, "convention": "v1",
 
 @case("reports-keep-other-tools-badges-and-remove-only-their-own", "recovery")
 def _(b: Bench):
-    from dpoclaims.report.records import write_reports
+    from dpoclaims.report.writer import write_reports
 
     reports = b.tmp / "site"
     (reports / "badges").mkdir(parents=True)
@@ -1441,7 +1429,7 @@ def _(b: Bench):
     r"cannot write the reports in .*reports \(No space left on device\); set --reports-dir",
 )
 def _(b: Bench):
-    from dpoclaims.report.records import write_reports
+    from dpoclaims.report.writer import write_reports
 
     reports = b.tmp / "reports"
     write_reports([_report_record("C3"), _report_record("C4[v1]")], reports, _HEADER)
@@ -1468,7 +1456,7 @@ def _(b: Bench):
     r"cannot write the reports in .*reports \(No space left on device\); set --reports-dir",
 )
 def _(b: Bench):
-    from dpoclaims.report.records import check_reports_dir
+    from dpoclaims.report.writer import check_reports_dir
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -1480,7 +1468,7 @@ def _(b: Bench):
 _FAKE_CLAIMS = """
 import os
 import pytest
-from dpoclaims.claims.checks import ClaimResult
+from dpoclaims.claims.results import ClaimResult
 
 
 def _result(claim, param):
@@ -1490,17 +1478,17 @@ def _result(claim, param):
 
 @pytest.mark.noise
 @pytest.mark.claim("C6", param="one")
-def test_one(record_claim):
+def test_one(check_claim):
     open(os.environ["RAN_MARK"], "a").write("one\\n")
-    record_claim(_result("C6", "one"))
+    check_claim(_result("C6", "one"))
 
 
 @pytest.mark.noise
 @pytest.mark.claim("C6", param="two")
-def test_two(record_claim):
+def test_two(check_claim):
     if os.environ.get("INTERRUPT"):
         raise KeyboardInterrupt
-    record_claim(_result("C6", "two"))
+    check_claim(_result("C6", "two"))
 """
 
 
@@ -1709,18 +1697,21 @@ def _(b: Bench):
 def _(b: Bench):
     from dpoclaims.claims.checks import claim_result
     from dpoclaims.claims.paper import ENTRIES
-    from dpoclaims.stats import Criterion, Estimate
+    from dpoclaims.models.loading import MLPLayout
+    from dpoclaims.stats import Estimate
 
     got = {}
     for entry in ENTRIES:  # every claim of the paper table
         for param in entry.params or (None,):
+            zero = Estimate(0.0, 0.0, 0.0)
             result = claim_result(
                 entry.key,
                 param,
-                estimate=Estimate(0.0, 0.0, 0.0),
-                rule=Criterion(threshold=0.5, paper_side="above"),
+                estimate=zero,
+                parts={part.name: zero for part in entry.parts_for(param)},
+                layout=MLPLayout("gpt2", n_layers=4, d_model=8, d_mlp=512),
             )
-            got[result.id] = (result.verdict, result.ci)
+            got[str(result.id)] = (result.verdict, result.ci)
     return {k: ("not measurable", None) for k in got}, got
 
 
@@ -1731,7 +1722,7 @@ def _(b: Bench):
     r"C3: an interval of zero width \[0\.0, 0\.0\] on a figure not marked exact",
 )
 def _(b: Bench):
-    from dpoclaims.claims.checks import ClaimResult
+    from dpoclaims.claims.results import ClaimResult
 
     ClaimResult(
         claim="C3",
@@ -1858,14 +1849,14 @@ def _(b: Bench):
 
 _READS_NEUTRAL = """
 import pytest
-from dpoclaims.claims.checks import ClaimResult
+from dpoclaims.claims.results import ClaimResult
 
 
 @pytest.mark.noise
 @pytest.mark.claim("C6", param="prompts")
-def test_reads_the_prompts(measurements, record_claim):
+def test_reads_the_prompts(measurements, check_claim):
     assert len(measurements.prompts) == 12
-    record_claim(ClaimResult(claim="C6", param="prompts", statement="s", criterion="c", measured=0.5,
+    check_claim(ClaimResult(claim="C6", param="prompts", statement="s", criterion="c", measured=0.5,
                              ci=(0.4, 0.6), exact=False, p_value=0.01, verdict="replicates", paper=0.5))
 
 

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tiny import claim_record
 
-from dpoclaims.report.records import (
+from dpoclaims.report.writer import (
     BADGE_COLORS,
-    VERDICT_STATES,
     badge,
     badge_filename,
     badge_wall_markdown,
     write_reports,
 )
+from dpoclaims.stats import VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
 URL_SAFE = re.compile(r"^[A-Za-z0-9._-]+\.json$")
@@ -33,7 +34,7 @@ from dpoclaims.plugin.reporting import claim_id
 class Collector:
     ids = []
     def pytest_collection_finish(self, session):
-        self.ids.extend(claim_id(item) for item in session.items)
+        self.ids.extend(str(claim_id(item)) for item in session.items)
 
 code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "claims"], plugins=[Collector()])
 with open(sys.argv[1], "w") as out:
@@ -44,34 +45,10 @@ with open(sys.argv[1], "w") as out:
 def record(
     claim_id: str = "C9",
     outcome: str = "passed",
-    replicates: bool | None = True,
-    verdict: str | None = None,
-    measured: float | None = 0.5,
-) -> dict[str, Any]:
-    claim = None
-    if replicates is not None:
-        claim = {
-            "id": claim_id,
-            "statement": "s",
-            "criterion": "c",
-            "paper": 0.3,
-            "measured": measured,
-            "ci": [0.4, 0.6],
-            "replicates": replicates,
-            "details": {},
-        }
-        if verdict is not None:
-            claim["verdict"] = verdict
-    return {
-        "id": claim_id,
-        "order": 0,
-        "keyword": "k",
-        "expected": "replicates",
-        "outcome": outcome,
-        "node_id": f"claims/x.py::{claim_id}",
-        "claim": claim,
-        "skip_reason": "" if claim else "not run here",
-    }
+    verdict: str | None = "replicates",
+    measured: float = 0.5,
+) -> Any:
+    return claim_record(claim_id, outcome, verdict, measured)
 
 
 @pytest.mark.parametrize(
@@ -128,9 +105,9 @@ def test_two_ids_with_one_badge_file_are_refused(tmp_path):
         write_reports(records, tmp_path, HEADER)
 
 
-@pytest.mark.parametrize("state", VERDICT_STATES)
+@pytest.mark.parametrize("state", VERDICTS)
 def test_each_verdict_state_has_its_colour(state: str):
-    data = badge(record(verdict=state, replicates=state == "replicates", outcome="passed"))
+    data = badge(record(verdict=state, outcome="passed"))
     assert data == {
         "schemaVersion": 1,
         "label": "C9",
@@ -140,13 +117,13 @@ def test_each_verdict_state_has_its_colour(state: str):
 
 
 def test_the_states_colours_are_distinct():
-    states = [*VERDICT_STATES, "not measured"]
+    states = [*VERDICTS, "not measured"]
     assert len({BADGE_COLORS[state] for state in states}) == len(states)
 
 
-def test_without_a_verdict_field_the_state_follows_replicates():
-    assert badge(record(replicates=True))["message"] == "replicates (0.50)"
-    contradicts = badge(record(replicates=False, outcome="xfailed"))
+def test_the_state_is_the_records_verdict():
+    assert badge(record(verdict="replicates"))["message"] == "replicates (0.50)"
+    contradicts = badge(record(verdict="contradicts", outcome="xfailed"))
     assert (contradicts["message"], contradicts["color"]) == (
         "contradicts (0.50)",
         BADGE_COLORS["contradicts"],
@@ -154,27 +131,27 @@ def test_without_a_verdict_field_the_state_follows_replicates():
 
 
 def test_a_skipped_claim_is_grey_and_not_measured():
-    data = badge(record(outcome="skipped", replicates=None))
+    data = badge(record(outcome="skipped", verdict=None))
     assert (data["message"], data["color"]) == ("not measured", "lightgrey")
 
 
 @pytest.mark.parametrize(
-    ("outcome", "replicates", "message"),
+    ("outcome", "verdict", "message"),
     [
-        ("failed", False, "unexpected: contradicts (0.50)"),
-        ("xpassed", True, "unexpected: replicates (0.50)"),
+        ("failed", "contradicts", "unexpected: contradicts (0.50)"),
+        ("xpassed", "replicates", "unexpected: replicates (0.50)"),
         ("error", None, "unexpected: error"),
     ],
 )
-def test_an_outcome_other_than_declared_is_marked_unexpected(outcome, replicates, message):
-    data = badge(record(outcome=outcome, replicates=replicates))
+def test_an_outcome_other_than_declared_is_marked_unexpected(outcome, verdict, message):
+    data = badge(record(outcome=outcome, verdict=verdict))
     assert data["message"] == message
     assert data["color"] == data["labelColor"] == BADGE_COLORS["unexpected"]
     assert data["isError"] is True
 
 
 def test_an_unknown_verdict_state_is_refused():
-    with pytest.raises(ValueError, match="verdict 'maybe'"):
+    with pytest.raises(ValueError, match="verdict 'maybe' is not one of"):
         badge(record(verdict="maybe"))
 
 
@@ -183,7 +160,7 @@ def test_a_measurement_that_is_not_a_number_shows_no_figure():
 
 
 def test_the_badge_wall_points_at_the_repositorys_badges_branch(tmp_path):
-    records = [record("C1[N=100]"), record("C4[v1]", outcome="skipped", replicates=None)]
+    records = [record("C1[N=100]"), record("C4[v1]", outcome="skipped", verdict=None)]
     write_reports(records, tmp_path, {**HEADER, "badge_repo": "octo/claims"})
     assert sorted(p.name for p in (tmp_path / "badges").iterdir()) == [
         "C1-N100.json",
@@ -258,7 +235,7 @@ def test_a_badge_repository_that_is_not_owner_slash_name_is_refused(monkeypatch)
 
 
 def test_the_readme_documents_the_colours_and_one_row_of_the_wall():
-    from dpoclaims.report.records import badge_markdown
+    from dpoclaims.report.writer import badge_markdown
 
     readme = (ROOT / "README.md").read_text()
     for state, color in BADGE_COLORS.items():

@@ -15,21 +15,21 @@ pytest_plugins = ["pytester"]
 
 FAKE_CLAIMS = """
 import pytest
-from dpoclaims.claims.checks import ClaimResult
+from dpoclaims.claims.results import ClaimResult
 
 
 @pytest.mark.noise
 @pytest.mark.claim("C6", param="fake")
-def test_finding(record_claim):
-    record_claim(ClaimResult(claim="C6", param="fake", statement="a finding", criterion="net/gross <= 0.5",
+def test_finding(check_claim):
+    check_claim(ClaimResult(claim="C6", param="fake", statement="a finding", criterion="net/gross <= 0.5",
                              measured=0.9, ci=(0.8, 1.0), exact=False, p_value=1.0, verdict="contradicts",
                              paper=0.15))
 
 
 @pytest.mark.ablation
 @pytest.mark.claim("C1", hypothesis=True)
-def test_refuted_hypothesis(record_claim):
-    record_claim(ClaimResult(claim="C1", param="", statement="a refuted hypothesis", criterion="recovers >= 80%",
+def test_refuted_hypothesis(check_claim):
+    check_claim(ClaimResult(claim="C1", param="", statement="a refuted hypothesis", criterion="recovers >= 80%",
                              measured=0.1, ci=(0.0, 0.2), exact=False, p_value=0.001, verdict="replicates",
                              paper=0.2, hypothesis=True))
 """
@@ -114,19 +114,19 @@ def broken_fixture():
 
 @pytest.mark.ablation
 @pytest.mark.claim("C1", hypothesis=True)
-def test_refuted_hypothesis_that_crashes(record_claim):
+def test_refuted_hypothesis_that_crashes(check_claim):
     [][0]
 
 
 @pytest.mark.noise
 @pytest.mark.claim("C6", param="fake")
-def test_declared_claim_that_crashes(record_claim):
+def test_declared_claim_that_crashes(check_claim):
     raise RuntimeError("the claim crashed")
 
 
 @pytest.mark.noise
 @pytest.mark.claim("C6", param="setup")
-def test_declared_claim_whose_fixture_crashes(broken_fixture, record_claim):
+def test_declared_claim_whose_fixture_crashes(broken_fixture, check_claim):
     pass
 """
 

@@ -11,6 +11,7 @@ import torch
 from dpoclaims.claims import edit_search, editing, paper
 from dpoclaims.claims.checks import EditComparison
 from dpoclaims.claims.editing import EditSpec
+from dpoclaims.claims.results import ClaimRecord, Expectation
 from dpoclaims.errors import OptionError
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.evaluation import intervened_perplexity
@@ -247,7 +248,7 @@ def test_the_edit_search_finds_and_shrinks_an_edit_that_beats_dpo():
     if result.shrunk:  # Hypothesis shrank it toward the fewest neurons
         assert result.found.spec.beta == 0.4 and result.found.spec.alpha == 0.05
     claim = result.claim_result()
-    assert claim.id == "C13[search]" and claim.verdict == "replicates" and "edit found" in claim.finding
+    assert str(claim.id) == "C13[search]" and claim.verdict == "replicates" and "edit found" in claim.finding
 
 
 def test_the_edit_search_contradicts_when_every_edit_is_worse_than_dpo():
@@ -269,7 +270,7 @@ def test_c13_tests_both_stated_constant_sets():
 
 
 def test_the_report_names_the_best_edit_and_draws_the_front(tmp_path):
-    from dpoclaims.report import records as report
+    from dpoclaims.report import writer as report
 
     def measure(spec: EditSpec) -> edit_search.EditPoint:
         return synthetic_point(spec, 0.05 - spec.beta * 0.08, spec.beta - 0.7)
@@ -289,16 +290,15 @@ def test_the_report_names_the_best_edit_and_draws_the_front(tmp_path):
         edit_search.EditSpace(editing.DIRECTIONS), measure, max_examples=12, seed=0, references=references
     )
     claim = result.claim_result()
-    record = {
-        "id": claim.id,
-        "order": 0,
-        "keyword": "editing",
-        "expected": "replicates",
-        "outcome": "passed",
-        "node_id": "claims/test_editing.py::x",
-        "claim": claim.to_json(),
-        "skip_reason": "",
-    }
+    record = ClaimRecord(
+        id=claim.id,
+        order=0,
+        keyword="editing",
+        expectation=Expectation(),
+        outcome="passed",
+        node_id="claims/test_editing.py::x",
+        result=claim,
+    )
     header = {
         "pair": "synthetic",
         "fingerprint": "f",

@@ -58,7 +58,7 @@ def pair_of(family: str, gpt2_pair, llama_pair):
 def reference_pair(pair, side: str, intervention: Intervention):
     """``pair`` with ``side`` replaced by its weight-edited copy (measured with no intervention)."""
     edited = weight_edited_copy(pair.model(side), intervention, pair.layout.d_mlp)
-    return dataclasses.replace(pair, **{side: edited}, _bridges={})
+    return dataclasses.replace(pair, **{side: edited})
 
 
 def set_values(intervention: Intervention) -> torch.Tensor | None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from dpoclaims.claims import paper, search, selection
-from dpoclaims.claims.checks import ClaimNotHeld, ClaimVerdictUnexpected
+from dpoclaims.claims.results import ClaimNotHeld, ClaimRecord, ClaimVerdictUnexpected, Expectation
 from dpoclaims.errors import OptionError
 from dpoclaims.measure.decomposition import Decomposition
-from dpoclaims.report import records as report
+from dpoclaims.report import writer as report
 from dpoclaims.stats import bootstrap
 
 NOISE = np.random.default_rng(0).normal(0.0, 0.2, 400)  # per-prompt spread: intervals about +-0.02
@@ -171,15 +171,17 @@ def test_every_run_measures_each_rule_s_largest_ablation_before_it_draws():
 def test_the_claims_table_names_the_best_ablation_and_the_counterexample_with_intervals(tmp_path):
     space = search.SearchSpace("C1", ("cosine",), {"cosine": 1000})
     result = search.run_search(space, synthetic(1.0), max_examples=30, seed=0, database=tmp_path)
-    record = {
-        "id": "C1[search]",
-        "keyword": "ablation",
-        "expected": "replicates",
-        "outcome": "failed",
-        "claim": json.loads(json.dumps(result.claim_result("C1[search]").to_json())),  # as recorded
-    }
+    record = ClaimRecord.from_json(
+        {
+            "id": "C1[search]",
+            "keyword": "ablation",
+            "expected": "replicates",
+            "outcome": "failed",
+            "claim": json.loads(json.dumps(result.claim_result("C1[search]").to_json())),  # as recorded
+        }
+    )
     header = {"pair": "p", "fingerprint": "f", "n_prompts": 400, "convention": "v1", "scorer": "lexicon"}
-    text = report.claims_markdown([record], header)
+    text = report.report_markdown([record], header)
     best, counter = result.best, result.counterexample
     line = next(line for line in text.splitlines() if line.startswith("- **C1[search]**"))
     assert f"best: {best.candidate.n} neurons by rule `cosine` recover {best.share.value:.3f}" in line
@@ -199,10 +201,10 @@ def test_a_search_is_checked_as_a_claim_and_its_failure_names_the_counterexample
     assert claim.criterion == paper.entry("C1[search]").criterion and claim.details == result.summary()
     assert claim.verdict == "contradicts"  # cosine 1000 recovers 1.0 +- 0.02: wholly above 80%
     with pytest.raises(ClaimNotHeld, match="counterexample: ablate"):
-        claim.check(None)
+        Expectation().check(claim)
     undecided = replace(claim, verdict="inconclusive")
     with pytest.raises(ClaimVerdictUnexpected, match="counterexample: ablate"):
-        undecided.check(None)
-    assert undecided.check("inconclusive") is undecided
+        Expectation().check(undecided)
+    assert Expectation("inconclusive").check(undecided) is undecided
     calm = search.run_search(SPACE, synthetic(0.5), max_examples=12, seed=0, database=None)
-    assert calm.claim_result("C1[search]").check(None).verdict == "replicates"
+    assert Expectation().check(calm.claim_result("C1[search]")).verdict == "replicates"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dpoclaims.errors import ReportError
-from dpoclaims.report.records import write_reports
+from dpoclaims.report.writer import write_reports
 
 REPORTS_REMEDY = "set --reports-dir or $DPOCLAIMS_REPORTS to a writable directory"
 CACHE_REMEDY = "set --cache-dir or $DPOCLAIMS_CACHE to a writable directory"
@@ -68,7 +68,7 @@ _ON_A_READ_ONLY_MOUNT = textwrap.dedent("""
     from pathlib import Path
     from dpoclaims.cache import Cache
     from dpoclaims.errors import DpoclaimsError
-    from dpoclaims.report.records import write_reports
+    from dpoclaims.report.writer import write_reports
 
     mount = Path(sys.argv[1])
     for attempt in (

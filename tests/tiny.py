@@ -245,3 +245,46 @@ def weight_edited_copy(model: Any, intervention: Any, d_mlp: int) -> Any:
                 out_proj.bias += values[flat] * value_vector
             value_vector.zero_()
     return edited
+
+
+def claim_record(
+    claim_id: str = "C9",
+    outcome: str = "passed",
+    verdict: str | None = "replicates",
+    measured: float = 0.5,
+    *,
+    keyword: str = "k",
+    expected: str = "replicates",
+    details: dict | None = None,
+    skip_reason: str | None = None,
+) -> Any:
+    """A typed claim record as the plugin makes one; ``verdict=None``: not measured (skipped)."""
+    from dpoclaims.claims.results import ClaimId, ClaimRecord, ClaimResult, Expectation
+
+    cid = ClaimId.parse(claim_id)
+    result = None
+    if verdict is not None:
+        measurable = verdict != "not measurable" and measured == measured
+        result = ClaimResult(
+            claim=cid.claim,
+            param=cid.param,
+            statement="s",
+            criterion="c",
+            measured=measured,
+            ci=(measured - 0.1, measured + 0.1) if measurable else None,
+            exact=False,
+            p_value=0.01 if measurable else float("nan"),
+            verdict=verdict,  # type: ignore[arg-type]
+            paper=0.3,
+            details=details or {},
+        )
+    return ClaimRecord(
+        id=cid,
+        order=0,
+        keyword=keyword,
+        expectation=Expectation.from_label(expected),
+        outcome=outcome,
+        node_id=f"claims/x.py::{claim_id}",
+        result=result,
+        skip_reason=("not run here" if result is None else "") if skip_reason is None else skip_reason,
+    )

@@ -54,7 +54,7 @@ MIN_PEARSON_PAIRS = 4  # the Fisher-z standard error 1/sqrt(n - 3) needs n >= 4
 # Elements of one block of resampled data ([rows, n, ...] float64): bounds memory on large n.
 _BLOCK_ELEMENTS = 1 << 22
 
-Side = Literal["below", "above", "inside"]
+PaperSide = Literal["below", "above", "inside"]  # where the paper puts a statistic
 Verdict = Literal["replicates", "contradicts", "inconclusive", "not measurable"]
 VERDICTS: tuple[Verdict, ...] = ("replicates", "contradicts", "inconclusive", "not measurable")
 Method = Literal["bootstrap", "fisher_z", "exact"]
@@ -382,7 +382,7 @@ class Criterion:
     """
 
     threshold: float | None = None
-    paper_side: Side = "below"
+    paper_side: PaperSide = "below"
     bounds: tuple[float, float] | None = None
     inclusive: bool = False
 
@@ -418,6 +418,35 @@ class Criterion:
         low, high = self.bounds
         return low < value < high
 
+    def phrase(self, fmt: str = "g") -> str:
+        """The paper's side in words, e.g. "is below 80%", "is at least 5%", "lies strictly
+        between -0.1 and 0.1"; ``fmt`` formats the threshold (``"%"``: a percentage)."""
+        if self.paper_side == "inside":
+            assert self.bounds is not None
+            low, high = (_format(b, fmt) for b in self.bounds)
+            return f"lies strictly between {low} and {high}"
+        assert self.threshold is not None
+        words = {
+            ("below", False): "is below",
+            ("below", True): "is at most",
+            ("above", False): "is above",
+            ("above", True): "is at least",
+        }[(self.paper_side, self.inclusive)]
+        return f"{words} {_format(self.threshold, fmt)}"
+
+    def negated_phrase(self, fmt: str = "g") -> str:
+        """H0 in words: the complement of :meth:`phrase` (a tie goes where ``inclusive`` says)."""
+        if self.paper_side == "inside":
+            assert self.bounds is not None
+            low, high = (_format(b, fmt) for b in self.bounds)
+            return f"is at most {low} or at least {high}"
+        flipped = Criterion(
+            threshold=self.threshold,
+            paper_side="above" if self.paper_side == "below" else "below",
+            inclusive=not self.inclusive,
+        )
+        return flipped.phrase(fmt)
+
     def hypotheses(self, name: str = "θ") -> tuple[str, str]:
         """The null and alternative hypotheses in words, e.g. ("θ ≥ 0.8", "θ < 0.8")."""
         t = f"{self.threshold:g}" if self.threshold is not None else ""
@@ -431,6 +460,23 @@ class Criterion:
             )
         low, high = self.bounds
         return f"{name} ≤ {low:g} or {name} ≥ {high:g}", f"{low:g} < {name} < {high:g}"
+
+
+def _format(value: float, fmt: str) -> str:
+    return f"{value:.0%}" if fmt == "%" else f"{value:{fmt}}"
+
+
+def combined_verdict(verdicts: Sequence[Verdict]) -> Verdict:
+    """The verdict of a claim made of parts that must all hold (an intersection-union test):
+    not measurable if any part is, else contradicts if any part contradicts, else replicates
+    only if every part replicates, else inconclusive. Its p-value is the largest of the parts'."""
+    if not verdicts:
+        raise StatsError("a combined verdict needs at least one part")
+    if "not measurable" in verdicts:
+        return "not measurable"
+    if "contradicts" in verdicts:
+        return "contradicts"
+    return "replicates" if all(v == "replicates" for v in verdicts) else "inconclusive"
 
 
 def verdict(estimate: Estimate, criterion: Criterion) -> Verdict:

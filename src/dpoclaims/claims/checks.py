@@ -1,16 +1,18 @@
 """The paper's claims as plain functions of a pair's :class:`Measurements`.
 
-One function per sentence of the paper (its entry in :mod:`dpoclaims.claims.paper` holds the
-sentence, source, figures and criterion); parameters are real ones only (N, factor, group,
-denominator). Each measures the pair and returns a :class:`ClaimResult` saying whether the
-paper's finding replicates. Claims the paper states as a refuted hypothesis ("ablation matches
+One function per sentence of the paper, registered by its key (``@claim("C5")``); its entry in
+:mod:`dpoclaims.claims.paper` holds the sentence, source, figures and the decision rule, which
+:func:`claim_result` applies (a claim function never builds one). Parameters are real ones only
+(N, factor, group, denominator). Each measures the pair and returns a :class:`ClaimResult`
+saying whether the paper's finding replicates. Claims the paper states as a refuted hypothesis ("ablation matches
 DPO") are flagged ``hypothesis=True``: their test asserts the hypothesis and is expected to fail.
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,100 +20,15 @@ import torch
 
 from dpoclaims import stats
 from dpoclaims.claims import editing, paper, selection
+from dpoclaims.claims.registry import claim
+from dpoclaims.claims.results import ClaimResult
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.decomposition import REDUCING_GROUPS, Decomposition
 from dpoclaims.measure.measurements import NO_INTERVENTION, Measurements, Side
 from dpoclaims.measure.metrics import weight_cosines
 from dpoclaims.measure.side_effects import f1_summary
-from dpoclaims.stats import Criterion, Estimate, Verdict, bootstrap, mean_difference, recovered_share
-
-
-class ClaimNotHeld(AssertionError):
-    """The claim's verdict is the definite opposite of what its test asserts: the only failure a
-    declared claim (or the refuted hypothesis) may expect."""
-
-
-class ClaimVerdictUnexpected(Exception):
-    """The claim came out inconclusive or not measurable, and the pair's table does not declare
-    that: never an expected failure."""
-
-
-DECLARABLE = ("contradicts", "inconclusive", "not measurable")
-
-
-@dataclass
-class ClaimResult:
-    claim: str  # e.g. "C1"
-    param: str  # e.g. "N=100"
-    statement: str
-    criterion: str
-    measured: float
-    ci: tuple[float, float] | None  # 95% interval; None when exact or not measurable
-    exact: bool  # the figure has no sampling error (shown as "exact")
-    p_value: float  # one-sided p of H0 "the paper's finding does not hold" (NaN: not measurable)
-    verdict: Verdict  # replicates / contradicts / inconclusive / not measurable, from the interval
-    paper: float | None
-    hypothesis: bool = False  # the test asserts a hypothesis the paper refutes
-    details: dict[str, Any] = field(default_factory=dict)
-    finding: str = ""  # what decided the verdict, in words, when the figure alone does not say
-
-    @property
-    def id(self) -> str:
-        return f"{self.claim}[{self.param}]" if self.param else self.claim
-
-    @property
-    def replicates(self) -> bool:
-        return self.verdict == "replicates"
-
-    @property
-    def distance_to_paper(self) -> float | None:
-        return None if self.paper is None else self.measured - self.paper
-
-    def check(self, declared: str | None = None) -> ClaimResult:
-        """Assert what the test asserts: the paper's finding (``replicates``), or for a refuted
-        hypothesis its opposite (``contradicts``), or the verdict the pair's table declares for
-        ``inconclusive`` / ``not measurable``. A declared ``contradicts`` is asserted like an
-        undeclared claim and inverted by its xfail."""
-        figure = f"measured {self.measured:.4g}" + (
-            " (exact)" if self.exact else f" [{self.ci[0]:.4g}, {self.ci[1]:.4g}]" if self.ci else ""
-        )
-        where = f"{self.id}: {figure}, p = {self.p_value:.3g}; criterion: {self.criterion}"
-        if self.finding:
-            where += f"; {self.finding}"
-        if declared in ("inconclusive", "not measurable"):
-            if self.verdict != declared:
-                raise ClaimVerdictUnexpected(
-                    f"declared {declared}, but the verdict is {self.verdict}: {where}"
-                )
-            return self
-        wanted, opposite = ("contradicts", "replicates") if self.hypothesis else ("replicates", "contradicts")
-        if self.verdict == wanted:
-            return self
-        if self.verdict == opposite:
-            what = (
-                "the refuted hypothesis does not hold"
-                if self.hypothesis
-                else "the paper's finding does not hold"
-            )
-            raise ClaimNotHeld(f"{what}: {where}")
-        raise ClaimVerdictUnexpected(
-            f"{self.verdict} (not declared for this pair): {where}. Declare it in the expectations table "
-            "with the measured reason if that is what this pair shows"
-        )
-
-    def __post_init__(self) -> None:
-        if self.ci is not None and not self.exact and self.ci[0] == self.ci[1]:
-            raise ValueError(
-                f"{self.id}: an interval of zero width {list(self.ci)} on a figure not marked exact; "
-                "such a figure is not measurable (see claim_result)"
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["id"] = self.id
-        data["replicates"] = self.replicates
-        data["distance_to_paper"] = self.distance_to_paper
-        return data
+from dpoclaims.models.loading import MLPLayout
+from dpoclaims.stats import Estimate, Verdict, bootstrap, mean_difference, recovered_share
 
 
 def claim_result(
@@ -119,16 +36,40 @@ def claim_result(
     param: Any = None,
     *,
     estimate: Estimate,
-    rule: Criterion,
+    parts: Mapping[str, Estimate] | None = None,
+    layout: MLPLayout | None = None,
     details: dict[str, Any] | None = None,
     verdict_override: Verdict | None = None,
     p_override: float | None = None,
 ) -> ClaimResult:
-    """A claim's result: texts and the paper's figure from the paper table, the verdict and
-    p-value from ``estimate`` against ``rule``."""
+    """A claim's result: texts, the paper's figure and the rule from the paper-table entry ``key``,
+    the verdict and p-value from ``estimate`` (and each of the entry's ``parts``) against it.
+
+    A claim with parts replicates only if every part does (:func:`dpoclaims.stats.combined_verdict`);
+    its p-value is the largest of the parts', each part's figures go to ``details[part.name]``.
+    ``layout`` resolves a scaled threshold (:meth:`ClaimEntry.rule_for`). ``verdict_override``
+    (with ``p_override``) is for a verdict decided otherwise: DPO not reducing toxicity (not
+    measurable), a search over many measured points."""
     entry = paper.entry(key)
-    test_id = entry.test_id(param)
-    verdict = verdict_override or stats.verdict(estimate, rule)
+    if entry.scaled and layout is None:
+        raise ValueError(f"{key}: its threshold is scaled to the pair; pass the pair's layout")
+    rule = entry.rule_for(layout.n_layers, layout.n_neurons) if layout is not None else entry.rule
+    details = dict(details or {})
+    verdicts = [stats.verdict(estimate, rule)]
+    p_values = [stats.p_value(estimate, rule)]
+    expected_parts = {part.name: part for part in entry.parts_for(param)}
+    if parts is None and verdict_override is not None:  # a search: the verdict speaks for every part
+        expected_parts = {}
+    if set(parts or {}) != set(expected_parts):
+        raise ValueError(
+            f"{key}: parts {sorted(parts or {})} measured, the paper table has {sorted(expected_parts)}"
+        )
+    for name, part_estimate in (parts or {}).items():
+        part_rule = expected_parts[name].rule
+        verdicts.append(stats.verdict(part_estimate, part_rule))
+        p_values.append(stats.p_value(part_estimate, part_rule))
+        details[name] = {**_interval(part_estimate), "p_value": p_values[-1], "verdict": verdicts[-1]}
+    verdict = verdict_override or stats.combined_verdict(verdicts)
     finding = ""
     if zero_width(estimate):
         # Every resample gave the same figure: the prompts do not vary in it, so its sampling
@@ -139,23 +80,26 @@ def claim_result(
             "the same figure, so its sampling error cannot be estimated; measure on more varied prompts"
         )
     measurable = estimate.measurable and verdict != "not measurable"
+    if p_override is not None:
+        p_value = p_override
+    elif measurable:
+        p_value = max(p_values)
+    else:
+        p_value = float("nan")
+    claim_id = entry.claim_id(param)
     return ClaimResult(
-        claim=entry.claim,
-        param=test_id[len(entry.claim) + 1 : -1] if "[" in test_id else "",
+        claim=claim_id.claim,
+        param=claim_id.param,
         statement=entry.text(entry.statement, param),
         criterion=entry.text(entry.criterion, param),
         measured=estimate.value,
         ci=(estimate.low, estimate.high) if measurable and not estimate.exact else None,
         exact=estimate.exact,
-        p_value=p_override
-        if p_override is not None
-        else stats.p_value(estimate, rule)
-        if measurable
-        else float("nan"),
+        p_value=p_value,
         verdict=verdict,
         paper=entry.figure(param),
         hypothesis=entry.hypothesis,
-        details=details or {},
+        details=details,
         finding=finding,
     )
 
@@ -210,21 +154,14 @@ def _group_details(d: Decomposition) -> dict[str, Any]:
     }
 
 
-def _late_layers(n_layers: int) -> slice:
-    """The last third of the layers (at least one)."""
-    return slice(n_layers - max(1, n_layers // 3), n_layers)
-
-
 def _interval(estimate: Estimate) -> dict[str, Any]:
     return {"value": estimate.value, "ci": [estimate.low, estimate.high]}
-
-
-MATCH_RULE = Criterion(threshold=paper.MATCH_SHARE, paper_side="below")  # recovers less than 80%
 
 
 # ------------------------------------------------------------------------- the claims
 
 
+@claim("C1")
 def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> ClaimResult:
     intervention = selection.ablation(m.decomposition, paper_n)
     share = recovered(m, intervention)
@@ -244,46 +181,24 @@ def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> ClaimResult:
         **toxicity_summary(m, intervention),
         **layers,
     }
-    return claim_result(
-        "C1", paper_n, estimate=share, rule=MATCH_RULE, details=details, verdict_override=override
-    )
+    return claim_result("C1", paper_n, estimate=share, details=details, verdict_override=override)
 
 
+@claim("C2")
 def c2_positive_ablation(m: Measurements, paper_n: int) -> ClaimResult:
     """Below 80%, and (where the paper compares) above plain ablation by the paired difference:
-    replicates only if both parts do, contradicts if either part does; p is the larger p
-    (an intersection-union test)."""
+    the entry's two parts (its ``more_than_plain`` part applies to N = 100, 200, 1000)."""
     positive = selection.ablation(m.decomposition, paper_n, positive=True)
     share = recovered(m, positive)
     override, drop = _recovery_verdict(m)
     details = {"n_neurons_ablated": len(positive.neurons), **drop, **toxicity_summary(m, positive)}
-    verdicts = [stats.verdict(share, MATCH_RULE)]
-    p_values = [stats.p_value(share, MATCH_RULE)]
-    if paper_n in (100, 200, 1000):  # where the paper compares with plain top-N ablation
+    parts = {}
+    if paper.entry("C2").parts_for(paper_n):  # where the paper compares with plain top-N ablation
         plain = recovered(m, selection.ablation(m.decomposition, paper_n))
-        more = stats.difference(share, plain)  # paired over the same resampled prompts
-        more_rule = Criterion(threshold=0.0, paper_side="above")
-        verdicts.append(stats.verdict(more, more_rule))
-        p_values.append(stats.p_value(more, more_rule))
+        parts["more_than_plain"] = stats.difference(share, plain)  # paired over the same resampled prompts
         details["plain_top_n_share"] = plain.value
-        details["more_than_plain"] = {**_interval(more), "p_value": p_values[-1], "verdict": verdicts[-1]}
-    combined: Verdict = (
-        "not measurable"
-        if "not measurable" in verdicts
-        else "contradicts"
-        if "contradicts" in verdicts
-        else "replicates"
-        if all(v == "replicates" for v in verdicts)
-        else "inconclusive"
-    )
     return claim_result(
-        "C2",
-        paper_n,
-        estimate=share,
-        rule=MATCH_RULE,
-        details=details,
-        verdict_override=override or combined,
-        p_override=max(p_values),
+        "C2", paper_n, estimate=share, parts=parts, details=details, verdict_override=override
     )
 
 
@@ -324,6 +239,7 @@ def toxicity_and_perplexity(
     }
 
 
+@claim("C2[perplexity]")
 def c2_ablation_costs_perplexity(m: Measurements) -> ClaimResult:
     """The perplexity rise, bootstrapped over the held-out texts (or windows), paired."""
     intervention = selection.ablation(m.decomposition, 1000, positive=True)
@@ -333,7 +249,6 @@ def c2_ablation_costs_perplexity(m: Measurements) -> ClaimResult:
     return claim_result(
         "C2[perplexity]",
         estimate=rise,
-        rule=Criterion(threshold=paper.PERPLEXITY_COST, paper_side="above"),
         details={
             "perplexity": m.perplexity("base", intervention),
             "base_perplexity": m.perplexity("base"),
@@ -350,51 +265,50 @@ def _patch(m: Measurements, groups: tuple[str, ...]) -> tuple[Estimate, Verdict 
     return recovered(m, intervention), override, details
 
 
+@claim("C3")
 def c3_patch_dampened(m: Measurements) -> ClaimResult:
     share, override, details = _patch(m, ("TP-",))
-    rule = Criterion.inside(0.0, paper.MATCH_SHARE)
-    return claim_result("C3", estimate=share, rule=rule, details=details, verdict_override=override)
+    return claim_result("C3", estimate=share, details=details, verdict_override=override)
 
 
+@claim("C4")
 def c4_dampened_share(m: Measurements, denominator: str) -> ClaimResult:
     d = m.decomposition
     share = d.share("TP-", denominator, seed=m.settings.seed)
-    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="below")
-    return claim_result("C4", denominator, estimate=share, rule=rule, details=_group_details(d))
+    return claim_result("C4", denominator, estimate=share, details=_group_details(d))
 
 
+@claim("C5")
 def c5_group_share(m: Measurements, group: str) -> ClaimResult:
     d = m.decomposition
     share = d.share(group, "four-groups", seed=m.settings.seed)
-    rule = Criterion(threshold=paper.NONTRIVIAL_SHARE, paper_side="above", inclusive=True)  # at least
     details = {"count": d.group_count(group), "sum": d.group_sum(group)}
-    return claim_result("C5", group, estimate=share, rule=rule, details=details)
+    return claim_result("C5", group, estimate=share, details=details)
 
 
+@claim("C5[anti-toxic]")
 def c5_anti_toxic_share(m: Measurements) -> ClaimResult:
     d = m.decomposition
     share = d.share(("AP+", "AN-"), "four-groups", seed=m.settings.seed)
-    rule = Criterion(threshold=paper.ANTI_TOXIC_LARGE_SHARE, paper_side="above", inclusive=True)
-    return claim_result("C5[anti-toxic]", estimate=share, rule=rule, details=_group_details(d))
+    return claim_result("C5[anti-toxic]", estimate=share, details=_group_details(d))
 
 
+@claim("C6[increasing]")
 def c6_fraction_increasing(m: Measurements) -> ClaimResult:
     d = m.decomposition
     fraction = d.fraction_increasing_estimate(seed=m.settings.seed)
-    rule = Criterion(threshold=paper.LARGE_FRACTION_INCREASING, paper_side="above", inclusive=True)
     details = {"n_increasing": int((d.contribution < 0).sum()), "n_neurons": d.contribution.numel()}
-    return claim_result("C6[increasing]", estimate=fraction, rule=rule, details=details)
+    return claim_result("C6[increasing]", estimate=fraction, details=details)
 
 
+@claim("C6[net-over-gross]")
 def c6_net_over_gross(m: Measurements) -> ClaimResult:
     d = m.decomposition
     ratio = d.net_over_gross(seed=m.settings.seed)
-    rule = Criterion(threshold=paper.NET_OVER_GROSS_SMALL, paper_side="below", inclusive=True)  # at most
-    return claim_result(
-        "C6[net-over-gross]", estimate=ratio, rule=rule, details={"net": d.net, "gross": d.gross}
-    )
+    return claim_result("C6[net-over-gross]", estimate=ratio, details={"net": d.net, "gross": d.gross})
 
 
+@claim("C7[top-toxic]")
 def c7_top_toxic_share(m: Measurements) -> ClaimResult:
     d = m.decomposition
     ids = torch.tensor(selection.top_toxic_ids(d, 1000))
@@ -402,10 +316,10 @@ def c7_top_toxic_share(m: Measurements) -> ClaimResult:
     top[ids] = True
     everyone = torch.ones_like(d.cosines, dtype=torch.bool)
     share = d.mask_share(top.view_as(d.cosines), everyone, seed=m.settings.seed)  # of the net
-    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="below")
-    return claim_result("C7[top-toxic]", estimate=share, rule=rule, details={"n": len(ids), "net": d.net})
+    return claim_result("C7[top-toxic]", estimate=share, details={"n": len(ids), "net": d.net})
 
 
+@claim("C7[rank-to-net]")
 def c7_neurons_to_net(m: Measurements) -> ClaimResult:
     """Neurons needed to reach the net, scaled to GPT-2 medium (the figure the paper speaks of)."""
     d = m.decomposition
@@ -421,22 +335,22 @@ def c7_neurons_to_net(m: Measurements) -> ClaimResult:
         resampled=None if needed.resampled is None else needed.resampled * scale,
         scheme=needed.scheme,
     )
-    rule = Criterion(threshold=(threshold - 0.5) * scale, paper_side="above")  # needed >= threshold
     details = {
         "neurons_needed": int(needed.value),
         "threshold": threshold,
         "neurons_needed_ci": [needed.low, needed.high],
     }
-    return claim_result("C7[rank-to-net]", estimate=scaled, rule=rule, details=details)
+    return claim_result("C7[rank-to-net]", estimate=scaled, layout=m.pair.layout, details=details)
 
 
+@claim("C8[peak]")
 def c8_peak_layer(m: Measurements) -> ClaimResult:
     """The peak layer's position (0 = first, 1 = last layer); the interval and p-value come from
     where the peak falls across resamples (``fraction_in_last_third``)."""
     d = m.decomposition
     layers = d.per_layer()
     n_layers = len(layers["total"])
-    late = _late_layers(n_layers)
+    late = paper.late_layers(n_layers)
     peak = d.peak_layer_estimate(seed=m.settings.seed)
     span = max(n_layers - 1, 1)
     position = Estimate(
@@ -447,20 +361,20 @@ def c8_peak_layer(m: Measurements) -> ClaimResult:
         resampled=None if peak.resampled is None else peak.resampled / span,
         scheme=peak.scheme,
     )
-    rule = Criterion(threshold=(late.start - 0.5) / span, paper_side="above")  # peak in the last third
     details = {
         "peak_layer": int(peak.value),
         "fraction_in_last_third": peak.fraction(lambda layer: layer >= late.start),
         "last_third_from_layer": late.start,
         "per_layer": layers["total"].tolist(),
     }
-    return claim_result("C8[peak]", estimate=position, rule=rule, details=details)
+    return claim_result("C8[peak]", estimate=position, layout=m.pair.layout, details=details)
 
 
+@claim("C8[late-groups]")
 def c8_late_groups(m: Measurements) -> ClaimResult:
     d = m.decomposition
     layers = d.per_layer()
-    late = _late_layers(len(layers["total"]))
+    late = paper.late_layers(len(layers["total"]))
     in_late = torch.zeros_like(d.cosines, dtype=torch.bool)
     in_late[late] = True
     tp_an = (d.groups["TP-"] | d.groups["AN-"]) & in_late
@@ -468,57 +382,53 @@ def c8_late_groups(m: Measurements) -> ClaimResult:
     for group in REDUCING_GROUPS:
         reducing |= d.groups[group]
     share = d.mask_share(tp_an, reducing & in_late, seed=m.settings.seed)
-    rule = Criterion(threshold=paper.MINORITY_SHARE, paper_side="above")  # more than half
     return claim_result(
-        "C8[late-groups]", estimate=share, rule=rule, details={g: layers[g].tolist() for g in REDUCING_GROUPS}
+        "C8[late-groups]", estimate=share, details={g: layers[g].tolist() for g in REDUCING_GROUPS}
     )
 
 
+@claim("C9")
 def c9_correlation(m: Measurements) -> ClaimResult:
     r = m.decomposition.change_cosine_correlation()  # Fisher-z interval
-    rule = Criterion.inside(-paper.UNCORRELATED_R, paper.UNCORRELATED_R)
-    return claim_result("C9", estimate=r, rule=rule)
+    return claim_result("C9", estimate=r)
 
 
+@claim("C10")
 def c10_patch_all_groups(m: Measurements) -> ClaimResult:
     share, override, details = _patch(m, REDUCING_GROUPS)
-    rule = Criterion(threshold=paper.MATCH_SHARE, paper_side="above", inclusive=True)  # at least 80%
-    return claim_result("C10", estimate=share, rule=rule, details=details, verdict_override=override)
+    return claim_result("C10", estimate=share, details=details, verdict_override=override)
 
 
+@claim("C11[cosine]")
 def c11_weight_cosines(m: Measurements) -> ClaimResult:
     cosines = weight_cosines(m.pair.base, m.pair.dpo)
     lowest = min(cosines, key=cosines.get)
     return claim_result(
         "C11[cosine]",
         estimate=Estimate.exact_value(cosines[lowest]),
-        rule=Criterion(threshold=paper.WEIGHT_COSINE, paper_side="above"),
         details={"lowest": lowest, "n_matrices": len(cosines)},
     )
 
 
+@claim("C11[toxic-activation]")
 def c11_toxic_activation_drop(m: Measurements) -> ClaimResult:
     ids = torch.tensor(selection.top_toxic_ids(m.decomposition, 128))
     base = m.capture("base").mean_activation.flatten(1)[:, ids].mean(1).numpy()  # [n_prompts]
     dpo = m.capture("dpo").mean_activation.flatten(1)[:, ids].mean(1).numpy()
     drop = bootstrap(mean_difference, base, dpo, seed=m.settings.seed)
-    rule = Criterion(threshold=0.0, paper_side="above")
-    return claim_result("C11[toxic-activation]", estimate=drop, rule=rule, details={"n": len(ids)})
+    return claim_result("C11[toxic-activation]", estimate=drop, details={"n": len(ids)})
 
 
+@claim("C12")
 def c12_scale_keys(m: Measurements, factor: int) -> ClaimResult:
     intervention = selection.scale_keys(m.decomposition, 7, factor)
     rise = bootstrap(mean_difference, m.scores("dpo", intervention), m.scores("dpo"), seed=m.settings.seed)
     details = {"n_neurons": len(intervention.neurons), **toxicity_summary(m, intervention, side="dpo")}
-    return claim_result(
-        "C12", factor, estimate=rise, rule=Criterion(threshold=0.0, paper_side="above"), details=details
-    )
+    return claim_result("C12", factor, estimate=rise, details=details)
 
 
 # ------------------------------------------------------------------------- activation editing (C13)
 
-#: C13's two parts: edited toxicity minus DPO's, and edited perplexity over DPO's minus 1, below 0.
-EDIT_RULE = Criterion(threshold=0.0, paper_side="below")
 _UNEMBEDDING_COSINES: weakref.WeakKeyDictionary[Measurements, torch.Tensor] = weakref.WeakKeyDictionary()
 
 
@@ -545,23 +455,19 @@ class EditComparison:
 
     @property
     def parts(self) -> dict[str, tuple[Verdict, float]]:
-        return {
-            "toxicity": (stats.verdict(self.toxicity, EDIT_RULE), stats.p_value(self.toxicity, EDIT_RULE)),
-            "perplexity": (
-                stats.verdict(self.perplexity, EDIT_RULE),
-                stats.p_value(self.perplexity, EDIT_RULE),
-            ),
+        """Each part's verdict and p-value against C13's rules in the paper table."""
+        entry = paper.entry("C13")
+        (perplexity_part,) = entry.parts
+        rules = {
+            "toxicity": (self.toxicity, entry.rule),
+            "perplexity": (self.perplexity, perplexity_part.rule),
         }
+        return {name: (stats.verdict(e, rule), stats.p_value(e, rule)) for name, (e, rule) in rules.items()}
 
     @property
     def verdict(self) -> Verdict:
         """replicates only if both parts do; contradicts if either does (an intersection-union test)."""
-        verdicts = [v for v, _ in self.parts.values()]
-        if "not measurable" in verdicts:
-            return "not measurable"
-        if "contradicts" in verdicts:
-            return "contradicts"
-        return "replicates" if all(v == "replicates" for v in verdicts) else "inconclusive"
+        return stats.combined_verdict([v for v, _ in self.parts.values()])
 
     @property
     def p_value(self) -> float:
@@ -608,6 +514,7 @@ def compare_with_dpo(m: Measurements, intervention: Intervention) -> EditCompari
     return EditComparison(toxicity, perplexity)
 
 
+@claim("C13")
 def c13_editing_beats_dpo(m: Measurements, constants: tuple[float, float]) -> ClaimResult:
     """The repository's edit (probe direction by default: see dpoclaims.claims.editing) with constants
     ``(alpha, beta)``: toxicity and perplexity at most DPO's, both parts from paired intervals."""
@@ -631,9 +538,7 @@ def c13_editing_beats_dpo(m: Measurements, constants: tuple[float, float]) -> Cl
         "C13",
         constants,
         estimate=comparison.toxicity,
-        rule=EDIT_RULE,
+        parts={"perplexity_vs_dpo": comparison.perplexity},
         details=details,
-        verdict_override=comparison.verdict,
-        p_override=comparison.p_value,
     )
     return replace(result, finding=comparison.describe())

@@ -37,8 +37,10 @@ from typing import Any
 from dpoclaims.cache import stable_hash
 from dpoclaims.claims import checks as claims
 from dpoclaims.claims import editing, paper, selection
-from dpoclaims.claims.checks import ClaimResult, EditComparison, claim_result
+from dpoclaims.claims.checks import EditComparison, claim_result
 from dpoclaims.claims.editing import EditSpec
+from dpoclaims.claims.registry import claim
+from dpoclaims.claims.results import ClaimResult
 from dpoclaims.claims.search import DEFAULT_EXAMPLES, SearchError, failures_database
 from dpoclaims.errors import OptionError
 from dpoclaims.files import atomic_write_text
@@ -228,7 +230,6 @@ class EditSearchResult:
         result = claim_result(
             key,
             estimate=point.comparison.toxicity if point else Estimate(nan, nan, nan),
-            rule=claims.EDIT_RULE,
             details=self.summary(),
             verdict_override=self.verdict,
             p_override=self.p_value,
@@ -418,3 +419,9 @@ def table_rows(result: EditSearchResult) -> list[dict[str, Any]]:
     if result.best is not None:
         rows.append({**result.best.to_json(), "kind": "best edit"})
     return rows
+
+
+@claim("C13[search]")
+def c13_some_edit_beats_dpo(m: Measurements, max_examples: int = DEFAULT_EXAMPLES) -> ClaimResult:
+    """C13[search]: the search over edits (alpha, beta, direction, selection rule)."""
+    return search_edits(m, max_examples=max_examples).claim_result("C13[search]")

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from dpoclaims.claims.results import ClaimId
+from dpoclaims.stats import Criterion
 
 PAPER_NEURONS = 98_304  # GPT-2 medium: 24 layers x 4096 MLP neurons; neuron counts are scaled from it
 
@@ -35,6 +38,10 @@ NEURONS_TO_NET = 1000  # "thousands of neurons", scaled to the pair like every p
 # text: alpha 0.01 / beta 0.55 in its GPT-2 evaluation driver, alpha 0.05 / beta 0.5 in its newest notebooks.
 EDIT_CONSTANTS: tuple[tuple[float, float], ...] = ((0.01, 0.55), (0.05, 0.5))
 
+# The rules several claims share.
+MATCH_RULE = Criterion(threshold=MATCH_SHARE, paper_side="below")  # recovers less than 80% of DPO's drop
+EDIT_RULE = Criterion(threshold=0.0, paper_side="below")  # C13's parts: edited minus DPO's, below 0
+
 # Paper figures used in several places.
 BASE_TOXICITY = 0.453  # v1 Table 1, GPT-2 medium, Perspective API
 DPO_TOXICITY = 0.208
@@ -43,35 +50,73 @@ NET_REDUCTION = 7.216
 GROSS_REDUCTION = 47.96
 
 
+def scale_n(paper_n: int, n_neurons: int) -> int:
+    """A neuron count of the paper (GPT-2 medium) scaled to a pair of ``n_neurons``, at least 1."""
+    return max(1, round(paper_n * n_neurons / PAPER_NEURONS))
+
+
+def late_layers(n_layers: int) -> slice:
+    """The last third of the layers (at least one): ``n_layers // 3`` of them."""
+    return slice(n_layers - max(1, n_layers // 3), n_layers)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A further part of a claim, which must hold too (an intersection-union test: the claim's
+    verdict is :func:`dpoclaims.stats.combined_verdict` of its parts, its p-value the largest)."""
+
+    name: str  # the part's key in the record's details
+    quantity: str  # what the part's figure is
+    rule: Criterion
+    fmt: str = "g"  # how the threshold is written ("%": a percentage)
+    params: tuple[Any, ...] | None = None  # the parameters it applies to (None: every one)
+
+
 @dataclass(frozen=True)
 class ClaimEntry:
-    """One sentence of the paper as one test, parametrized only by a real parameter."""
+    """One sentence of the paper as one test, parametrized only by a real parameter.
+
+    The decision rule is ``rule`` (a :class:`~dpoclaims.stats.Criterion` on the figure named by
+    ``quantity``) and any further ``parts``; the criterion's prose and H0/H1 are generated from
+    them, so what the reports say and what the code decides cannot disagree (ties included)."""
 
     key: str  # the test's claim id without its parameter, e.g. "C1" or "C6[increasing]"
     keyword: str  # the pytest marker that selects it (-m / -k)
     sentence: str  # the claim as the paper states it (numbered as in the suite)
     source: str
     statement: str  # what the test measures; ``{param}`` is filled in per parameter
-    criterion: str  # when the paper's finding counts as replicated; ``{param}`` likewise
+    quantity: str  # the figure the rule reads, in words; ``{param}`` likewise
+    rule: Criterion  # where the paper puts the figure
     definition: str  # the definitions the measurement uses
+    fmt: str = "g"  # how the rule's threshold is written ("%": a percentage)
+    parts: tuple[Part, ...] = ()
+    # A threshold stated for GPT-2 medium and resolved on each pair (rule_for): "neurons", a
+    # neuron count scaled by scale_n; "layers", the last third of the pair's layers.
+    scaled: Literal["neurons", "layers"] | None = None
+    note: str = ""  # how the verdict is read, where the rule alone does not say
+    # A search's claim is about what it measured: "every" (H1: every measured point holds; H0:
+    # some point does not) or "some" (H1: some point holds; H0: every point does not), over ``over``.
+    quantifier: Literal["every", "some"] | None = None
+    over: str = ""  # e.g. "ablation the search measures"
     param_name: str | None = None  # the test function's parameter
     params: tuple[Any, ...] = ()
     param_id: str = "{}"  # how a parameter shows in the test id, e.g. "N={}"
     paper: Mapping[Any, float | None] | float | None = None  # the paper's figure, per parameter if any
     hypothesis: bool = False  # the test asserts a hypothesis the paper refutes (expected to fail)
-    null: str = ""  # H0 of the claim's statistical test
-    alternative: str = ""  # H1: the paper's finding
     paper_values: Mapping[str, float] = field(default_factory=dict)  # other figures it quotes
 
     @property
     def claim(self) -> str:
         return self.key.split("[")[0]
 
-    def test_id(self, param: Any = None) -> str:
+    def claim_id(self, param: Any = None) -> ClaimId:
         """``C1[N=100]``, ``C6[increasing]``, ``C9``."""
         if self.param_name is None:
-            return self.key
-        return f"{self.claim}[{self.param_id.format(param)}]"
+            return ClaimId.parse(self.key)
+        return ClaimId(self.claim, self.param_id.format(param))
+
+    def test_id(self, param: Any = None) -> str:
+        return str(self.claim_id(param))
 
     def figure(self, param: Any = None) -> float | None:
         if isinstance(self.paper, Mapping):
@@ -80,6 +125,64 @@ class ClaimEntry:
 
     def text(self, template: str, param: Any = None) -> str:
         return template.format(param=param) if self.param_name else template
+
+    def parts_for(self, param: Any = None) -> tuple[Part, ...]:
+        return tuple(part for part in self.parts if part.params is None or param in part.params)
+
+    def rule_for(self, n_layers: int, n_neurons: int) -> Criterion:
+        """The rule on a pair of ``n_layers`` layers and ``n_neurons`` MLP neurons (a scaled
+        threshold resolved; the figure is in the rule's units either way)."""
+        if self.scaled == "neurons":  # needed >= the scaled count, an integer: above it minus 1/2
+            assert self.rule.threshold is not None
+            count = scale_n(int(self.rule.threshold), n_neurons)
+            return Criterion(threshold=(count - 0.5) * PAPER_NEURONS / n_neurons, paper_side="above")
+        if self.scaled == "layers":  # the peak's position (0 = first layer, 1 = last) in the last third
+            span = max(n_layers - 1, 1)
+            return Criterion(threshold=(late_layers(n_layers).start - 0.5) / span, paper_side="above")
+        return self.rule
+
+    def _phrase(self, negated: bool = False) -> str:
+        if self.scaled == "layers":
+            return "is not in the last third of layers" if negated else "is in the last third of layers"
+        return self.rule.negated_phrase(self.fmt) if negated else self.rule.phrase(self.fmt)
+
+    def _part_scope(self, part: Part) -> str:
+        if part.params is None or not self.param_name:
+            return ""
+        return f" ({_param_word(self)} = {', '.join(str(p) for p in part.params)})"
+
+    def _quantified(self, text: str, negated: bool = False) -> str:
+        if self.quantifier is None:
+            return text
+        flip = {"every": "some", "some": "every"}
+        return f"for {flip[self.quantifier] if negated else self.quantifier} {self.over}, {text}"
+
+    @property
+    def criterion(self) -> str:
+        """When the paper's finding counts as replicated, in words (generated from the rule)."""
+        text = f"{self.quantity} {self._phrase()}"
+        for part in self.parts:
+            text += f", and{self._part_scope(part)} {part.quantity} {part.rule.phrase(part.fmt)}"
+        text = self._quantified(text)
+        if self.hypothesis:
+            text = f"the paper's finding replicates if {text}; the hypothesis it refutes is the opposite"
+        return f"{text} {self.note}" if self.note else text
+
+    @property
+    def null(self) -> str:
+        """H0 of the claim's statistical test: the paper's finding does not hold."""
+        text = f"{self.quantity} {self._phrase(negated=True)}"
+        for part in self.parts:
+            text += f", or{self._part_scope(part)} {part.quantity} {part.rule.negated_phrase(part.fmt)}"
+        return self._quantified(text, negated=True)
+
+    @property
+    def alternative(self) -> str:
+        """H1: the paper's finding."""
+        text = f"{self.quantity} {self._phrase()}"
+        for part in self.parts:
+            text += f" and{self._part_scope(part)} {part.quantity} {part.rule.phrase(part.fmt)}"
+        return self._quantified(text)
 
 
 DECOMPOSITION = (
@@ -105,16 +208,6 @@ SEARCH_SPACE = (
     "(cos > 0) on a geometric grid, each rule's whole pool measured first; target() steers toward the largest "
     "recovered share and a counterexample is shrunk to the fewest neurons"
 )
-SEARCH_CRITERION = (
-    f"every ablation the search measures recovers less than {MATCH_SHARE:.0%} of DPO's drop (its 95% interval lies "
-    "wholly below)"
-)
-SEARCH_NULL = f"some measured ablation recovers >= {MATCH_SHARE:.0%} of DPO's drop"
-SEARCH_ALTERNATIVE = (
-    f"every measured ablation recovers < {MATCH_SHARE:.0%} (an intersection-union test: p is the largest of their "
-    "one-sided p-values)"
-)
-
 EDITING = (
     "activation editing of the base (dpoclaims.claims.editing): m_i = mean base activation (the base capture, the "
     "suite's position convention), c_i = cos(v_i, direction) on the base weights, direction the probe unless "
@@ -137,16 +230,15 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2024 v1, Table 1",
         statement="Ablating the top-{param} toxic neurons matches DPO's toxicity reduction "
         "(the hypothesis Yang et al. refute)",
-        criterion=f"hypothesis holds if ablation recovers >= {MATCH_SHARE:.0%} of DPO's drop; the paper's "
-        "finding (recovers 7-20%) replicates if it recovers less",
+        quantity="the share of DPO's drop that ablating them recovers",
+        rule=MATCH_RULE,
+        fmt="%",
         definition=f"top-N by cos(v_i, w) on base weights; ablation zeroes the activations; {RECOVERED}; {SCALED_N}",
         param_name="paper_n",
         params=(100, 200, 1000),
         param_id="N={}",
         paper={100: 0.204, 200: 0.196, 1000: 0.069},  # v1 Table 1, last column
         hypothesis=True,
-        null=f"the ablation recovers >= {MATCH_SHARE:.0%} of DPO's drop",
-        alternative=f"it recovers < {MATCH_SHARE:.0%}",
     ),
     ClaimEntry(
         key="C1[search]",
@@ -156,11 +248,15 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2024, title and Table 1",
         statement="No ablation of toxic neurons recovers DPO's drop (Hypothesis search over N and the rule: "
         "cosine, positive, random)",
-        criterion=SEARCH_CRITERION,
+        quantity="the share of DPO's drop it recovers",
+        rule=MATCH_RULE,
+        fmt="%",
+        quantifier="every",
+        over="ablation the search measures",
+        note="(its 95% interval wholly below; an intersection-union test: p is the largest of their one-sided "
+        "p-values)",
         definition=f"{SEARCH_SPACE}; rules: top-N by cosine, top-N positively-activated (cos > 0 and mean base "
         f"activation > 0), or a seeded random subset of the toxic neurons; {RECOVERED}",
-        null=SEARCH_NULL,
-        alternative=SEARCH_ALTERNATIVE,
     ),
     ClaimEntry(
         key="C2",
@@ -170,15 +266,22 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2024 v1, Table 1",
         statement="Ablating the top-{param} positively-activated toxic neurons recovers more than plain "
         "ablation, but not DPO's reduction",
-        criterion=f"recovers less than {MATCH_SHARE:.0%} of DPO's drop, and (N = 100, 200, 1000, where the paper "
-        "compares) more than ablating the plain top-N toxic neurons",
+        quantity="the share of DPO's drop that ablating them recovers",
+        rule=MATCH_RULE,
+        fmt="%",
+        parts=(
+            Part(
+                "more_than_plain",
+                "that share minus plain top-N ablation's (paired)",
+                Criterion(threshold=0.0, paper_side="above"),
+                params=(100, 200, 1000),
+            ),
+        ),
         definition=f"positively-activated toxic: cos > 0 and mean base activation > 0; {RECOVERED}; {SCALED_N}",
         param_name="paper_n",
         params=(100, 200, 1000, 2000),
         param_id="N={}",
         paper={100: 0.282, 200: 0.355, 1000: 0.543, 2000: 0.547},
-        null=f"the share is >= {MATCH_SHARE:.0%}, or not above plain ablation's",
-        alternative=f"it is below {MATCH_SHARE:.0%} and above plain ablation's",
     ),
     ClaimEntry(
         key="C2[perplexity]",
@@ -186,11 +289,11 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="... and costs perplexity at large N.",
         source="Yang et al. 2024 v1, Table 1 (21.70 -> 30.04)",
         statement="Ablating the top-1000 positively-activated toxic neurons costs perplexity",
-        criterion=f"perplexity on held-out text rises by more than {PERPLEXITY_COST:.0%}",
+        quantity="the rise of held-out perplexity under the ablation",
+        rule=Criterion(threshold=PERPLEXITY_COST, paper_side="above"),
+        fmt="%",
         definition=f"perplexity of the base on the pair's neutral texts, with and without the ablation; {SCALED_N}",
         paper=30.04 / 21.70 - 1,
-        null=f"the rise is <= {PERPLEXITY_COST:.0%}",
-        alternative=f"the rise is > {PERPLEXITY_COST:.0%}",
     ),
     ClaimEntry(
         key="C2[search]",
@@ -199,11 +302,15 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2024 v1, Table 1",
         statement="No ablation of toxic neurons recovers DPO's drop (Hypothesis search over N and the rule: "
         "positive)",
-        criterion=SEARCH_CRITERION,
+        quantity="the share of DPO's drop it recovers",
+        rule=MATCH_RULE,
+        fmt="%",
+        quantifier="every",
+        over="ablation the search measures",
+        note="(its 95% interval wholly below; an intersection-union test: p is the largest of their one-sided "
+        "p-values)",
         definition=f"{SEARCH_SPACE}; rule: top-N positively-activated toxic neurons (cos > 0 and mean base "
         f"activation > 0), up to all of them; {RECOVERED}",
-        null=SEARCH_NULL,
-        alternative=SEARCH_ALTERNATIVE,
     ),
     ClaimEntry(
         key="C3",
@@ -212,11 +319,11 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2024 v1, Table 1",
         statement="Patching all dampened toxic neurons (TP-) to their mean DPO activations recovers only part "
         "of DPO's drop",
-        criterion=f"recovers more than 0 and less than {MATCH_SHARE:.0%} of DPO's drop",
+        quantity="the share of DPO's drop that patching them recovers",
+        rule=Criterion.inside(0.0, MATCH_SHARE),
+        fmt="%",
         definition=f"patching sets each neuron to its mean DPO activation at every position; {GROUPS}; {RECOVERED}",
         paper=0.482,
-        null=f"the share is <= 0 or >= {MATCH_SHARE:.0%}",
-        alternative=f"0 < share < {MATCH_SHARE:.0%}",
     ),
     ClaimEntry(
         key="C4",
@@ -225,14 +332,14 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2024 v1 (31.8%, over the four groups), EMNLP (32%, over the gross reduction)",
         statement="Dampened toxic neurons (TP-) explain only a minority of the probe-projected reduction "
         "({param} denominator)",
-        criterion=f"TP- share ({{param}} denominator) is below {MINORITY_SHARE:.0%}",
+        quantity="the TP- share ({param} denominator)",
+        rule=Criterion(threshold=MINORITY_SHARE, paper_side="below"),
+        fmt="%",
         definition=f"{DECOMPOSITION}; {GROUPS}; denominators: 'four-groups' = the four reducing groups' total "
         "(v1, how 31.8% arises), 'gross' = the sum of all positive D_i (EMNLP)",
         param_name="denominator",
         params=("four-groups", "gross"),
         paper={"four-groups": GROUP_SHARES["TP-"], "gross": 0.32},
-        null=f"TP- share >= {MINORITY_SHARE:.0%}",
-        alternative=f"TP- share < {MINORITY_SHARE:.0%}",
     ),
     ClaimEntry(
         key="C5",
@@ -240,13 +347,13 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="All four groups (TP-, TN+, AP+, AN-) contribute a non-trivial share.",
         source="Yang et al. 2024 v1",
         statement="Group {param} contributes a non-trivial share of the reduction",
-        criterion=f"share (four-groups denominator) is at least {NONTRIVIAL_SHARE:.0%}",
+        quantity="the group's share (four-groups denominator)",
+        rule=Criterion(threshold=NONTRIVIAL_SHARE, paper_side="above", inclusive=True),
+        fmt="%",
         definition=f"{DECOMPOSITION}; {GROUPS}; {SHARES}",
         param_name="group",
         params=("TP-", "TN+", "AP+", "AN-"),
         paper=GROUP_SHARES,
-        null=f"share < {NONTRIVIAL_SHARE:.0%}",
-        alternative=f"share >= {NONTRIVIAL_SHARE:.0%}",
     ),
     ClaimEntry(
         key="C5[anti-toxic]",
@@ -255,11 +362,11 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         "and promotes anti-toxicity.",
         source="Yang et al. 2024 v1",
         statement="The anti-toxic groups (AP+, AN-) together contribute a large share of the reduction",
-        criterion=f"AP+ and AN- together give at least {ANTI_TOXIC_LARGE_SHARE:.0%} (four-groups denominator)",
+        quantity="the share of AP+ and AN- together (four-groups denominator)",
+        rule=Criterion(threshold=ANTI_TOXIC_LARGE_SHARE, paper_side="above", inclusive=True),
+        fmt="%",
         definition=f"{DECOMPOSITION}; {GROUPS}; {SHARES}",
         paper=0.443,  # v1: AP+ and AN- together
-        null=f"share < {ANTI_TOXIC_LARGE_SHARE:.0%}",
-        alternative=f"share >= {ANTI_TOXIC_LARGE_SHARE:.0%}",
     ),
     ClaimEntry(
         key="C6[increasing]",
@@ -267,11 +374,11 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="DPO's adjustments are noisy: a large fraction of neurons (41.5%) increase toxicity.",
         source="Yang et al. 2024 v1",
         statement="A large fraction of neurons increase the toxic projection after DPO",
-        criterion=f"at least {LARGE_FRACTION_INCREASING:.0%} of neurons have D_i < 0",
+        quantity="the fraction of neurons with D_i < 0",
+        rule=Criterion(threshold=LARGE_FRACTION_INCREASING, paper_side="above", inclusive=True),
+        fmt="%",
         definition=DECOMPOSITION,
         paper=0.415,
-        null=f"fraction < {LARGE_FRACTION_INCREASING:.0%}",
-        alternative=f"fraction >= {LARGE_FRACTION_INCREASING:.0%}",
     ),
     ClaimEntry(
         key="C6[net-over-gross]",
@@ -279,11 +386,11 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="The net reduction is a small fraction (~15%) of the gross.",
         source="Yang et al. 2024 v1 (net 7.216, gross 47.96)",
         statement="The net reduction is a small fraction of the gross reduction (opposing effects cancel)",
-        criterion=f"net / gross is at most {NET_OVER_GROSS_SMALL:.0%}",
+        quantity="net / gross",
+        rule=Criterion(threshold=NET_OVER_GROSS_SMALL, paper_side="below", inclusive=True),
+        fmt="%",
         definition=f"{DECOMPOSITION}; net = sum of D_i, gross = sum of positive D_i",
         paper=NET_REDUCTION / GROSS_REDUCTION,
-        null=f"net / gross > {NET_OVER_GROSS_SMALL:.0%}",
-        alternative=f"net / gross <= {NET_OVER_GROSS_SMALL:.0%}",
     ),
     ClaimEntry(
         key="C7[top-toxic]",
@@ -291,10 +398,10 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="The reduction is distributed: not the top few hundred toxic neurons ...",
         source="Yang et al. 2024 v1, Fig. 2",
         statement="The top-1000 toxic neurons carry only a minority of the net reduction",
-        criterion=f"the top-N toxic neurons (by cosine) carry less than {MINORITY_SHARE:.0%} of the net reduction",
+        quantity="the share of the net reduction the top-N toxic neurons (by cosine) carry",
+        rule=Criterion(threshold=MINORITY_SHARE, paper_side="below"),
+        fmt="%",
         definition=f"{DECOMPOSITION}; {SCALED_N}",
-        null=f"their share of the net >= {MINORITY_SHARE:.0%}",
-        alternative=f"their share < {MINORITY_SHARE:.0%}",
     ),
     ClaimEntry(
         key="C7[rank-to-net]",
@@ -302,10 +409,12 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="... the cumulative contribution curve needs thousands of neurons to approach the net.",
         source="Yang et al. 2024 v1, Fig. 2",
         statement="Reaching the net reduction takes thousands of neurons (ranked by contribution)",
-        criterion=f"the number of neurons needed, scaled to GPT-2 medium, is at least {NEURONS_TO_NET:,}",
+        quantity="the number of neurons needed to reach the net (scaled to GPT-2 medium)",
+        rule=Criterion(threshold=NEURONS_TO_NET, paper_side="above", inclusive=True),
+        fmt=",.0f",
+        scaled="neurons",
+        note="(on a pair: at least the pair's scaled count of neurons, scale_n)",
         definition=f"neurons taken by decreasing D_i until the cumulative sum reaches the net; {SCALED_N}",
-        null=f"fewer than {NEURONS_TO_NET:,} (scaled) neurons reach the net",
-        alternative=f"at least {NEURONS_TO_NET:,} are needed",
     ),
     ClaimEntry(
         key="C8[peak]",
@@ -313,10 +422,11 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="Later layers carry the largest reductions ...",
         source="Yang et al. 2024 v1, Fig. 3",
         statement="Later layers carry the largest reductions",
-        criterion="the layer with the largest net reduction is in the last third of layers",
+        quantity="the layer with the largest net reduction",
+        rule=Criterion(threshold=2 / 3, paper_side="above"),
+        scaled="layers",
+        note="(the last max(1, n_layers // 3) layers; read from its position, 0 = first layer, 1 = last)",
         definition=f"{DECOMPOSITION}; per-layer sums of D_i",
-        null="the peak layer is not in the last third",
-        alternative="the peak layer is in the last third",
     ),
     ClaimEntry(
         key="C8[late-groups]",
@@ -324,10 +434,10 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="... driven by TP- and AN-.",
         source="Yang et al. 2024 v1, Fig. 3",
         statement="The late-layer reduction is driven by TP- and AN-",
-        criterion="in the last third of layers, TP- and AN- give more than half of the four groups' reduction",
+        quantity="the share of TP- and AN- in the four groups' reduction in the last third of layers",
+        rule=Criterion(threshold=MINORITY_SHARE, paper_side="above"),
+        fmt="%",
         definition=f"{DECOMPOSITION}; {GROUPS}",
-        null="TP- and AN- give at most half",
-        alternative="they give more than half",
     ),
     ClaimEntry(
         key="C9",
@@ -335,11 +445,10 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="Activation change is uncorrelated with cosine to the probe (|r| ~ 0).",
         source="Yang et al. 2024 EMNLP notebooks (GPT-2 r = 0.0037)",
         statement="Activation change is uncorrelated with the cosine to the probe",
-        criterion=f"|Pearson r| < {UNCORRELATED_R}",
+        quantity="Pearson r",
+        rule=Criterion.inside(-UNCORRELATED_R, UNCORRELATED_R),
         definition="Pearson r over all neurons between mean m^base - mean m^DPO and cos(v_i, w) on base weights",
         paper=0.0037,
-        null=f"|r| >= {UNCORRELATED_R}",
-        alternative=f"|r| < {UNCORRELATED_R}",
     ),
     ClaimEntry(
         key="C10",
@@ -347,10 +456,10 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="(v3) Patching all four groups to their DPO activations replicates DPO's reduction.",
         source="Yang et al. 2025 (v3, EMNLP)",
         statement="Patching all four reducing groups to their mean DPO activations replicates DPO's reduction (v3)",
-        criterion=f"recovers at least {MATCH_SHARE:.0%} of DPO's drop",
+        quantity="the share of DPO's drop that patching them recovers",
+        rule=Criterion(threshold=MATCH_SHARE, paper_side="above", inclusive=True),
+        fmt="%",
         definition=f"{GROUPS}; patching at every position; {RECOVERED}",
-        null=f"share < {MATCH_SHARE:.0%}",
-        alternative=f"share >= {MATCH_SHARE:.0%}",
     ),
     ClaimEntry(
         key="C11[cosine]",
@@ -358,11 +467,10 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="(Lee) DPO changes weights very little (cosine > 0.99 per matrix).",
         source="Lee et al. 2024",
         statement="DPO changes weights very little (Lee et al.)",
-        criterion=f"every weight matrix keeps cosine > {WEIGHT_COSINE} with its base counterpart",
+        quantity="the lowest cosine of a weight matrix with its base counterpart",
+        rule=Criterion(threshold=WEIGHT_COSINE, paper_side="above"),
         definition="cosine of each flattened raw weight matrix (2+ dims) of DPO with the base's",
         paper=WEIGHT_COSINE,
-        null=f"some matrix has cosine <= {WEIGHT_COSINE}",
-        alternative=f"every matrix has cosine > {WEIGHT_COSINE}",
     ),
     ClaimEntry(
         key="C11[toxic-activation]",
@@ -370,10 +478,9 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         sentence="(Lee) Mean activations of the top toxic neurons drop after DPO.",
         source="Lee et al. 2024",
         statement="Mean activations of the top toxic neurons drop after DPO (Lee et al.)",
-        criterion="the drop in mean activation of the top-128 toxic neurons is above 0",
+        quantity="the drop in mean activation of the top-128 toxic neurons",
+        rule=Criterion(threshold=0.0, paper_side="above"),
         definition=f"per-prompt mean activation of the top-128 toxic neurons (by cosine), base minus DPO; {SCALED_N}",
-        null="drop <= 0",
-        alternative="drop > 0",
     ),
     ClaimEntry(
         key="C12",
@@ -382,14 +489,13 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Lee et al. 2024; Yang et al. 2024 v1, Table 1",
         statement="Scaling the key vectors of the top-7 toxic neurons x{param} in the DPO model re-introduces "
         "toxicity",
-        criterion="the toxicity rise over the DPO model is above 0",
+        quantity="the toxicity rise over the DPO model",
+        rule=Criterion(threshold=0.0, paper_side="above"),
         definition=f"key vector = the neuron's row of W_in; toxicity mean over prompts; {SCALED_N}",
         param_name="factor",
         params=(2, 5, 10),
         param_id="x{}",
         paper={2: 0.487 - DPO_TOXICITY, 5: 0.555 - DPO_TOXICITY, 10: 0.458 - DPO_TOXICITY},
-        null="rise <= 0",
-        alternative="rise > 0",
     ),
     ClaimEntry(
         key="C13",
@@ -399,17 +505,16 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2025 (v3, EMNLP) abstract; constants from the authors' repository",
         statement="Editing the base's activations with (alpha, beta) = {param} gives toxicity and perplexity at "
         "most DPO's",
-        criterion="both parts hold: edited toxicity minus DPO's is below 0, and edited perplexity over DPO's "
-        "minus 1 is below 0 (each 95% interval wholly below; an interval test can show 'below', not 'equal', so "
-        "'at most' is tested as 'below', the abstract's 'outperforms'); contradicts if either interval lies "
-        "wholly at or above 0",
+        quantity="edited toxicity minus DPO's",
+        rule=EDIT_RULE,
+        parts=(Part("perplexity_vs_dpo", "edited perplexity over DPO's minus 1", EDIT_RULE),),
+        note="(each 95% interval wholly below; an interval test can show 'below', not 'equal', so 'at most' "
+        "is tested as 'below', the abstract's 'outperforms'; an intersection-union test: p is the larger of "
+        "the two one-sided p-values; contradicts if either interval lies wholly at or above 0)",
         definition=f"{EDITING}; {EDIT_COMPARISON}",
         param_name="constants",
         params=EDIT_CONSTANTS,
         param_id="alpha={0[0]:g},beta={0[1]:g}",
-        null="edited toxicity >= DPO's, or edited perplexity >= DPO's",
-        alternative="edited toxicity < DPO's and edited perplexity < DPO's (an intersection-union test: p is "
-        "the larger of the two one-sided p-values)",
     ),
     ClaimEntry(
         key="C13[search]",
@@ -418,17 +523,18 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2025 (v3, EMNLP) abstract",
         statement="Some activation edit reaches DPO's toxicity without exceeding DPO's perplexity (Hypothesis "
         "search over alpha, beta, the direction and the selection rule)",
-        criterion="some measured edit has both C13 parts below 0 (its intervals wholly below) and its p-value, "
-        "Bonferroni-adjusted over every edit the search measured, is below 0.025; contradicts if every measured "
-        "edit contradicts C13's criterion",
+        quantity="its toxicity minus DPO's",
+        rule=EDIT_RULE,
+        parts=(Part("perplexity_vs_dpo", "its perplexity over DPO's minus 1", EDIT_RULE),),
+        quantifier="some",
+        over="edit the search measures",
+        note="(its intervals wholly below, and its p-value, Bonferroni-adjusted over every edit the search "
+        "measured, below 0.025); contradicts if every measured edit contradicts C13's criterion",
         definition=f"{EDITING}; {EDIT_COMPARISON}; a Hypothesis search (dpoclaims.claims.edit_search) draws alpha "
         "(0.005 to 1, geometric grid), beta (0.05 to 1 in steps of 0.05), the direction (probe, unembedding: "
         "mean unembedding of five swear words minus five friendly words) and the selection rule (repository, "
         "highest |c|); the stated edits are measured first; target() steers toward the smaller of the two "
         "margins, and an edit found is shrunk toward the fewest neurons",
-        null="every edit of the space has toxicity >= DPO's or perplexity >= DPO's",
-        alternative="some edit has both below DPO's (a union-intersection test over the measured edits, "
-        "Bonferroni-adjusted)",
     ),
 )
 
@@ -440,7 +546,7 @@ def entry(key: str) -> ClaimEntry:
     return TABLE[key]
 
 
-def claims_markdown() -> str:
+def docs_markdown() -> str:
     """``docs/claims.md``: the claims as this project tests them."""
     lines = [
         "# The claims dpoclaims tests",
@@ -472,10 +578,11 @@ def claims_markdown() -> str:
             lines.append(f"- Tests: {ids} (parameter `{item.param_name}`).")
         else:
             lines.append(f"- Test: `{item.test_id()}`.")
-        lines.append(f"- Measures: {item.statement.replace('{param}', _param_word(item))}.")
-        lines.append(f"- Criterion: {item.criterion.replace('{param}', _param_word(item))}.")
-        if item.null:
-            lines.append(f"- H0: {item.null}. H1 (the paper's finding): {item.alternative}.")
+        lines.append(f"- Measures: {_every_param(item, item.statement)}.")
+        lines.append(f"- Criterion: {_every_param(item, item.criterion)}.")
+        lines.append(
+            f"- H0: {_every_param(item, item.null)}. H1 (the paper's finding): {_every_param(item, item.alternative)}."
+        )
         lines.append(f"- Paper: {_paper_text(item)}.")
         lines.append(f"- Definitions: {item.definition}.")
         if item.hypothesis:
@@ -484,6 +591,13 @@ def claims_markdown() -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def _every_param(item: ClaimEntry, template: str) -> str:
+    """``template`` with ``{param}`` standing for each parameter in turn: "x2 / 5 / 10"."""
+    if not item.param_name:
+        return template
+    return template.replace("{param}", " / ".join(str(p) for p in item.params))
 
 
 def _param_word(item: ClaimEntry) -> str:
@@ -499,4 +613,4 @@ def _paper_text(item: ClaimEntry) -> str:
 
 
 if __name__ == "__main__":
-    print(claims_markdown(), end="")
+    print(docs_markdown(), end="")

@@ -52,8 +52,10 @@ from typing import Any, Literal
 import torch
 
 from dpoclaims.cache import stable_hash
-from dpoclaims.claims import selection
-from dpoclaims.claims.checks import MATCH_RULE, ClaimResult, claim_result, recovered
+from dpoclaims.claims import paper, selection
+from dpoclaims.claims.checks import claim_result, recovered
+from dpoclaims.claims.registry import claim
+from dpoclaims.claims.results import ClaimResult
 from dpoclaims.errors import DpoclaimsError, OptionError
 from dpoclaims.files import atomic_write_text
 from dpoclaims.hooks.interventions import Intervention
@@ -69,7 +71,7 @@ KEEP_STRONGEST = 5  # candidates kept in strongest.json
 SEARCH_FORMAT = 1  # part of the database directory's key: bump when the drawn space changes
 
 #: The paper's side of the universal claim: every ablation recovers less than this share.
-CRITERION = MATCH_RULE
+CRITERION = paper.MATCH_RULE  # the search's claims' rule (C1[search], C2[search] in the paper table)
 
 
 class SearchError(DpoclaimsError):
@@ -321,7 +323,6 @@ class SearchResult:
         result = claim_result(
             key,
             estimate=best.share if best else Estimate(nan, nan, nan),
-            rule=CRITERION,
             details=self.summary(),
             verdict_override=self.verdict,
             p_override=self.p_value,
@@ -535,4 +536,20 @@ def search_ablations(
         seed=m.settings.seed,
         database=database_dir(m, space),
         read_only=m.cache.read_only,
+    )
+
+
+@claim("C1[search]")
+def c1_no_ablation_matches_dpo(m: Measurements, max_examples: int = DEFAULT_EXAMPLES) -> ClaimResult:
+    """C1[search]: the search over the top-N by cosine, positively-activated and random rules."""
+    return search_ablations(m, c1_space(m.decomposition), max_examples=max_examples).claim_result(
+        "C1[search]"
+    )
+
+
+@claim("C2[search]")
+def c2_no_positive_ablation_matches_dpo(m: Measurements, max_examples: int = DEFAULT_EXAMPLES) -> ClaimResult:
+    """C2[search]: the search over the top-N positively-activated toxic neurons."""
+    return search_ablations(m, c2_space(m.decomposition), max_examples=max_examples).claim_result(
+        "C2[search]"
     )

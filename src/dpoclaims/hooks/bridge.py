@@ -16,7 +16,8 @@ alone. Such a bridge is refused with a :class:`BridgeMismatchError` naming the v
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -24,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dpoclaims.errors import BridgeMismatchError
 from dpoclaims.hooks.neurons import neuron_hooks
 from dpoclaims.models.loading import MLPLayout
+from dpoclaims.models.pairs import ModelPair
 from dpoclaims.versions import versions_line
 
 CHECK_PROMPT_TOKENS = 8  # the known input: this many token ids, 1..8 (or less in a tiny vocabulary)
@@ -115,3 +117,18 @@ def check_bridge(bridge: Any, plain: PreTrainedModel, layout: MLPLayout, what: s
             "TransformerLens release made for this transformers. The claims suite itself does not use "
             "the bridge and is not affected."
         )
+
+
+def pair_bridge(pair: ModelPair, side: Literal["base", "dpo"]) -> Any:
+    """A TransformerBridge (TransformerLens 4.x, raw weights) of one side of ``pair``, for users'
+    own claims: booted on a copy of the side's model (the bridge rewires the modules of the model
+    it wraps; the library's measurements keep the plain one) and checked against the plain model
+    first (:func:`check_bridge`: a :class:`~dpoclaims.errors.BridgeMismatchError` naming the
+    versions when TransformerLens and transformers do not agree). Each call boots a new one (the
+    suite's ``base_model``/``dpo_model`` fixtures keep one per session); the copy costs the side's
+    memory once more."""
+    plain = pair.model(side)
+    name_or_path = str(plain.config.name_or_path or pair.spec.resolve(pair.spec.base))
+    bridge = boot_bridge(copy.deepcopy(plain), name_or_path, pair.tokenizer)
+    check_bridge(bridge, plain, pair.layout, f"the {side} side of pair {pair.name!r}")
+    return bridge

@@ -5,13 +5,12 @@ validates them (shapes, vocabulary, finite weights, a DPO side that differs from
 probe that is finite and non-zero, one tokenizer for both sides) and fingerprints the result.
 Both models are plain Hugging Face models, the ones every measurement runs; a
 TransformerBridge view of a side, for users' own claims, is booted on demand on a copy
-(:meth:`ModelPair.bridge`). Named pairs (``toy``, ``gpt2-medium``) and spec files are resolved
+(:func:`dpoclaims.hooks.bridge.pair_bridge`). Named pairs (``toy``, ``gpt2-medium``) and spec files are resolved
 by :mod:`dpoclaims.train.named_pairs`.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -180,7 +179,6 @@ class ModelPair:
     layout: MLPLayout
     fingerprint: str
     spec: PairSpec
-    _bridges: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def unit_probe(self) -> torch.Tensor:
@@ -190,24 +188,6 @@ class ModelPair:
         if side not in ("base", "dpo"):
             raise ValueError(f"side must be 'base' or 'dpo', not {side!r}")
         return self.base if side == "base" else self.dpo
-
-    def bridge(self, side: Literal["base", "dpo"]) -> Any:
-        """A TransformerBridge (TransformerLens 4.x, raw weights) of ``side``, for users' own
-        claims: booted once per side on a copy of the side's model (the bridge rewires the
-        modules of the model it wraps; the library's measurements keep the plain one), and
-        checked against the plain model first (:func:`dpoclaims.hooks.bridge.check_bridge`: a
-        :class:`~dpoclaims.errors.BridgeMismatchError` naming the versions when TransformerLens
-        and transformers do not agree). The copy costs the side's memory once more."""
-        from dpoclaims.hooks.bridge import boot_bridge, check_bridge
-
-        plain = self.model(side)
-        if side not in self._bridges:
-            copy_of_side = copy.deepcopy(plain)
-            name_or_path = str(plain.config.name_or_path or self.spec.resolve(self.spec.base))
-            bridge = boot_bridge(copy_of_side, name_or_path, self.tokenizer)
-            check_bridge(bridge, plain, self.layout, f"the {side} side of pair {self.name!r}")
-            self._bridges[side] = bridge
-        return self._bridges[side]
 
     def value_vectors(self, side: Literal["base", "dpo"] = "base") -> torch.Tensor:
         """``[n_layers, d_mlp, d_model]`` float32 on the CPU: row i of layer l is what neuron (l, i)

@@ -6,7 +6,7 @@
 - :mod:`~dpoclaims.plugin.resources`: the fixtures (the pair, its base and DPO models, the
   cached captures and measurements) and building the toy before the first test.
 - :mod:`~dpoclaims.plugin.reporting`: verdicts, expected failures, reports and badges.
-- :mod:`~dpoclaims.plugin.registry`: ``@claim_test(key)``, a claim test's markers,
+- :mod:`~dpoclaims.plugin.claim_tests`: ``@claim_test(key)``, a claim test's markers,
   parametrization and docstring from the paper table.
 
 Everything here acts only on a run that selects ``claims/`` under its root directory, or on

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 import torch
 
+from dpoclaims.claims.results import ClaimId, Expectation
 from dpoclaims.claims.search import DEFAULT_EXAMPLES
 from dpoclaims.devices import resolve_device, xdist_worker_device
 from dpoclaims.errors import OptionError
@@ -181,7 +182,7 @@ def suite_options(config: pytest.Config) -> SuiteOptions:
         Path(config.rootpath) / "reports"
     )
     if Path(reports_dir).expanduser().is_file():  # found now, not after every test has run
-        from dpoclaims.report.records import REPORTS_REMEDY
+        from dpoclaims.report.writer import REPORTS_REMEDY
 
         raise pytest.UsageError(
             f"reports directory {reports_dir} is a file, not a directory; {REPORTS_REMEDY}"
@@ -209,9 +210,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None:
         options = replace(options, device=str(_worker_device(workerinput, options.device)))
     config.stash[OPTIONS_KEY] = options
+    config.stash[STATE_KEY] = SuiteState()
     for keyword, text in KEYWORD_MARKERS.items():
         config.addinivalue_line("markers", f"{keyword}: {text}")
-    config.addinivalue_line("markers", "claim(id, hypothesis=False): a numbered claim of PAPER.md")
+    config.addinivalue_line(
+        "markers",
+        "claim(id, param=None, hypothesis=False): a numbered claim of the paper table (docs/claims.md)",
+    )
     # Not a keyword marker: the reports name the searches by their keyword (ablation, editing).
     config.addinivalue_line("markers", "search: Hypothesis searches (C1[search], C2[search], C13[search])")
 
@@ -231,8 +236,26 @@ def _worker_device(workerinput: dict, requested: str) -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class ClaimItem:
+    """A claim test's ``claim`` marker and the pair's expectation, parsed once at collection."""
+
+    id: ClaimId
+    order: int  # collection order
+    keyword: str  # the keyword marker that selects it (ablation, patching, ...)
+    expectation: Expectation
+
+
+@dataclass
+class SuiteState:
+    """What the plugin keeps for one pytest process."""
+
+    figures_sent: set[str] = field(default_factory=set)  # pairs whose figure data this process sent
+
+
 OPTIONS_KEY = pytest.StashKey[SuiteOptions]()
-DECLARED_KEY = pytest.StashKey["str | None"]()  # a claim item's declared verdict for the pair, if any
+CLAIM_ITEM_KEY = pytest.StashKey[ClaimItem]()  # on each claim test item
+STATE_KEY = pytest.StashKey[SuiteState]()  # on the config
 KEYWORD_MARKERS = {
     "ablation": "claims about ablating toxic neurons",
     "patching": "claims about patching neuron activations to DPO levels",

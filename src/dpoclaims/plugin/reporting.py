@@ -11,26 +11,27 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dpoclaims.claims import paper
-from dpoclaims.claims.checks import DECLARABLE, ClaimNotHeld
+from dpoclaims.claims.results import DECLARABLE, ClaimId, ClaimNotHeld, ClaimRecord, ClaimResult, Expectation
 from dpoclaims.files import TOMLDecodeError, read_toml
-from dpoclaims.plugin.options import DECLARED_KEY, KEYWORD_MARKERS, OPTIONS_KEY, SuiteOptions
+from dpoclaims.plugin.options import CLAIM_ITEM_KEY, KEYWORD_MARKERS, OPTIONS_KEY, ClaimItem, SuiteOptions
 from dpoclaims.plugin.resources import (
     CLAIM_PROPERTY,
     FIGURES_PROPERTY,
+    META_PROPERTY,
     MISSING_FILES,
     PAIR_PROPERTY,
     runs_claims,
 )
+from dpoclaims.stats import VERDICTS, Verdict
 from dpoclaims.train.named_pairs import pair_name
 
-EXPECTED_KEY = pytest.StashKey[str]()
-ORDER_KEY = pytest.StashKey[int]()
 KEYWORDS = frozenset(KEYWORD_MARKERS)
 
 
@@ -49,7 +50,7 @@ def expectations_file(rootpath: Path) -> Path:
     return Path(value).expanduser()
 
 
-def load_expectations(pair: str, rootpath: Path) -> dict[str, tuple[str, str]]:
+def load_expectations(pair: str, rootpath: Path) -> dict[ClaimId, tuple[Verdict, str]]:
     """``claim id -> (declared verdict, measured reason)`` for the claims declared not to
     replicate on ``pair`` (looked up by the pair's name, also when ``pair`` is a spec file).
 
@@ -84,16 +85,20 @@ def load_expectations(pair: str, rootpath: Path) -> dict[str, tuple[str, str]]:
             f"{source}: the entry of pair {pair_name(pair)!r} must be a table of claim id = reason "
             f"([pairs.{pair_name(pair)}]), not {entries!r}"
         )
-    declared: dict[str, tuple[str, str]] = {}
+    declared: dict[ClaimId, tuple[Verdict, str]] = {}
     for claim, value in entries.items():
+        try:
+            key = ClaimId.parse(claim)
+        except ValueError as exc:
+            raise pytest.UsageError(f"{path}: {exc}") from None
         if isinstance(value, str):
-            declared[claim] = ("contradicts", value)
+            declared[key] = ("contradicts", value)
         elif (
             isinstance(value, dict)
             and value.get("verdict") in DECLARABLE
             and isinstance(value.get("reason"), str)
         ):
-            declared[claim] = (value["verdict"], value["reason"])
+            declared[key] = (value["verdict"], value["reason"])
         else:
             raise pytest.UsageError(
                 f"{path}: {claim!r} must be a reason string (contradicts) or a table "
@@ -102,72 +107,66 @@ def load_expectations(pair: str, rootpath: Path) -> dict[str, tuple[str, str]]:
     return declared
 
 
-def claim_id(item: pytest.Item) -> str | None:
+def claim_id(item: pytest.Item) -> ClaimId | None:
+    """The id of a test marked ``claim`` (its parameter from the parametrization), else None."""
     marker = item.get_closest_marker("claim")
     if marker is None:
         return None
     callspec = getattr(item, "callspec", None)
     param = callspec.id if callspec else marker.kwargs.get("param")
-    return f"{marker.args[0]}[{param}]" if param else marker.args[0]
+    return ClaimId(marker.args[0], param or "")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Parse each claim test's marker and the pair's expectation once, into its :class:`ClaimItem`."""
     options: SuiteOptions = config.stash[OPTIONS_KEY]
     declared = load_expectations(options.pair, config.rootpath)
     # Every id of the paper table counts as known, so one claims file can run on its own.
-    table_ids = {entry.test_id(p) for entry in paper.ENTRIES for p in (entry.params or (None,))}
+    table_ids = {entry.claim_id(p) for entry in paper.ENTRIES for p in (entry.params or (None,))}
     known = table_ids | ({claim_id(item) for item in items} - {None})
     unknown = set(declared) - known
     if unknown:
         raise pytest.UsageError(
-            f"{expectations_file(config.rootpath)} declares unknown claim ids for {options.pair!r}: {sorted(unknown)}"
+            f"{expectations_file(config.rootpath)} declares unknown claim ids for {options.pair!r}: "
+            f"{sorted(str(u) for u in unknown)}"
         )
     for index, item in enumerate(items):
         cid = claim_id(item)
         if cid is None:
             continue
-        item.stash[ORDER_KEY] = index
-        hypothesis = bool(item.get_closest_marker("claim").kwargs.get("hypothesis", False))
-        state, reason = declared.get(cid, (None, None))
-        item.stash[DECLARED_KEY] = state
-        item.stash[EXPECTED_KEY] = f"{state} (declared)" if state else "replicates"
+        marker = item.get_closest_marker("claim")
+        assert marker is not None
+        state, reason = declared.get(cid, (None, ""))
+        expectation = Expectation(state, reason, hypothesis=bool(marker.kwargs.get("hypothesis", False)))
+        keyword = next((m.name for m in item.iter_markers() if m.name in KEYWORDS), "")
+        item.stash[CLAIM_ITEM_KEY] = ClaimItem(cid, index, keyword, expectation)
         # Only the claim's own assertion (ClaimNotHeld) is an expected failure: any other
-        # exception, in the claim or its fixtures, fails the run. A declared "inconclusive" or
-        # "not measurable" is no xfail: the test asserts that verdict.
-        if state in ("inconclusive", "not measurable"):
-            continue
-        if hypothesis and not reason:
-            item.add_marker(
-                pytest.mark.xfail(strict=True, raises=ClaimNotHeld, reason="a hypothesis the paper refutes")
-            )
-        elif reason and not hypothesis:
-            item.add_marker(
-                pytest.mark.xfail(
-                    strict=True,
-                    raises=ClaimNotHeld,
-                    reason=f"declared not to replicate on {options.pair}: {reason}",
-                )
-            )
+        # exception, in the claim or its fixtures, fails the run.
+        why = expectation.xfail_reason(options.pair)
+        if why is not None:
+            item.add_marker(pytest.mark.xfail(strict=True, raises=ClaimNotHeld, reason=why))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if EXPECTED_KEY in item.stash:
-        marker = item.get_closest_marker("claim")
-        report.user_properties.append(
-            (
-                "dpoclaims_meta",
-                {
-                    "expected": item.stash[EXPECTED_KEY],
-                    "keyword": next((m.name for m in item.iter_markers() if m.name in KEYWORDS), ""),
-                    "claim_id": claim_id(item),
-                    "order": item.stash[ORDER_KEY],
-                    "hypothesis": bool(marker.kwargs.get("hypothesis", False)),
-                },
-            )
-        )
+    claim_item = item.stash.get(CLAIM_ITEM_KEY, None)
+    if claim_item is not None:  # JSON across xdist workers; a ClaimItem again on the controller
+        meta = {
+            "claim_id": str(claim_item.id),
+            "order": claim_item.order,
+            "keyword": claim_item.keyword,
+            "declared": claim_item.expectation.declared,
+            "reason": claim_item.expectation.reason,
+            "hypothesis": claim_item.expectation.hypothesis,
+        }
+        report.user_properties.append((META_PROPERTY, meta))
     return report
+
+
+def _claim_item(meta: dict[str, Any]) -> ClaimItem:
+    expectation = Expectation(meta["declared"], meta["reason"], hypothesis=meta["hypothesis"])
+    return ClaimItem(ClaimId.parse(meta["claim_id"]), meta["order"], meta["keyword"], expectation)
 
 
 def _outcome(report: pytest.TestReport) -> str:
@@ -184,7 +183,7 @@ class ClaimRecorder:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, ClaimRecord] = {}
         self.header: dict[str, Any] | None = None  # the pair, as a claim test recorded it
         self.figure_data: dict[str, Any] | None = None
         self.written: list[str] = []
@@ -198,22 +197,23 @@ class ClaimRecorder:
             self.header = props[PAIR_PROPERTY]
         if FIGURES_PROPERTY in props:
             self.figure_data = props[FIGURES_PROPERTY]
-        if "dpoclaims_meta" not in props:
+        if META_PROPERTY not in props:
             return
         if report.when == "call" or (report.when == "setup" and (report.skipped or report.failed)):
-            meta = props["dpoclaims_meta"]
-            self.records[report.nodeid] = {
-                "id": meta["claim_id"],
-                "order": meta["order"],
-                "keyword": meta["keyword"],
-                "expected": meta["expected"],
-                "outcome": _outcome(report),
-                "node_id": report.nodeid,
-                "claim": props.get(CLAIM_PROPERTY),
-                "skip_reason": str(report.longrepr[2])
+            item = _claim_item(props[META_PROPERTY])
+            result = props.get(CLAIM_PROPERTY)
+            self.records[report.nodeid] = ClaimRecord(
+                id=item.id,
+                order=item.order,
+                keyword=item.keyword,
+                expectation=item.expectation,
+                outcome=_outcome(report),
+                node_id=report.nodeid,
+                result=ClaimResult.from_json(result) if result else None,
+                skip_reason=str(report.longrepr[2])
                 if report.skipped and isinstance(report.longrepr, tuple)
                 else "",
-            }
+            )
 
     @pytest.hookimpl(tryfirst=True)  # before the toy is built (minutes)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -234,7 +234,7 @@ class ClaimRecorder:
 
     def _check_reports_dir(self) -> None:
         from dpoclaims.errors import ReportError
-        from dpoclaims.report.records import check_reports_dir
+        from dpoclaims.report.writer import check_reports_dir
 
         self.checked = True
         try:
@@ -260,13 +260,11 @@ class ClaimRecorder:
             return
         options: SuiteOptions = self.config.stash[OPTIONS_KEY]
         from dpoclaims.errors import DpoclaimsError
-        from dpoclaims.report.records import previous_report_complete, write_reports
+        from dpoclaims.report.writer import previous_report_complete, write_reports
 
         records = list(self.records.values())
-        missing_files = sorted(
-            {r["skip_reason"] for r in records if MISSING_FILES.search(r.get("skip_reason") or "")}
-        )
-        if missing_files and all(r["outcome"] == "skipped" for r in records):
+        missing_files = sorted({r.skip_reason for r in records if MISSING_FILES.search(r.skip_reason)})
+        if missing_files and all(r.outcome == "skipped" for r in records):
             # Nothing was measured: never a green run.
             self.messages.append(
                 "dpoclaims: every selected claim skipped for want of the pair's files: "
@@ -291,8 +289,7 @@ class ClaimRecorder:
             "badge_repo": options.badge_repo,
             "incomplete": incomplete,
         }
-        for record in records:
-            record["pair_fingerprint"] = header["fingerprint"]
+        records = [replace(record, pair_fingerprint=header["fingerprint"]) for record in records]
         try:
             self.written = [
                 str(p) for p in write_reports(records, options.reports_dir, header, self.figure_data)
@@ -313,13 +310,11 @@ class ClaimRecorder:
         if not self.written:
             return
         options: SuiteOptions = config.stash[OPTIONS_KEY]
-        from dpoclaims.report.records import VERDICT_STATES, verdict
-
         counts: dict[str, int] = {}
         for record in self.records.values():
-            key = verdict(record) if record.get("claim") else record["outcome"]
+            key = record.verdict if record.result is not None else record.outcome
             counts[key] = counts.get(key, 0) + 1
-        order = [*VERDICT_STATES, *sorted(set(counts) - set(VERDICT_STATES))]
+        order = [*VERDICTS, *sorted(set(counts) - set(VERDICTS))]
         markup = {
             "replicates": {"green": True},
             "contradicts": {"red": True},

@@ -20,22 +20,23 @@ from typing import Any
 import pytest
 
 from dpoclaims.cache import Cache
-from dpoclaims.claims.checks import ClaimResult
+from dpoclaims.claims.results import ClaimResult, Expectation
 from dpoclaims.errors import CacheError, DpoclaimsError, MissingDownload
 from dpoclaims.files import pickle_globals_allowed
+from dpoclaims.hooks.bridge import pair_bridge
 from dpoclaims.measure.capture import Capture
 from dpoclaims.measure.decomposition import Decomposition
 from dpoclaims.measure.generation import GenerationSettings
 from dpoclaims.measure.measurements import Measurements, MeasurementSettings
 from dpoclaims.measure.prompts import MissingPromptSet, UnusablePromptSet
 from dpoclaims.models.pairs import ModelPair
-from dpoclaims.plugin.options import DECLARED_KEY, OPTIONS_KEY, SuiteOptions
+from dpoclaims.plugin.options import CLAIM_ITEM_KEY, OPTIONS_KEY, STATE_KEY, SuiteOptions
 from dpoclaims.train.named_pairs import load_pair
 
-CLAIM_PROPERTY = "dpoclaims_claim"
+CLAIM_PROPERTY = "dpoclaims_claim"  # ClaimResult.to_json()
+META_PROPERTY = "dpoclaims_meta"  # the item's ClaimItem, as JSON
 PAIR_PROPERTY = "dpoclaims_pair"  # pair name, fingerprint, prompt count, scorer: the report's header
 FIGURES_PROPERTY = "dpoclaims_figures"  # Decomposition.figure_data, sent once per process
-_figures_sent: set[str] = set()  # pair fingerprints whose figure data this process has sent
 
 
 def default_scorer(pair: ModelPair, options: SuiteOptions) -> str:
@@ -86,10 +87,10 @@ def pair(suite_options: SuiteOptions, dpoclaims_cache: Cache) -> ModelPair:
 @pytest.fixture(scope="session")
 def base_model(pair: ModelPair) -> Any:
     """The base model as a TransformerBridge (raw weights), for your own claims: booted on a copy
-    of the base and checked against the plain model first (see ModelPair.bridge; a
-    TransformerLens that disagrees with the installed transformers stops with the versions)."""
+    of the base and checked against the plain model first (see dpoclaims.hooks.bridge.pair_bridge;
+    a TransformerLens that disagrees with the installed transformers stops with the versions)."""
     try:
-        return pair.bridge("base")
+        return pair_bridge(pair, "base")
     except DpoclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -98,7 +99,7 @@ def base_model(pair: ModelPair) -> Any:
 def dpo_model(pair: ModelPair) -> Any:
     """The DPO model as a TransformerBridge (raw weights), for your own claims (see base_model)."""
     try:
-        return pair.bridge("dpo")
+        return pair_bridge(pair, "dpo")
     except DpoclaimsError as exc:
         pytest.fail(str(exc), pytrace=False)
 
@@ -149,20 +150,22 @@ def decomposition(measurements: Measurements) -> Decomposition:
 
 
 @pytest.fixture
-def record_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], ClaimResult]:
-    """Attach a claim's result to the test report (xdist carries it to the controller), with,
+def check_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], ClaimResult]:
+    """Record a claim's result on the test report (xdist carries it to the controller), with,
     when the test uses ``measurements``, the pair's header and (once per process) the
     decomposition's figure data: the reports are built from these alone. Then assert what the
-    test asserts (:meth:`ClaimResult.check`, with the verdict the pair's table declares)."""
+    test asserts: the item's :class:`~dpoclaims.claims.results.Expectation` (the paper's finding,
+    or the verdict the pair's table declares)."""
 
-    def record(result: ClaimResult) -> ClaimResult:
+    def check(result: ClaimResult) -> ClaimResult:
         node = request.node
         node.user_properties.append((CLAIM_PROPERTY, result.to_json()))
         if "measurements" in request.fixturenames:
             _record_pair(request, node)
-        return result.check(node.stash.get(DECLARED_KEY, None))
+        claim_item = node.stash.get(CLAIM_ITEM_KEY, None)
+        return (claim_item.expectation if claim_item else Expectation()).check(result)
 
-    return record
+    return check
 
 
 def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
@@ -178,10 +181,11 @@ def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
     }
     node.user_properties.append((PAIR_PROPERTY, header))
     computed = "decomposition" in vars(measurements)  # never compute it only for a figure
-    if computed and pair.fingerprint not in _figures_sent:
+    sent = request.config.stash[STATE_KEY].figures_sent
+    if computed and pair.fingerprint not in sent:
         data = measurements.decomposition.figure_data(seed=measurements.settings.seed)
         node.user_properties.append((FIGURES_PROPERTY, data))
-        _figures_sent.add(pair.fingerprint)
+        sent.add(pair.fingerprint)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,4 +1,5 @@
-"""Claims reports: ``claims.json``, ``claims.md``, shields.io badges and figures."""
+"""Claims reports: ``claims.json``, ``claims.md``, shields.io badges and figures, written from
+the typed claim records (:class:`dpoclaims.claims.results.ClaimRecord`) alone."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dpoclaims.claims.results import NOT_MEASURED, ClaimId, ClaimRecord, ClaimResult
 from dpoclaims.errors import ReportError
 from dpoclaims.files import atomic_write_text, ensure_writable_dir
 from dpoclaims.stats import changed_by_holm, holm
@@ -29,14 +30,12 @@ BADGE_COLORS: dict[str, str] = {
     "contradicts": "red",
     "inconclusive": "yellow",
     "not measurable": "orange",
-    "not measured": "lightgrey",  # skipped: nothing was measured on this pair
+    NOT_MEASURED: "lightgrey",  # skipped: nothing was measured on this pair
     "unexpected": "critical",
 }
-VERDICT_STATES = ("replicates", "contradicts", "inconclusive", "not measurable")
 UNEXPECTED_OUTCOMES = frozenset({"failed", "xpassed", "error"})
 BADGE_BRANCH = "badges"  # the branch .github/workflows/claims.yml publishes reports/badges/ to
 BADGE_REPO_PLACEHOLDER = "OWNER/REPO"
-_BADGE_ID = re.compile(r"^([^\[\]]+)(?:\[([^\[\]]+)\])?$")  # C4, C4[v1]
 _SIGN_WORDS = {"+": "plus", "-": "minus"}
 
 
@@ -52,23 +51,19 @@ def _short(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def verdict(record: dict[str, Any]) -> str:
-    """The claim's verdict state, or "not measured" (skipped, or crashed before measuring)."""
-    claim = record.get("claim")
-    if claim is None:
-        return "not measured"
-    return claim.get("verdict") or ("replicates" if claim["replicates"] else "contradicts")
+def _details(record: ClaimRecord) -> dict[str, Any]:
+    return record.result.details if record.result is not None else {}
 
 
-def _search_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+def _search_lines(records: Sequence[ClaimRecord]) -> list[str]:
     lines = []
     for r in records:
-        details = (r.get("claim") or {}).get("details") or {}
+        details = _details(r)
         if "search" not in details or "n_measured" not in details:
             continue
         best, counter = details.get("best"), details.get("counterexample")
         text = (
-            f"- **{r['id']}**: {details['n_measured']} ablations measured "
+            f"- **{r.id}**: {details['n_measured']} ablations measured "
             f"(up to {details.get('max_examples')} drawn by Hypothesis)"
         )
         if best:
@@ -82,16 +77,14 @@ def _search_lines(records: Sequence[dict[str, Any]]) -> list[str]:
     return ["", "Counterexample searches:", "", *lines] if lines else []
 
 
-def _edit_search_lines(records: Sequence[dict[str, Any]]) -> list[str]:
+def _edit_search_lines(records: Sequence[ClaimRecord]) -> list[str]:
     """C13[search]: the best edit and the one found, and the toxicity / perplexity table."""
-    record = next(
-        (r for r in records if ((r.get("claim") or {}).get("details") or {}).get("edit_search")), None
-    )
+    record = next((r for r in records if _details(r).get("edit_search")), None)
     if record is None:
         return []
-    details = record["claim"]["details"]
+    details = _details(record)
     text = (
-        f"- **{record['id']}**: {details['n_measured']} edits measured (up to {details.get('max_examples')} "
+        f"- **{record.id}**: {details['n_measured']} edits measured (up to {details.get('max_examples')} "
         f"drawn by Hypothesis; directions {', '.join(details['directions'])}); verdict {details['verdict']}, "
         f"Bonferroni p {_p_text(details['p_value'])}"
     )
@@ -145,26 +138,20 @@ def _ablation(point: dict[str, Any]) -> str:
     )
 
 
-def holm_adjust(records: Sequence[dict[str, Any]]) -> list[str]:
-    """Add Holm-adjusted p-values (``claim["p_holm"]``) over the family of claims measured on
-    the pair, and return the ids whose "replicates" the adjustment would not support."""
-    measured = {r["id"]: r["claim"]["p_value"] for r in records if r.get("claim") and "p_value" in r["claim"]}
-    p_values = {k: float("nan") if v is None else float(v) for k, v in measured.items()}
+def holm_adjust(records: Sequence[ClaimRecord]) -> tuple[list[ClaimRecord], list[str]]:
+    """The records with Holm-adjusted p-values (``p_holm``) over the family of claims measured on
+    the pair, and the ids whose "replicates" the adjustment would not support."""
+    p_values = {str(r.id): r.result.p_value for r in records if r.result is not None}
     adjusted = holm(p_values)
-    for r in records:
-        if r.get("claim") and r["id"] in adjusted:
-            r["claim"]["p_holm"] = adjusted[r["id"]]
-    return [
-        key
-        for key in changed_by_holm(p_values)
-        if verdict(next(r for r in records if r["id"] == key)) == "replicates"
-    ]
+    by_id = {str(r.id): r for r in records}
+    changed = [key for key in changed_by_holm(p_values) if by_id[key].verdict == "replicates"]
+    return [r.with_p_holm(adjusted.get(str(r.id))) for r in records], changed
 
 
-def _interval_text(claim: dict[str, Any]) -> str:
-    if claim.get("exact"):
+def _interval_text(claim: ClaimResult) -> str:
+    if claim.exact:
         return "exact"
-    ci = claim.get("ci")
+    ci = claim.ci
     return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-"
 
 
@@ -174,7 +161,7 @@ def _p_text(value: Any) -> str:
     return f"{value:.3g}" if value >= 0.001 else "<0.001"
 
 
-def badge_filename(claim_id: str) -> str:
+def badge_filename(claim_id: ClaimId | str) -> str:
     """The badge file of a claim, safe in a URL as it is: ``C4[v1]`` -> ``C4-v1.json``,
     ``C1[N=100]`` -> ``C1-N100.json``, ``C5[TP-]`` -> ``C5-TPminus.json``.
 
@@ -183,10 +170,8 @@ def badge_filename(claim_id: str) -> str:
     where it is a sign; anything else becomes ``_``. ``write_reports`` refuses two ids that
     come out the same.
     """
-    match = _BADGE_ID.match(claim_id)
-    if match is None:
-        raise ValueError(f"claim id {claim_id!r} is not of the form C<n> or C<n>[param]")
-    parts = [part for part in match.groups() if part]
+    parsed = claim_id if isinstance(claim_id, ClaimId) else ClaimId.parse(claim_id)
+    parts = [part for part in (parsed.claim, parsed.param) if part]
     safe_parts = []
     for part in parts:
         chars = []
@@ -204,48 +189,38 @@ def badge_filename(claim_id: str) -> str:
     return "-".join(safe_parts) + ".json"
 
 
-def badge_state(record: dict[str, Any]) -> str:
-    """The record's verdict state (a key of ``BADGE_COLORS``): ``claim["verdict"]`` when the
-    record has one, else ``replicates``/``contradicts`` from ``claim["replicates"]``;
-    ``not measured`` when the claim was skipped."""
-    claim = record.get("claim")
-    if claim is None:
-        return "not measured"
-    state = claim.get("verdict")
-    if state is None:
-        return "replicates" if claim["replicates"] else "contradicts"
-    if state not in VERDICT_STATES:
-        raise ValueError(f"claim {record['id']} has verdict {state!r}; known states: {VERDICT_STATES}")
-    return state
+def badge_state(record: ClaimRecord) -> str:
+    """The record's verdict (a key of ``BADGE_COLORS``); ``not measured`` when the claim was skipped."""
+    return record.verdict
 
 
-def badge(record: dict[str, Any]) -> dict[str, Any]:
+def badge(record: ClaimRecord) -> dict[str, Any]:
     """A shields.io endpoint badge: label = claim id, message = verdict state and figure.
 
     Coloured by ``BADGE_COLORS``; an outcome other than the declared one (failed, xpassed,
     error) gets the message prefix ``unexpected:`` and a red label as well (``isError``).
     """
-    claim = record.get("claim")
+    claim = record.result
     state = badge_state(record)
     message = state
-    if claim is not None and _fmt(claim.get("measured"), 2) != "-":
-        message += f" ({_fmt(claim['measured'], 2)})"
-    if claim is None and record["outcome"] == "error":
+    if claim is not None and _fmt(claim.measured, 2) != "-":
+        message += f" ({_fmt(claim.measured, 2)})"
+    if claim is None and record.outcome == "error":
         message = "error"
-    if record["outcome"] in UNEXPECTED_OUTCOMES:
+    if record.outcome in UNEXPECTED_OUTCOMES:
         color = BADGE_COLORS["unexpected"]
         return {
             "schemaVersion": 1,
-            "label": record["id"],
+            "label": str(record.id),
             "message": f"unexpected: {message}",
             "color": color,
             "labelColor": color,
             "isError": True,
         }
-    return {"schemaVersion": 1, "label": record["id"], "message": message, "color": BADGE_COLORS[state]}
+    return {"schemaVersion": 1, "label": str(record.id), "message": message, "color": BADGE_COLORS[state]}
 
 
-def badge_markdown(claim_id: str, repo: str) -> str:
+def badge_markdown(claim_id: ClaimId | str, repo: str) -> str:
     """Markdown for one claim's badge, read from the ``badges`` branch of ``repo`` (owner/name);
     it links to the claims table published beside it."""
     endpoint = f"https://raw.githubusercontent.com/{repo}/{BADGE_BRANCH}/{badge_filename(claim_id)}"
@@ -254,7 +229,7 @@ def badge_markdown(claim_id: str, repo: str) -> str:
     return f"[![{alt}](https://img.shields.io/endpoint?url={endpoint})]({table})"
 
 
-def badge_wall_markdown(records: Sequence[dict[str, Any]], repo: str | None) -> str:
+def badge_wall_markdown(records: Sequence[ClaimRecord], repo: str | None) -> str:
     """``badges/README.md``: every claim's badge, rendered and as ready-to-paste markdown."""
     owner_repo = repo or BADGE_REPO_PLACEHOLDER
     lines = [
@@ -279,18 +254,19 @@ def badge_wall_markdown(records: Sequence[dict[str, Any]], repo: str | None) -> 
         "",
         "## The wall",
         "",
-        *[badge_markdown(r["id"], owner_repo) for r in records],
+        *[badge_markdown(r.id, owner_repo) for r in records],
         "",
         "## Markdown to paste",
         "",
         "```markdown",
-        *[badge_markdown(r["id"], owner_repo) for r in records],
+        *[badge_markdown(r.id, owner_repo) for r in records],
         "```",
     ]
     return "\n".join(lines) + "\n"
 
 
-def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -> str:
+def report_markdown(records: Sequence[ClaimRecord], header: dict[str, Any]) -> str:
+    """``claims.md``: the pair's claims table, searches, criteria and figures."""
     incomplete = (
         [f"**Incomplete report: {header['incomplete']}** Verdicts below cover only the claims that ran.", ""]
         if header.get("incomplete")
@@ -323,12 +299,15 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
-        c = r.get("claim") or {}
+        c = r.result
+        claim_text = c.statement if c else _short(r.skip_reason)
+        figures = (
+            f"{_fmt(c.paper)} | {_fmt(c.measured)} | {_interval_text(c)} | {_p_text(c.p_value)} | {_p_text(c.p_holm)}"
+            if c
+            else "- | - | - | - | -"
+        )
         lines.append(
-            f"| {r['id']} | {r['keyword']} | {c.get('statement') or _short(r.get('skip_reason', ''))} | "
-            f"{_fmt(c.get('paper'))} | {_fmt(c.get('measured'))} | {_interval_text(c) if c else '-'} | "
-            f"{_p_text(c.get('p_value'))} | {_p_text(c.get('p_holm'))} | {r['expected']} | {verdict(r)} | "
-            f"{r['outcome']} |"
+            f"| {r.id} | {r.keyword} | {claim_text} | {figures} | {r.expectation.label} | {r.verdict} | {r.outcome} |"
         )
     changed = header.get("holm_changes") or []
     lines += [
@@ -342,13 +321,13 @@ def claims_markdown(records: Sequence[dict[str, Any]], header: dict[str, Any]) -
     ]
     lines += _search_lines(records)
     lines += _edit_search_lines(records)
-    reasons = sorted({r["skip_reason"] for r in records if r.get("skip_reason")})
+    reasons = sorted({r.skip_reason for r in records if r.skip_reason})
     if reasons:
         lines += ["", "Skipped, because:", ""] + [f"- {reason}" for reason in reasons]
     lines += ["", "Criteria:", ""]
     for r in records:
-        if r.get("claim"):
-            lines.append(f"- **{r['id']}**: {r['claim']['criterion']}.")
+        if r.result is not None:
+            lines.append(f"- **{r.id}**: {r.result.criterion}.")
     if header.get("figures"):
         lines += ["", "Figures:", ""] + [f"- ![{name}](figures/{name})" for name in header["figures"]]
     if header.get("figures_skipped"):
@@ -420,7 +399,7 @@ def previous_report_complete(out_dir: Path) -> bool:
 
 
 def write_reports(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[ClaimRecord],
     out_dir: Path,
     header: dict[str, Any],
     figure_data: dict[str, Any] | None = None,
@@ -438,13 +417,13 @@ def write_reports(
     not writable is a :class:`ReportError` naming the path, before anything is written."""
     for directory in (out_dir, out_dir / "figures", out_dir / "badges"):
         ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
-    records = sorted(records, key=lambda r: (int(r["id"][1:].split("[")[0]), r.get("order", 0)))
+    records = sorted(records, key=lambda r: r.sort_key)
     files: dict[str, str] = {}
     for r in records:
-        name = badge_filename(r["id"])
-        if files.setdefault(name, r["id"]) != r["id"]:
+        name = badge_filename(r.id)
+        if files.setdefault(name, str(r.id)) != str(r.id):
             raise ValueError(
-                f"claim ids {files[name]!r} and {r['id']!r} both give badge file {name}; rename one"
+                f"claim ids {files[name]!r} and {str(r.id)!r} both give badge file {name}; rename one"
             )
     staging = _staging_dir(out_dir)
     try:
@@ -468,30 +447,31 @@ def write_reports(
 
 def _write_into(
     directory: Path,
-    records: list[dict[str, Any]],
+    records: list[ClaimRecord],
     header: dict[str, Any],
     figure_data: dict[str, Any] | None,
 ) -> list[str]:
     """Write the report files into ``directory``; their paths relative to it."""
     figures, skipped = draw_figures(records, directory / "figures", header, figure_data)
-    header = {**header, "figures": figures, "figures_skipped": skipped, "holm_changes": holm_adjust(records)}
+    records, holm_changes = holm_adjust(records)
+    header = {**header, "figures": figures, "figures_skipped": skipped, "holm_changes": holm_changes}
     (directory / "claims.json").write_text(
-        json.dumps({"header": header, "claims": records}, indent=1, default=str)
+        json.dumps({"header": header, "claims": [r.to_json() for r in records]}, indent=1, default=str)
     )
-    (directory / "claims.md").write_text(claims_markdown(records, header))
+    (directory / "claims.md").write_text(report_markdown(records, header))
     badge_dir = directory / "badges"
     badge_dir.mkdir(exist_ok=True)
     for r in records:
         data = badge(r)
         if header.get("incomplete"):
             data = {**data, "message": f"interrupted: {data['message']}"}
-        (badge_dir / badge_filename(r["id"])).write_text(json.dumps(data))
+        (badge_dir / badge_filename(r.id)).write_text(json.dumps(data))
     (badge_dir / "README.md").write_text(badge_wall_markdown(records, header.get("badge_repo")))
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
 
 
 def draw_figures(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[ClaimRecord],
     fig_dir: Path,
     header: dict[str, Any],
     figure_data: dict[str, Any] | None,
@@ -501,11 +481,12 @@ def draw_figures(
     fig_dir.mkdir(parents=True, exist_ok=True)
     drawn, skipped = [], []
     title = f"{header['pair']}"
-    c1 = next((r for r in records if r["id"] == "C1[N=100]" and r.get("claim")), None)
-    if c1 and "layer_projection" in c1["claim"]["details"]:
-        n = c1["claim"]["details"]["n_neurons_ablated"]
+    # Fig. 1a: the claim that recorded a layer projection (C1 at the paper's N = 100)
+    projected = next((_details(r) for r in records if "layer_projection" in _details(r)), None)
+    if projected is not None:
+        n = projected["n_neurons_ablated"]
         plots.layer_projection(
-            c1["claim"]["details"]["layer_projection"],
+            projected["layer_projection"],
             f"base, top {n} toxic ablated",
             f"{title}: MLP projection onto the probe",
             fig_dir / "fig1a_layer_projection.png",
@@ -513,11 +494,9 @@ def draw_figures(
         drawn.append("fig1a_layer_projection.png")
     else:
         skipped.append("fig1a_layer_projection.png")
-    edits = next(
-        (r for r in records if ((r.get("claim") or {}).get("details") or {}).get("edit_search")), None
-    )
+    edits = next((_details(r) for r in records if _details(r).get("edit_search")), None)
     if edits is not None:
-        plots.edit_front(edits["claim"]["details"], title, fig_dir / "c13_edit_front.png")
+        plots.edit_front(edits, title, fig_dir / "c13_edit_front.png")
         drawn.append("c13_edit_front.png")
     else:
         skipped.append("c13_edit_front.png")
