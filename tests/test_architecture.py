@@ -117,6 +117,16 @@ def test_the_organism_imports_models_never_pairs():
         assert not graph[module] & {"dpoclaims.models.pairs", "dpoclaims.train.named_pairs"}, module
 
 
+def test_the_measurements_know_nothing_of_the_claims():
+    """measure/ is a layer below claims/: the claims declare what they need measured (e.g. which
+    passes record activations), the measurements never import them."""
+    graph = import_graph(PACKAGE)
+    measure = [m for m in graph if m.startswith("dpoclaims.measure")]
+    assert "dpoclaims.measure.measurements" in measure
+    for module in measure:
+        assert not {m for m in graph[module] if m.startswith("dpoclaims.claims")}, module
+
+
 def test_docs_claims_md_is_generated_from_the_paper_table():
     assert (ROOT / "docs" / "claims.md").read_text() == paper.claims_markdown(), (
         "docs/claims.md is stale: run `python -m dpoclaims.claims.paper > docs/claims.md`"
