@@ -1,6 +1,7 @@
 """One generation pass per (side, intervention) in a full claims run: where the claims capture
-activations (both sides unintervened, C1's Fig. 1a ablation), the toxicity evaluation scores the
-capture's continuations instead of generating again. Counted on a run of ``pytest claims/`` on a
+activations (both sides unintervened, and the pass they declare to Measurements,
+``dpoclaims.claims.checks.recorded_passes``: C1's Fig. 1a ablation), the toxicity evaluation
+scores the capture's continuations instead of generating again. Counted on a run of ``pytest claims/`` on a
 tiny pair with as many neurons as the toy (2,048), so every paper N gives its own intervention.
 """
 

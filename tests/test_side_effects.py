@@ -10,9 +10,8 @@ import pytest
 
 from dpoclaims.cache import Cache
 from dpoclaims.hooks.interventions import Intervention
-from dpoclaims.measure import evaluation
 from dpoclaims.measure.measurements import Measurements
-from dpoclaims.measure.metrics import continuation_f1
+from dpoclaims.measure.metrics import ContinuationF1, continuation_f1
 from dpoclaims.measure.side_effects import f1_estimate, f1_summary
 from dpoclaims.train.named_pairs import load_pair
 
@@ -99,8 +98,8 @@ def test_f1_summary_gives_the_interval_over_texts_and_the_paired_change(measurem
 
 def test_saved_f1_loads_back_exactly(tmp_path, measurements):
     result = measurements.f1("dpo")
-    evaluation.save_f1(result, tmp_path)
-    loaded = evaluation.load_f1(tmp_path)
+    result.save(tmp_path)
+    loaded = ContinuationF1.load(tmp_path)
     np.testing.assert_array_equal(loaded.scores, result.scores)
     assert (loaded.used, loaded.n_skipped, loaded.prompts, loaded.continuations) == (
         result.used,
@@ -122,13 +121,13 @@ def test_a_measurement_made_under_other_library_versions_is_not_reused_silently(
     m.f1("base")
     assert not m.has_capture("base")
     m.capture("base")
-    key = m._entry_key("base", Intervention(), m._capture_key())
+    key = m._capture_entry_key("base", Intervention())
     assert Measurements(m.pair, m.cache, progress=False).has_capture("base")
     monkeypatch.setattr(
         measurements_module, "measurement_versions", lambda: {**installed, "transformers": "0.0.1"}
     )
     other = Measurements(m.pair, m.cache, progress=False)
-    assert other._entry_key("base", Intervention(), other._capture_key()) != key
+    assert other._capture_entry_key("base", Intervention()) != key
     assert not other.has_capture("base")
 
     def no_compute(*args, **kwargs):

@@ -24,11 +24,23 @@ from dpoclaims.claims.registry import claim
 from dpoclaims.claims.results import ClaimResult
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.decomposition import REDUCING_GROUPS, Decomposition
-from dpoclaims.measure.measurements import NO_INTERVENTION, Measurements, Side
+from dpoclaims.measure.measurements import NO_INTERVENTION, Measurements
 from dpoclaims.measure.metrics import weight_cosines
 from dpoclaims.measure.side_effects import f1_summary
 from dpoclaims.models.loading import MLPLayout
+from dpoclaims.models.pairs import PairSide
 from dpoclaims.stats import Estimate, Verdict, bootstrap, mean_difference, recovered_share
+
+# C1 draws the paper's Fig. 1a (layer-wise projection) for the base under the ablation of the
+# top-N toxic neurons at this N: that pass's activations are recorded (see recorded_passes).
+FIGURE_1A_N = 100
+
+
+def recorded_passes(d: Decomposition) -> tuple[tuple[PairSide, Intervention], ...]:
+    """The intervened passes whose activations the claims record (capture), besides both sides
+    without intervention: C1's Fig. 1a ablation. The suite's :class:`Measurements` takes this
+    declaration, so their evaluations score the captures' continuations (one generation per pass)."""
+    return (("base", selection.ablation(d, FIGURE_1A_N)),)
 
 
 def claim_result(
@@ -133,7 +145,9 @@ def _recovery_verdict(m: Measurements) -> tuple[Verdict | None, dict[str, Any]]:
     return ("not measurable" if not drop.value > 0 else None), figures
 
 
-def toxicity_summary(m: Measurements, intervention: Intervention, side: Side = "base") -> dict[str, float]:
+def toxicity_summary(
+    m: Measurements, intervention: Intervention, side: PairSide = "base"
+) -> dict[str, float]:
     scorer = m.settings.scorer
     summary = {
         "toxicity": m.evaluation(side, intervention).mean_toxicity(scorer),
@@ -167,7 +181,7 @@ def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> ClaimResult:
     share = recovered(m, intervention)
     override, drop = _recovery_verdict(m)
     layers = {}
-    if paper_n == 100:  # the paper's Fig. 1a: where the ablated model still writes toxicity
+    if paper_n == FIGURE_1A_N:  # the paper's Fig. 1a: where the ablated model still writes toxicity
         layers = {
             "layer_projection": {
                 "base": m.layer_projection("base").tolist(),
@@ -219,7 +233,7 @@ def _mean(values: np.ndarray, axis: int = 0) -> np.ndarray:
 
 
 def toxicity_and_perplexity(
-    m: Measurements, side: Side, intervention: Intervention = NO_INTERVENTION
+    m: Measurements, side: PairSide, intervention: Intervention = NO_INTERVENTION
 ) -> dict[str, Any]:
     """Mean toxicity over prompts and perplexity on the held-out texts of ``side`` under
     ``intervention``, each with its 95% bootstrap interval (over prompts; over texts or windows)."""

@@ -17,7 +17,7 @@ alone. Such a bridge is refused with a :class:`BridgeMismatchError` naming the v
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dpoclaims.errors import BridgeMismatchError
 from dpoclaims.hooks.neurons import neuron_hooks
 from dpoclaims.models.loading import MLPLayout
-from dpoclaims.models.pairs import ModelPair
+from dpoclaims.models.pairs import ModelPair, PairSide
 from dpoclaims.versions import versions_line
 
 CHECK_PROMPT_TOKENS = 8  # the known input: this many token ids, 1..8 (or less in a tiny vocabulary)
@@ -119,7 +119,7 @@ def check_bridge(bridge: Any, plain: PreTrainedModel, layout: MLPLayout, what: s
         )
 
 
-def pair_bridge(pair: ModelPair, side: Literal["base", "dpo"]) -> Any:
+def pair_bridge(pair: ModelPair, side: PairSide) -> Any:
     """A TransformerBridge (TransformerLens 4.x, raw weights) of one side of ``pair``, for users'
     own claims: booted on a copy of the side's model (the bridge rewires the modules of the model
     it wraps; the library's measurements keep the plain one) and checked against the plain model

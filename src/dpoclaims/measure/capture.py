@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,16 +32,18 @@ from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.hooks.neurons import LastPositionRecorder, NeuronEdit, neuron_hooks
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.models.loading import MLPLayout
-from dpoclaims.models.pairs import ModelPair
+from dpoclaims.models.pairs import ModelPair, PairSide
 
 Convention = Literal["v1", "emnlp"]
 CONVENTIONS: tuple[str, ...] = ("v1", "emnlp")
-CAPTURE_FORMAT = 2  # part of every cache key: bump when what a capture stores changes
 
 
 @dataclass
 class Capture:
-    """What one model did on one prompt set."""
+    """What one model did on one prompt set (an :class:`~dpoclaims.measure.artifact.Artifact`)."""
+
+    KIND: ClassVar[str] = "capture"
+    FORMAT: ClassVar[int] = 2  # part of every cache key: bump when what a capture stores changes
 
     mean_activation: torch.Tensor  # [n_prompts, n_layers, d_mlp], per-prompt mean over positions
     n_positions: torch.Tensor  # [n_prompts]
@@ -175,7 +177,7 @@ class _Recorder:
 @torch.no_grad()
 def capture(
     pair: ModelPair,
-    side: Literal["base", "dpo"],
+    side: PairSide,
     prompts: Sequence[str],
     settings: GenerationSettings = GenerationSettings(),
     *,

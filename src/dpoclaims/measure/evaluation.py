@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,14 +17,16 @@ from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.measure.metrics import ContinuationF1, F1Settings, continuation_f1, perplexity_rows
 from dpoclaims.measure.scoring import get_scorer
-from dpoclaims.models.pairs import ModelPair
-
-EVALUATION_FORMAT = 2  # part of every cache key: bump when what an evaluation stores changes
-F1_FORMAT = 1  # likewise for a continuation-F1 measurement
+from dpoclaims.models.pairs import ModelPair, PairSide
 
 
 @dataclass
 class Evaluation:
+    """Toxicity of one side's greedy continuations (an :class:`~dpoclaims.measure.artifact.Artifact`)."""
+
+    KIND: ClassVar[str] = "evaluation"
+    FORMAT: ClassVar[int] = 2  # part of every cache key: bump when what an evaluation stores changes
+
     side: str
     intervention: str
     scores: dict[str, list[float]]  # scorer name -> per-prompt toxicity
@@ -44,7 +46,7 @@ class Evaluation:
 
 def score_continuations(
     pair: ModelPair,
-    side: Literal["base", "dpo"],
+    side: PairSide,
     intervention: Intervention,
     continuations: Sequence[str],
     scorers: Sequence[str] = ("lexicon",),
@@ -59,7 +61,7 @@ def score_continuations(
 
 def evaluate(
     pair: ModelPair,
-    side: Literal["base", "dpo"],
+    side: PairSide,
     prompts: Sequence[str],
     settings: GenerationSettings,
     intervention: Intervention = Intervention(),
@@ -80,13 +82,32 @@ def evaluate(
     return score_continuations(pair, side, intervention, generations.continuations, scorers)
 
 
-PERPLEXITY_FORMAT = 3  # per-row NLL and token counts (3), not only the total
+@dataclass(frozen=True)
+class PerplexityRows:
+    """Per text (or window) NLL sums and token counts of one side on held-out texts (an
+    :class:`~dpoclaims.measure.artifact.Artifact`); see :func:`intervened_perplexity`."""
+
+    KIND: ClassVar[str] = "perplexity"
+    FORMAT: ClassVar[int] = 3  # per-row NLL and token counts (3), not only the total
+
+    nll: np.ndarray  # [n_rows] float64 NLL sum per row
+    tokens: np.ndarray  # [n_rows] float64 tokens scored per row
+
+    def save(self, directory: Path) -> None:
+        (directory / "perplexity.json").write_text(
+            json.dumps({"nll": self.nll.tolist(), "tokens": self.tokens.tolist()})
+        )
+
+    @classmethod
+    def load(cls, directory: Path) -> PerplexityRows:
+        rows = json.loads((directory / "perplexity.json").read_text())
+        return cls(np.asarray(rows["nll"], dtype=np.float64), np.asarray(rows["tokens"], dtype=np.float64))
 
 
 @torch.no_grad()
 def intervened_perplexity(
     pair: ModelPair,
-    side: Literal["base", "dpo"],
+    side: PairSide,
     texts: Sequence[str],
     intervention: Intervention = Intervention(),
     *,
@@ -105,7 +126,7 @@ def intervened_perplexity(
 @torch.no_grad()
 def intervened_f1(
     pair: ModelPair,
-    side: Literal["base", "dpo"],
+    side: PairSide,
     texts: Sequence[str],
     intervention: Intervention = Intervention(),
     settings: F1Settings = F1Settings(),
@@ -116,27 +137,3 @@ def intervened_f1(
     continuations, under ``intervention`` (Lee et al.'s F1; see :func:`continuation_f1`)."""
     with intervention.applied(pair.model(side), pair.layout) as model:
         return continuation_f1(model, pair.tokenizer, texts, settings, progress=progress)
-
-
-def save_f1(result: ContinuationF1, directory: Path) -> None:
-    data = {
-        "scores": [float(x) for x in result.scores],
-        "used": list(result.used),
-        "n_skipped": result.n_skipped,
-        "prompts": list(result.prompts),
-        "references": list(result.references),
-        "continuations": list(result.continuations),
-    }
-    (directory / "f1.json").write_text(json.dumps(data))
-
-
-def load_f1(directory: Path) -> ContinuationF1:
-    data = json.loads((directory / "f1.json").read_text())
-    return ContinuationF1(
-        np.asarray(data["scores"], dtype=np.float64),
-        tuple(int(i) for i in data["used"]),
-        int(data["n_skipped"]),
-        tuple(data["prompts"]),
-        tuple(data["references"]),
-        tuple(data["continuations"]),
-    )

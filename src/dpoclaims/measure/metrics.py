@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -162,6 +164,11 @@ class F1Settings:
 
 @dataclass(frozen=True)
 class ContinuationF1:
+    """Per-text continuation F1 of one side (an :class:`~dpoclaims.measure.artifact.Artifact`)."""
+
+    KIND: ClassVar[str] = "f1"
+    FORMAT: ClassVar[int] = 1  # part of every cache key: bump when what ``save`` writes changes
+
     scores: np.ndarray  # [n_used] F1 per usable text, in the order of the texts
     used: tuple[int, ...]  # index (into the texts) of each score
     n_skipped: int  # texts under F1Settings.min_tokens tokens
@@ -172,6 +179,29 @@ class ContinuationF1:
     @property
     def mean(self) -> float:
         return float(np.mean(self.scores)) if len(self.scores) else float("nan")
+
+    def save(self, directory: Path) -> None:
+        data = {
+            "scores": [float(x) for x in self.scores],
+            "used": list(self.used),
+            "n_skipped": self.n_skipped,
+            "prompts": list(self.prompts),
+            "references": list(self.references),
+            "continuations": list(self.continuations),
+        }
+        (directory / "f1.json").write_text(json.dumps(data))
+
+    @classmethod
+    def load(cls, directory: Path) -> ContinuationF1:
+        data = json.loads((directory / "f1.json").read_text())
+        return cls(
+            np.asarray(data["scores"], dtype=np.float64),
+            tuple(int(i) for i in data["used"]),
+            int(data["n_skipped"]),
+            tuple(data["prompts"]),
+            tuple(data["references"]),
+            tuple(data["continuations"]),
+        )
 
 
 def split_for_continuation(

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from dpoclaims.hooks.interventions import Intervention
-from dpoclaims.measure.measurements import NO_INTERVENTION, Measurements, Side
+from dpoclaims.measure.measurements import NO_INTERVENTION, Measurements
+from dpoclaims.models.pairs import PairSide
 from dpoclaims.stats import Estimate, bootstrap, bootstrap_difference
 
 
@@ -22,12 +23,12 @@ def mean_over_texts(scores: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.mean(scores, axis=axis)
 
 
-def f1_estimate(m: Measurements, side: Side, intervention: Intervention = NO_INTERVENTION) -> Estimate:
+def f1_estimate(m: Measurements, side: PairSide, intervention: Intervention = NO_INTERVENTION) -> Estimate:
     """Mean continuation F1 of ``side`` under ``intervention``, 95% bootstrap over texts."""
     return bootstrap(mean_over_texts, m.f1(side, intervention).scores, seed=m.settings.seed)
 
 
-def f1_summary(m: Measurements, intervention: Intervention, side: Side = "base") -> dict[str, Any]:
+def f1_summary(m: Measurements, intervention: Intervention, side: PairSide = "base") -> dict[str, Any]:
     """Continuation F1 of ``side`` under ``intervention`` beside the unintervened models':
 
     - ``f1``, ``f1_ci``: mean F1 under the intervention and its 95% interval over texts;

@@ -42,6 +42,7 @@ from dpoclaims.models.loading import (
 
 log = logging.getLogger(__name__)
 
+PairSide = Literal["base", "dpo"]  # one side of a pair: the base model or its DPO fine-tune
 PATH_SUFFIXES = frozenset({".pt", ".bin", ".safetensors", ".json", ".jsonl", ".toml", ".txt", ".csv", ".raw"})
 
 
@@ -184,19 +185,19 @@ class ModelPair:
     def unit_probe(self) -> torch.Tensor:
         return self.probe / self.probe.norm()
 
-    def model(self, side: Literal["base", "dpo"]) -> PreTrainedModel:
+    def model(self, side: PairSide) -> PreTrainedModel:
         if side not in ("base", "dpo"):
             raise ValueError(f"side must be 'base' or 'dpo', not {side!r}")
         return self.base if side == "base" else self.dpo
 
-    def value_vectors(self, side: Literal["base", "dpo"] = "base") -> torch.Tensor:
+    def value_vectors(self, side: PairSide = "base") -> torch.Tensor:
         """``[n_layers, d_mlp, d_model]`` float32 on the CPU: row i of layer l is what neuron (l, i)
         writes (the analyses' copy, whatever device each layer is on)."""
         from dpoclaims.models.mlp import value_vectors
 
         return value_vectors(self.model(side), self.layout)
 
-    def key_vectors(self, side: Literal["base", "dpo"] = "base") -> torch.Tensor:
+    def key_vectors(self, side: PairSide = "base") -> torch.Tensor:
         """``[n_layers, d_mlp, d_model]`` float32 on the CPU: row i of layer l is what neuron (l, i) reads."""
         from dpoclaims.models.mlp import key_vectors
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from dpoclaims.cache import Cache
+from dpoclaims.claims.checks import recorded_passes
 from dpoclaims.claims.results import ClaimResult, Expectation
 from dpoclaims.errors import CacheError, DpoclaimsError, MissingDownload
 from dpoclaims.files import pickle_globals_allowed
@@ -119,7 +120,7 @@ def suite_measurements(pair: ModelPair, cache: Cache, options: SuiteOptions) -> 
     file that was given but cannot be used (unreadable, fewer than the minimum of usable
     prompts) fails, with its message."""
     try:
-        return Measurements(pair, cache, measurement_settings(pair, options))
+        return Measurements(pair, cache, measurement_settings(pair, options), recorded_passes=recorded_passes)
     except MissingPromptSet as exc:
         pytest.skip(str(exc))
     except DpoclaimsError as exc:
