@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny import claim_record
 
 from dpoclaims.cache import Cache
 from dpoclaims.cli import build_parser
@@ -14,36 +15,31 @@ from dpoclaims.errors import OptionError
 from dpoclaims.runs import replication, sweep
 
 
-def claim(verdict=None, replicates=None, measured=0.1):
-    data = {"measured": measured, "ci": [measured - 0.01, measured + 0.01], "replicates": replicates}
-    if verdict is not None:
-        data["verdict"] = verdict
-    return data
-
-
-def record(claim_id, order, claim_data, outcome="passed"):
-    return {"id": claim_id, "order": order, "outcome": outcome, "claim": claim_data}
+def record(claim_id, order, verdict, outcome="passed", measured=0.1):
+    """A claims.json record as the plugin writes one (``verdict=None``: not measured)."""
+    data = claim_record(claim_id, outcome, verdict, measured).to_json()
+    return {**data, "order": order}
 
 
 SEEDS = {
     0: [
-        record("C1[N=100]", 0, claim(replicates=True, measured=0.01)),  # two-state report
-        record("C9", 5, claim("contradicts", measured=0.57)),
-        record("C10", 6, claim("replicates", measured=0.9)),
-        record("C2[N=100]", 1, claim("inconclusive")),
+        record("C1[N=100]", 0, "replicates", measured=0.01),
+        record("C9", 5, "contradicts", measured=0.57),
+        record("C10", 6, "replicates", measured=0.9),
+        record("C2[N=100]", 1, "inconclusive"),
         record("C12[x2]", 7, None, outcome="skipped"),
     ],
     1: [
-        record("C1[N=100]", 0, claim(replicates=True, measured=0.02)),
-        record("C2[N=100]", 1, claim("replicates")),
-        record("C9", 5, claim("contradicts", measured=0.41)),
-        record("C10", 6, claim("not measurable", measured=float("nan"))),
-        record("C12[x2]", 7, claim(replicates=False)),
+        record("C1[N=100]", 0, "replicates", measured=0.02),
+        record("C2[N=100]", 1, "replicates"),
+        record("C9", 5, "contradicts", measured=0.41),
+        record("C10", 6, "not measurable", measured=float("nan")),
+        record("C12[x2]", 7, "contradicts"),
     ],
     2: [
-        record("C1[N=100]", 0, claim("replicates", measured=0.0)),
-        record("C2[N=100]", 1, claim("contradicts")),
-        record("C9", 5, claim("contradicts", measured=0.6)),
+        record("C1[N=100]", 0, "replicates", measured=0.0),
+        record("C2[N=100]", 1, "contradicts"),
+        record("C9", 5, "contradicts", measured=0.6),
         # C10 and C12[x2] not run at this seed
     ],
 }
@@ -112,12 +108,12 @@ def test_the_writer_gives_json_markdown_and_a_figure(claims_files, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
-def test_verdicts_come_from_three_state_reports_or_else_the_replicates_flag():
-    assert (
-        replication.verdict_of({"claim": {"verdict": "inconclusive", "replicates": True}}) == "inconclusive"
-    )
-    assert replication.verdict_of({"claim": {"replicates": False}}) == "contradicts"
-    assert replication.verdict_of({"claim": None, "outcome": "error"}) == "not measured"
+def test_a_record_without_a_verdict_is_an_unreadable_report(tmp_path):
+    data = record("C9", 0, "replicates")
+    del data["claim"]["verdict"]  # a report of another version: its verdict is not guessed
+    (tmp_path / "claims.json").write_text(json.dumps({"claims": [data]}))
+    with pytest.raises(replication.ReplicationError, match="cell 0: cannot read its claims report"):
+        replication.replication_matrix({0: tmp_path / "claims.json"})
 
 
 def test_an_unreadable_cell_report_is_a_replication_error(tmp_path):
@@ -253,8 +249,8 @@ def test_a_cell_on_a_toy_outside_its_bands_fails_with_the_band_and_runs_no_claim
 
 
 def test_a_claims_run_that_measured_nothing_is_a_failed_cell():
-    errored = {"claims": [{"id": "C3", "outcome": "error"}, {"id": "C9", "outcome": "error"}]}
-    measured = {"claims": [{"id": "C3", "outcome": "error"}, {"id": "C9", "outcome": "passed"}]}
+    errored = {"claims": [record("C3", 0, None, "error"), record("C9", 1, None, "error")]}
+    measured = {"claims": [record("C3", 0, None, "error"), record("C9", 1, "replicates")]}
     assert sweep._nothing_measured(json.dumps(errored).encode())
     assert not sweep._nothing_measured(json.dumps(measured).encode())
     assert not sweep._nothing_measured(json.dumps({"claims": []}).encode())

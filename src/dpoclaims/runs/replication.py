@@ -17,20 +17,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from dpoclaims.claims.results import NOT_MEASURED, ClaimRecord
 from dpoclaims.errors import DpoclaimsError, OptionError, ReportError
 from dpoclaims.files import atomic_write_text, ensure_writable_dir
+from dpoclaims.stats import VERDICTS
 
-VERDICT_COLORS = {
-    "replicates": "#2ca02c",
-    "contradicts": "#d62728",
-    "inconclusive": "#f2c744",
-    "not measurable": "#ff7f0e",
-    "not measured": "#bdbdbd",
-    "missing": "#ffffff",
-}
-NOT_MEASURED = "not measured"
 #: A cell whose claims run produced no report: not a verdict.
 MISSING = "missing"
+# One colour per verdict (stats.VERDICTS, in order), then the two states that are none.
+VERDICT_COLORS = dict(
+    zip(
+        (*VERDICTS, NOT_MEASURED, MISSING), ("#2ca02c", "#d62728", "#f2c744", "#ff7f0e", "#bdbdbd", "#ffffff")
+    )
+)
 REPORTS_REMEDY = "pass --reports-dir with a writable directory"
 
 
@@ -41,29 +40,11 @@ class ReplicationError(DpoclaimsError):
 # ------------------------------------------------------------------------- reading the cells' reports
 
 
-def verdict_of(record: Mapping[str, Any]) -> str:
-    """A claim record's verdict: ``claim["verdict"]`` (three-state reports), else from
-    ``claim["replicates"]``; a record without a claim (skipped, errored) is "not measured"."""
-    claim = record.get("claim")
-    if not claim:
-        return NOT_MEASURED
-    if claim.get("verdict"):
-        return str(claim["verdict"])
-    if claim.get("replicates") is None:
-        return NOT_MEASURED
-    return "replicates" if claim["replicates"] else "contradicts"
-
-
 def _finite(value: Any) -> float | None:
     """A number for strict JSON: NaN and infinities (an undefined figure) become None."""
     if isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     return None
-
-
-def _claim_order(claim_id: str) -> tuple[int, str]:
-    number = claim_id[1:].split("[")[0]
-    return (int(number) if number.isdigit() else 10**6, claim_id)
 
 
 def replication_matrix(
@@ -90,21 +71,19 @@ def replication_matrix(
             continue
         path = files[column]
         try:
-            records = json.loads(path.read_text())["claims"]
+            records = [ClaimRecord.from_json(r) for r in json.loads(path.read_text())["claims"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ReplicationError(f"cell {column}: cannot read its claims report {path}: {exc}") from exc
         per_cell[column] = {}
         for record in records:
-            claim_id = record["id"]
-            claim = record.get("claim") or {}
+            claim_id, claim = str(record.id), record.result
             per_cell[column][claim_id] = {
-                "verdict": verdict_of(record),
-                "measured": _finite(claim.get("measured")),
-                "ci": [_finite(x) for x in claim["ci"]] if claim.get("ci") else None,
-                "outcome": record.get("outcome"),
+                "verdict": record.verdict,
+                "measured": _finite(claim.measured) if claim else None,
+                "ci": [_finite(x) for x in claim.ci] if claim and claim.ci else None,
+                "outcome": record.outcome,
             }
-            number = _claim_order(claim_id)[0]
-            order.setdefault(claim_id, (number, int(record.get("order", 0))))
+            order.setdefault(claim_id, record.sort_key)
     claims = sorted(order, key=lambda c: (order[c], c))
     not_run = {"verdict": NOT_MEASURED, "measured": None, "ci": None, "outcome": "not run"}
     matrix = {

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dpoclaims.cache import Cache
+from dpoclaims.claims.results import ClaimRecord
 from dpoclaims.errors import DpoclaimsError, OptionError, ReportError
 from dpoclaims.files import atomic_write_bytes, ensure_writable_dir
 from dpoclaims.runs.replication import REPORTS_REMEDY, write_replication
@@ -285,8 +286,8 @@ def run_cell(job: CellJob) -> CellResult:
 
 
 def _nothing_measured(claims_json: bytes) -> bool:
-    records = json.loads(claims_json)["claims"]
-    return bool(records) and all(record.get("outcome") == "error" for record in records)
+    records = [ClaimRecord.from_json(data) for data in json.loads(claims_json)["claims"]]
+    return bool(records) and all(record.outcome == "error" for record in records)
 
 
 # ------------------------------------------------------------------------- engines
@@ -299,11 +300,9 @@ def _summary(result: CellResult) -> str:
     if not result.ok:
         first = (result.error or "").splitlines()[0]
         return f"FAILED: {first}"
-    from dpoclaims.runs.replication import verdict_of
-
     counts: dict[str, int] = {}
-    for record in json.loads(result.files["claims.json"])["claims"]:
-        verdict = verdict_of(record)
+    for data in json.loads(result.files["claims.json"])["claims"]:
+        verdict = ClaimRecord.from_json(data).verdict
         counts[verdict] = counts.get(verdict, 0) + 1
     return ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
 
