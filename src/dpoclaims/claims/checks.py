@@ -29,7 +29,7 @@ from dpoclaims.measure.metrics import weight_cosines
 from dpoclaims.measure.side_effects import f1_summary
 from dpoclaims.models.loading import MLPLayout
 from dpoclaims.models.pairs import PairSide
-from dpoclaims.stats import Estimate, Verdict, bootstrap, mean_difference, recovered_share
+from dpoclaims.stats import Criterion, Estimate, Verdict, bootstrap, mean_difference, recovered_share
 
 # C1 draws the paper's Fig. 1a (layer-wise projection) for the base under the ablation of the
 # top-N toxic neurons at this N: that pass's activations are recorded (see recorded_passes).
@@ -68,7 +68,7 @@ def claim_result(
     rule = entry.rule_for(layout.n_layers, layout.n_neurons) if layout is not None else entry.rule
     details = dict(details or {})
     verdicts = [stats.verdict(estimate, rule)]
-    p_values = [stats.p_value(estimate, rule)]
+    p_values = [_p_value(estimate, rule)]
     expected_parts = {part.name: part for part in entry.parts_for(param)}
     if parts is None and verdict_override is not None:  # a search: the verdict speaks for every part
         expected_parts = {}
@@ -79,7 +79,7 @@ def claim_result(
     for name, part_estimate in (parts or {}).items():
         part_rule = expected_parts[name].rule
         verdicts.append(stats.verdict(part_estimate, part_rule))
-        p_values.append(stats.p_value(part_estimate, part_rule))
+        p_values.append(_p_value(part_estimate, part_rule))
         details[name] = {**_interval(part_estimate), "p_value": p_values[-1], "verdict": verdicts[-1]}
     verdict = verdict_override or stats.combined_verdict(verdicts)
     finding = ""
@@ -114,6 +114,11 @@ def claim_result(
         details=details,
         finding=finding,
     )
+
+
+def _p_value(estimate: Estimate, rule: Criterion) -> float:
+    """The p-value of ``estimate`` against ``rule``; NaN for a zero-width interval (not measurable)."""
+    return float("nan") if zero_width(estimate) else stats.p_value(estimate, rule)
 
 
 def zero_width(estimate: Estimate) -> bool:
