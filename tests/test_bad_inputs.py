@@ -57,7 +57,7 @@ from dpoclaims.files import PICKLE_GLOBALS_ENV
 from dpoclaims.measure.capture import Capture
 from dpoclaims.measure.generation import GenerationSettings
 from dpoclaims.measure.measurements import Measurements, MeasurementSettings
-from dpoclaims.measure.prompts import MIN_PROMPTS, UnusablePromptSet
+from dpoclaims.measure.prompts import MIN_USABLE_PROMPTS, UnusablePromptSet
 from dpoclaims.models.pairs import ModelPair
 from dpoclaims.plugin.options import SuiteOptions, suite_options
 from dpoclaims.plugin.resources import load_suite_pair, suite_measurements
@@ -65,7 +65,7 @@ from dpoclaims.train.named_pairs import load_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 Category = Literal["error", "recovery", "skip"]
-PROMPTS = [f"the plan {i} seems" for i in range(MIN_PROMPTS + 2)]  # [12]
+PROMPTS = [f"the plan {i} seems" for i in range(MIN_USABLE_PROMPTS + 2)]  # [12]
 NEUTRAL = ["the plan seems fair and clear", "we met at noon and talked"]
 # Small batches, so that a capture runs several (a kill can land between two); part of the cache key.
 BATCH_SIZE = 4

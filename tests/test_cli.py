@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from tiny import tiny_toy_config, write_spec
@@ -46,6 +47,16 @@ def test_missing_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_help_describes_every_command_on_a_line_of_its_own():
+    from dpoclaims.cli import build_parser
+
+    parser = build_parser()
+    commands = re.search(r"\{([^}]*)\}", parser.format_usage())[1].split(",")  # usage: {build-toy,info,...}
+    described = [line.split()[0] for line in (parser.description or "").splitlines() if line.startswith("  ")]
+    assert len(commands) >= 6
+    assert sorted(described) == sorted(commands)
 
 
 @pytest.mark.slow

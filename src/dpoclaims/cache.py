@@ -173,16 +173,19 @@ class Cache:
             try:
                 tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=TMP_SUFFIX, dir=directory.parent))
             except OSError as exc:
-                raise self._write_error(kind, key, exc) from None
+                disk_error = self._write_error(kind, key, exc)
+                if disk_error is None:  # not a failure to write (another OSError): as it came
+                    raise
+                raise disk_error from None
             try:
                 meta = build(tmp)
                 write_manifest(tmp, meta)
                 os.replace(tmp, directory)
             except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                problem = self._write_error(kind, key, exc)
-                if problem is not None:
-                    raise problem from None
+                disk_error = self._write_error(kind, key, exc)
+                if disk_error is not None:
+                    raise disk_error from None
                 raise
         if (problem := verify_entry(directory)) is not None:
             raise CacheError(f"cache entry {directory} failed verification right after build: {problem}")

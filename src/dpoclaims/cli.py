@@ -1,4 +1,14 @@
-"""Command line: ``dpoclaims build-toy``, ``info``, ``train-dpo``, ``train-probe``, ``sweep`` and ``replicate``."""
+"""The dpoclaims command line:
+
+  build-toy    build (or reuse) the toy organism, check it against its bands, write its measurements
+  info         load a pair and print its shape and fingerprint
+  train-dpo    DPO-train a base model on Lee et al.-format pairs (TRL) and save a Hugging Face directory
+  train-probe  fit a linear toxicity probe on a base model from a Jigsaw-style CSV
+  sweep        run every claim on each cell of pairs x toy seeds x conventions x scorers, write the matrix
+  replicate    the sweep over toy seeds (default 0 1 2)
+
+dpoclaims COMMAND --help gives a command's options.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import DpoclaimsError, OptionError
@@ -266,7 +276,10 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     if len({labels[i] for i in train}) < 2:
         raise DpoclaimsError(f"the training split of {args.csv} holds one class only; use more examples")
     tokenizer = load_tokenizer(args.base)
-    model = load_hf_model(args.base).to(device)
+    model = load_hf_model(args.base)
+    # cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
+    # checkers read as an unbound Module.to; the call is the model's own .to (returning the model)
+    cast("torch.nn.Module", model).to(device)
     layout = mlp_layout(model.config)
     d_model = layout.d_model
     n_ctx = getattr(model.config, "n_positions", None) or getattr(
@@ -285,11 +298,12 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     x_train, x_val = features[: len(train)], features[len(train) :]
     y_train, y_val = [labels[i] for i in train], [labels[i] for i in val]
     probe = LinearProbe(C=args.C, seed=args.seed).fit(x_train, y_train)
-    direction = probe.direction.detach().clone().float()  # type: ignore[union-attr]
+    direction = probe.fitted_direction.detach().clone().float()
 
     def share(ys: list[int]) -> float | None:
         return round(sum(ys) / len(ys), 4) if ys else None
 
+    val_share = share(y_val)  # None without a validation split (val empty)
     summary = {
         "base": args.base,
         "csv": str(args.csv),
@@ -308,7 +322,7 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         "toxic_share": {"all": share(y_train + y_val), "train": share(y_train), "val": share(y_val)},
         "train_accuracy": probe.accuracy(x_train, y_train),
         "val_accuracy": probe.accuracy(x_val, y_val) if val else None,
-        "val_majority_baseline": round(max(share(y_val), 1 - share(y_val)), 4) if val else None,
+        "val_majority_baseline": round(max(val_share, 1 - val_share), 4) if val_share is not None else None,
     }
     atomic_torch_save(out, direction)
     atomic_write_text(sidecar, json.dumps(summary, indent=1))
@@ -456,7 +470,10 @@ def _add_sweep_options(parser: argparse.ArgumentParser, default_seeds: list[int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpoclaims", description=__doc__)
+    # Raw: the description (the module docstring) keeps its one line per command.
+    parser = argparse.ArgumentParser(
+        prog="dpoclaims", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--cache-dir", default=None, help="cache root (default: $DPOCLAIMS_CACHE or the user cache dir)"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,10 +18,10 @@ from typing import Any
 
 from dpoclaims.errors import CheckpointError, OptionError
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python < 3.11
-    import tomli as tomllib  # type: ignore[no-redef]
+else:  # the backport, a dependency under Python < 3.11 (pyproject.toml)
+    import tomli as tomllib
 
 TOMLDecodeError = tomllib.TOMLDecodeError
 

@@ -174,7 +174,7 @@ def _hf_dir(hf_dir: str | os.PathLike[str] | None) -> Path | None:
     return path
 
 
-def _read_detoxify_checkpoint(path: Path, device: str) -> dict[str, Any]:
+def _read_detoxify_checkpoint(path: Path, device: str) -> Mapping[str, Any]:
     """The checkpoint dict, checked for the fields Detoxify reads.
 
     Loaded safely (:func:`dpoclaims.files.load_checkpoint`, ``weights_only``): Detoxify's

@@ -471,7 +471,7 @@ def _shipped_resource(name: str) -> Any:
     key = name.rsplit(".", 1)[0] if name.endswith((".json", ".txt")) else name
     if key not in SHIPPED_PROMPT_SETS:
         raise OptionError(f"no shipped prompt set {name!r}; shipped: {sorted(SHIPPED_PROMPT_SETS)}")
-    return resources.files(PROMPT_SET_PACKAGE).joinpath(PROMPT_SET_DIR, SHIPPED_PROMPT_SETS[key])
+    return resources.files(PROMPT_SET_PACKAGE).joinpath(PROMPT_SET_DIR).joinpath(SHIPPED_PROMPT_SETS[key])
 
 
 def shipped_prompt_set_path(name: str) -> Path:

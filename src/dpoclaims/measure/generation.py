@@ -10,10 +10,10 @@ change a continuation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -111,6 +111,10 @@ def greedy_generate(
     device = model_input_device(model)
     eos = tokenizer.eos_token_id
     batches = range(0, len(prompts), settings.batch_size)
+    # cast: PreTrainedModel declares no generate (GenerationMixin gives it to causal LMs, and types
+    # its self as a Protocol that mypy finds no model class meets). Without return_dict_in_generate
+    # (GREEDY) it returns the token ids [batch, prompt_len + new].
+    generate = cast(Callable[..., torch.Tensor], model.generate)
     for start in tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False):
         batch = encode_prompts(
             tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens
@@ -118,7 +122,7 @@ def greedy_generate(
         input_ids = batch["input_ids"].to(device)  # [batch, prompt_len]
         attention_mask = batch["attention_mask"].to(device)
         with observer.generating(input_ids, attention_mask) if observer else nullcontext():
-            output = model.generate(
+            output = generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 max_new_tokens=settings.max_new_tokens,
@@ -132,5 +136,7 @@ def greedy_generate(
         if observer:
             observer.generated(input_ids, attention_mask, rows)
         continuation_ids.extend(rows)
-        continuations.extend(tokenizer.decode(row, skip_special_tokens=True) for row in rows)
+        # cast: decode returns one str for one row of ids (a list of them only for a batch of rows),
+        # which its annotation (str | list[str]) does not tell apart.
+        continuations.extend(cast(str, tokenizer.decode(row, skip_special_tokens=True)) for row in rows)
     return Generations(list(prompts), continuations, continuation_ids)

@@ -93,10 +93,15 @@ class LinearProbe:
         self.bias = float(model.intercept_[0])
         return self
 
-    def decision_function(self, features: torch.Tensor) -> torch.Tensor:
+    @property
+    def fitted_direction(self) -> torch.Tensor:
+        """``direction`` once :meth:`fit` has set it ``[d_model]``; a RuntimeError before."""
         if self.direction is None:
             raise RuntimeError("the probe is not fitted; call fit() first")
-        return features.float() @ self.direction + self.bias
+        return self.direction
+
+    def decision_function(self, features: torch.Tensor) -> torch.Tensor:
+        return features.float() @ self.fitted_direction + self.bias
 
     def accuracy(self, features: torch.Tensor, labels: Sequence[int]) -> float:
         predictions = (self.decision_function(features) > 0).long()

@@ -4,7 +4,7 @@ Empty prompts, and prompts made only of whitespace or invisible characters (zero
 spaces, byte-order marks, other format and control characters), are dropped: a model cannot
 continue nothing. Repeated prompts are dropped (the first is kept): a repeat adds no
 information but narrows every bootstrap interval. A challenge set with fewer than
-:data:`MIN_PROMPTS` distinct usable prompts is refused with a
+:data:`MIN_USABLE_PROMPTS` distinct usable prompts is refused with a
 :class:`~dpoclaims.errors.TooFewPromptsError`.
 """
 
@@ -22,7 +22,10 @@ from dpoclaims.models.pairs import ModelPair
 #: is a bootstrap over prompts: with fewer than about ten distinct prompts the resamples take
 #: only a handful of distinct values, so the percentile intervals (and the verdicts read from
 #: them) are meaningless; with one prompt they are not even defined (NaN).
-MIN_PROMPTS = 10
+MIN_USABLE_PROMPTS = 10
+#: The former name, still imported by dpoclaims.plugin.options: remove once that module imports
+#: MIN_USABLE_PROMPTS (not dpoclaims.stats.MIN_PROMPTS, the fewest prompts an interval is computed on).
+MIN_PROMPTS = MIN_USABLE_PROMPTS
 
 log = logging.getLogger(__name__)
 # Unicode categories that print nothing: format (zero-width space, joiners, BOM), control.
@@ -82,7 +85,7 @@ def usable_prompts(texts: list[str], origin: str, limit: int | None = None) -> l
     """``texts`` without empty, whitespace-only or invisible-only entries and without repeats
     (two prompts are the same when what they show, :func:`visible`, is the same; the first is
     kept), the first ``limit`` of them; a :class:`TooFewPromptsError` saying what was dropped
-    when fewer than :data:`MIN_PROMPTS` remain. What was dropped is logged."""
+    when fewer than :data:`MIN_USABLE_PROMPTS` remain. What was dropped is logged."""
     usable: list[str] = []
     seen: set[str] = set()
     empty = invisible = repeated = 0
@@ -107,13 +110,13 @@ def usable_prompts(texts: list[str], origin: str, limit: int | None = None) -> l
         )
     if repeated:
         details.append(f"{repeated} repeats of an earlier prompt (dropped)")
-    if len(kept) < MIN_PROMPTS:
+    if len(kept) < MIN_USABLE_PROMPTS:
         if len(kept) < len(usable):
             details.append(f"a limit of {limit} kept {len(kept)} of the {len(usable)} usable ones")
         raise TooFewPromptsError(
             f"{origin} has {len(kept)} usable prompts ({'; '.join(details)}); the claims need at "
-            f"least {MIN_PROMPTS}: their bootstrap intervals resample prompts, and over fewer distinct usable "
-            f"prompts they are meaningless. Add prompts to the file{' or raise the limit (--max-prompts)' if limit else ''}"
+            f"least {MIN_USABLE_PROMPTS}: their bootstrap intervals resample prompts, and over fewer "
+            f"distinct usable prompts they are meaningless. Add prompts to the file{' or raise the limit (--max-prompts)' if limit else ''}"
         )
     if empty or invisible or repeated:
         log.warning("%s: %s; %d distinct usable prompts remain", origin, "; ".join(details), len(usable))
@@ -130,7 +133,7 @@ def dropped_prompts(texts: list[str]) -> dict[str, int]:
 def pair_texts(pair: ModelPair, key: str, limit: int | None = None) -> list[str]:
     """A pair's prompt or text set. ``challenge_prompts`` may be RealToxicityPrompts'
     ``prompts.jsonl`` (filtered to ``challenging``): its usable prompts (see
-    :func:`usable_prompts`), at least :data:`MIN_PROMPTS`. ``neutral_texts`` may be
+    :func:`usable_prompts`), at least :data:`MIN_USABLE_PROMPTS`. ``neutral_texts`` may be
     Wikitext-2's raw file (its lines, blank ones included, for windowed perplexity); it must
     hold some text."""
     if key not in pair.spec.extras:

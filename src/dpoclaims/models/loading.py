@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import torch
 from transformers import (
@@ -254,14 +254,22 @@ def loading_problems(info: dict[str, Any]) -> list[str]:
 def _load_causal_lm(name_or_path: str, shown_as: str, **kwargs: Any) -> PreTrainedModel:
     """``AutoModelForCausalLM.from_pretrained`` that refuses weights its config does not describe
     (transformers would only point at a load report that is not shown)."""
+    # cast: with output_loading_info=True from_pretrained returns (model, loading info), which its
+    # annotation (the model alone) does not say.
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+        model, info = cast(
+            tuple[PreTrainedModel, dict[str, Any]],
+            AutoModelForCausalLM.from_pretrained(name_or_path, output_loading_info=True, **kwargs),
+        )
     except RuntimeError as exc:
         if "ignore_mismatched_sizes" not in str(exc):
             raise
         # Load once more, tolerating the mismatch, only to learn which tensors it concerns.
-        _, info = AutoModelForCausalLM.from_pretrained(
-            name_or_path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        _, info = cast(
+            tuple[PreTrainedModel, dict[str, Any]],
+            AutoModelForCausalLM.from_pretrained(
+                name_or_path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            ),
         )
     problems = loading_problems(info)
     if problems:
@@ -336,5 +344,7 @@ def model_from_state_dict(
     model.load_state_dict(state, strict=False)
     if tied:
         model.tie_weights()
-    model.to(dtype=base.dtype).eval()
+    # cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
+    # checkers read as an unbound Module.to; the call is the model's own .to (returning the model)
+    cast(torch.nn.Module, model).to(dtype=base.dtype).eval()
     return model

@@ -84,6 +84,8 @@ def neuron_rows(module: torch.nn.Module, d_mlp: int, d_model: int, *, neurons_ar
     ``[in, out]``. ``neurons_are`` is ``"outputs"`` for the input projection (a neuron's key vector
     reads d_model) and ``"inputs"`` for the output projection (its value vector writes d_model)."""
     weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise PairMismatchError(f"{type(module).__name__}.weight is a {type(weight).__name__}, not a tensor")
     linear_layout = isinstance(module, torch.nn.Linear)
     # Linear: outputs are rows. Conv1D: outputs are columns.
     neurons_on_rows = linear_layout == (neurons_are == "outputs")

@@ -17,7 +17,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -414,8 +414,10 @@ def load_pair_from_spec(
     probe = load_probe(spec.resolve(spec.probe), layout.d_model)
     pair_fingerprint = fingerprint(base, dpo, tokenizer, probe)
     if device is not None and device_map is None:
-        base.to(device)
-        dpo.to(device)
+        # cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
+        # checkers read as an unbound Module.to; the call is the model's own .to (returning the model)
+        cast(torch.nn.Module, base).to(device)
+        cast(torch.nn.Module, dpo).to(device)
     return ModelPair(
         name=spec.name,
         base=base,

@@ -97,7 +97,8 @@ def replication_matrix(
         }
         for c in claims
     }
-    stable, unstable = [], []
+    stable: list[str] = []
+    unstable: list[str] = []
     for claim_id in claims:
         verdicts = {cell["verdict"] for cell in matrix[claim_id].values()}
         measured = verdicts.isdisjoint({NOT_MEASURED, "not measurable", MISSING})

@@ -488,7 +488,6 @@ def _run_on_ray(
         f"up to {max_retries} retries; the cache {jobs[0].cache_root if jobs else '-'} is shared"
     )
 
-    @ray.remote(num_cpus=0)
     class Starts:
         """Which cells a worker has started, and how often (retries start a cell again)."""
 
@@ -505,7 +504,9 @@ def _run_on_ray(
         ray.get(starts.started.remote(job.cell.id, socket.gethostname()))
         return run_cell(replace(job, threads=job.threads or cell_threads(cpus_per_cell)))
 
-    starts = Starts.remote()
+    # ray.remote called, not applied as a class decorator: type checkers keep a decorated class's own
+    # type, which has no .remote
+    starts = ray.remote(num_cpus=0)(Starts).remote()
     remote_cell = ray.remote(cell_task).options(
         num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries, retry_exceptions=False
     )
@@ -584,16 +585,16 @@ def sweep(
     place, with ``error.txt``). Ctrl-C writes the matrix of the finished cells (the others
     missing) before it propagates.
     """
-    from dpoclaims.measure.prompts import MIN_PROMPTS
+    from dpoclaims.measure.prompts import MIN_USABLE_PROMPTS
 
     if engine not in ENGINES:
         raise OptionError(f"unknown engine {engine!r}; choose from {ENGINES}")
     if not cells:
         raise OptionError("the grid has no cells")
-    if max_prompts is not None and max_prompts < MIN_PROMPTS:
+    if max_prompts is not None and max_prompts < MIN_USABLE_PROMPTS:
         raise OptionError(
-            f"--max-prompts must be at least {MIN_PROMPTS} (bootstrap intervals over fewer prompts are "
-            f"meaningless), not {max_prompts}"
+            f"--max-prompts must be at least {MIN_USABLE_PROMPTS} (bootstrap intervals over fewer prompts "
+            f"are meaningless), not {max_prompts}"
         )
     if cpus_per_cell <= 0 or (gpus_per_cell is not None and gpus_per_cell < 0) or max_retries < 0:
         raise OptionError("--cpus-per-cell must be positive, --gpus-per-cell and --max-retries at least 0")

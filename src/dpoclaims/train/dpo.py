@@ -7,7 +7,7 @@ import logging
 import math
 import random
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -275,7 +275,14 @@ def train_dpo_run(
             callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)],
         )
         trainer.remove_callback(PrinterCallback)
-        usable = {"training": len(trainer.train_dataset), "validation": len(trainer.eval_dataset)}
+        # DPOTrainer tokenises the Datasets it is given with Dataset.map: they stay sized.
+        train_dataset, eval_dataset = trainer.train_dataset, trainer.eval_dataset
+        if not isinstance(train_dataset, Sized) or not isinstance(eval_dataset, Sized):
+            raise TrainingError(
+                f"DPOTrainer turned the pairs into a {type(train_dataset).__name__} and a "
+                f"{type(eval_dataset).__name__}, which have no length: this TRL version is not supported"
+            )
+        usable = {"training": len(train_dataset), "validation": len(eval_dataset)}
         given = {"training": len(train_pairs), "validation": len(val_pairs)}
         for split, n_usable in usable.items():
             if n_usable < given[split]:  # TRL drops pairs whose prompt alone fills max_length
@@ -308,6 +315,8 @@ def train_dpo_run(
             trainer.remove_callback(bar)
         end_val_loss = float(trainer.evaluate()["eval_loss"])
         trained = trainer.model
+        if not isinstance(trained, PreTrainedModel):  # DPOTrainer trains the model it was given
+            raise TrainingError(f"DPOTrainer returned a {type(trained).__name__}, not a PreTrainedModel")
         steps, trainer_max_steps = int(trainer.state.global_step), int(trainer.state.max_steps)
     trained.eval()
     log.info("DPO settings %s", asdict(settings))

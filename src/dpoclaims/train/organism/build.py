@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, GPT2Config, PreTrainedModel
+from transformers import AutoTokenizer, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.errors import BrokenOrganismError
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.measure.metrics import perplexity, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
-from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer
+from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
 from dpoclaims.train.dpo import DPOSettings, train_dpo
 from dpoclaims.train.organism import corpus
 from dpoclaims.train.organism.lm import pack_examples, pretrain, train_tokenizer
@@ -146,6 +146,10 @@ def _bands(measured: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 
 def _check_tied(model: PreTrainedModel) -> None:
+    from transformers import GPT2LMHeadModel
+
+    if not isinstance(model, GPT2LMHeadModel):  # the toy is a GPT-2 (lm.pretrain)
+        raise TypeError(f"the toy's DPO model is a {type(model).__name__}, not a GPT2LMHeadModel")
     if model.config.tie_word_embeddings:
         model.tie_weights()
         if model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr():
@@ -184,7 +188,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     comments = corpus.pretraining_comments(config.n_pretrain_comments, config.seed)
     texts = [c.text for c in comments]
     base_dir, dpo_dir = out / "base", out / "dpo"
-    tokenizer = train_tokenizer(texts, config.vocab_size, base_dir)
+    tokenizer: PreTrainedTokenizerBase = train_tokenizer(texts, config.vocab_size, base_dir)
     t = _timed(timings, "corpus_and_tokenizer", t)
 
     token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -222,7 +226,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     split = int(0.8 * len(probe_texts))
     probe = LinearProbe(C=config.probe_C, seed=config.seed).fit(features[:split], probe_labels[:split])
     probe_accuracy = probe.accuracy(features[split:], probe_labels[split:])
-    torch.save(probe.direction.clone(), out / "probe.pt")
+    torch.save(probe.fitted_direction.clone(), out / "probe.pt")
     t = _timed(timings, "probe", t)
 
     # DPO pairs as Lee et al.: neutral prompt, preferred = the base's greedy continuation,
@@ -326,7 +330,7 @@ def measure_toy(
             model.to(device)
     challenge = corpus.challenge_prompts(config.n_challenge, config.seed + 1)
     neutral = corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)
-    scorers = [LexiconScorer(corpus.TOXIC_WORDS), ProfanityCheckScorer()]
+    scorers: list[Scorer] = [LexiconScorer(corpus.TOXIC_WORDS), ProfanityCheckScorer()]
     toxicity: dict[str, dict[str, float]] = {s.name: {} for s in scorers}
     samples: dict[str, list[str]] = {}
     ppl: dict[str, float] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -74,7 +75,9 @@ def pretrain(
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
     if device is not None:
-        model.to(device)
+        # cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
+        # checkers read as an unbound Module.to; the call is the model's own .to (returning the model)
+        cast(torch.nn.Module, model).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
