@@ -267,6 +267,7 @@ def difference(a: Estimate, b: Estimate) -> Estimate:
             f"a paired difference needs estimates resampled on the same indices; schemes (n, seed, "
             f"n_resamples) differ: {a.scheme} vs {b.scheme}. Use one Resampler (or the same seed) for both."
         )
+    assert a.scheme is not None  # a bootstrap estimate with resampled values always has its scheme
     return _from_resampled(value, a.resampled - b.resampled, a.scheme)
 
 
@@ -409,13 +410,27 @@ class Criterion:
     def inside(cls, low: float, high: float) -> Criterion:
         return cls(paper_side="inside", bounds=(float(low), float(high)))
 
+    @property
+    def limit(self) -> float:
+        """The threshold of a ``below`` / ``above`` criterion."""
+        if self.threshold is None:
+            raise StatsError(f"an equivalence criterion has bounds, not a threshold: {self}")
+        return self.threshold
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The open interval of an ``inside`` criterion."""
+        if self.bounds is None:
+            raise StatsError(f"a {self.paper_side!r} criterion has a threshold, not bounds: {self}")
+        return self.bounds
+
     def holds(self, value: float) -> bool:
         """Whether ``value`` lies on the paper's side."""
         if self.paper_side == "below":
-            return value <= self.threshold if self.inclusive else value < self.threshold
+            return value <= self.limit if self.inclusive else value < self.limit
         if self.paper_side == "above":
-            return value >= self.threshold if self.inclusive else value > self.threshold
-        low, high = self.bounds
+            return value >= self.limit if self.inclusive else value > self.limit
+        low, high = self.interval
         return low < value < high
 
     def phrase(self, fmt: str = "g") -> str:
@@ -458,7 +473,7 @@ class Criterion:
             return (
                 (f"{name} < {t}", f"{name} ≥ {t}") if self.inclusive else (f"{name} ≤ {t}", f"{name} > {t}")
             )
-        low, high = self.bounds
+        low, high = self.interval
         return f"{name} ≤ {low:g} or {name} ≥ {high:g}", f"{low:g} < {name} < {high:g}"
 
 
@@ -493,7 +508,7 @@ def verdict(estimate: Estimate, criterion: Criterion) -> Verdict:
         far, near = (high, low) if criterion.paper_side == "below" else (low, high)
         paper, other = criterion.holds(far), not criterion.holds(near)
     else:
-        bound_low, bound_high = criterion.bounds
+        bound_low, bound_high = criterion.interval
         paper = bound_low < low and high < bound_high
         other = high <= bound_low or low >= bound_high
     return "replicates" if paper else "contradicts" if other else "inconclusive"
@@ -515,12 +530,12 @@ def p_value(estimate: Estimate, criterion: Criterion) -> float:
     if estimate.exact:
         return 0.0 if criterion.holds(estimate.value) else 1.0
     if criterion.paper_side == "inside":
-        low, high = criterion.bounds
+        low, high = criterion.interval
         return max(
             _one_sided(estimate, low, "above"),
             _one_sided(estimate, high, "below"),
         )
-    return _one_sided(estimate, criterion.threshold, criterion.paper_side, criterion.inclusive)
+    return _one_sided(estimate, criterion.limit, criterion.paper_side, criterion.inclusive)
 
 
 def _one_sided(

@@ -421,7 +421,7 @@ def c10_patch_all_groups(m: Measurements) -> ClaimResult:
 @claim("C11[cosine]")
 def c11_weight_cosines(m: Measurements) -> ClaimResult:
     cosines = weight_cosines(m.pair.base, m.pair.dpo)
-    lowest = min(cosines, key=cosines.get)
+    lowest = min(cosines, key=lambda name: cosines[name])
     return claim_result(
         "C11[cosine]",
         estimate=Estimate.exact_value(cosines[lowest]),

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 
@@ -28,6 +28,9 @@ from dpoclaims.models.loading import MLPLayout
 from dpoclaims.models.mlp import mlp_modules, neuron_rows
 
 NeuronSet = Mapping[int, torch.Tensor]
+
+
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)  # applied() yields the model it is given
 
 
 def neuron_set_from_flat(flat_indices: torch.Tensor, d_mlp: int) -> dict[int, torch.Tensor]:
@@ -142,10 +145,10 @@ class Intervention:
     @contextmanager
     def applied(
         self,
-        model: torch.nn.Module,
+        model: ModelT,
         layout: MLPLayout,
         extra_edits: Mapping[int, NeuronEdit] | None = None,
-    ) -> Iterator[torch.nn.Module]:
+    ) -> Iterator[ModelT]:
         """The intervention on ``model`` (a side's plain Hugging Face model); yields the model
         to run under it. The activation edits are forward pre-hooks on its neuron modules, and
         ``extra_edits`` (e.g. recording) run after them, so they see post-intervention values.

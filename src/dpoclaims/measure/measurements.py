@@ -58,6 +58,9 @@ NO_INTERVENTION = Intervention()
 RecordedPasses = Callable[[Decomposition], Iterable[tuple[PairSide, Intervention]]]
 
 
+PerplexityScope = Literal["claims", "all"]  # which passes get a held-out perplexity
+
+
 @dataclass(frozen=True)
 class MeasurementSettings:
     max_prompts: int | None = None
@@ -65,7 +68,7 @@ class MeasurementSettings:
     convention: Convention = "v1"
     scorer: str = "lexicon"
     seed: int = 0
-    perplexity: Literal["claims", "all"] = "claims"  # "all": also for every intervention (paper Table 1)
+    perplexity: PerplexityScope = "claims"  # "all": also for every intervention (paper Table 1)
 
 
 class Measurements:

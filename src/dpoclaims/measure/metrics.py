@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -251,14 +251,15 @@ def continuation_f1(
             used.append(index)
             prefixes.append(split[0])
             references.append(split[1])
-    prompts = [tokenizer.decode(ids) for ids in prefixes]
+    # decode of one row is one string (the stubs say str | list[str])
+    prompts = [cast(str, tokenizer.decode(ids)) for ids in prefixes]
     generation = GenerationSettings(
         max_prompt_tokens=2 * settings.max_prompt_tokens + 8,
         max_new_tokens=settings.continuation_tokens,
         batch_size=settings.batch_size,
     )
     generations = greedy_generate(model, tokenizer, prompts, generation, progress=progress, desc="F1")
-    reference_texts = [tokenizer.decode(ids) for ids in references]
+    reference_texts = [cast(str, tokenizer.decode(ids)) for ids in references]
     if settings.unit == "words":
         scores = [token_f1(p, r) for p, r in zip(generations.continuations, reference_texts)]
     else:

@@ -24,8 +24,6 @@ from dpoclaims.models.pairs import ModelPair
 #: them) are meaningless; with one prompt they are not even defined (NaN).
 MIN_USABLE_PROMPTS = 10
 #: The former name, still imported by dpoclaims.plugin.options: remove once that module imports
-#: MIN_USABLE_PROMPTS (not dpoclaims.stats.MIN_PROMPTS, the fewest prompts an interval is computed on).
-MIN_PROMPTS = MIN_USABLE_PROMPTS
 
 log = logging.getLogger(__name__)
 # Unicode categories that print nothing: format (zero-width space, joiners, BOM), control.

@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ from dpoclaims.claims.search import DEFAULT_EXAMPLES
 from dpoclaims.devices import resolve_device, xdist_worker_device
 from dpoclaims.errors import OptionError
 from dpoclaims.files import PICKLE_GLOBALS_ENV, PICKLE_GLOBALS_OPTION, resolve_allowed_globals
-from dpoclaims.measure.capture import CONVENTIONS
-from dpoclaims.measure.prompts import MIN_PROMPTS
+from dpoclaims.measure.capture import CONVENTIONS, Convention
+from dpoclaims.measure.measurements import PerplexityScope
+from dpoclaims.measure.prompts import MIN_USABLE_PROMPTS
 from dpoclaims.measure.scoring import SCORERS
 
 DTYPES = frozenset({"float32", "bfloat16", "float16"})
@@ -29,11 +31,11 @@ class SuiteOptions:
     max_prompts: int | None
     cache_dir: Path | None
     reports_dir: Path
-    convention: str
+    convention: Convention
     scorer: str | None
     dtype: str
     device_map: str | None
-    perplexity: str
+    perplexity: PerplexityScope
     badge_repo: str | None = None  # owner/name whose badges branch the badge markdown points at
     allow_pickle_globals: str | None = None  # the option's value; $DPOCLAIMS_ALLOW_PICKLE_GLOBALS adds to it
     device: str = "cpu"  # resolved: cpu, cuda or cuda:N (an xdist worker's own GPU once configured)
@@ -133,10 +135,10 @@ def _whole_number(value: str) -> bool:
 
 def suite_options(config: pytest.Config) -> SuiteOptions:
     max_prompts = _value(config, "--max-prompts", "DPOCLAIMS_MAX_PROMPTS")
-    if max_prompts is not None and (not _whole_number(max_prompts) or int(max_prompts) < MIN_PROMPTS):
+    if max_prompts is not None and (not _whole_number(max_prompts) or int(max_prompts) < MIN_USABLE_PROMPTS):
         raise pytest.UsageError(
             f"{_source(config, '--max-prompts', 'DPOCLAIMS_MAX_PROMPTS')} must be a whole number >= "
-            f"{MIN_PROMPTS} (bootstrap intervals over fewer prompts are meaningless), not {max_prompts!r}"
+            f"{MIN_USABLE_PROMPTS} (bootstrap intervals over fewer prompts are meaningless), not {max_prompts!r}"
             + _ascii_hint(max_prompts)
         )
     convention = _value(config, "--convention", "DPOCLAIMS_CONVENTION") or "v1"
@@ -192,11 +194,11 @@ def suite_options(config: pytest.Config) -> SuiteOptions:
         max_prompts=int(max_prompts) if max_prompts else None,
         cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
         reports_dir=Path(reports_dir).expanduser(),
-        convention=convention,
+        convention=cast(Convention, convention),  # checked against CONVENTIONS above
         scorer=scorer,
         dtype=dtype,
         device_map=device_map.strip() if device_map else None,
-        perplexity=perplexity,
+        perplexity=cast(PerplexityScope, perplexity),  # checked above
         badge_repo=badge_repo or None,
         allow_pickle_globals=allow_pickle_globals,
         device=str(device),

@@ -192,7 +192,8 @@ class ClaimRecorder:
         self.checked = False  # the reports directory was checked at the start
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
+        # What the worker recorded (JSON values: dicts); typed again here.
+        props: dict[str, Any] = dict(report.user_properties)
         if PAIR_PROPERTY in props:
             self.header = props[PAIR_PROPERTY]
         if FIGURES_PROPERTY in props:
@@ -244,7 +245,7 @@ class ClaimRecorder:
 
     def _incomplete(self, session: pytest.Session, exitstatus: int) -> str | None:
         """Why this run's report would be incomplete (interrupted, stopped early), else None."""
-        selected = getattr(self, "selected", set())
+        selected: set[str] = getattr(self, "selected", set())
         missing = selected - set(self.records)
         ran = f"{len(self.records)} of {len(selected)} selected claims ran" if selected else ""
         if exitstatus == pytest.ExitCode.INTERRUPTED:
