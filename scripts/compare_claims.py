@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             x, y = a.get(key), b.get(key)
             if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
                 compared += 1
+                one_nan = math.isnan(x) != math.isnan(y)  # NaN against a number: never "equal"
                 both_nan = math.isnan(x) and math.isnan(y)
-                if not both_nan and abs(x - y) > args.tol:
+                if one_nan or (not both_nan and abs(x - y) > args.tol):
                     problems.append(f"{claim_id} {key}: {x!r} != {y!r}")
             elif x != y:
                 problems.append(f"{claim_id} {key}: {x!r} != {y!r}")

@@ -79,7 +79,7 @@ def claim_result(
     for name, part_estimate in (parts or {}).items():
         part_rule = expected_parts[name].rule
         verdicts.append(stats.verdict(part_estimate, part_rule))
-        p_values.append(_p_value(part_estimate, part_rule))
+        p_values.append(stats.p_value(part_estimate, part_rule))  # a part of zero width has one too
         details[name] = {**_interval(part_estimate), "p_value": p_values[-1], "verdict": verdicts[-1]}
     verdict = verdict_override or stats.combined_verdict(verdicts)
     finding = ""
