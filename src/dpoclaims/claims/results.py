@@ -23,6 +23,8 @@ from dpoclaims.stats import VERDICTS, Verdict
 #: Verdicts a pair's expectations table may declare (``replicates`` is what every test asserts
 #: unless declared otherwise).
 DECLARABLE: tuple[Verdict, ...] = tuple(v for v in VERDICTS if v != "replicates")
+#: Declared verdicts a test asserts as they are (no xfail): neither the finding nor its opposite.
+UNDECIDED: tuple[Verdict, ...] = ("inconclusive", "not measurable")
 #: A claim that was skipped, or crashed before measuring: the reports' fifth state.
 NOT_MEASURED = "not measured"
 _CLAIM_ID = re.compile(r"^(C(\d+))(?:\[([^\[\]]+)\])?$")
@@ -174,7 +176,7 @@ class Expectation:
         """Why the test is an expected failure (its assertion, ClaimNotHeld, is expected), or
         None. A declared "inconclusive" or "not measurable" is no xfail: the test asserts that
         verdict. A declared "contradicts" on a refuted hypothesis cancels out."""
-        if self.declared in ("inconclusive", "not measurable"):
+        if self.declared in UNDECIDED:
             return None
         if self.hypothesis and not self.declared:
             return "a hypothesis the paper refutes"
@@ -188,7 +190,7 @@ class Expectation:
         measurable``. A declared ``contradicts`` is asserted like an undeclared claim and
         inverted by its xfail."""
         where = result.describe()
-        if self.declared in ("inconclusive", "not measurable"):
+        if self.declared in UNDECIDED:
             if result.verdict != self.declared:
                 raise ClaimVerdictUnexpected(
                     f"declared {self.declared}, but the verdict is {result.verdict}: {where}"
