@@ -437,23 +437,20 @@ class Criterion:
         """The paper's side in words, e.g. "is below 80%", "is at least 5%", "lies strictly
         between -0.1 and 0.1"; ``fmt`` formats the threshold (``"%"``: a percentage)."""
         if self.paper_side == "inside":
-            assert self.bounds is not None
-            low, high = (_format(b, fmt) for b in self.bounds)
+            low, high = (_format(b, fmt) for b in self.interval)
             return f"lies strictly between {low} and {high}"
-        assert self.threshold is not None
         words = {
             ("below", False): "is below",
             ("below", True): "is at most",
             ("above", False): "is above",
             ("above", True): "is at least",
         }[(self.paper_side, self.inclusive)]
-        return f"{words} {_format(self.threshold, fmt)}"
+        return f"{words} {_format(self.limit, fmt)}"
 
     def negated_phrase(self, fmt: str = "g") -> str:
         """H0 in words: the complement of :meth:`phrase` (a tie goes where ``inclusive`` says)."""
         if self.paper_side == "inside":
-            assert self.bounds is not None
-            low, high = (_format(b, fmt) for b in self.bounds)
+            low, high = (_format(b, fmt) for b in self.interval)
             return f"is at most {low} or at least {high}"
         flipped = Criterion(
             threshold=self.threshold,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -343,7 +344,7 @@ def c7_neurons_to_net(m: Measurements) -> ClaimResult:
     """Neurons needed to reach the net, scaled to GPT-2 medium (the figure the paper speaks of)."""
     d = m.decomposition
     n_neurons = m.pair.layout.n_neurons
-    threshold = selection.scale_n(paper.NEURONS_TO_NET, n_neurons)
+    threshold = paper.scale_n(paper.NEURONS_TO_NET, n_neurons)
     needed = d.neurons_to_reach_estimate(1.0, seed=m.settings.seed)
     scale = paper.PAPER_NEURONS / n_neurons
     scaled = Estimate(
@@ -472,9 +473,9 @@ class EditComparison:
     toxicity: Estimate  # edited minus DPO, mean over prompts
     perplexity: Estimate  # edited over DPO, minus 1
 
-    @property
+    @cached_property
     def parts(self) -> dict[str, tuple[Verdict, float]]:
-        """Each part's verdict and p-value against C13's rules in the paper table."""
+        """Each part's verdict and p-value against C13's rules in the paper table (judged once)."""
         entry = paper.entry("C13")
         (perplexity_part,) = entry.parts
         rules = {

@@ -133,8 +133,7 @@ class ClaimEntry:
         """The rule on a pair of ``n_layers`` layers and ``n_neurons`` MLP neurons (a scaled
         threshold resolved; the figure is in the rule's units either way)."""
         if self.scaled == "neurons":  # needed >= the scaled count, an integer: above it minus 1/2
-            assert self.rule.threshold is not None
-            count = scale_n(int(self.rule.threshold), n_neurons)
+            count = scale_n(int(self.rule.limit), n_neurons)
             return Criterion(threshold=(count - 0.5) * PAPER_NEURONS / n_neurons, paper_side="above")
         if self.scaled == "layers":  # the peak's position (0 = first layer, 1 = last) in the last third
             span = max(n_layers - 1, 1)
@@ -157,13 +156,18 @@ class ClaimEntry:
         flip = {"every": "some", "some": "every"}
         return f"for {flip[self.quantifier] if negated else self.quantifier} {self.over}, {text}"
 
+    def _sentence(self, negated: bool = False, joiner: str = ", and") -> str:
+        """The rule and its parts in words (their negation: H0), joined by ``joiner``."""
+        text = f"{self.quantity} {self._phrase(negated)}"
+        for part in self.parts:
+            phrase = part.rule.negated_phrase(part.fmt) if negated else part.rule.phrase(part.fmt)
+            text += f"{joiner}{self._part_scope(part)} {part.quantity} {phrase}"
+        return self._quantified(text, negated)
+
     @property
     def criterion(self) -> str:
         """When the paper's finding counts as replicated, in words (generated from the rule)."""
-        text = f"{self.quantity} {self._phrase()}"
-        for part in self.parts:
-            text += f", and{self._part_scope(part)} {part.quantity} {part.rule.phrase(part.fmt)}"
-        text = self._quantified(text)
+        text = self._sentence()
         if self.hypothesis:
             text = f"the paper's finding replicates if {text}; the hypothesis it refutes is the opposite"
         return f"{text} {self.note}" if self.note else text
@@ -171,18 +175,12 @@ class ClaimEntry:
     @property
     def null(self) -> str:
         """H0 of the claim's statistical test: the paper's finding does not hold."""
-        text = f"{self.quantity} {self._phrase(negated=True)}"
-        for part in self.parts:
-            text += f", or{self._part_scope(part)} {part.quantity} {part.rule.negated_phrase(part.fmt)}"
-        return self._quantified(text, negated=True)
+        return self._sentence(negated=True, joiner=", or")
 
     @property
     def alternative(self) -> str:
         """H1: the paper's finding."""
-        text = f"{self.quantity} {self._phrase()}"
-        for part in self.parts:
-            text += f" and{self._part_scope(part)} {part.quantity} {part.rule.phrase(part.fmt)}"
-        return self._quantified(text)
+        return self._sentence(joiner=" and")
 
 
 DECOMPOSITION = (

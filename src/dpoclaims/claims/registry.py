@@ -42,11 +42,3 @@ def claim(key: str) -> Callable[[ClaimFunction], ClaimFunction]:
 def registered() -> dict[str, Callable[..., Any]]:
     """Every claim function registered so far, by key."""
     return dict(_REGISTRY)
-
-
-def claim_function(key: str) -> Callable[..., Any]:
-    """The function registered for ``key``."""
-    functions = registered()
-    if key not in functions:
-        raise KeyError(f"no claim function is registered for {key!r}")
-    return functions[key]

@@ -13,7 +13,6 @@ Records cross process boundaries (pytest-xdist workers, ``claims.json``) as JSON
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -270,7 +269,3 @@ class ClaimRecord:
             skip_reason=data.get("skip_reason", ""),
             pair_fingerprint=data.get("pair_fingerprint", ""),
         )
-
-
-def is_nan(value: float | None) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

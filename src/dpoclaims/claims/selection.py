@@ -8,14 +8,9 @@ from collections.abc import Sequence
 
 import torch
 
-from dpoclaims.claims.paper import PAPER_NEURONS
+from dpoclaims.claims.paper import scale_n
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.decomposition import Decomposition
-
-
-def scale_n(paper_n: int, n_neurons: int) -> int:
-    """A neuron count of the paper (GPT-2 medium) scaled to a pair of ``n_neurons``, at least 1."""
-    return max(1, round(paper_n * n_neurons / PAPER_NEURONS))
 
 
 def top_toxic(
