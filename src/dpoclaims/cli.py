@@ -1,6 +1,7 @@
 """The dpoclaims command line:
 
   build-toy    build (or reuse) the toy organism, check it against its bands, write its measurements
+  build-pair   build (or reuse) the smollm2 pair (a real pretrained model and its DPO), check its bands
   info         load a pair and print its shape and fingerprint
   train-dpo    DPO-train a base model on Lee et al.-format pairs (TRL) and save a Hugging Face directory
   train-probe  fit a linear toxicity probe on a base model from a Jigsaw-style CSV
@@ -150,6 +151,54 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     print(f"build timings (s): {report['timings_s']}")
     print(f"report written to {args.report}")
     return 0 if all_ok else 1
+
+
+def cmd_build_pair(args: argparse.Namespace) -> int:
+    """Build (or reuse) a named pair that the project builds from installed files (smollm2)."""
+    from dpoclaims.train.smollm2 import STAGES, SmolConfig, ensure_smollm2, failed_bands, stage_keys
+
+    if args.pair != "smollm2":
+        raise OptionError(f"build-pair builds smollm2 (the toy: build-toy), not {args.pair!r}")
+    _check_output_file(Path(args.report), "--report")
+    cache = _cache(args)
+    config = SmolConfig()
+    keys = stage_keys(config)
+    cached = [stage for stage in STAGES if cache.get(f"smollm2-{stage}", keys[stage]) is not None]
+    start = time.perf_counter()
+    built = ensure_smollm2(config, cache=cache, progress=not args.no_progress)
+    elapsed = time.perf_counter() - start
+    report = built.report()
+    report["directories"] = {
+        "base": str(built.base),
+        "data": str(built.data),
+        "dpo": str(built.dpo),
+        "pair": str(built.pair),
+    }
+    atomic_write_text(Path(args.report), json.dumps(report, indent=1))
+    print(f"smollm2 pair: {built.pair}  ({elapsed:.1f} s; stages from cache: {', '.join(cached) or 'none'})")
+    tox, ppl = report["toxicity"], report["perplexity"]
+
+    def figure(value: dict[str, float]) -> str:
+        return f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+
+    print(
+        f"  toxicity [{tox['scorer']}] on {report['n_challenge_prompts']} challenge prompts: base {figure(tox['base'])}  DPO {figure(tox['dpo'])}  drop {figure(tox['drop'])}"
+    )
+    print(
+        f"  perplexity (held-out, {ppl['texts']} texts)  base {ppl['base']:.3f}  DPO {ppl['dpo']:.3f}  change {figure(ppl['increase'])}"
+    )
+    probe = report["data"]["probe"]
+    print(
+        f"  probe accuracy {probe['accuracy']:.3f} [{probe['accuracy_interval'][0]:.3f}, {probe['accuracy_interval'][1]:.3f}] on {probe['n_heldout']} held-out texts"
+    )
+    print("bands (issue #16):")
+    for name, band in report["bands"].items():
+        print(
+            f"  {'ok  ' if band['ok'] else 'FAIL'} {name:<26} {band['value']:.4f}  in [{band['band'][0]}, {band['band'][1]}]"
+        )
+    print(f"stage times (s): {report['stage_seconds']}")
+    print(f"report written to {args.report}")
+    return 1 if failed_bands(report) else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -499,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
     )
     build.set_defaults(func=cmd_build_toy)
+
+    build_pair = sub.add_parser(
+        "build-pair",
+        help="build (or reuse) the smollm2 pair (SmolLM2-135M-Instruct and its DPO model) and write its measurements",
+    )
+    build_pair.add_argument("pair", choices=["smollm2"])
+    build_pair.add_argument("--report", default="reports/smollm2.json")
+    build_pair.add_argument("--no-progress", action="store_true")
+    build_pair.set_defaults(func=cmd_build_pair)
 
     dpo = sub.add_parser(
         "train-dpo", help="DPO-train a base model on Lee et al.-format pairs (TRL), save an HF directory"

@@ -140,3 +140,66 @@ def greedy_generate(
         # which its annotation (str | list[str]) does not tell apart.
         continuations.extend(cast(str, tokenizer.decode(row, skip_special_tokens=True)) for row in rows)
     return Generations(list(prompts), continuations, continuation_ids)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Ancestral sampling: ``n_samples`` continuations per prompt at ``temperature``, every other
+    sampling knob at its neutral value (no top-k, no nucleus cut), so a release's default cannot
+    change what is drawn. Batch ``b`` of prompts draws under ``torch.manual_seed(seed + b)``."""
+
+    n_samples: int = 4
+    temperature: float = 1.0
+    seed: int = 0
+
+
+def sample_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    settings: GenerationSettings,
+    sampling: SamplingSettings,
+    *,
+    progress: bool = True,
+    desc: str = "sample",
+) -> list[list[str]]:
+    """``sampling.n_samples`` sampled continuations of each prompt (``[len(prompts)][n_samples]``),
+    ``settings.batch_size`` prompts at a time, each seeded (see :class:`SamplingSettings`), so the
+    same seed gives the same samples whatever came before the call."""
+    model.eval()
+    device = model_input_device(model)
+    eos = tokenizer.eos_token_id
+    generate = cast(Callable[..., torch.Tensor], model.generate)  # as in greedy_generate
+    samples: list[list[str]] = []
+    batches = range(0, len(prompts), settings.batch_size)
+    for number, start in enumerate(
+        tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False)
+    ):
+        batch = encode_prompts(
+            tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens
+        )
+        input_ids = batch["input_ids"].to(device)  # [batch, prompt_len]
+        torch.manual_seed(sampling.seed + number)
+        output = generate(
+            input_ids=input_ids,
+            attention_mask=batch["attention_mask"].to(device),
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_k=0,
+            top_p=1.0,
+            min_p=None,
+            typical_p=1.0,
+            repetition_penalty=1.0,
+            num_beams=1,
+            num_return_sequences=sampling.n_samples,
+            use_cache=True,
+        )  # [batch * n_samples, prompt_len + new], a prompt's samples adjacent
+        rows = [
+            row[: row.index(eos)] if eos in row else row for row in output[:, input_ids.shape[1] :].tolist()
+        ]
+        texts = [cast(str, tokenizer.decode(row, skip_special_tokens=True)) for row in rows]
+        samples.extend(texts[i : i + sampling.n_samples] for i in range(0, len(texts), sampling.n_samples))
+    return samples

@@ -226,6 +226,17 @@ def trainer_config(settings: DPOSettings, out: str | Path, device: torch.device)
     )
 
 
+@contextmanager
+def _output_dir(directory: Path | None) -> Iterator[str]:
+    """``directory`` (created), or a temporary directory removed on exit."""
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        yield str(directory)
+        return
+    with tempfile.TemporaryDirectory(prefix="dpoclaims-dpo-") as out:
+        yield out
+
+
 def train_dpo_run(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -235,6 +246,7 @@ def train_dpo_run(
     *,
     progress: bool = True,
     device: torch.device | str | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> DPORun:
     """Fine-tune ``model`` in place on ``{"prompt", "chosen", "rejected"}`` pairs, on ``device``
     (default the CPU; ``cuda`` or ``cuda:N`` trains on that GPU, where the run's float sums,
@@ -244,6 +256,10 @@ def train_dpo_run(
     validation loss has not improved for ``patience`` evaluations, and the best checkpoint
     (lowest validation loss) is restored. The warm-up is clipped to the run's steps (see
     :class:`WarmupPlan`; a warning says so). The validation loss is measured before and after.
+
+    ``checkpoint_dir``: where TRL writes its checkpoints (default a temporary directory, removed
+    after). Given, they outlive the process, and a run started again with the same directory
+    resumes from its last checkpoint (a killed build loses at most ``eval_every`` steps).
 
     Raises :class:`TrainingError` when the run changed no weight or left a non-finite one.
     """
@@ -263,7 +279,8 @@ def train_dpo_run(
     tokenizer.padding_side = "left"
     start_weights = _weights(model)
     on = torch.device(device) if device is not None else torch.device("cpu")
-    with tempfile.TemporaryDirectory(prefix="dpoclaims-dpo-") as out, _current_cuda_device(on):
+    with _output_dir(checkpoint_dir) as out, _current_cuda_device(on):
+        resume = checkpoint_dir is not None and any(Path(out).glob("checkpoint-*"))
         config = trainer_config(settings, out, on)
         trainer = DPOTrainer(
             model=model,
@@ -309,7 +326,9 @@ def train_dpo_run(
         bar = _StepBar() if progress else None
         if bar is not None:
             trainer.add_callback(bar)
-        trainer.train()
+        if resume:
+            log.info("DPO resumes from the last checkpoint in %s", out)
+        trainer.train(resume_from_checkpoint=True if resume else None)
         history = list(trainer.state.log_history)
         if bar is not None:
             trainer.remove_callback(bar)

@@ -17,6 +17,8 @@ from dpoclaims.errors import MissingDownload, UnknownPairError
 from dpoclaims.models.pairs import ModelPair, PairSpec, load_pair_from_spec
 from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy
 from dpoclaims.train.organism.corpus import TOXIC_WORDS
+from dpoclaims.train.smollm2 import BuiltPair, SmolConfig, ensure_smollm2
+from dpoclaims.train.smollm2 import check_bands as check_smollm2_bands
 
 
 def built_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path:
@@ -92,7 +94,36 @@ def _gpt2_medium_spec(cache: Cache) -> PairSpec:
     return PairSpec(name="gpt2-medium", base=base, dpo=str(dpo), probe=str(probe), extras=extras)
 
 
-NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {"toy": _toy_spec, "gpt2-medium": _gpt2_medium_spec}
+def built_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
+    """The smollm2 pair's stages, built if needed; refused (BrokenOrganismError) if out of its bands."""
+    built = ensure_smollm2(SmolConfig(), cache=cache, progress=progress)
+    check_smollm2_bands(built)
+    return built
+
+
+def _smollm2_spec(cache: Cache) -> PairSpec:
+    """SmolLM2-135M-Instruct and its DPO model (:mod:`dpoclaims.train.smollm2`), built on first use.
+    A missing package is a :class:`MissingDownload` giving the install line."""
+    built = built_smollm2(cache)
+    return PairSpec(
+        name="smollm2",
+        base=str(built.base),
+        dpo=str(built.dpo),
+        probe=str(built.data / "probe.pt"),
+        extras={
+            "challenge_prompts": str(built.data / "challenge_prompts.json"),
+            "neutral_texts": str(built.data / "heldout_texts.json"),
+            "dpo_pairs": str(built.data / "dpo_pairs.jsonl"),
+            "report": str(built.pair / "smollm2.json"),
+        },
+    )
+
+
+NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {
+    "toy": _toy_spec,
+    "gpt2-medium": _gpt2_medium_spec,
+    "smollm2": _smollm2_spec,
+}
 DEFAULT_PAIR = "toy"
 
 
