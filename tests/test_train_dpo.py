@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -277,3 +278,47 @@ def test_trainer_config_trains_in_float32_unless_asked(tmp_path):
     assert (default.bf16, default.fp16) == (False, False)
     assert default.lr_scheduler_type == "linear" and default.weight_decay == 0.0
     assert trainer_config(DPOSettings(bf16=True), tmp_path, torch.device("cpu")).bf16 is True
+
+
+def test_a_run_with_a_checkpoint_directory_resumes_from_its_last_checkpoint(
+    tmp_path, gpt2_pair_files, tokenizer, caplog
+):
+    """What a killed smollm2 build relies on: checkpoints outlive the run, and a run started again
+    with the same directory resumes from the last of them and ends as the first run did."""
+    from dpoclaims.models.loading import load_hf_model
+    from dpoclaims.train.dpo import train_dpo_run
+
+    caplog.set_level("INFO", logger="dpoclaims.train.dpo")
+    rows = _read_rows(12)
+    settings = DPOSettings(
+        learning_rate=1e-3, batch_size=2, eval_every=2, warmup_steps=1, max_length=48, patience=100
+    )
+    checkpoints = tmp_path / "checkpoints"
+    first = train_dpo_run(
+        load_hf_model(str(gpt2_pair_files.base)),
+        tokenizer,
+        rows[:8],
+        rows[8:],
+        settings,
+        progress=False,
+        checkpoint_dir=checkpoints,
+    )
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*"))  # kept after the run
+    again = train_dpo_run(
+        load_hf_model(str(gpt2_pair_files.base)),
+        tokenizer,
+        rows[:8],
+        rows[8:],
+        settings,
+        progress=False,
+        checkpoint_dir=checkpoints,
+    )
+    assert "DPO resumes from the last checkpoint" in caplog.text
+    assert again.steps == first.steps == 4
+    # The first run's log, restored with its state; the resumed run adds only its own summary.
+    def logged(run):
+        return [h for h in run.history if "train_runtime" not in h]
+
+    assert logged(again) == logged(first)
+    for (name, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -264,8 +264,9 @@ def _check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_workflow_validates_against_githubs_workflow_schema():
-    result = _check_jsonschema(WORKFLOW)
+@pytest.mark.parametrize("workflow", [WORKFLOW, WORKFLOW.with_name("smollm2.yml")], ids=lambda p: p.name)
+def test_the_workflow_validates_against_githubs_workflow_schema(workflow: Path):
+    result = _check_jsonschema(workflow)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -159,10 +159,13 @@ def cmd_build_pair(args: argparse.Namespace) -> int:
 
     if args.pair != "smollm2":
         raise OptionError(f"build-pair builds smollm2 (the toy: build-toy), not {args.pair!r}")
-    _check_output_file(Path(args.report), "--report")
-    cache = _cache(args)
     config = SmolConfig()
     keys = stage_keys(config)
+    if args.print_key:  # for a CI cache key: the last stage's key alone (it folds in the others)
+        print(keys[STAGES[-1]])
+        return 0
+    _check_output_file(Path(args.report), "--report")
+    cache = _cache(args)
     cached = [stage for stage in STAGES if cache.get(f"smollm2-{stage}", keys[stage]) is not None]
     start = time.perf_counter()
     built = ensure_smollm2(config, cache=cache, progress=not args.no_progress)
@@ -556,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     build_pair.add_argument("pair", choices=["smollm2"])
     build_pair.add_argument("--report", default="reports/smollm2.json")
     build_pair.add_argument("--no-progress", action="store_true")
+    build_pair.add_argument(
+        "--print-key", action="store_true", help="print only the pair's cache key and exit (builds nothing)"
+    )
     build_pair.set_defaults(func=cmd_build_pair)
 
     dpo = sub.add_parser(

@@ -144,6 +144,7 @@ EXTRAS_KEYS = {
     "challenge_prompts": "the challenge prompt file",
     "neutral_texts": "the held-out neutral text file",
     "perplexity_window": "tokens per perplexity window (a whole number)",
+    "max_prompts": "the pair's default prompt count, the first N challenge prompts (--max-prompts overrides it)",
     "dpo_pairs": "the DPO training pairs (for reference; the toy names its own)",
     "report": "a report of how the pair was made (for reference; the toy names its build report)",
 }
@@ -161,12 +162,14 @@ def check_extras(extras: dict[str, Any], where: str) -> None:
             raise UnknownPairError(
                 f"{where}: unknown [extras] key {key!r}; {hint}known keys: {', '.join(sorted(EXTRAS_KEYS))}"
             )
-    window = extras.get("perplexity_window")
-    if window is not None:
-        text = str(window).strip()
-        if isinstance(window, bool) or not (text.isascii() and text.isdigit() and int(text) > 0):
+    for key, example in (("perplexity_window", "tokens (e.g. 1024)"), ("max_prompts", "prompts (e.g. 200)")):
+        value = extras.get(key)
+        if value is None:
+            continue
+        text = str(value).strip()
+        if isinstance(value, bool) or not (text.isascii() and text.isdigit() and int(text) > 0):
             raise UnknownPairError(
-                f"{where}: perplexity_window must be a positive whole number of tokens (e.g. 1024), not {window!r}"
+                f"{where}: {key} must be a positive whole number of {example}, not {value!r}"
             )
 
 

@@ -106,8 +106,9 @@ def dpo_model(pair: ModelPair) -> Any:
 
 
 def measurement_settings(pair: ModelPair, options: SuiteOptions) -> MeasurementSettings:
+    declared = pair.spec.extras.get("max_prompts")  # the pair's default, checked when its spec was read
     return MeasurementSettings(
-        max_prompts=options.max_prompts,
+        max_prompts=options.max_prompts or (int(declared) if declared is not None else None),
         generation=GenerationSettings(),
         convention=options.convention,
         scorer=default_scorer(pair, options),
@@ -241,32 +242,52 @@ def _runs_claims(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Build the toy before any test (and before xdist workers start), with visible progress
-    bars: inside a test or a worker its few minutes would pass in silence."""
+    """Build the pair the project builds itself (the toy, smollm2) before any test (and before
+    xdist workers start), with visible progress bars: inside a test or a worker its minutes
+    would pass in silence."""
     config = session.config
     options: SuiteOptions = config.stash[OPTIONS_KEY]
-    if hasattr(config, "workerinput") or options.pair != "toy" or not _runs_claims(config):
+    if hasattr(config, "workerinput") or options.pair not in BUILT_HERE or not _runs_claims(config):
         return
     if config.option.collectonly:  # collecting needs no model: `--collect-only` stays instant
         return
-    try:  # a cache that cannot be written: one line and a non-zero exit, not an INTERNALERROR
-        _build_toy(config, Cache(options.cache_dir))
+    try:  # a cache that cannot be written, a missing package: one line and a non-zero exit
+        _build_pair(config, Cache(options.cache_dir), options.pair)
     except DpoclaimsError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
-def _build_toy(config: pytest.Config, cache: Cache) -> None:
-    from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy, toy_key
+#: The pairs built on first use, and what their first build takes on 2 CPU cores.
+BUILT_HERE = {"toy": "about 7 minutes", "smollm2": "about 45 minutes"}
 
-    existing = cache.get("toy", toy_key(ToyConfig()))
-    if existing is not None:
-        check_bands(existing)  # a toy out of its bands stops the run here, with one message
-        return
-    cache.check_writable("toy")
+
+def _build_pair(config: pytest.Config, cache: Cache, name: str) -> None:
+    from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy, toy_key
+    from dpoclaims.train.smollm2 import STAGES, SmolConfig, ensure_smollm2, locate_gguf, stage_keys
+    from dpoclaims.train.smollm2 import check_bands as check_smollm2_bands
+
+    def build() -> None:
+        if name == "toy":
+            check_bands(ensure_toy(cache=cache, progress=True))
+        else:
+            check_smollm2_bands(ensure_smollm2(cache=cache, progress=True))
+
+    if name == "toy":
+        existing = cache.get("toy", toy_key(ToyConfig()))
+        if existing is not None:
+            check_bands(existing)  # a toy out of its bands stops the run here, with one message
+            return
+    else:
+        locate_gguf()  # a missing package: the install line, before anything else
+        last = STAGES[-1]
+        if cache.get(f"smollm2-{last}", stage_keys(SmolConfig())[last]) is not None:
+            build()  # every stage is cached: only the bands are checked
+            return
+    cache.check_writable()
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(
-            f"dpoclaims: building the toy organism into {cache.root} (first use: about 7 minutes on 2 CPU cores)"
+            f"dpoclaims: building the {name} pair into {cache.root} (first use: {BUILT_HERE[name]} on 2 CPU cores)"
         )
     capture = config.pluginmanager.get_plugin("capturemanager")
     from dpoclaims.quiet import quiet_third_party
@@ -274,7 +295,6 @@ def _build_toy(config: pytest.Config, cache: Cache) -> None:
     quiet_third_party()
     if capture is not None:
         with capture.global_and_fixture_disabled():
-            built = ensure_toy(cache=cache, progress=True)
+            build()
     else:
-        built = ensure_toy(cache=cache, progress=True)
-    check_bands(built)
+        build()

@@ -47,6 +47,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _sig(value: float | None, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits ("-" for None or NaN)."""
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
 def _short(text: str, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -153,6 +160,36 @@ def _interval_text(claim: ClaimResult) -> str:
         return "exact"
     ci = claim.ci
     return f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "-"
+
+
+def pairs_table_markdown(reports: dict[str, Sequence[ClaimRecord]]) -> str:
+    """One row per claim, one column per pair (after the paper's GPT-2 figure): each pair's figure,
+    its 95% interval and verdict, as the pairs' ``claims.json`` files hold them."""
+    names = list(reports)
+    by_pair = {name: {str(r.id): r for r in records} for name, records in reports.items()}
+    every = sorted((r for records in reports.values() for r in records), key=lambda r: r.sort_key)
+    order = list(dict.fromkeys(str(r.id) for r in every))
+    lines = ["| claim | paper (GPT-2) | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for claim_id in order:
+        results = [by_pair[n][claim_id].result for n in names if claim_id in by_pair[n]]
+        paper = next((r.paper for r in results if r is not None and r.paper is not None), None)
+        cells = []
+        for name in names:
+            record = by_pair[name].get(claim_id)
+            if record is None or record.result is None:
+                cells.append("-" if record is None else NOT_MEASURED)
+                continue
+            result = record.result
+            interval = (
+                "exact"
+                if result.exact
+                else f"[{_sig(result.ci[0])}, {_sig(result.ci[1])}]"
+                if result.ci
+                else ""
+            )
+            cells.append(f"{_sig(result.measured)} {interval} {result.verdict}")
+        lines.append(f"| {claim_id} | {_sig(paper)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _p_text(value: Any) -> str:

