@@ -315,6 +315,7 @@ def test_a_run_with_a_checkpoint_directory_resumes_from_its_last_checkpoint(
     )
     assert "DPO resumes from the last checkpoint" in caplog.text
     assert again.steps == first.steps == 4
+
     # The first run's log, restored with its state; the resumed run adds only its own summary.
     def logged(run):
         return [h for h in run.history if "train_runtime" not in h]
