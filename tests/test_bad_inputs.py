@@ -336,7 +336,7 @@ def _(b: Bench):
     "spec-unknown-pair-name",
     "error",
     UnknownPairError,
-    r"unknown pair 'no_such_pair': not a named pair \(gpt2-medium, toy, toy-seedN\)",
+    r"unknown pair 'no_such_pair': not a named pair \(gpt2-medium, smollm2, toy, toy-seedN\)",
 )
 def _(b: Bench):
     b.monkeypatch.chdir(b.tmp)
@@ -1750,7 +1750,7 @@ def _(b: Bench):
     "error",
     UnknownPairError,
     r"unknown \[extras\] key 'challenge_prompt'; did you mean 'challenge_prompts'\? known keys: "
-    r"challenge_prompts, dpo_pairs, neutral_texts, perplexity_window, report",
+    r"challenge_prompts, dpo_pairs, max_prompts, neutral_texts, perplexity_window, report",
 )
 def _(b: Bench):
     b.load(b.spec(extras={"challenge_prompt": "prompts.json"}))
