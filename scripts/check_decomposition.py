@@ -78,6 +78,7 @@ def main() -> int:
     from dpoclaims.train.named_pairs import load_pair
 
     torch.set_num_threads(2)
+    torch.set_grad_enabled(False)  # weights require grad: a graph would keep every float64 copy alive
     cache = Cache()
     pair = load_pair(args.pair, cache=cache)
     settings = MeasurementSettings(max_prompts=args.prompts, scorer="profanity-check")
