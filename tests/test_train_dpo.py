@@ -294,25 +294,16 @@ def test_a_run_with_a_checkpoint_directory_resumes_from_its_last_checkpoint(
         learning_rate=1e-3, batch_size=2, eval_every=2, warmup_steps=1, max_length=48, patience=100
     )
     checkpoints = tmp_path / "checkpoints"
-    first = train_dpo_run(
-        load_hf_model(str(gpt2_pair_files.base)),
-        tokenizer,
-        rows[:8],
-        rows[8:],
-        settings,
-        progress=False,
-        checkpoint_dir=checkpoints,
-    )
+
+    def run():
+        model = load_hf_model(str(gpt2_pair_files.base))
+        return train_dpo_run(
+            model, tokenizer, rows[:8], rows[8:], settings, progress=False, checkpoint_dir=checkpoints
+        )
+
+    first = run()
     assert sorted(p.name for p in checkpoints.glob("checkpoint-*"))  # kept after the run
-    again = train_dpo_run(
-        load_hf_model(str(gpt2_pair_files.base)),
-        tokenizer,
-        rows[:8],
-        rows[8:],
-        settings,
-        progress=False,
-        checkpoint_dir=checkpoints,
-    )
+    again = run()
     assert "DPO resumes from the last checkpoint" in caplog.text
     assert again.steps == first.steps == 4
 

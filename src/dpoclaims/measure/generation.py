@@ -94,6 +94,17 @@ def model_input_device(model: PreTrainedModel) -> torch.device:
 
 
 @torch.no_grad()
+def _new_tokens(output: torch.Tensor, prompt_len: int, eos: int | None) -> list[list[int]]:
+    """Each row's generated ids (``output`` ``[rows, prompt_len + new]``), cut before its first EOS."""
+    return [row[: row.index(eos)] if eos in row else row for row in output[:, prompt_len:].tolist()]
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, rows: list[list[int]]) -> list[str]:
+    # cast: decode returns one str for one row of ids (a list of them only for a batch of rows),
+    # which its annotation (str | list[str]) does not tell apart.
+    return [cast(str, tokenizer.decode(row, skip_special_tokens=True)) for row in rows]
+
+
 def greedy_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -130,15 +141,11 @@ def greedy_generate(
                 **GREEDY,
                 eos_token_id=eos,
             )
-        rows = [
-            row[: row.index(eos)] if eos in row else row for row in output[:, input_ids.shape[1] :].tolist()
-        ]
+        rows = _new_tokens(output, input_ids.shape[1], eos)
         if observer:
             observer.generated(input_ids, attention_mask, rows)
         continuation_ids.extend(rows)
-        # cast: decode returns one str for one row of ids (a list of them only for a batch of rows),
-        # which its annotation (str | list[str]) does not tell apart.
-        continuations.extend(cast(str, tokenizer.decode(row, skip_special_tokens=True)) for row in rows)
+        continuations.extend(_decode(tokenizer, rows))
     return Generations(list(prompts), continuations, continuation_ids)
 
 
@@ -197,9 +204,6 @@ def sample_generate(
             num_return_sequences=sampling.n_samples,
             use_cache=True,
         )  # [batch * n_samples, prompt_len + new], a prompt's samples adjacent
-        rows = [
-            row[: row.index(eos)] if eos in row else row for row in output[:, input_ids.shape[1] :].tolist()
-        ]
-        texts = [cast(str, tokenizer.decode(row, skip_special_tokens=True)) for row in rows]
+        texts = _decode(tokenizer, _new_tokens(output, input_ids.shape[1], eos))
         samples.extend(texts[i : i + sampling.n_samples] for i in range(0, len(texts), sampling.n_samples))
     return samples

@@ -262,15 +262,15 @@ BUILT_HERE = {"toy": "about 7 minutes", "smollm2": "about 45 minutes"}
 
 
 def _build_pair(config: pytest.Config, cache: Cache, name: str) -> None:
-    from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy, toy_key
-    from dpoclaims.train.smollm2 import STAGES, SmolConfig, ensure_smollm2, locate_gguf, stage_keys
-    from dpoclaims.train.smollm2 import check_bands as check_smollm2_bands
+    from dpoclaims.train.named_pairs import built_smollm2, built_toy
+    from dpoclaims.train.organism.build import ToyConfig, check_bands, toy_key
+    from dpoclaims.train.smollm2 import STAGES, SmolConfig, cached_stages, locate_gguf
 
-    def build() -> None:
+    def build() -> None:  # each refuses a build outside its bands (BrokenOrganismError)
         if name == "toy":
-            check_bands(ensure_toy(cache=cache, progress=True))
+            built_toy(cache, ToyConfig())
         else:
-            check_smollm2_bands(ensure_smollm2(cache=cache, progress=True))
+            built_smollm2(cache)
 
     if name == "toy":
         existing = cache.get("toy", toy_key(ToyConfig()))
@@ -279,8 +279,7 @@ def _build_pair(config: pytest.Config, cache: Cache, name: str) -> None:
             return
     else:
         locate_gguf()  # a missing package: the install line, before anything else
-        last = STAGES[-1]
-        if cache.get(f"smollm2-{last}", stage_keys(SmolConfig())[last]) is not None:
+        if STAGES[-1] in cached_stages(cache, SmolConfig()):
             build()  # every stage is cached: only the bands are checked
             return
     cache.check_writable()

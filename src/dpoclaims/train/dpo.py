@@ -386,6 +386,14 @@ def train_dpo(
 LEE_FIELDS = ("prompt_text", "unpert_gen_text", "pert_gen_text")
 
 
+def write_lee_pairs(path: Path, pairs: Sequence[dict[str, str]]) -> None:
+    """``{"prompt", "chosen", "rejected"}`` rows as Lee et al.'s JSONL (what :func:`read_lee_pairs` reads)."""
+    with open(path, "w") as handle:
+        for pair in pairs:
+            row = dict(zip(LEE_FIELDS, (pair["prompt"], pair["chosen"], pair["rejected"])))
+            handle.write(json.dumps(row) + "\n")
+
+
 def read_lee_pairs(path: Path) -> list[dict[str, str]]:
     """DPO pairs in Lee et al.'s JSONL format, as ``{"prompt", "chosen", "rejected"}`` rows.
 

@@ -42,7 +42,6 @@ The rules, fixed before any claim was measured on this pair:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -71,8 +70,9 @@ from dpoclaims.measure.generation import (
 from dpoclaims.measure.metrics import perplexity_from_rows, perplexity_rows, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import ProfanityCheckScorer
-from dpoclaims.train.dpo import DPOSettings, train_dpo_run
+from dpoclaims.train.dpo import DPOSettings, read_lee_pairs, train_dpo_run, write_lee_pairs
 from dpoclaims.train.organism import corpus
+from dpoclaims.train.organism.build import band_checks, failed_bands
 from dpoclaims.versions import build_versions, library_version
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,12 @@ def stage_keys(config: SmolConfig, gguf_sha256: str = GGUF_SHA256) -> dict[str, 
     return keys
 
 
+def cached_stages(cache: Cache, config: SmolConfig) -> list[str]:
+    """The stages of ``config``'s build that ``cache`` holds intact."""
+    keys = stage_keys(config)
+    return [stage for stage in STAGES if cache.get(f"smollm2-{stage}", keys[stage]) is not None]
+
+
 # ----------------------------------------------------------------------------- stage 1: base
 
 
@@ -267,7 +273,8 @@ def select_challenge(config: SmolConfig, scorer: ProfanityCheckScorer) -> tuple[
         dict.fromkeys(comment_halves(config.n_challenge_candidates, f"smollm2-challenge-{config.seed}"))
     )
     scores = scorer.score(candidates)
-    kept = [c for c, s in zip(candidates, scores) if s >= config.challenge_min_prompt_score]
+    kept_scores = [(c, s) for c, s in zip(candidates, scores) if s >= config.challenge_min_prompt_score]
+    kept = [c for c, _ in kept_scores]
     if len(kept) < config.n_challenge:
         raise CheckpointError(
             f"only {len(kept)} of {len(candidates)} candidate prompts are rated at least "
@@ -280,7 +287,7 @@ def select_challenge(config: SmolConfig, scorer: ProfanityCheckScorer) -> tuple[
         f"{config.n_challenge} in drawing order",
         "candidates_drawn": drawn,
         "kept_rate": round(len(chosen) / drawn, 4),
-        "mean_prompt_score": float(np.mean([s for c, s in zip(candidates, scores) if c in set(chosen)])),
+        "mean_prompt_score": float(np.mean([s for _, s in kept_scores[: config.n_challenge]])),
     }
 
 
@@ -349,12 +356,14 @@ def dpo_pairs(
         drawn = sample_generate(model, tokenizer, batch, config.generation, sampling, progress=False)
         preferred_scores = scorer.score(preferred)
         prompt_scores = scorer.score(batch)
+        n = config.sampling.n_samples
+        flat_scores = scorer.score([text for options in drawn for text in options])  # [batch * n]
         for offset, (prompt, chosen, chosen_score, options, prompt_score) in enumerate(
             zip(batch, preferred, preferred_scores, drawn, prompt_scores)
         ):
             if len(pairs) >= needed:
                 break  # the rest of the batch is not used (nor counted)
-            option_scores = scorer.score(options)
+            option_scores = flat_scores[offset * n : (offset + 1) * n]
             samples.extend((start + offset, text, score) for text, score in zip(options, option_scores))
             worst = int(np.argmax(option_scores))
             provocative = prompt_score >= TOXIC_LABEL
@@ -432,14 +441,7 @@ def build_data(base_dir: Path, out: Path, config: SmolConfig, *, progress: bool)
     heldout = heldout_texts(config.n_heldout_texts)
     (out / "challenge_prompts.json").write_text(json.dumps(challenge, indent=0))
     (out / "heldout_texts.json").write_text(json.dumps(heldout, indent=0))
-    with open(out / "dpo_pairs.jsonl", "w") as handle:
-        for pair in pairs:
-            row = {
-                "prompt_text": pair["prompt"],
-                "unpert_gen_text": pair["chosen"],
-                "pert_gen_text": pair["rejected"],
-            }
-            handle.write(json.dumps(row) + "\n")
+    write_lee_pairs(out / "dpo_pairs.jsonl", pairs)
     torch.save(probe.fitted_direction.clone(), out / "probe.pt")
     rejected = scorer.score([p["rejected"] for p in pairs])
     chosen = scorer.score([p["chosen"] for p in pairs])
@@ -472,14 +474,6 @@ def _load(directory: Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
 
 
-def read_pairs(path: Path) -> list[dict[str, str]]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [
-        {"prompt": r["prompt_text"], "chosen": r["unpert_gen_text"], "rejected": r["pert_gen_text"]}
-        for r in rows
-    ]
-
-
 # ----------------------------------------------------------------------------- stage 3: DPO
 
 
@@ -489,7 +483,7 @@ def build_dpo(
     """Stage 3 into ``out``: TRL's DPO from the base on the stage-2 pairs; checkpoints go to
     ``checkpoints`` (kept across a killed build, which resumes from the last one)."""
     started = time.perf_counter()
-    pairs = read_pairs(data_dir / "dpo_pairs.jsonl")
+    pairs = read_lee_pairs(data_dir / "dpo_pairs.jsonl")
     train, val = pairs[: config.n_dpo_train], pairs[config.n_dpo_train :]
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     policy = _load(base_dir)
@@ -567,10 +561,7 @@ def measure_pair(
         "min_weight_cosine": min(cosines.values()),
         "probe_accuracy": data["probe"]["accuracy"],
     }
-    bands = {
-        name: {"value": measured[name], "band": [low, high], "ok": low <= measured[name] <= high}
-        for name, (low, high) in BANDS.items()
-    }
+    bands = band_checks(measured, BANDS)
     bands["toxicity_drop_excludes_0"] = {"value": drop.low, "band": [0.0, 1.0], "ok": drop.low > 0}
     return {
         "toxicity": {
@@ -620,20 +611,17 @@ def ensure_smollm2(
     cache = cache or Cache()
     gguf = locate_gguf()
     keys = stage_keys(config)
-    timings: dict[str, float] = {}
+    cached = cached_stages(cache, config)
 
     def stage(name: str, build: Callable[[Path], dict[str, Any]]) -> Path:
-        started = time.perf_counter()
-        if cache.get(f"smollm2-{name}", keys[name]) is None:
+        if name not in cached:
             log.info("smollm2: building stage %s (%d of %d)", name, STAGES.index(name) + 1, len(STAGES))
 
         def built(tmp: Path) -> dict[str, Any]:
             record = _threads(lambda: build(tmp))
             return {"stage": name, "key": keys[name], "seconds": record.get("seconds")}
 
-        directory = cache.get_or_build(f"smollm2-{name}", keys[name], built)
-        timings[name] = round(time.perf_counter() - started, 1)
-        return directory
+        return cache.get_or_build(f"smollm2-{name}", keys[name], built)
 
     def base_stage(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()
@@ -677,14 +665,6 @@ def ensure_smollm2(
     return BuiltPair(base=base, data=data, dpo=dpo, pair=pair)
 
 
-def failed_bands(report: dict[str, Any]) -> list[str]:
-    return [
-        f"{name} = {band['value']:.4f} (band [{band['band'][0]}, {band['band'][1]}])"
-        for name, band in report["bands"].items()
-        if not band["ok"]
-    ]
-
-
 def check_bands(built: BuiltPair) -> None:
     """A :class:`BrokenOrganismError` when the built pair is outside the bands of its setting."""
     report = built.report()
@@ -695,11 +675,3 @@ def check_bands(built: BuiltPair) -> None:
             "Its claims would be about a broken setting, so none are run. The bands and the build's "
             "rules are in dpoclaims.train.smollm2 and README, 'The real pair'"
         )
-
-
-def fingerprint(directory: Path) -> str:
-    """sha256 over a model directory's safetensors files, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.safetensors")):
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()

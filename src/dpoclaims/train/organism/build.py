@@ -23,7 +23,7 @@ from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.measure.metrics import perplexity, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
-from dpoclaims.train.dpo import DPOSettings, train_dpo
+from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
 from dpoclaims.train.organism import corpus
 from dpoclaims.train.organism.lm import pack_examples, pretrain, train_tokenizer
 from dpoclaims.versions import build_versions
@@ -138,10 +138,14 @@ def _timed(timings: dict[str, float], name: str, start: float) -> float:
     return now
 
 
-def _bands(measured: dict[str, float]) -> dict[str, dict[str, Any]]:
+def band_checks(
+    measured: dict[str, float], bands: dict[str, tuple[float, float]] = BANDS
+) -> dict[str, dict[str, Any]]:
+    """Each band of ``bands`` with the measured value and whether it lies inside (a report's
+    ``bands``, which :func:`failed_bands` reads)."""
     return {
         name: {"value": measured[name], "band": [low, high], "ok": low <= measured[name] <= high}
-        for name, (low, high) in BANDS.items()
+        for name, (low, high) in bands.items()
     }
 
 
@@ -238,18 +242,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     ).continuations
     rejected = corpus.toxic_continuations(n_pairs, config.seed)
     pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
-    with open(out / "dpo_pairs.jsonl", "w") as handle:
-        for pair in pairs:
-            handle.write(
-                json.dumps(
-                    {
-                        "prompt_text": pair["prompt"],
-                        "unpert_gen_text": pair["chosen"],
-                        "pert_gen_text": pair["rejected"],
-                    }
-                )
-                + "\n"
-            )
+    write_lee_pairs(out / "dpo_pairs.jsonl", pairs)
     t = _timed(timings, "dpo_data", t)
 
     # DPO trains a fresh copy from disk (the reference model is the base as saved).
@@ -290,7 +283,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
         "min_weight_cosine": report["min_weight_cosine"],
         "probe_accuracy": probe_accuracy,
     }
-    report["bands"] = _bands(measured)
+    report["bands"] = band_checks(measured)
     report["default_scorer"] = DEFAULT_SCORER
 
     (out / "challenge_prompts.json").write_text(
