@@ -9,8 +9,9 @@
 #   DRIFT_KEEP=1 bash scripts/drift.sh   # keep the venv and cache (printed) to look into a failure
 #
 # torch: DRIFT_TORCH (default torch==2.13.0, the CPU build pip takes from a machine that has it;
-# a bare "torch" from the default index is a multi-GB CUDA build) with DRIFT_TORCH_ARGS (e.g. an
-# --index-url of CPU wheels, as the workflow passes, to drift torch itself).
+# a bare "torch" from the default index is a multi-GB CUDA build) with DRIFT_TORCH_ARGS (more pip
+# arguments); TORCH_INDEX_URL, when set, is the index torch comes from (e.g. one of CPU wheels,
+# which the workflow passes from the repository variable of that name).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 work="$(mktemp -d)"
@@ -24,7 +25,7 @@ fail() { echo "drift: FAILED at: $*"; exit 1; }
 step "install the newest releases (no lock)"
 python3 -m venv "$venv" && . "$venv/bin/activate" || fail "venv"
 # shellcheck disable=SC2086  # DRIFT_TORCH_ARGS holds several words
-pip install --quiet "${DRIFT_TORCH:-torch==2.13.0}" ${DRIFT_TORCH_ARGS:-} || fail "pip install torch"
+pip install --quiet "${DRIFT_TORCH:-torch==2.13.0}" ${DRIFT_TORCH_ARGS:-} ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} || fail "pip install torch"
 pip install --quiet --upgrade -e ".[test,cluster]" || fail "pip install -e .[test,cluster]"
 pip install --quiet --upgrade transformers trl accelerate transformer-lens tokenizers || fail "pip upgrade"
 python - <<'PY'

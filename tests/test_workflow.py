@@ -19,7 +19,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "claims.yml"
-CPU_INDEX = re.compile(r"--index-url\s+https://\S+/whl/cpu(\s|$)")  # PyTorch's CPU wheel index
+# torch comes from the index the repository variable TORCH_INDEX_URL names (a CPU wheel index),
+# the default index when it is unset; the workflow names no host itself
+TORCH_INDEX = '${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}'
 Workflow = dict[str, Any]
 
 
@@ -71,12 +73,18 @@ def check_write_permission_only_where_pushing(workflow: Workflow) -> None:
 
 
 def check_cpu_torch(workflow: Workflow) -> None:
-    lines = [line.strip() for step in steps(workflow) for line in step.get("run", "").splitlines()]
+    rows = [(line.strip(), step) for step in steps(workflow) for line in step.get("run", "").splitlines()]
+    lines = [line for line, _ in rows]
     torch_lines = [i for i, line in enumerate(lines) if re.search(r"pip install .*\btorch\b", line)]
     assert torch_lines, "torch is not installed on its own"
     for i in torch_lines:
-        assert CPU_INDEX.search(lines[i]), f"torch installed without PyTorch's CPU index: {lines[i]}"
+        assert TORCH_INDEX in lines[i], f"torch installed without the TORCH_INDEX_URL index: {lines[i]}"
+        env = rows[i][1].get("env") or {}
+        assert env.get("TORCH_INDEX_URL") == "${{ vars.TORCH_INDEX_URL }}", (
+            "the step that installs torch does not read the repository variable TORCH_INDEX_URL"
+        )
         assert "torch==" in lines[i], f"torch is not pinned: {lines[i]}"
+        assert "://" not in lines[i], f"the workflow names an index host: {lines[i]}"
     package = next(i for i, line in enumerate(lines) if re.search(r"pip install\b.*\s-e\s", line))
     assert max(torch_lines) < package, (
         "torch must be installed before the package, which would pull CUDA torch"
@@ -186,7 +194,7 @@ def _drop_job_write(w: Workflow) -> None:
 
 def _drop_cpu_index(w: Workflow) -> None:
     step = _step(w, "pip install torch")
-    step["run"] = re.sub(r" --index-url \S+", "", step["run"])
+    step["run"] = step["run"].replace(" " + TORCH_INDEX, "")
 
 
 def _drop_cache(w: Workflow) -> None:
