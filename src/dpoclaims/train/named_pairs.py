@@ -15,6 +15,7 @@ import torch
 from dpoclaims.cache import Cache
 from dpoclaims.errors import MissingDownload, UnknownPairError
 from dpoclaims.models.pairs import ModelPair, PairSpec, load_pair_from_spec
+from dpoclaims.train import smollm2
 from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy
 from dpoclaims.train.organism.corpus import TOXIC_WORDS
 from dpoclaims.train.smollm2 import BuiltPair, SmolConfig, ensure_smollm2
@@ -115,6 +116,9 @@ def _smollm2_spec(cache: Cache) -> PairSpec:
             "neutral_texts": str(built.data / "heldout_texts.json"),
             "dpo_pairs": str(built.data / "dpo_pairs.jsonl"),
             "report": str(built.pair / "smollm2.json"),
+            # the claims' defaults for this pair (their reason: dpoclaims.train.smollm2)
+            "max_prompts": str(smollm2.CLAIMS_MAX_PROMPTS),
+            "perplexity_window": str(smollm2.CLAIMS_PERPLEXITY_WINDOW),
         },
     )
 
