@@ -202,3 +202,25 @@ def test_the_pairs_table_has_a_column_per_pair_and_the_papers_figure():
     assert (
         lines[2] == "| C1[N=100] | 0.204 | 0.0005 [0.0001, 0.001] replicates | 0.12 [0.05, 0.2] replicates |"
     )
+
+
+def test_the_pairs_spec_declares_the_claims_defaults_and_the_suite_uses_them(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dpoclaims.cache import Cache
+    from dpoclaims.models.pairs import check_extras
+    from dpoclaims.plugin.resources import measurement_settings
+    from dpoclaims.train import named_pairs
+
+    built = smollm2.BuiltPair(base=tmp_path, data=tmp_path, dpo=tmp_path, pair=tmp_path)
+    monkeypatch.setattr(named_pairs, "built_smollm2", lambda cache: built)
+    spec = named_pairs.NAMED_PAIRS["smollm2"](Cache(tmp_path))
+    check_extras(spec.extras, "smollm2")  # the declared values pass the spec's own checks
+    assert spec.extras["max_prompts"] == str(smollm2.CLAIMS_MAX_PROMPTS)
+    assert spec.extras["perplexity_window"] == str(smollm2.CLAIMS_PERPLEXITY_WINDOW)
+    pair = SimpleNamespace(spec=SimpleNamespace(extras=spec.extras, lexicon=None))
+    options = SimpleNamespace(max_prompts=None, convention="v1", scorer=None, perplexity="claims")
+    assert measurement_settings(pair, options).max_prompts == smollm2.CLAIMS_MAX_PROMPTS  # type: ignore[arg-type]
+    options.max_prompts = 30  # --max-prompts overrides the pair's default
+    assert measurement_settings(pair, options).max_prompts == 30  # type: ignore[arg-type]
+    assert measurement_settings(pair, options).scorer == "profanity-check"  # type: ignore[arg-type]
