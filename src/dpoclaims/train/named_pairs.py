@@ -15,10 +15,15 @@ import torch
 from dpoclaims.cache import Cache
 from dpoclaims.errors import MissingDownload, UnknownPairError
 from dpoclaims.models.pairs import ModelPair, PairSpec, load_pair_from_spec
-from dpoclaims.train import smollm2
 from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy
 from dpoclaims.train.organism.corpus import TOXIC_WORDS
-from dpoclaims.train.smollm2 import BuiltPair, SmolConfig, ensure_smollm2
+from dpoclaims.train.smollm2 import (
+    CLAIMS_MAX_PROMPTS,
+    CLAIMS_PERPLEXITY_WINDOW,
+    BuiltPair,
+    SmolConfig,
+    ensure_smollm2,
+)
 from dpoclaims.train.smollm2 import check_bands as check_smollm2_bands
 
 
@@ -117,8 +122,8 @@ def _smollm2_spec(cache: Cache) -> PairSpec:
             "dpo_pairs": str(built.data / "dpo_pairs.jsonl"),
             "report": str(built.pair / "smollm2.json"),
             # the claims' defaults for this pair (their reason: dpoclaims.train.smollm2)
-            "max_prompts": str(smollm2.CLAIMS_MAX_PROMPTS),
-            "perplexity_window": str(smollm2.CLAIMS_PERPLEXITY_WINDOW),
+            "max_prompts": str(CLAIMS_MAX_PROMPTS),
+            "perplexity_window": str(CLAIMS_PERPLEXITY_WINDOW),
         },
     )
 
