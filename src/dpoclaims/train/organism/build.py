@@ -7,12 +7,13 @@ concurrent callers wait on a lock and reuse one build.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import AutoTokenizer, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
@@ -30,7 +31,7 @@ from dpoclaims.versions import build_versions
 
 log = logging.getLogger(__name__)
 
-TOY_FORMAT_VERSION = 3  # bump when the build code changes what a config produces
+TOY_FORMAT_VERSION = 4  # bump when the build code changes what a config produces
 DEFAULT_SCORER = "lexicon"
 TOY_THREADS = 2
 
@@ -78,6 +79,14 @@ class ToyConfig:
             optimizer="rmsprop",
         )
     )
+    # The float type the build trains in and generates its DPO pairs with; the built models are
+    # saved in float32, which is what the claims measure. float32 training made the toy depend on
+    # the CPU: each machine's vector kernels sum (and torch's normal_ draws) in their own way, the
+    # 1e-7 differences grew through pretraining, and DPO's outcome swung on them (DPO/base
+    # toxicity 0.013 on the reference machines; 0.52, 0.49 and 0.61 with AVX-512, AVX2 and
+    # portable kernels on one AVX-512 Xeon). float64, with numpy's initialisation
+    # (lm.initialise_gpt2), puts the kernels' differences eight orders of magnitude lower.
+    train_dtype: str = "float64"
     n_challenge: int = 400
     n_neutral_eval: int = 400
     generation: GenerationSettings = GenerationSettings(
@@ -184,8 +193,22 @@ def build_toy(
         torch.set_num_threads(previous_threads)
 
 
+def _train_dtype(config: ToyConfig) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if config.train_dtype not in dtypes:
+        raise ValueError(f"ToyConfig.train_dtype is {config.train_dtype!r}; use one of {sorted(dtypes)}")
+    return dtypes[config.train_dtype]
+
+
+def _to_dtype(model: PreTrainedModel, dtype: torch.dtype) -> None:
+    # cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
+    # checkers read as an unbound Module.to; Module.to converts the parameters in place
+    cast(torch.nn.Module, model).to(dtype)
+
+
 def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.device) -> dict[str, Any]:
     on_cpu = device.type == "cpu"
+    dtype = _train_dtype(config)
     torch.manual_seed(config.seed)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -216,7 +239,9 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
         seed=config.seed,
         progress=progress,
         device=None if on_cpu else device,
+        dtype=dtype,
     )
+    _to_dtype(base, torch.float32)  # the pair the claims measure is float32
     base.save_pretrained(base_dir)
     t = _timed(timings, "pretrain", t)
 
@@ -237,9 +262,14 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     # rejected = a toxic continuation.
     n_pairs = config.n_dpo_pairs + config.n_dpo_val
     prompts = corpus.neutral_prompts(n_pairs, config.seed)
+    # The saved base, computing in the training float type (greedy decoding's near-ties are
+    # where the kernels' differences would show).
+    generator = copy.deepcopy(base).eval()
+    _to_dtype(generator, dtype)
     preferred = greedy_generate(
-        base, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
+        generator, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
     ).continuations
+    del generator
     rejected = corpus.toxic_continuations(n_pairs, config.seed)
     pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
     write_lee_pairs(out / "dpo_pairs.jsonl", pairs)
@@ -248,7 +278,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     # DPO trains a fresh copy from disk (the reference model is the base as saved).
     from transformers import GPT2LMHeadModel
 
-    policy = GPT2LMHeadModel.from_pretrained(base_dir)
+    policy = GPT2LMHeadModel.from_pretrained(base_dir, dtype=dtype)
     dpo_model, history = train_dpo(
         policy,
         tokenizer,
@@ -258,6 +288,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
         progress=progress,
         device=None if on_cpu else device,
     )
+    _to_dtype(dpo_model, torch.float32)
     _check_tied(dpo_model)
     dpo_model.save_pretrained(dpo_dir)
     tokenizer.save_pretrained(dpo_dir)

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import cast
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
@@ -58,6 +59,28 @@ def pack_examples(token_lists: list[list[int]], eos_id: int, block: int) -> torc
     return torch.tensor(rows, dtype=torch.long)
 
 
+def initialise_gpt2(model: GPT2LMHeadModel, seed: int) -> None:
+    """GPT-2's initialisation, drawn from numpy's generator: weights and embeddings
+    normal(0, initializer_range), the residual output projections (``c_proj``) with that std
+    divided by sqrt(2 n_layer), biases 0, layer norms' scales 1.
+
+    Why not the model's own initialisation: torch's CPU ``normal_`` has one kernel per vector
+    width, whose draws differ in the last bits from one CPU to another, so the same seed gave each
+    machine another starting model. numpy's draws are the same on every machine."""
+    rng = np.random.default_rng(seed)
+    std = model.config.initializer_range
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # a fixed order; the tied lm_head appears once
+            if ".ln_" in name or name.startswith("transformer.ln_f"):
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                param.zero_()
+            else:
+                scale = std / math.sqrt(2 * model.config.n_layer) if name.endswith("c_proj.weight") else std
+                draw = rng.standard_normal(tuple(param.shape)) * scale  # float64
+                param.copy_(torch.from_numpy(draw).to(param.dtype))
+
+
 def pretrain(
     config: GPT2Config,
     data: torch.Tensor,
@@ -68,12 +91,16 @@ def pretrain(
     seed: int,
     progress: bool = True,
     device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[GPT2LMHeadModel, list[float]]:
     """AdamW with warm-up and cosine decay on packed rows; returns the model (on ``device``,
-    default the CPU) and its losses. The model is initialised and the rows drawn on the CPU,
-    so only the training arithmetic depends on the device."""
+    default the CPU, in ``dtype``) and its losses. The model is initialised (in float32, then cast
+    to ``dtype``) and the rows drawn on the CPU, so only the training arithmetic depends on the
+    device and its kernels."""
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
+    cast(torch.nn.Module, model).to(dtype)
+    initialise_gpt2(model, seed)
     if device is not None:
         # cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
         # checkers read as an unbound Module.to; the call is the model's own .to (returning the model)
@@ -98,7 +125,12 @@ def pretrain(
         mask = rows >= 0
         inputs = rows.clamp(min=0)
         labels = rows.masked_fill(~mask, -100)
-        loss = model(input_ids=inputs, attention_mask=mask.long(), labels=labels).loss
+        logits = model(input_ids=inputs, attention_mask=mask.long()).logits  # [batch, block, vocab]
+        # Next-token cross-entropy in the model's own float type: the model's built-in loss casts
+        # the logits to float32 first, which would put float32 rounding back into float64 training.
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
