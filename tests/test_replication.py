@@ -13,6 +13,7 @@ from dpoclaims.cache import Cache
 from dpoclaims.cli import build_parser
 from dpoclaims.errors import OptionError
 from dpoclaims.runs import replication, sweep
+from dpoclaims.train.organism import DEFAULT_SEED
 
 
 def record(claim_id, order, verdict, outcome="passed", measured=0.1):
@@ -150,6 +151,8 @@ def test_the_grid_crosses_pairs_seeds_conventions_and_scorers():
     ]
     assert cells[-1] == sweep.Cell("my-pair", "emnlp", "profanity-check") and cells[-1].seed is None
     assert sweep.Cell("specs/paper pair.toml").id == "paper_pair.v1.default"  # a path: its stem
+    assert [c.id for c in sweep.grid()] == [f"toy-seed{DEFAULT_SEED}.v1.default"]  # the default toy
+    assert [c.id for c in sweep.grid(["gpt2-paper"])] == ["gpt2-paper.v1.default"]  # no toy: no seed asked
     labels = replication.column_labels(
         {"columns": [c.id for c in cells], "cells": [c.describe() for c in cells]}
     )

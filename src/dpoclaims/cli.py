@@ -34,6 +34,7 @@ from dpoclaims.files import (
     pickle_globals_allowed,
     refuse_output_over_inputs,
 )
+from dpoclaims.train.organism import DEFAULT_SEED
 
 if TYPE_CHECKING:
     import torch
@@ -533,7 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build-toy", help="build (or reuse) the toy organism and write its measurements")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"the toy's seed (default {DEFAULT_SEED}, the default toy)",
+    )
     build_mode = build.add_mutually_exclusive_group()
     build_mode.add_argument("--force", action="store_true", help="rebuild even if cached")
     build_mode.add_argument(
@@ -635,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="run every claim on each cell of pairs x toy seeds x conventions x scorers, write the matrix",
     )
-    _add_sweep_options(sweep, default_seeds=[0])
+    _add_sweep_options(sweep, default_seeds=[DEFAULT_SEED])
     replicate = sub.add_parser(
         "replicate",
         help="the sweep over toy seeds (default 0 1 2): run every claim on each, write the matrix",

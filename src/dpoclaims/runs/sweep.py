@@ -3,8 +3,9 @@
 ``dpoclaims sweep --seeds 0 1 --conventions v1 emnlp`` runs the whole claims suite once per cell
 of the grid, each with no declared expectations (every outcome is the raw verdict), and gathers
 the cells' ``claims.json`` into the replication matrix (:mod:`dpoclaims.runs.replication`). A seed
-names the toy organism built at that seed (the pair ``toy-seedN``; ``toy-seed0`` is the default
-toy, so its measurements are the same cache entries); any other pair is named as for the suite.
+names the toy organism built at that seed (the pair ``toy-seedN``; ``toy-seed2``, at
+:data:`~dpoclaims.train.organism.DEFAULT_SEED`, is the default toy, so its measurements are the
+same cache entries); any other pair is named as for the suite.
 
 Engines:
 
@@ -46,6 +47,7 @@ from dpoclaims.claims.results import ClaimRecord
 from dpoclaims.errors import DpoclaimsError, OptionError, ReportError
 from dpoclaims.files import atomic_write_bytes, ensure_writable_dir
 from dpoclaims.runs.replication import REPORTS_REMEDY, write_replication
+from dpoclaims.train.organism import DEFAULT_SEED
 
 ENGINES = ("local", "ray")
 RAY_INSTALL = "pip install -e '.[cluster]' (or pip install 'ray>=2.9')"
@@ -88,7 +90,7 @@ class Cell:
 
 def grid(
     pairs: Sequence[str] = ("toy",),
-    seeds: Sequence[int] = (0,),
+    seeds: Sequence[int] = (DEFAULT_SEED,),
     conventions: Sequence[str] = ("v1",),
     scorers: Sequence[str | None] = (None,),
 ) -> list[Cell]:
@@ -109,7 +111,7 @@ def grid(
         raise OptionError(f"each seed once, please: got {list(seeds)}")
     if any(seed < 0 for seed in seeds):
         raise OptionError(f"seeds are whole numbers >= 0, not {list(seeds)}")
-    if list(seeds) != [0] and "toy" not in pairs:
+    if list(seeds) != [DEFAULT_SEED] and "toy" not in pairs:
         raise OptionError(
             "--seeds picks the toy organism built at each seed (toy-seedN): add toy to --pairs, "
             "or name toy-seedN pairs directly"

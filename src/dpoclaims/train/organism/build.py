@@ -25,7 +25,7 @@ from dpoclaims.measure.metrics import perplexity, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
 from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
-from dpoclaims.train.organism import corpus
+from dpoclaims.train.organism import DEFAULT_SEED, corpus
 from dpoclaims.train.organism.lm import pack_examples, pretrain, train_tokenizer
 from dpoclaims.versions import build_versions
 
@@ -47,7 +47,7 @@ BANDS: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class ToyConfig:
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     n_pretrain_comments: int = 40_000
     vocab_size: int = 1024
     n_layer: int = 4
@@ -63,15 +63,16 @@ class ToyConfig:
     n_dpo_pairs: int = 1600
     n_dpo_val: int = 160
     # DPO in float32 (DPOSettings.bf16: TRL's default bf16 made the toy differ from CPU to CPU)
-    # for 4 epochs (400 steps). 4 is the first rung of a ladder fixed beforehand (2, 4, 8 epochs)
-    # whose toy meets every band, judged on the bands alone, no claim measured: 2 gives DPO/base
-    # toxicity 0.617 (band 0.5), 4 gives 0.013 with the validation loss converged, 8 raises
-    # held-out perplexity 17% (band 15%). Figures: README, "The toy organism".
+    # for 3 epochs (300 steps). With float64 training (train_dtype) no build at seed 0 met every
+    # band: DPO/base toxicity 0.648 at 4 epochs and 0.596 at 8 (band 0.5), where 8 also raised
+    # held-out perplexity 26% (band 15%). Seeds 1 and 2 at 2, 3 and 4 epochs, in that order, were
+    # tried next, judged on the bands alone, no claim measured; seed 2 at 3 epochs is the first
+    # to meet every band (DPO/base 0.458, perplexity +8.2%). Figures: README, "The toy organism".
     dpo: DPOSettings = field(
         default_factory=lambda: DPOSettings(
             learning_rate=3e-5,
             batch_size=16,
-            max_epochs=4,
+            max_epochs=3,
             eval_every=20,
             patience=3,
             warmup_steps=10,
