@@ -1,7 +1,7 @@
 """The Ray engine's overhead over the local engine for one sweep grid, and a projection of a
 larger grid onto N GPU nodes from the measured per-cell times.
 
-Runs the same grid (default: the toy at seed 0 under both position conventions, 20 prompts)
+Runs the same grid (default: the default toy under both position conventions, 20 prompts)
 with ``--engine local`` and ``--engine ray`` in one process, each on a fresh cache that holds
 only the toy (hard-linked from the user's cache), so both compute every measurement: first cold
 (local, then ray), then warm (every measurement read back from that engine's cache). The Ray
@@ -18,7 +18,7 @@ cell time or an assumed time per 7-8B cell (``--assume-cell-s``, stated as an as
 7-8B cell is measured on this machine). Assumes equal cell times, a cache already holding the
 pairs, and nodes that do not share a GPU.
 
-    python benchmarks/bench_sweep.py [--seeds 0] [--conventions v1 emnlp] [--max-prompts 20]
+    python benchmarks/bench_sweep.py [--seeds 2] [--conventions v1 emnlp] [--max-prompts 20]
         [--cpus-per-cell N] [--project-cells 24] [--nodes 1 2 4 8 12 24] [--assume-cell-s 3600]
 """
 
@@ -38,6 +38,7 @@ from typing import Any
 
 from dpoclaims.cache import Cache
 from dpoclaims.runs import sweep
+from dpoclaims.train.organism import DEFAULT_SEED
 from dpoclaims.train.organism.build import ToyConfig, ensure_toy, toy_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +97,7 @@ def timed_sweep(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEED])
     parser.add_argument("--conventions", nargs="+", default=["v1", "emnlp"])
     parser.add_argument("--max-prompts", type=int, default=20)
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments for each cell")
