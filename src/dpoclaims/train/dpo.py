@@ -37,8 +37,8 @@ class DPOSettings:
     seed: int = 0
     # TRL's DPOConfig turns bf16 autocast on by default, on the CPU too. bf16 kernels differ from
     # one CPU to another (emulated without AVX512-BF16/AMX), and DPO amplifies the difference:
-    # the same toy build gave DPO/base toxicity 0.21 on one machine and 0.62 on another. So the
-    # project trains in float32 unless asked otherwise.
+    # the same toy build gave DPO/base toxicity 0.21 on one machine and 0.62 on another. So DPO
+    # runs in the model's own float type (float32, or float64 for the toy) unless asked otherwise.
     bf16: bool = False
 
 

@@ -71,7 +71,7 @@ def initialise_gpt2(model: GPT2LMHeadModel, seed: int) -> None:
     std = model.config.initializer_range
     with torch.no_grad():
         for name, param in model.named_parameters():  # a fixed order; the tied lm_head appears once
-            if ".ln_" in name or name.startswith("transformer.ln_f"):
+            if ".ln_" in name:  # ln_1, ln_2 and ln_f
                 param.fill_(1.0 if name.endswith("weight") else 0.0)
             elif name.endswith("bias"):
                 param.zero_()
@@ -94,9 +94,9 @@ def pretrain(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[GPT2LMHeadModel, list[float]]:
     """AdamW with warm-up and cosine decay on packed rows; returns the model (on ``device``,
-    default the CPU, in ``dtype``) and its losses. The model is initialised (in float32, then cast
-    to ``dtype``) and the rows drawn on the CPU, so only the training arithmetic depends on the
-    device and its kernels."""
+    default the CPU, in ``dtype``) and its losses. The weights are drawn by :func:`initialise_gpt2`
+    (numpy, float64, rounded into ``dtype``) and the rows on the CPU, so only the training
+    arithmetic depends on the device and its kernels."""
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
     cast(torch.nn.Module, model).to(dtype)
