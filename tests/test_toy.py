@@ -14,6 +14,7 @@ from dpoclaims.cache import read_manifest_meta, verify_entry
 from dpoclaims.errors import BrokenOrganismError
 from dpoclaims.train import named_pairs
 from dpoclaims.train.named_pairs import load_pair
+from dpoclaims.train.organism import DEFAULT_SEED
 from dpoclaims.train.organism import build as build_module
 from dpoclaims.train.organism.build import (
     BANDS,
@@ -166,10 +167,12 @@ def test_a_toy_built_under_other_library_versions_is_not_reused_silently(monkeyp
     assert toy_key(config) == key
 
 
-def _toy_report_with(tmp_path, bands, libraries=None):
+def _toy_report_with(tmp_path, bands, libraries=None, seed=None):
     report = {"bands": bands}
     if libraries is not None:
         report["libraries"] = libraries
+    if seed is not None:
+        report["config"] = {"seed": seed}
     (tmp_path / "toy.json").write_text(json.dumps(report))
     return tmp_path
 
@@ -192,6 +195,17 @@ def test_check_bands_refuses_a_toy_out_of_a_band(tmp_path):
     check_bands(_toy_report_with(tmp_path, {"probe_accuracy": ok}))
     with pytest.raises(BrokenOrganismError, match="unrecorded versions"):
         check_bands(_toy_report_with(tmp_path, {"x": {"value": 2.0, "band": [0, 1], "ok": False}}))
+
+
+def test_a_toy_out_of_band_at_another_seed_is_blamed_on_the_seed_not_on_a_change(tmp_path):
+    failed = {"x": {"value": 2.0, "band": [0, 1], "ok": False}}
+    with pytest.raises(BrokenOrganismError) as raised:
+        check_bands(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED + 1))
+    message = str(raised.value)
+    assert f"At seed {DEFAULT_SEED + 1}" in message and f"the default seed, {DEFAULT_SEED}" in message
+    assert "Something changed" not in message
+    with pytest.raises(BrokenOrganismError, match="Something changed what the build computes"):
+        check_bands(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED))
 
 
 def test_the_tiny_toy_records_its_versions_and_its_bands_verdict(report, tiny_toy_dir):

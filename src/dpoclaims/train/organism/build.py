@@ -130,15 +130,23 @@ def check_bands(directory: Path) -> None:
     failed = failed_bands(report)
     if failed:
         built_with = report.get("libraries") or {}
+        seed = (report.get("config") or {}).get("seed", DEFAULT_SEED)
+        cause = (
+            f"At seed {seed} the toy's setting gives such a toy: only the default seed, {DEFAULT_SEED}, "
+            "was chosen to meet the bands (README, 'Claims across organism seeds')"
+            if seed != DEFAULT_SEED
+            else "Something changed what the build computes: other library versions (install the "
+            "locked ones: README, 'Set-up', pip install -c requirements/lock.txt ...; the toy is "
+            "rebuilt for them), a change of the build's settings or code, or a CPU that is not "
+            "x86-64 (the toy is checked to be the same across x86 vector kernels only)"
+        )
         raise BrokenOrganismError(
             f"the toy organism in {directory} is outside the bands of the paper's setting: "
             f"{'; '.join(failed)}. It was built with "
             f"{', '.join(f'{k} {v}' for k, v in sorted(built_with.items())) or 'unrecorded versions'}. "
-            "Its claims would be about a broken organism, so none are run. Something changed what "
-            "the build computes: other library versions (install the locked ones: README, 'Set-up', "
-            "pip install -c requirements/lock.txt ...; the toy is rebuilt for them), or a change of the "
-            "build's settings or code; the bands and the build's settings are in README, 'The toy "
-            "organism'. Run the claims on another pair meanwhile (--pair)"
+            f"Its claims would be about a broken organism, so none are run. {cause}; the bands and "
+            "the build's settings are in README, 'The toy organism'. Run the claims on another pair "
+            "meanwhile (--pair)"
         )
 
 
