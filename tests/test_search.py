@@ -208,3 +208,32 @@ def test_a_search_is_checked_as_a_claim_and_its_failure_names_the_counterexample
     assert Expectation("inconclusive").check(undecided) is undecided
     calm = search.run_search(SPACE, synthetic(0.5), max_examples=12, seed=0, database=None)
     assert Expectation().check(calm.claim_result("C1[search]")).verdict == "replicates"
+
+
+def test_a_counterexample_measured_before_hypothesis_draws_is_reported_as_not_shrunk(tmp_path):
+    space = search.SearchSpace("C1", ("cosine",), {"cosine": 1000})
+
+    def only_the_whole_pool(candidate: search.Candidate) -> search.AblationPoint:
+        value = 0.95 if candidate.n == 1000 else 0.05  # only ablating all 1,000 clears 80%
+        share = bootstrap(lambda x, axis: np.mean(x, axis=axis), NOISE + value)
+        return search.AblationPoint(candidate, f"id-{candidate}", f"ablate {candidate}", share)
+
+    result = search.run_search(space, only_the_whole_pool, max_examples=1, seed=0, database=None)
+    assert result.counterexample is not None and result.counterexample.candidate.n == 1000
+    assert not result.shrunk  # the rule's largest ablation, measured before Hypothesis draws
+    record = ClaimRecord.from_json(
+        {
+            "id": "C1[search]",
+            "keyword": "ablation",
+            "expected": "replicates",
+            "outcome": "failed",
+            "claim": json.loads(json.dumps(result.claim_result("C1[search]").to_json())),
+        }
+    )
+    header = {"pair": "p", "fingerprint": "f", "n_prompts": 400, "convention": "v1", "scorer": "lexicon"}
+    line = next(
+        line
+        for line in report.report_markdown([record], header).splitlines()
+        if line.startswith("- **C1[search]**")
+    )
+    assert "measured before Hypothesis's draws" in line and "shrunk by Hypothesis" not in line

@@ -265,7 +265,7 @@ class SearchResult:
     space: SearchSpace
     points: dict[Candidate, AblationPoint]  # every ablation measured in this run
     counterexample: AblationPoint | None
-    shrunk: bool  # the counterexample is Hypothesis's shrunk one (else one replayed from earlier runs)
+    shrunk: bool  # the counterexample is Hypothesis's shrunk one (else one measured before its draws)
     max_examples: int
     seed: int
     database: Path | None
@@ -444,7 +444,7 @@ def run_search(
         no_ablation_matches_dpo()
     except _Counterexample as found:
         counterexample, shrunk = found.point, True
-    if counterexample is None:  # e.g. one of the earlier runs' strongest: report it, unshrunk
+    if counterexample is None:  # e.g. a rule's largest or an earlier run's strongest: report it, unshrunk
         counterexample = min(
             (p for p in points.values() if p.is_counterexample),
             key=lambda p: (p.candidate.n, RULES.index(p.candidate.rule)),

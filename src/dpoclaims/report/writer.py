@@ -76,7 +76,12 @@ def _search_lines(records: Sequence[ClaimRecord]) -> list[str]:
         if best:
             text += f"; best: {_ablation(best)} of DPO's drop ({best['verdict']})"
         if counter:
-            how = "shrunk by Hypothesis" if counter.get("shrunk") else "replayed from an earlier run"
+            how = (
+                "shrunk by Hypothesis"
+                if counter.get("shrunk")
+                else "measured before Hypothesis's draws (a rule's largest ablation or an earlier run's "
+                "strongest), not shrunk"
+            )
             text += f"; counterexample ({how}): {_ablation(counter)} ({counter['verdict']})"
         else:
             text += "; no counterexample"
