@@ -402,7 +402,7 @@ def ensure_toy(
     key = toy_key(config, device)
 
     def build(tmp: Path) -> dict[str, Any]:
-        log.info("building the toy organism into %s (first use: about 6 minutes on 2 CPU cores)", cache.root)
+        log.info("building the toy organism into %s (first use: about 5 minutes on 2 CPU cores)", cache.root)
         report = build_toy(tmp, config, progress=progress, device=device)
         return {"config_key": key, "bands_ok": all(b["ok"] for b in report["bands"].values())}
 
