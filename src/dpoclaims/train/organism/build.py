@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from transformers import AutoTokenizer, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
@@ -26,7 +26,7 @@ from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
 from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
 from dpoclaims.train.organism import DEFAULT_SEED, corpus
-from dpoclaims.train.organism.lm import pack_examples, pretrain, train_tokenizer
+from dpoclaims.train.organism.lm import move, pack_examples, pretrain, train_tokenizer
 from dpoclaims.versions import build_versions
 
 log = logging.getLogger(__name__)
@@ -209,12 +209,6 @@ def _train_dtype(config: ToyConfig) -> torch.dtype:
     return dtypes[config.train_dtype]
 
 
-def _to_dtype(model: PreTrainedModel, dtype: torch.dtype) -> None:
-    # cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
-    # checkers read as an unbound Module.to; Module.to converts the parameters in place
-    cast(torch.nn.Module, model).to(dtype)
-
-
 def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.device) -> dict[str, Any]:
     on_cpu = device.type == "cpu"
     dtype = _train_dtype(config)
@@ -250,7 +244,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
         device=None if on_cpu else device,
         dtype=dtype,
     )
-    _to_dtype(base, torch.float32)  # the pair the claims measure is float32
+    move(base, torch.float32)  # the pair the claims measure is float32
     base.save_pretrained(base_dir)
     t = _timed(timings, "pretrain", t)
 
@@ -274,7 +268,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
     # The saved base, computing in the training float type (greedy decoding's near-ties are
     # where the kernels' differences would show).
     generator = copy.deepcopy(base).eval()
-    _to_dtype(generator, dtype)
+    move(generator, dtype)
     preferred = greedy_generate(
         generator, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
     ).continuations
@@ -297,7 +291,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
         progress=progress,
         device=None if on_cpu else device,
     )
-    _to_dtype(dpo_model, torch.float32)
+    move(dpo_model, torch.float32)
     _check_tied(dpo_model)
     dpo_model.save_pretrained(dpo_dir)
     tokenizer.save_pretrained(dpo_dir)

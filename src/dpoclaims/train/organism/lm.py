@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 
@@ -59,6 +59,14 @@ def pack_examples(token_lists: list[list[int]], eos_id: int, block: int) -> torc
     return torch.tensor(rows, dtype=torch.long)
 
 
+def move(model: PreTrainedModel, to: torch.dtype | torch.device) -> None:
+    """``model.to(to)``: its parameters converted or moved in place (tied weights stay tied).
+
+    The cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
+    checkers read as an unbound Module.to; the call is the model's own .to."""
+    cast(torch.nn.Module, model).to(to)
+
+
 def initialise_gpt2(model: GPT2LMHeadModel, seed: int) -> None:
     """GPT-2's initialisation, drawn from numpy's generator: weights and embeddings
     normal(0, initializer_range), the residual output projections (``c_proj``) with that std
@@ -99,12 +107,10 @@ def pretrain(
     arithmetic depends on the device and its kernels."""
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(config)
-    cast(torch.nn.Module, model).to(dtype)
+    move(model, dtype)
     initialise_gpt2(model, seed)
     if device is not None:
-        # cast: transformers wraps PreTrainedModel.to in functools.wraps(Module.to), which type
-        # checkers read as an unbound Module.to; the call is the model's own .to (returning the model)
-        cast(torch.nn.Module, model).to(device)
+        move(model, device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     warmup = max(1, steps // 20)
