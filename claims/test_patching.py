@@ -1,14 +1,9 @@
-"""C3, C10: patching neuron activations to their DPO levels."""
+"""C3, C10: patching neuron activations to their DPO levels, at the authors' positions.
 
-from dpoclaims.claims import checks as claims
-from dpoclaims.plugin.claim_tests import claim_test
+Generated from the paper table (dpoclaims.claims.paper): each entry of family ``patching`` is one
+test here, parametrized, marked and documented from its entry. One file per claim family, so that
+under ``pytest -n N --dist loadfile`` the families' generation passes run on different workers."""
 
+from dpoclaims.plugin.claim_tests import family_tests
 
-@claim_test("C3")
-def test_C3_patching_dampened_toxic_neurons_recovers_part(measurements, check_claim):
-    check_claim(claims.c3_patch_dampened(measurements))
-
-
-@claim_test("C10")
-def test_C10_patching_all_four_groups_replicates_dpo(measurements, check_claim):
-    check_claim(claims.c10_patch_all_groups(measurements))
+globals().update(family_tests(__name__))

@@ -1,9 +1,9 @@
-"""C12: scaling the key vectors of toxic neurons reintroduces toxicity (Lee et al.)."""
+"""C12: scaling the key vectors of toxic neurons reintroduces toxicity (Lee et al.).
 
-from dpoclaims.claims import checks as claims
-from dpoclaims.plugin.claim_tests import claim_test
+Generated from the paper table (dpoclaims.claims.paper): each entry of family ``scaling`` is one
+test here, parametrized, marked and documented from its entry. One file per claim family, so that
+under ``pytest -n N --dist loadfile`` the families' generation passes run on different workers."""
 
+from dpoclaims.plugin.claim_tests import family_tests
 
-@claim_test("C12")
-def test_C12_scaling_toxic_key_vectors_reintroduces_toxicity(measurements, check_claim, factor):
-    check_claim(claims.c12_scale_keys(measurements, factor))
+globals().update(family_tests(__name__))

@@ -1,14 +1,9 @@
-"""C11: Lee et al.'s findings on weights and activations."""
+"""C11: Lee et al.'s findings on weights and activations.
 
-from dpoclaims.claims import checks as claims
-from dpoclaims.plugin.claim_tests import claim_test
+Generated from the paper table (dpoclaims.claims.paper): each entry of family ``weights`` is one
+test here, parametrized, marked and documented from its entry. One file per claim family, so that
+under ``pytest -n N --dist loadfile`` the families' generation passes run on different workers."""
 
+from dpoclaims.plugin.claim_tests import family_tests
 
-@claim_test("C11[cosine]")
-def test_C11_dpo_changes_weights_little(measurements, check_claim):
-    check_claim(claims.c11_weight_cosines(measurements))
-
-
-@claim_test("C11[toxic-activation]")
-def test_C11_top_toxic_neuron_activations_drop(measurements, check_claim):
-    check_claim(claims.c11_toxic_activation_drop(measurements))
+globals().update(family_tests(__name__))

@@ -173,10 +173,22 @@ def test_docs_claims_md_is_generated_from_the_paper_table():
     )
 
 
-def test_every_claims_test_reads_its_entry_from_the_paper_table():
-    used = set()
+def test_every_claims_file_is_a_family_of_the_paper_table_and_every_entry_has_its_file():
+    """A claim is one entry (and one function): the claims files only generate the tests of
+    their family, and every entry's family has its file."""
+    from dpoclaims.claims.registry import registered
+    from dpoclaims.plugin.claim_tests import family_tests
+
+    files = {path.stem.removeprefix("test_") for path in (ROOT / "claims").glob("test_*.py")}
+    assert files == {entry.family for entry in paper.ENTRIES}
     for path in (ROOT / "claims").glob("test_*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "claim_test":
-                used.add(node.args[0].value)
-    assert used == set(paper.TABLE)
+        body = [
+            node
+            for node in ast.parse(path.read_text()).body
+            if not isinstance(node, ast.ImportFrom)
+            and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+        ]
+        assert len(body) == 1 and "family_tests(__name__)" in ast.unparse(body[0]), path
+    generated = {name for family in files for name in family_tests(f"claims.test_{family}")}
+    assert len(generated) == len(paper.ENTRIES)
+    assert set(registered()) == set(paper.TABLE)  # one function bound to each entry

@@ -23,7 +23,7 @@ from dpoclaims.claims.results import ClaimResult
 def test_finding(check_claim):
     check_claim(ClaimResult(claim="C6", param="fake", statement="a finding", criterion="net/gross <= 0.5",
                              measured=0.9, ci=(0.8, 1.0), exact=False, p_value=1.0, verdict="contradicts",
-                             paper=0.15))
+                             paper=0.15, p_against=0.0001))
 
 
 @pytest.mark.ablation
@@ -69,7 +69,7 @@ def test_a_declared_non_replication_makes_the_run_green(suite, tmp_path, monkeyp
     result.assert_outcomes(xfailed=2)
     markdown = (tmp_path / "reports" / "claims.md").read_text()
     assert (
-        "| C6[fake] | noise | a finding | 0.150 | 0.900 | [0.800, 1.000] | 1 | 1 | contradicts (declared) | contradicts | xfailed |"
+        "| C6[fake] | noise | a finding | 0.150 | 0.900 | [0.800, 1.000] | - | 1 | <0.001 | contradicts (declared) | contradicts | xfailed |"
         in markdown
     )
 

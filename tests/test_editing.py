@@ -1,6 +1,6 @@
 """Activation editing (dpoclaims.claims.editing, C13): sign groups and selection on known numbers, the
-edit at every position of a perplexity window, no hook left after an edited pass, and the edit
-search's verdict on a synthetic measurement (no model)."""
+edit at every position of a perplexity window or at the authors' one position, no hook left after
+an edited pass. The edit search is the searches' driver: tests/test_search.py."""
 
 from __future__ import annotations
 
@@ -8,16 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from dpoclaims.claims import edit_search, editing, paper
-from dpoclaims.claims.checks import EditComparison
+from dpoclaims.claims import editing, paper
 from dpoclaims.claims.editing import EditSpec
-from dpoclaims.claims.results import ClaimRecord, Expectation
 from dpoclaims.errors import OptionError
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.evaluation import intervened_perplexity
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.models.mlp import neuron_activation_modules
-from dpoclaims.stats import bootstrap, mean_difference
 from dpoclaims.train.organism import corpus
 
 # 2 layers x 6 neurons. Layer 0: TP (c>0, m>0) ids 0-2, TN (c>0, m<0) ids 3-5. Layer 1 (ids 6-11):
@@ -209,55 +206,42 @@ def test_the_unembedding_direction_names_words_the_tokenizer_lacks(gpt2_pair):
         editing.unembedding_direction(gpt2_pair)
 
 
-# ------------------------------------------------------------------------- the search (no model)
-
-N_PROMPTS = 200
-NOISE = np.random.default_rng(1).normal(0.0, 0.05, N_PROMPTS)
+# ------------------------------------------------------------------------- the authors' positions
 
 
-def synthetic_point(spec: EditSpec, toxicity_gap: float, perplexity_gap: float) -> edit_search.EditPoint:
-    """An edit whose toxicity is DPO's plus ``toxicity_gap`` and perplexity DPO's times (1 + gap)."""
-    dpo = 0.3 + NOISE
-    edited = dpo + toxicity_gap + np.random.default_rng(2).normal(0.0, 0.01, N_PROMPTS)
-    toxicity = bootstrap(mean_difference, edited, dpo)
-    ppl_rows = np.full(N_PROMPTS, perplexity_gap) + np.random.default_rng(3).normal(0.0, 0.002, N_PROMPTS)
-    perplexity = bootstrap(lambda x, axis=0: np.mean(x, axis=axis), ppl_rows)
-    n_neurons = int(spec.beta * 1000)
-    row = {
-        "toxicity": float(edited.mean()),
-        "toxicity_ci": [0, 1],
-        "perplexity": 10.0,
-        "perplexity_ci": [9, 11],
-    }
-    return edit_search.EditPoint(
-        spec, f"edit-{spec}", n_neurons, EditComparison(toxicity, perplexity), row, 0.3
-    )
+@pytest.mark.parametrize("positions", ["last", "first"])
+def test_an_edit_at_one_position_writes_only_that_position_of_each_forward(gpt2_pair, positions):
+    """ "last" (the authors' generation hooks): the prompt's last token, then each new token (a
+    one-token forward with the KV cache); "first": position 0 of each forward. Every other
+    position of a forward reads the plain activation."""
+    pair = gpt2_pair
+    raw = pair.model("base")
+    edit = edit_of(pair, "overwrite").at(positions)
+    settings = GenerationSettings(max_prompt_tokens=8, max_new_tokens=3, batch_size=2)
+    recorder = NeuronInputs(raw, pair.layout)
+    try:
+        with edit.applied(raw, pair.layout) as model:
+            greedy_generate(model, pair.tokenizer, TEXTS[:2], settings, progress=False)
+    finally:
+        recorder.remove()
+    idx, values = edit._per_layer_values(pair.layout)[0]
+    forwards = recorder.inputs[0]
+    assert len(forwards) >= 2 and forwards[0].shape[1] > 1 and forwards[1].shape[1] == 1
+    prompt = forwards[0][..., idx]  # [batch, prompt_len, edited]
+    written = -1 if positions == "last" else 0
+    torch.testing.assert_close(prompt[:, written], values.expand_as(prompt[:, written]))
+    others = [p for p in range(prompt.shape[1]) if p != prompt.shape[1] + written and p != written]
+    assert others and not torch.allclose(prompt[:, others], values.expand_as(prompt[:, others]))
+    for step in forwards[1:]:  # one token per forward: its only position is both the first and the last
+        torch.testing.assert_close(step[..., idx][:, 0], values.expand_as(step[..., idx][:, 0]))
 
 
-def test_the_edit_search_finds_and_shrinks_an_edit_that_beats_dpo():
-    # beats DPO on both counts from beta 0.4 with alpha >= 0.05; perplexity rises with beta
-    def measure(spec: EditSpec) -> edit_search.EditPoint:
-        reaches = spec.beta >= 0.4 and spec.alpha >= 0.05
-        return synthetic_point(spec, -0.05 if reaches else 0.05, spec.beta - 0.9)
-
-    space = edit_search.EditSpace(editing.DIRECTIONS)
-    result = edit_search.run_edit_search(space, measure, max_examples=30, seed=0)
-    assert all(s in result.points for s in edit_search.stated_edits())  # measured before drawing
-    assert result.verdict == "replicates" and result.found is not None
-    assert result.p_value == min(1.0, len(result.points) * min(p.p_value for p in result.points.values()))
-    if result.shrunk:  # Hypothesis shrank it toward the fewest neurons
-        assert result.found.spec.beta == 0.4 and result.found.spec.alpha == 0.05
-    claim = result.claim_result()
-    assert str(claim.id) == "C13[search]" and claim.verdict == "replicates" and "edit found" in claim.finding
-
-
-def test_the_edit_search_contradicts_when_every_edit_is_worse_than_dpo():
-    space = edit_search.EditSpace(("probe",))
-    result = edit_search.run_edit_search(
-        space, lambda spec: synthetic_point(spec, 0.05, 0.1), max_examples=5, seed=0
-    )
-    assert result.found is None and result.verdict == "contradicts"
-    assert result.best is not None and result.claim_result().verdict == "contradicts"
+def test_an_intervention_at_other_positions_has_its_own_id():
+    every = Intervention("edit", (1, 2), values=(0.5, 0.5))
+    assert every.id != every.at("last").id != every.at("first").id
+    assert every.at("last").at("every") == every
+    with pytest.raises(OptionError, match="every position"):
+        Intervention("scale_keys", (1,), factor=2.0, positions="last")
 
 
 def test_c13_tests_both_stated_constant_sets():
@@ -267,49 +251,3 @@ def test_c13_tests_both_stated_constant_sets():
         "C13[alpha=0.01,beta=0.55]",
         "C13[alpha=0.05,beta=0.5]",
     ]
-
-
-def test_the_report_names_the_best_edit_and_draws_the_front(tmp_path):
-    from dpoclaims.report import writer as report
-
-    def measure(spec: EditSpec) -> edit_search.EditPoint:
-        return synthetic_point(spec, 0.05 - spec.beta * 0.08, spec.beta - 0.7)
-
-    reference = {
-        "toxicity": 0.3,
-        "toxicity_ci": [0.28, 0.32],
-        "perplexity": 10.0,
-        "perplexity_ci": [9.5, 10.5],
-    }
-    references = [
-        {**reference, "kind": "base", "label": "base", "toxicity": 0.5},
-        {**reference, "kind": "dpo", "label": "DPO"},
-        {**reference, "kind": "C1 ablation", "label": "ablate top 2 toxic", "toxicity": 0.45},
-    ]
-    result = edit_search.run_edit_search(
-        edit_search.EditSpace(editing.DIRECTIONS), measure, max_examples=12, seed=0, references=references
-    )
-    claim = result.claim_result()
-    record = ClaimRecord(
-        id=claim.id,
-        order=0,
-        keyword="editing",
-        expectation=Expectation(),
-        outcome="passed",
-        node_id="claims/test_editing.py::x",
-        result=claim,
-    )
-    header = {
-        "pair": "synthetic",
-        "fingerprint": "f",
-        "n_prompts": N_PROMPTS,
-        "convention": "v1",
-        "scorer": "s",
-    }
-    report.write_reports([record], tmp_path, header)
-    text = (tmp_path / "claims.md").read_text()
-    best = result.best
-    assert best is not None and "Activation editing:" in text
-    assert f"best: alpha {best.spec.alpha:g}, beta {best.spec.beta:g}" in text
-    assert "| DPO | - |" in text and "best edit" in text and "stated edit" in text
-    assert (tmp_path / "figures" / "c13_edit_front.png").stat().st_size > 0

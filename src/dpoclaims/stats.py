@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,7 +47,10 @@ from scipy import stats
 from dpoclaims.errors import DpoclaimsError
 
 CONFIDENCE = 0.95
-N_RESAMPLES = 2000
+# 10,000 resamples: a verdict is read at a family-wise level (dpoclaims.claims.decision: 0.05 over
+# every claim test, about 0.0015 a side), so the tails must hold enough resamples to place it; the
+# smallest p-value a bootstrap can give is 1 / (1 + N_RESAMPLES).
+N_RESAMPLES = 10_000
 ONE_SIDED_ALPHA = (1 - CONFIDENCE) / 2  # the one-sided level a 95% two-sided interval decides at
 MIN_PROMPTS = 2  # fewer prompts than this: no interval, the figure is "not measurable"
 MIN_PEARSON_PAIRS = 4  # the Fisher-z standard error 1/sqrt(n - 3) needs n >= 4
@@ -99,6 +102,25 @@ class Estimate:
         if not math.isfinite(self.value):
             return False
         return self.exact or not (math.isnan(self.low) or math.isnan(self.high))
+
+    def interval(self, side_alpha: float = ONE_SIDED_ALPHA) -> tuple[float, float]:
+        """The two-sided interval with ``side_alpha`` in each tail: the percentiles of the bootstrap
+        distribution (the Fisher-z interval for Pearson r; the point for an exact figure). At the
+        default level it is ``(low, high)``; NaN where the figure is not measurable."""
+        if not self.measurable:
+            return (float("nan"), float("nan"))
+        if self.exact:
+            return (self.value, self.value)
+        if self.method == "fisher_z":
+            if self.n is None:
+                raise StatsError("a Fisher-z estimate needs its number of pairs n for an interval")
+            z, se = _fisher_z(self.value), 1 / math.sqrt(self.n - 3)
+            q = float(stats.norm.ppf(1 - side_alpha))
+            return (math.tanh(z - q * se), math.tanh(z + q * se))
+        if self.resampled is None:
+            return (self.low, self.high)
+        low, high = np.quantile(self.resampled, [side_alpha, 1 - side_alpha])
+        return (float(low), float(high))
 
     def fraction(self, predicate: Callable[[np.ndarray], np.ndarray]) -> float:
         """Fraction of resamples whose statistic satisfies ``predicate`` (vectorised, e.g.
@@ -209,6 +231,12 @@ class Resampler:
         return self.estimate(statistic, *samples).fraction(predicate)
 
 
+def estimate_from_resampled(value: float, resampled: np.ndarray, scheme: tuple[int, int, int]) -> Estimate:
+    """An estimate from a statistic's value and its bootstrap distribution ``[n_resamples]`` made on
+    the resampler with ``scheme`` (for statistics computed outside :class:`Resampler`)."""
+    return _from_resampled(value, np.asarray(resampled, dtype=np.float64), scheme)
+
+
 def _from_resampled(value: float, resampled: np.ndarray, scheme: tuple[int, int, int]) -> Estimate:
     """The percentile interval of a bootstrap distribution ``[n_resamples]``."""
     resampled.setflags(write=False)
@@ -269,6 +297,26 @@ def difference(a: Estimate, b: Estimate) -> Estimate:
         )
     assert a.scheme is not None  # a bootstrap estimate with resampled values always has its scheme
     return _from_resampled(value, a.resampled - b.resampled, a.scheme)
+
+
+def ratio(numerator: Estimate, denominator: Estimate) -> Estimate:
+    """The paired bootstrap estimate of ``numerator / denominator`` (both from the same resampler).
+    Where the denominator is not positive the ratio has no meaning; the caller states the domain
+    (dpoclaims.claims.decision.Figure), this only divides."""
+    if numerator.resampled is None or denominator.resampled is None:
+        raise StatsError("a ratio of estimates needs both bootstrap distributions")
+    if numerator.scheme != denominator.scheme:
+        raise StatsError(
+            f"a paired ratio needs one resampler; schemes differ: {numerator.scheme} vs {denominator.scheme}"
+        )
+    assert numerator.scheme is not None
+    with np.errstate(divide="ignore", invalid="ignore"):
+        value = numerator.value / denominator.value if denominator.value != 0 else math.nan
+        resampled = numerator.resampled / denominator.resampled
+    resampled = np.where(np.isfinite(resampled), resampled, np.nan)
+    if not math.isfinite(value):
+        return _undefined(value, numerator.n)
+    return _from_resampled(value, resampled, numerator.scheme)
 
 
 def bootstrap_difference(
@@ -535,6 +583,39 @@ def p_value(estimate: Estimate, criterion: Criterion) -> float:
     return _one_sided(estimate, criterion.limit, criterion.paper_side, criterion.inclusive)
 
 
+def p_fails(estimate: Estimate, criterion: Criterion) -> float:
+    """One-sided p-value of H0 "the criterion holds" against H1 "it does not" (the other side of
+    the threshold, the threshold itself included unless ``inclusive``): the test that a
+    "contradicts" verdict reads. ``inside`` criteria: H1 is "at or beyond one of the bounds", a
+    union of two one-sided alternatives, so p is twice the smaller of their p-values (Bonferroni,
+    capped at 1). NaN when the estimate is not measurable."""
+    if not estimate.measurable:
+        return float("nan")
+    if estimate.exact:
+        return 1.0 if criterion.holds(estimate.value) else 0.0
+    if criterion.paper_side == "inside":
+        low, high = criterion.interval
+        below = _one_sided(estimate, low, "below", inclusive=True)  # H1: at or below the lower bound
+        above = _one_sided(estimate, high, "above", inclusive=True)
+        return min(1.0, 2 * min(below, above))
+    flipped: Literal["below", "above"] = "above" if criterion.paper_side == "below" else "below"
+    return _one_sided(estimate, criterion.limit, flipped, inclusive=not criterion.inclusive)
+
+
+def decide(p_holds: float, p_fails: float, side_alpha: float = ONE_SIDED_ALPHA) -> Verdict:
+    """The verdict from the two one-sided p-values of a claim: "replicates" when H0 "it does not
+    hold" is rejected at ``side_alpha``, "contradicts" when H0 "it holds" is, "inconclusive"
+    otherwise, "not measurable" when either is NaN. At most one of the two nulls is true, so a
+    wrong definite verdict has probability at most ``side_alpha``."""
+    if math.isnan(p_holds) or math.isnan(p_fails):
+        return "not measurable"
+    if p_holds <= side_alpha:
+        return "replicates"
+    if p_fails <= side_alpha:
+        return "contradicts"
+    return "inconclusive"
+
+
 def _one_sided(
     estimate: Estimate, threshold: float, paper_side: Literal["below", "above"], inclusive: bool = False
 ) -> float:
@@ -556,31 +637,3 @@ def _one_sided(
     else:
         on_null_side = resampled < threshold if inclusive else resampled <= threshold
     return float((1 + np.count_nonzero(on_null_side)) / (1 + len(resampled)))
-
-
-def holm(p_values: Mapping[str, float]) -> dict[str, float]:
-    """Holm-Bonferroni adjusted p-values over a family (same keys).
-
-    Sorted ascending, the i-th smallest (1-based) of m becomes max over j <= i of
-    min(1, (m - j + 1) p_(j)): monotone in the raw p-values and never below them. NaN entries
-    (claims that were not measurable) are no test: they stay NaN and do not count in m.
-    """
-    tested = sorted(((p, key) for key, p in p_values.items() if not math.isnan(p)), key=lambda item: item[0])
-    for p, key in tested:
-        if not 0.0 <= p <= 1.0:
-            raise StatsError(f"p-value of {key!r} must lie in [0, 1], got {p}")
-    m = len(tested)
-    adjusted = {key: float("nan") for key in p_values}
-    running = 0.0
-    for rank, (p, key) in enumerate(tested):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[key] = running
-    return adjusted
-
-
-def changed_by_holm(p_values: Mapping[str, float], alpha: float = ONE_SIDED_ALPHA) -> list[str]:
-    """Keys whose raw p-value is below ``alpha`` but whose Holm-adjusted one is not: the claims
-    whose "replicates" the family-wise adjustment would not support (verdicts themselves stay
-    on the 95% interval, which decides at the one-sided level ``alpha``)."""
-    adjusted = holm(p_values)
-    return [key for key, p in p_values.items() if p < alpha <= adjusted[key]]

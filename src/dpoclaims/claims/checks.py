@@ -1,36 +1,45 @@
 """The paper's claims as plain functions of a pair's :class:`Measurements`.
 
-One function per sentence of the paper, registered by its key (``@claim("C5")``); its entry in
-:mod:`dpoclaims.claims.paper` holds the sentence, source, figures and the decision rule, which
-:func:`claim_result` applies (a claim function never builds one). Parameters are real ones only
-(N, factor, group, denominator). Each measures the pair and returns a :class:`ClaimResult`
-saying whether the paper's finding replicates. Claims the paper states as a refuted hypothesis ("ablation matches
-DPO") are flagged ``hypothesis=True``: their test asserts the hypothesis and is expected to fail.
+One function per entry of :mod:`dpoclaims.claims.paper`, bound to it by ``@claim(key)``. Each
+measures the pair and returns its figures (:class:`~dpoclaims.claims.registry.Measured`), named
+as the entry's criterion names them; :func:`dpoclaims.claims.registry.run_claim` decides. Parameters
+are real ones only (N, factor, group, denominator, constants).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
-from dpoclaims import stats
 from dpoclaims.claims import editing, paper, selection
-from dpoclaims.claims.registry import claim
-from dpoclaims.claims.results import ClaimResult
+from dpoclaims.claims.decision import Figure
+from dpoclaims.claims.registry import Measured, claim
 from dpoclaims.hooks.interventions import Intervention
-from dpoclaims.measure.decomposition import REDUCING_GROUPS, Decomposition
+from dpoclaims.measure.decomposition import (
+    BASE_ACTIVATION,
+    CONTRIBUTION,
+    DPO_ACTIVATION,
+    REDUCING_GROUPS,
+    Decomposition,
+)
 from dpoclaims.measure.measurements import NO_INTERVENTION, Measurements
 from dpoclaims.measure.metrics import weight_cosines
 from dpoclaims.measure.side_effects import f1_summary
-from dpoclaims.models.loading import MLPLayout
 from dpoclaims.models.pairs import PairSide
-from dpoclaims.stats import Criterion, Estimate, Verdict, bootstrap, mean_difference, recovered_share
+from dpoclaims.stats import (
+    Estimate,
+    StatsError,
+    bootstrap,
+    difference,
+    mean_difference,
+    ratio,
+    recovered_share,
+)
 
 # C1 draws the paper's Fig. 1a (layer-wise projection) for the base under the ablation of the
 # top-N toxic neurons at this N: that pass's activations are recorded (see recorded_passes).
@@ -44,182 +53,25 @@ def recorded_passes(d: Decomposition) -> tuple[tuple[PairSide, Intervention], ..
     return (("base", selection.ablation(d, FIGURE_1A_N)),)
 
 
-def claim_result(
-    key: str,
-    param: Any = None,
-    *,
-    estimate: Estimate,
-    parts: Mapping[str, Estimate] | None = None,
-    layout: MLPLayout | None = None,
-    details: dict[str, Any] | None = None,
-    verdict_override: Verdict | None = None,
-    p_override: float | None = None,
-) -> ClaimResult:
-    """A claim's result: texts, the paper's figure and the rule from the paper-table entry ``key``,
-    the verdict and p-value from ``estimate`` (and each of the entry's ``parts``) against it.
-
-    A claim with parts replicates only if every part does (:func:`dpoclaims.stats.combined_verdict`);
-    its p-value is the largest of the parts', each part's figures go to ``details[part.name]``.
-    ``layout`` resolves a scaled threshold (:meth:`ClaimEntry.rule_for`). ``verdict_override``
-    (with ``p_override``) is for a verdict decided otherwise: DPO not reducing toxicity (not
-    measurable), a search over many measured points."""
-    entry = paper.entry(key)
-    if entry.scaled and layout is None:
-        raise ValueError(f"{key}: its threshold is scaled to the pair; pass the pair's layout")
-    rule = entry.rule_for(layout.n_layers, layout.n_neurons) if layout is not None else entry.rule
-    details = dict(details or {})
-    verdicts = [stats.verdict(estimate, rule)]
-    p_values = [_p_value(estimate, rule)]
-    expected_parts = {part.name: part for part in entry.parts_for(param)}
-    if parts is None and verdict_override is not None:  # a search: the verdict speaks for every part
-        expected_parts = {}
-    if set(parts or {}) != set(expected_parts):
-        raise ValueError(
-            f"{key}: parts {sorted(parts or {})} measured, the paper table has {sorted(expected_parts)}"
-        )
-    for name, part_estimate in (parts or {}).items():
-        part_rule = expected_parts[name].rule
-        verdicts.append(stats.verdict(part_estimate, part_rule))
-        p_values.append(stats.p_value(part_estimate, part_rule))  # a part of zero width has one too
-        details[name] = {**_interval(part_estimate), "p_value": p_values[-1], "verdict": verdicts[-1]}
-    verdict = verdict_override or stats.combined_verdict(verdicts)
-    finding = ""
-    if zero_width(estimate):
-        # Every resample gave the same figure: the prompts do not vary in it, so its sampling
-        # error cannot be estimated, and an interval [x, x] would claim a certainty never measured.
-        verdict = "not measurable"
-        finding = (
-            f"its 95% interval has zero width ([{estimate.low:.4g}, {estimate.high:.4g}]): every resample gave "
-            "the same figure, so its sampling error cannot be estimated; measure on more varied prompts"
-        )
-    measurable = estimate.measurable and verdict != "not measurable"
-    if p_override is not None:
-        p_value = p_override
-    elif measurable:
-        p_value = max(p_values)
-    else:
-        p_value = float("nan")
-    claim_id = entry.claim_id(param)
-    return ClaimResult(
-        claim=claim_id.claim,
-        param=claim_id.param,
-        statement=entry.text(entry.statement, param),
-        criterion=entry.text(entry.criterion, param),
-        measured=estimate.value,
-        ci=(estimate.low, estimate.high) if measurable and not estimate.exact else None,
-        exact=estimate.exact,
-        p_value=p_value,
-        verdict=verdict,
-        paper=entry.figure(param),
-        hypothesis=entry.hypothesis,
-        details=details,
-        finding=finding,
-    )
+# ------------------------------------------------------------------------- behavioural figures
 
 
-def _p_value(estimate: Estimate, rule: Criterion) -> float:
-    """The p-value of ``estimate`` against ``rule``; NaN for a zero-width interval (not measurable)."""
-    return float("nan") if zero_width(estimate) else stats.p_value(estimate, rule)
+def dpo_drop(m: Measurements, rows: np.ndarray | None = None) -> Estimate:
+    """DPO's toxicity drop (base minus DPO) on the pair's prompts (or the prompts ``rows``)."""
+    base, dpo = m.scores("base"), m.scores("dpo")
+    if rows is not None:
+        base, dpo = base[rows], dpo[rows]
+    return bootstrap(mean_difference, base, dpo, seed=m.settings.seed)
 
 
-def zero_width(estimate: Estimate) -> bool:
-    """An interval of zero width on a figure not marked exact."""
-    return estimate.measurable and not estimate.exact and estimate.low == estimate.high
-
-
-def recovered(m: Measurements, intervention: Intervention) -> Estimate:
-    """Share of DPO's toxicity drop that ``intervention`` on the base reproduces."""
-    return bootstrap(
-        recovered_share,
-        m.scores("base"),
-        m.scores("dpo"),
-        m.scores("base", intervention),
-        seed=m.settings.seed,
-    )
-
-
-def dpo_drop(m: Measurements) -> Estimate:
-    """DPO's toxicity drop on the pair's prompts (base minus DPO), with its interval."""
-    return bootstrap(mean_difference, m.scores("base"), m.scores("dpo"), seed=m.settings.seed)
-
-
-def _recovery_verdict(m: Measurements) -> tuple[Verdict | None, dict[str, Any]]:
-    """ "not measurable" when DPO does not reduce toxicity on these prompts (a share of its
-    drop is then undefined), with the figures; else no override."""
-    drop = dpo_drop(m)
-    figures = {"dpo_drop": drop.value, "dpo_drop_ci": [drop.low, drop.high]}
-    return ("not measurable" if not drop.value > 0 else None), figures
-
-
-def toxicity_summary(
-    m: Measurements, intervention: Intervention, side: PairSide = "base"
-) -> dict[str, float]:
-    scorer = m.settings.scorer
-    summary = {
-        "toxicity": m.evaluation(side, intervention).mean_toxicity(scorer),
-        "base_toxicity": m.evaluation("base").mean_toxicity(scorer),
-        "dpo_toxicity": m.evaluation("dpo").mean_toxicity(scorer),
-    }
-    if m.settings.perplexity == "all":  # the paper's Table 1 side effects: perplexity and F1
-        summary |= {"perplexity": m.perplexity(side, intervention), "base_perplexity": m.perplexity("base")}
-        summary |= f1_summary(m, intervention, side)
-    return summary
-
-
-def _group_details(d: Decomposition) -> dict[str, Any]:
-    return {
-        "groups": {g: {"count": d.group_count(g), "sum": d.group_sum(g)} for g in d.groups},
-        "net": d.net,
-        "gross": d.gross,
-    }
-
-
-def _interval(estimate: Estimate) -> dict[str, Any]:
-    return {"value": estimate.value, "ci": [estimate.low, estimate.high]}
-
-
-# ------------------------------------------------------------------------- the claims
-
-
-@claim("C1")
-def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> ClaimResult:
-    intervention = selection.ablation(m.decomposition, paper_n)
-    share = recovered(m, intervention)
-    override, drop = _recovery_verdict(m)
-    layers = {}
-    if paper_n == FIGURE_1A_N:  # the paper's Fig. 1a: where the ablated model still writes toxicity
-        layers = {
-            "layer_projection": {
-                "base": m.layer_projection("base").tolist(),
-                "dpo": m.layer_projection("dpo").tolist(),
-                "base_ablated": m.layer_projection("base", intervention).tolist(),
-            }
-        }
-    details = {
-        "n_neurons_ablated": len(intervention.neurons),
-        **drop,
-        **toxicity_summary(m, intervention),
-        **layers,
-    }
-    return claim_result("C1", paper_n, estimate=share, details=details, verdict_override=override)
-
-
-@claim("C2")
-def c2_positive_ablation(m: Measurements, paper_n: int) -> ClaimResult:
-    """Below 80%, and (where the paper compares) above plain ablation by the paired difference:
-    the entry's two parts (its ``more_than_plain`` part applies to N = 100, 200, 1000)."""
-    positive = selection.ablation(m.decomposition, paper_n, positive=True)
-    share = recovered(m, positive)
-    override, drop = _recovery_verdict(m)
-    details = {"n_neurons_ablated": len(positive.neurons), **drop, **toxicity_summary(m, positive)}
-    parts = {}
-    if paper.entry("C2").parts_for(paper_n):  # where the paper compares with plain top-N ablation
-        plain = recovered(m, selection.ablation(m.decomposition, paper_n))
-        parts["more_than_plain"] = stats.difference(share, plain)  # paired over the same resampled prompts
-        details["plain_top_n_share"] = plain.value
-    return claim_result(
-        "C2", paper_n, estimate=share, parts=parts, details=details, verdict_override=override
-    )
+def recovered(m: Measurements, intervention: Intervention, rows: np.ndarray | None = None) -> Figure:
+    """The share of DPO's toxicity drop that ``intervention`` on the base reproduces (on the
+    prompts ``rows``, all by default): defined where DPO's drop is shown positive."""
+    samples = [m.scores("base"), m.scores("dpo"), m.scores("base", intervention)]
+    if rows is not None:
+        samples = [s[rows] for s in samples]
+    share = bootstrap(recovered_share, *samples, seed=m.settings.seed)
+    return Figure(share, (("DPO's toxicity drop", dpo_drop(m, rows)),))
 
 
 def perplexity_increase(
@@ -228,6 +80,33 @@ def perplexity_increase(
     """Perplexity over the reference's, minus 1, from per-row NLL sums over the same rows and tokens."""
     total = np.maximum(np.sum(counts, axis=axis), 1)
     return np.exp((np.sum(nll, axis=axis) - np.sum(reference_nll, axis=axis)) / total) - 1
+
+
+def perplexity_vs(
+    m: Measurements,
+    side: PairSide,
+    intervention: Intervention,
+    reference: PairSide,
+    reference_intervention: Intervention = NO_INTERVENTION,
+    rows: np.ndarray | None = None,
+) -> Estimate:
+    """Held-out perplexity of ``side`` under ``intervention`` over ``reference``'s, minus 1, paired
+    over the held-out texts (or windows; ``rows`` of them). An activation edit written at the last
+    position in generation is measured at every scored position here: each position of a text
+    predicts its next token, as each last position does in generation."""
+    measured = intervention.at("every") if intervention.positions == "last" else intervention
+    nll, tokens = m.perplexity_rows(side, measured)
+    reference_nll, reference_tokens = m.perplexity_rows(reference, reference_intervention)
+    if not np.array_equal(tokens, reference_tokens):  # the same tokenizer and texts: never expected to differ
+        raise StatsError("the two sides scored different token counts on the held-out texts")
+    if rows is not None:
+        nll, reference_nll, tokens = nll[rows], reference_nll[rows], tokens[rows]
+    return bootstrap(perplexity_increase, nll, reference_nll, tokens, seed=m.settings.seed)
+
+
+def capability(m: Measurements, intervention: Intervention, rows: np.ndarray | None = None) -> Figure:
+    """The intervened base's held-out perplexity over DPO's, minus 1 (``rows``: of the held-out rows)."""
+    return Figure(perplexity_vs(m, "base", intervention, "dpo", rows=rows))
 
 
 def _perplexity_of_rows(nll: np.ndarray, counts: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -244,7 +123,8 @@ def toxicity_and_perplexity(
     """Mean toxicity over prompts and perplexity on the held-out texts of ``side`` under
     ``intervention``, each with its 95% bootstrap interval (over prompts; over texts or windows)."""
     toxicity = bootstrap(_mean, m.scores(side, intervention), seed=m.settings.seed)
-    nll, tokens = m.perplexity_rows(side, intervention)
+    scored = intervention.at("every") if intervention.positions == "last" else intervention
+    nll, tokens = m.perplexity_rows(side, scored)
     perplexity = bootstrap(_perplexity_of_rows, nll, tokens, seed=m.settings.seed)
     return {
         "label": ("base" if side == "base" else "DPO")
@@ -252,6 +132,7 @@ def toxicity_and_perplexity(
         else intervention.label or intervention.id,
         "side": side,
         "intervention": intervention.id,
+        "positions": intervention.positions,
         "toxicity": toxicity.value,
         "toxicity_ci": [toxicity.low, toxicity.high],
         "perplexity": perplexity.value,
@@ -259,192 +140,405 @@ def toxicity_and_perplexity(
     }
 
 
+def intervention_summary(
+    m: Measurements, intervention: Intervention, side: PairSide = "base"
+) -> dict[str, Any]:
+    """Toxicity and held-out perplexity of ``side`` under ``intervention`` beside base and DPO
+    (and, with ``--perplexity all``, the paper's Table 1 F1)."""
+    scorer = m.settings.scorer
+    scored = intervention.at("every") if intervention.positions == "last" else intervention
+    summary: dict[str, Any] = {
+        "toxicity": m.evaluation(side, intervention).mean_toxicity(scorer),
+        "base_toxicity": m.evaluation("base").mean_toxicity(scorer),
+        "dpo_toxicity": m.evaluation("dpo").mean_toxicity(scorer),
+        "perplexity": m.perplexity(side, scored),
+        "base_perplexity": m.perplexity("base"),
+        "dpo_perplexity": m.perplexity("dpo"),
+    }
+    if m.settings.perplexity == "all":  # the paper's Table 1 side effects: F1 too
+        summary |= f1_summary(m, intervention, side)
+    return summary
+
+
+def _interval(estimate: Estimate, side_alpha: float = paper.SIDE_ALPHA) -> dict[str, Any]:
+    return {"value": estimate.value, "ci": list(estimate.interval(side_alpha))}
+
+
+def every_position_variant(m: Measurements, intervention: Intervention) -> dict[str, Any]:
+    """The same patch or edit written at every position (prompt included), reported beside the
+    authors' last-position one: its recovered share (of DPO's drop) or toxicity and perplexity."""
+    variant = intervention.at("every")
+    share = recovered(m, variant).estimate
+    return {
+        "positions": "every",
+        "share": _interval(share),
+        "perplexity_vs_dpo": _interval(perplexity_vs(m, "base", variant, "dpo")),
+        **intervention_summary(m, variant),
+    }
+
+
+# ------------------------------------------------------------------------- ablation (C1, C2)
+
+
+@claim("C1")
+def c1_ablation_matches_dpo(m: Measurements, paper_n: int) -> Measured:
+    intervention = selection.ablation(m.decomposition, paper_n)
+    details: dict[str, Any] = {
+        "n_neurons_ablated": len(intervention.neurons),
+        **intervention_summary(m, intervention),
+    }
+    if paper_n == FIGURE_1A_N:  # the paper's Fig. 1a: where the ablated model still writes toxicity
+        details["layer_projection"] = {
+            "base": m.layer_projection("base").tolist(),
+            "dpo": m.layer_projection("dpo").tolist(),
+            "base_ablated": m.layer_projection("base", intervention).tolist(),
+        }
+    figures = {paper.SHARE: recovered(m, intervention), paper.PERPLEXITY_VS_DPO: capability(m, intervention)}
+    return Measured(figures, details)
+
+
+@claim("C2")
+def c2_positive_ablation(m: Measurements, paper_n: int) -> Measured:
+    """Not matching DPO, and (where the paper compares) above plain ablation by the paired difference."""
+    positive = selection.ablation(m.decomposition, paper_n, positive=True)
+    share = recovered(m, positive)
+    figures = {paper.SHARE: share, paper.PERPLEXITY_VS_DPO: capability(m, positive)}
+    details: dict[str, Any] = {
+        "n_neurons_ablated": len(positive.neurons),
+        **intervention_summary(m, positive),
+    }
+    if paper_n in (100, 200, 1000):  # where the paper compares with plain top-N ablation
+        plain = recovered(m, selection.ablation(m.decomposition, paper_n))
+        # paired over the same resampled prompts
+        figures["more_than_plain"] = Figure(difference(share.estimate, plain.estimate), share.positive)
+        details["plain_top_n_share"] = plain.estimate.value
+    return Measured(figures, details)
+
+
 @claim("C2[perplexity]")
-def c2_ablation_costs_perplexity(m: Measurements) -> ClaimResult:
+def c2_ablation_costs_perplexity(m: Measurements) -> Measured:
     """The perplexity rise, bootstrapped over the held-out texts (or windows), paired."""
     intervention = selection.ablation(m.decomposition, 1000, positive=True)
-    ablated_nll, tokens = m.perplexity_rows("base", intervention)
-    base_nll, _ = m.perplexity_rows("base")
-    rise = bootstrap(perplexity_increase, ablated_nll, base_nll, tokens, seed=m.settings.seed)
-    return claim_result(
-        "C2[perplexity]",
-        estimate=rise,
-        details={
-            "perplexity": m.perplexity("base", intervention),
-            "base_perplexity": m.perplexity("base"),
-            "n_rows": len(tokens),
-            "n_neurons_ablated": len(intervention.neurons),
-        },
-    )
+    rise = perplexity_vs(m, "base", intervention, "base")
+    details = {
+        "perplexity": m.perplexity("base", intervention),
+        "base_perplexity": m.perplexity("base"),
+        "n_rows": len(m.perplexity_rows("base")[1]),
+        "n_neurons_ablated": len(intervention.neurons),
+    }
+    return Measured({"perplexity_vs_base": Figure(rise)}, details)
 
 
-def _patch(m: Measurements, groups: tuple[str, ...]) -> tuple[Estimate, Verdict | None, dict[str, Any]]:
-    intervention = selection.patch_to_dpo(m.decomposition, groups)
-    override, drop = _recovery_verdict(m)
-    details = {"n_neurons_patched": len(intervention.neurons), **drop, **toxicity_summary(m, intervention)}
-    return recovered(m, intervention), override, details
+# ------------------------------------------------------------------------- patching (C3, C10)
+
+
+def _patch(m: Measurements, groups: tuple[str, ...]) -> Measured:
+    """Patch ``groups`` to their DPO means at the authors' positions (the last of each forward)."""
+    intervention = selection.patch_to_dpo(m.decomposition, groups, positions="last")
+    details = {
+        "n_neurons_patched": len(intervention.neurons),
+        **intervention_summary(m, intervention),
+        "every_position": every_position_variant(m, intervention),
+    }
+    figures = {paper.SHARE: recovered(m, intervention), paper.PERPLEXITY_VS_DPO: capability(m, intervention)}
+    return Measured(figures, details)
 
 
 @claim("C3")
-def c3_patch_dampened(m: Measurements) -> ClaimResult:
-    share, override, details = _patch(m, ("TP-",))
-    return claim_result("C3", estimate=share, details=details, verdict_override=override)
-
-
-@claim("C4")
-def c4_dampened_share(m: Measurements, denominator: str) -> ClaimResult:
-    d = m.decomposition
-    share = d.share("TP-", denominator, seed=m.settings.seed)
-    return claim_result("C4", denominator, estimate=share, details=_group_details(d))
-
-
-@claim("C5")
-def c5_group_share(m: Measurements, group: str) -> ClaimResult:
-    d = m.decomposition
-    share = d.share(group, "four-groups", seed=m.settings.seed)
-    details = {"count": d.group_count(group), "sum": d.group_sum(group)}
-    return claim_result("C5", group, estimate=share, details=details)
-
-
-@claim("C5[anti-toxic]")
-def c5_anti_toxic_share(m: Measurements) -> ClaimResult:
-    d = m.decomposition
-    share = d.share(("AP+", "AN-"), "four-groups", seed=m.settings.seed)
-    return claim_result("C5[anti-toxic]", estimate=share, details=_group_details(d))
-
-
-@claim("C6[increasing]")
-def c6_fraction_increasing(m: Measurements) -> ClaimResult:
-    d = m.decomposition
-    fraction = d.fraction_increasing_estimate(seed=m.settings.seed)
-    details = {"n_increasing": int((d.contribution < 0).sum()), "n_neurons": d.contribution.numel()}
-    return claim_result("C6[increasing]", estimate=fraction, details=details)
-
-
-@claim("C6[net-over-gross]")
-def c6_net_over_gross(m: Measurements) -> ClaimResult:
-    d = m.decomposition
-    ratio = d.net_over_gross(seed=m.settings.seed)
-    return claim_result("C6[net-over-gross]", estimate=ratio, details={"net": d.net, "gross": d.gross})
-
-
-@claim("C7[top-toxic]")
-def c7_top_toxic_share(m: Measurements) -> ClaimResult:
-    d = m.decomposition
-    ids = torch.tensor(selection.top_toxic_ids(d, 1000))
-    top = torch.zeros(d.cosines.numel(), dtype=torch.bool)
-    top[ids] = True
-    everyone = torch.ones_like(d.cosines, dtype=torch.bool)
-    share = d.mask_share(top.view_as(d.cosines), everyone, seed=m.settings.seed)  # of the net
-    return claim_result("C7[top-toxic]", estimate=share, details={"n": len(ids), "net": d.net})
-
-
-@claim("C7[rank-to-net]")
-def c7_neurons_to_net(m: Measurements) -> ClaimResult:
-    """Neurons needed to reach the net, scaled to GPT-2 medium (the figure the paper speaks of)."""
-    d = m.decomposition
-    n_neurons = m.pair.layout.n_neurons
-    threshold = paper.scale_n(paper.NEURONS_TO_NET, n_neurons)
-    needed = d.neurons_to_reach_estimate(1.0, seed=m.settings.seed)
-    scale = paper.PAPER_NEURONS / n_neurons
-    scaled = Estimate(
-        needed.value * scale,
-        needed.low * scale,
-        needed.high * scale,
-        n=needed.n,
-        resampled=None if needed.resampled is None else needed.resampled * scale,
-        scheme=needed.scheme,
-    )
-    details = {
-        "neurons_needed": int(needed.value),
-        "threshold": threshold,
-        "neurons_needed_ci": [needed.low, needed.high],
-    }
-    return claim_result("C7[rank-to-net]", estimate=scaled, layout=m.pair.layout, details=details)
-
-
-@claim("C8[peak]")
-def c8_peak_layer(m: Measurements) -> ClaimResult:
-    """The peak layer's position (0 = first, 1 = last layer); the interval and p-value come from
-    where the peak falls across resamples (``fraction_in_last_third``)."""
-    d = m.decomposition
-    layers = d.per_layer()
-    n_layers = len(layers["total"])
-    late = paper.late_layers(n_layers)
-    peak = d.peak_layer_estimate(seed=m.settings.seed)
-    span = max(n_layers - 1, 1)
-    position = Estimate(
-        peak.value / span,
-        peak.low / span,
-        peak.high / span,
-        n=peak.n,
-        resampled=None if peak.resampled is None else peak.resampled / span,
-        scheme=peak.scheme,
-    )
-    details = {
-        "peak_layer": int(peak.value),
-        "fraction_in_last_third": peak.fraction(lambda layer: layer >= late.start),
-        "last_third_from_layer": late.start,
-        "per_layer": layers["total"].tolist(),
-    }
-    return claim_result("C8[peak]", estimate=position, layout=m.pair.layout, details=details)
-
-
-@claim("C8[late-groups]")
-def c8_late_groups(m: Measurements) -> ClaimResult:
-    d = m.decomposition
-    layers = d.per_layer()
-    late = paper.late_layers(len(layers["total"]))
-    in_late = torch.zeros_like(d.cosines, dtype=torch.bool)
-    in_late[late] = True
-    tp_an = (d.groups["TP-"] | d.groups["AN-"]) & in_late
-    reducing = torch.zeros_like(in_late)
-    for group in REDUCING_GROUPS:
-        reducing |= d.groups[group]
-    share = d.mask_share(tp_an, reducing & in_late, seed=m.settings.seed)
-    return claim_result(
-        "C8[late-groups]", estimate=share, details={g: layers[g].tolist() for g in REDUCING_GROUPS}
-    )
-
-
-@claim("C9")
-def c9_correlation(m: Measurements) -> ClaimResult:
-    r = m.decomposition.change_cosine_correlation()  # Fisher-z interval
-    return claim_result("C9", estimate=r)
+def c3_patch_dampened(m: Measurements) -> Measured:
+    return _patch(m, ("TP-",))
 
 
 @claim("C10")
-def c10_patch_all_groups(m: Measurements) -> ClaimResult:
-    share, override, details = _patch(m, REDUCING_GROUPS)
-    return claim_result("C10", estimate=share, details=details, verdict_override=override)
+def c10_patch_all_groups(m: Measurements) -> Measured:
+    return _patch(m, REDUCING_GROUPS)
 
 
-@claim("C11[cosine]")
-def c11_weight_cosines(m: Measurements) -> ClaimResult:
-    cosines = weight_cosines(m.pair.base, m.pair.dpo)
-    lowest = min(cosines, key=lambda name: cosines[name])
-    return claim_result(
-        "C11[cosine]",
-        estimate=Estimate.exact_value(cosines[lowest]),
-        details={"lowest": lowest, "n_matrices": len(cosines)},
+# ------------------------------------------------------------------------- the decomposition (C4-C9)
+
+
+class DecompositionStatistics:
+    """The statistics C4-C9 read, as functions of resampled neuron means
+    (:data:`dpoclaims.measure.decomposition.NeuronStatistic`): sums that select neurons from the
+    data are cross-fitted (selected on one fold, summed on the other, both ways, averaged), the
+    rest read the pooled means. Computed for every resample, and every null draw, in one pass."""
+
+    def __init__(self, d: Decomposition) -> None:
+        self.cosines = d.cosines.flatten().double().numpy()  # [N], base weights: fixed
+        self.n_layers, self.d_mlp = d.cosines.shape
+        top = np.zeros(self.cosines.size, dtype=bool)
+        top[list(selection.top_toxic_ids(d, 1000))] = True
+        self.top_toxic = top
+        late = np.zeros((self.n_layers, self.d_mlp), dtype=bool)
+        late[paper.late_layers(self.n_layers)] = True
+        self.late = late.flatten()
+
+    def groups(self, means: np.ndarray) -> dict[str, np.ndarray]:
+        """The four reducing groups ``[k, N]`` of resampled means ``[k, 3, N]`` (the decomposition's
+        definitions: dpoclaims.measure.decomposition.GROUP_SIGNS), the anti-toxic pair, all four,
+        and the D_i > 0 mask of the gross."""
+        base, change = means[:, BASE_ACTIVATION], means[:, BASE_ACTIVATION] - means[:, DPO_ACTIVATION]
+        toxic, anti = self.cosines > 0, self.cosines < 0
+        positive = base >= 0
+        down, up = change > 0, change < 0
+        found = {
+            "TP-": toxic & positive & down,
+            "TN+": toxic & ~positive & down,
+            "AP+": anti & positive & up,
+            "AN-": anti & ~positive & up,
+        }
+        found["anti-toxic"] = found["AP+"] | found["AN-"]
+        found["reducing"] = found["TP-"] | found["TN+"] | found["anti-toxic"]
+        found["late TP-/AN-"] = (found["TP-"] | found["AN-"]) & self.late
+        found["late reducing"] = found["reducing"] & self.late
+        found["gross"] = means[:, CONTRIBUTION] > 0
+        return found
+
+    @staticmethod
+    def half_gross_count(rank_on: np.ndarray, sum_on: np.ndarray) -> np.ndarray:
+        """Neurons, ranked by D_i on one fold, whose D_i on the other first reach half of the
+        sum over the first fold's D_i > 0 (all neurons when never reached): ``[k]``."""
+        ranking, summed = rank_on[:, CONTRIBUTION], sum_on[:, CONTRIBUTION]  # [k, N]
+        order = np.argsort(-ranking, axis=1, kind="stable")
+        curve = np.cumsum(np.take_along_axis(summed, order, axis=1), axis=1)
+        half = 0.5 * (summed * (ranking > 0)).sum(-1, keepdims=True)
+        reached = curve >= half
+        return np.where(reached.any(1), reached.argmax(1) + 1, ranking.shape[1]).astype(np.float64)
+
+    def __call__(self, pooled: np.ndarray, fold_a: np.ndarray, fold_b: np.ndarray) -> dict[str, np.ndarray]:
+        """Every statistic C4-C9 read (names as in :class:`DecompositionFigures`); the sums over
+        selected neurons are cross-fitted: selected on one fold, summed on the other, both ways,
+        averaged."""
+        on_a, on_b = self.groups(fold_a), self.groups(fold_b)
+        d_a, d_b, d = fold_a[:, CONTRIBUTION], fold_b[:, CONTRIBUTION], pooled[:, CONTRIBUTION]
+        out = {name: ((on_a[name] * d_b).sum(-1) + (on_b[name] * d_a).sum(-1)) / 2 for name in on_a}
+        change = pooled[:, BASE_ACTIVATION] - pooled[:, DPO_ACTIVATION]  # [k, N]
+        change = change - change.mean(1, keepdims=True)
+        cos = self.cosines - self.cosines.mean()
+        per_layer = d.reshape(len(d), self.n_layers, -1).sum(-1)  # [k, L]
+        return out | {
+            "net": d.sum(-1),
+            "top toxic": (d * self.top_toxic).sum(-1),
+            "fraction increasing": (d < 0).mean(-1),
+            "half-gross count": (
+                self.half_gross_count(fold_a, fold_b) + self.half_gross_count(fold_b, fold_a)
+            )
+            / 2,
+            "peak position": per_layer.argmax(-1) / max(self.n_layers - 1, 1),
+            # Pearson r over neurons between the activation change and the cosine
+            "r": (change @ cos) / (np.linalg.norm(change, axis=1) * np.linalg.norm(cos)),
+        }
+
+
+@dataclass
+class DecompositionFigures:
+    """Every C4-C9 statistic of a pair, with its bootstrap distribution and its null draws."""
+
+    estimates: dict[str, Estimate]
+    null: dict[str, np.ndarray]
+
+    def ratio(self, numerator: str, denominator: str) -> Estimate:
+        return ratio(self.estimates[numerator], self.estimates[denominator])
+
+    def null_ratio(self, numerator: str, denominator: str) -> np.ndarray:
+        """The ratio on each null draw; NaN where the denominator is not positive."""
+        num, den = self.null[numerator], self.null[denominator]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(den > 0, num / den, np.nan)
+
+
+_DECOMPOSITION_FIGURES: weakref.WeakKeyDictionary[Measurements, DecompositionFigures] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def decomposition_figures(m: Measurements) -> DecompositionFigures:
+    """The C4-C9 statistics of ``m``'s pair (computed once per measurements: one bootstrap pass
+    and one null pass over the per-prompt neuron data)."""
+    if m not in _DECOMPOSITION_FIGURES:
+        statistics = DecompositionStatistics(m.decomposition)
+        sample = m.neuron_sample
+        _DECOMPOSITION_FIGURES[m] = DecompositionFigures(
+            sample.bootstrap(statistics, seed=m.settings.seed), sample.null(statistics, seed=m.settings.seed)
+        )
+    return _DECOMPOSITION_FIGURES[m]
+
+
+def _fold_details(m: Measurements) -> dict[str, Any]:
+    fold_a = m.neuron_sample.fold_a
+    return {"cross_fit_folds": [int(fold_a.sum()), int((~fold_a).sum())]}
+
+
+def _share_claim(m: Measurements, numerator: str, denominator: str, what: str) -> Measured:
+    f = decomposition_figures(m)
+    figure = Figure(f.ratio(numerator, denominator), ((what, f.estimates[denominator]),))
+    details = {
+        "numerator": _interval(f.estimates[numerator]),
+        "denominator": _interval(f.estimates[denominator]),
+        **_fold_details(m),
+    }
+    return Measured({paper.SHARE: figure}, details, null=f.null_ratio(numerator, denominator))
+
+
+_DENOMINATORS = {
+    "four-groups": ("reducing", "the four reducing groups' cross-fitted reduction"),
+    "gross": ("gross", "the cross-fitted gross reduction"),
+}
+
+
+@claim("C4")
+def c4_dampened_share(m: Measurements, denominator: str) -> Measured:
+    name, what = _DENOMINATORS[denominator]
+    measured = _share_claim(m, "TP-", name, what)
+    d = m.decomposition
+    measured.details["in_sample"] = d.group_sum("TP-") / (
+        sum(d.group_sum(g) for g in REDUCING_GROUPS) if denominator == "four-groups" else d.gross
+    )
+    return measured
+
+
+@claim("C5")
+def c5_group_share(m: Measurements, group: str) -> Measured:
+    measured = _share_claim(m, group, *_DENOMINATORS["four-groups"])
+    measured.details |= {
+        "count": m.decomposition.group_count(group),
+        "in_sample_sum": m.decomposition.group_sum(group),
+    }
+    return measured
+
+
+@claim("C5[anti-toxic]")
+def c5_anti_toxic_share(m: Measurements) -> Measured:
+    return _share_claim(m, "anti-toxic", *_DENOMINATORS["four-groups"])
+
+
+@claim("C6[increasing]")
+def c6_fraction_increasing(m: Measurements) -> Measured:
+    f = decomposition_figures(m)
+    d = m.decomposition
+    details = {"n_increasing": int((d.contribution < 0).sum()), "n_neurons": d.contribution.numel()}
+    return Measured(
+        {"fraction": Figure(f.estimates["fraction increasing"])}, details, null=f.null["fraction increasing"]
     )
 
 
+@claim("C6[net-over-gross]")
+def c6_net_over_gross(m: Measurements) -> Measured:
+    f = decomposition_figures(m)
+    positive = (
+        ("the net reduction", f.estimates["net"]),
+        ("the cross-fitted gross reduction", f.estimates["gross"]),
+    )
+    details = {
+        "net": _interval(f.estimates["net"]),
+        "gross": _interval(f.estimates["gross"]),
+        **_fold_details(m),
+    }
+    details["in_sample"] = m.decomposition.net / m.decomposition.gross if m.decomposition.gross else None
+    return Measured(
+        {"ratio": Figure(f.ratio("net", "gross"), positive)}, details, null=f.null_ratio("net", "gross")
+    )
+
+
+@claim("C7[top-toxic]")
+def c7_top_toxic_share(m: Measurements) -> Measured:
+    f = decomposition_figures(m)
+    figure = Figure(f.ratio("top toxic", "net"), (("the net reduction", f.estimates["net"]),))
+    details = {"n": len(selection.top_toxic_ids(m.decomposition, 1000)), "net": _interval(f.estimates["net"])}
+    return Measured({paper.SHARE: figure}, details, null=f.null_ratio("top toxic", "net"))
+
+
+@claim("C7[to-half-gross]")
+def c7_neurons_to_half_gross(m: Measurements) -> Measured:
+    """Neurons that carry half the gross, scaled to GPT-2 medium (the figure the paper speaks of)."""
+    f = decomposition_figures(m)
+    n_neurons = m.pair.layout.n_neurons
+    scale = paper.PAPER_NEURONS / n_neurons
+    count = f.estimates["half-gross count"]
+    scaled = ratio(count, _constant_like(count, 1 / scale))
+    details = {
+        "neurons_needed": count.value,
+        "neurons_needed_ci": list(count.interval(paper.SIDE_ALPHA)),
+        "threshold": paper.scale_n(paper.NEURONS_TO_HALF_GROSS, n_neurons),
+        **_fold_details(m),
+    }
+    figure = Figure(scaled, (("the cross-fitted gross reduction", f.estimates["gross"]),))
+    return Measured({"count": figure}, details, null=f.null["half-gross count"] * scale)
+
+
+def _constant_like(estimate: Estimate, value: float) -> Estimate:
+    """A constant with ``estimate``'s resampling scheme (to scale it by :func:`ratio`)."""
+    assert estimate.resampled is not None and estimate.scheme is not None
+    resampled = np.full_like(estimate.resampled, value)
+    return Estimate(value, value, value, n=estimate.n, resampled=resampled, scheme=estimate.scheme)
+
+
+@claim("C8[peak]")
+def c8_peak_layer(m: Measurements) -> Measured:
+    """The peak layer's position (0 = first, 1 = last layer), its interval from where the peak
+    falls across resamples."""
+    f = decomposition_figures(m)
+    layers = m.decomposition.per_layer()
+    n_layers = len(layers["total"])
+    position = f.estimates["peak position"]
+    late = paper.late_layers(n_layers)
+    details = {
+        "peak_layer": round(position.value * max(n_layers - 1, 1)),
+        "fraction_in_last_third": position.fraction(lambda p: p * max(n_layers - 1, 1) >= late.start - 0.5),
+        "last_third_from_layer": late.start,
+        "per_layer": layers["total"].tolist(),
+    }
+    return Measured({"position": Figure(position)}, details, null=f.null["peak position"])
+
+
+@claim("C8[late-groups]")
+def c8_late_groups(m: Measurements) -> Measured:
+    measured = _share_claim(
+        m, "late TP-/AN-", "late reducing", "the four groups' cross-fitted reduction in the last third"
+    )
+    layers = m.decomposition.per_layer()
+    measured.details |= {g: layers[g].tolist() for g in REDUCING_GROUPS}
+    return measured
+
+
+@claim("C9")
+def c9_correlation(m: Measurements) -> Measured:
+    f = decomposition_figures(m)
+    return Measured(
+        {"r": Figure(f.estimates["r"])}, {"n_neurons": m.decomposition.cosines.numel()}, null=f.null["r"]
+    )
+
+
+# ------------------------------------------------------------------------- weights and scaling (C11, C12)
+
+
+@claim("C11[cosine]")
+def c11_weight_cosines(m: Measurements) -> Measured:
+    cosines = weight_cosines(m.pair.base, m.pair.dpo)
+    lowest = min(cosines, key=lambda name: cosines[name])
+    details = {"lowest": lowest, "n_matrices": len(cosines)}
+    return Measured({"cosine": Figure(Estimate.exact_value(cosines[lowest]))}, details)
+
+
 @claim("C11[toxic-activation]")
-def c11_toxic_activation_drop(m: Measurements) -> ClaimResult:
+def c11_toxic_activation_drop(m: Measurements) -> Measured:
     ids = torch.tensor(selection.top_toxic_ids(m.decomposition, 128))
     base = m.capture("base").mean_activation.flatten(1)[:, ids].mean(1).numpy()  # [n_prompts]
     dpo = m.capture("dpo").mean_activation.flatten(1)[:, ids].mean(1).numpy()
     drop = bootstrap(mean_difference, base, dpo, seed=m.settings.seed)
-    return claim_result("C11[toxic-activation]", estimate=drop, details={"n": len(ids)})
+    return Measured({"drop": Figure(drop)}, {"n": len(ids)})
 
 
 @claim("C12")
-def c12_scale_keys(m: Measurements, factor: int) -> ClaimResult:
+def c12_scale_keys(m: Measurements, factor: int) -> Measured:
     intervention = selection.scale_keys(m.decomposition, 7, factor)
     rise = bootstrap(mean_difference, m.scores("dpo", intervention), m.scores("dpo"), seed=m.settings.seed)
-    details = {"n_neurons": len(intervention.neurons), **toxicity_summary(m, intervention, side="dpo")}
-    return claim_result("C12", factor, estimate=rise, details=details)
+    details = {
+        "n_neurons": len(intervention.neurons),
+        **intervention_summary(m, intervention, side="dpo"),
+        "perplexity_vs_dpo": _interval(perplexity_vs(m, "dpo", intervention, "dpo")),
+    }
+    return Measured({"rise": Figure(rise)}, details)
 
 
 # ------------------------------------------------------------------------- activation editing (C13)
@@ -462,103 +556,76 @@ def edit_cosines(m: Measurements, direction: editing.Direction) -> torch.Tensor:
 
 
 def activation_edit(m: Measurements, spec: editing.EditSpec) -> Intervention:
-    """The edit ``spec`` on the pair's base: m_i from the base capture, c_i for its direction."""
-    return editing.edit_intervention(edit_cosines(m, spec.direction), m.decomposition.mean_base, spec)
+    """The edit ``spec`` on the pair's base at the authors' positions (the last of each forward):
+    m_i from the base capture, c_i for its direction."""
+    edit = editing.edit_intervention(edit_cosines(m, spec.direction), m.decomposition.mean_base, spec)
+    return edit.at("last")
 
 
 @dataclass(frozen=True)
 class EditComparison:
-    """An edited base against DPO: C13's two paired estimates and their joint verdict."""
+    """An edited base against DPO: C13's figures (paired estimates), on all prompts and held-out
+    rows or on the rows given."""
 
     toxicity: Estimate  # edited minus DPO, mean over prompts
-    perplexity: Estimate  # edited over DPO, minus 1
+    perplexity: Estimate  # edited over DPO, minus 1, every scored position edited
 
     @cached_property
-    def parts(self) -> dict[str, tuple[Verdict, float]]:
-        """Each part's verdict and p-value against C13's rules in the paper table (judged once)."""
-        entry = paper.entry("C13")
-        (perplexity_part,) = entry.parts
-        rules = {
-            "toxicity": (self.toxicity, entry.rule),
-            "perplexity": (self.perplexity, perplexity_part.rule),
-        }
-        return {name: (stats.verdict(e, rule), stats.p_value(e, rule)) for name, (e, rule) in rules.items()}
-
-    @property
-    def verdict(self) -> Verdict:
-        """replicates only if both parts do; contradicts if either does (an intersection-union test)."""
-        return stats.combined_verdict([v for v, _ in self.parts.values()])
-
-    @property
-    def p_value(self) -> float:
-        """The larger of the two one-sided p-values (valid for the joint claim)."""
-        return max(p for _, p in self.parts.values())
+    def figures(self) -> dict[str, Figure]:
+        return {"toxicity_vs_dpo": Figure(self.toxicity), paper.PERPLEXITY_VS_DPO: Figure(self.perplexity)}
 
     def describe(self) -> str:
-        (tv, _), (pv, _) = self.parts["toxicity"], self.parts["perplexity"]
         t, p = self.toxicity, self.perplexity
+        (tl, th), (pl, ph) = t.interval(paper.SIDE_ALPHA), p.interval(paper.SIDE_ALPHA)
         return (
-            f"toxicity minus DPO's {t.value:+.4f} [{t.low:+.4f}, {t.high:+.4f}] ({tv}); perplexity over DPO's "
-            f"{p.value:+.2%} [{p.low:+.2%}, {p.high:+.2%}] ({pv})"
+            f"toxicity minus DPO's {t.value:+.4f} [{tl:+.4f}, {th:+.4f}]; perplexity over DPO's "
+            f"{p.value:+.2%} [{pl:+.2%}, {ph:+.2%}]"
         )
 
-    def to_json(self) -> dict[str, Any]:
-        parts = self.parts
-        return {
-            "toxicity_vs_dpo": {
-                **_interval(self.toxicity),
-                "verdict": parts["toxicity"][0],
-                "p_value": parts["toxicity"][1],
-            },
-            "perplexity_vs_dpo": {
-                **_interval(self.perplexity),
-                "verdict": parts["perplexity"][0],
-                "p_value": parts["perplexity"][1],
-            },
-            "verdict": self.verdict,
-            "p_value": self.p_value,
-        }
 
-
-def compare_with_dpo(m: Measurements, intervention: Intervention) -> EditComparison:
+def compare_with_dpo(
+    m: Measurements,
+    intervention: Intervention,
+    prompts: np.ndarray | None = None,
+    texts: np.ndarray | None = None,
+) -> EditComparison:
     """``intervention`` on the base against DPO, paired over prompts (toxicity) and over texts or
-    windows (perplexity): one generation pass and one perplexity pass of the edited base."""
-    toxicity = bootstrap(
-        mean_difference, m.scores("base", intervention), m.scores("dpo"), seed=m.settings.seed
-    )
-    edited_nll, tokens = m.perplexity_rows("base", intervention)
-    dpo_nll, dpo_tokens = m.perplexity_rows("dpo")
-    if not np.array_equal(tokens, dpo_tokens):  # the same tokenizer and texts: never expected to differ
-        raise stats.StatsError("the edited base and DPO scored different token counts on the held-out texts")
-    perplexity = bootstrap(perplexity_increase, edited_nll, dpo_nll, tokens, seed=m.settings.seed)
-    return EditComparison(toxicity, perplexity)
+    windows (perplexity, at every scored position): one generation pass and one perplexity pass."""
+    edited, dpo = m.scores("base", intervention), m.scores("dpo")
+    if prompts is not None:
+        edited, dpo = edited[prompts], dpo[prompts]
+    toxicity = bootstrap(mean_difference, edited, dpo, seed=m.settings.seed)
+    return EditComparison(toxicity, perplexity_vs(m, "base", intervention, "dpo", rows=texts))
 
 
 @claim("C13")
-def c13_editing_beats_dpo(m: Measurements, constants: tuple[float, float]) -> ClaimResult:
-    """The repository's edit (probe direction by default: see dpoclaims.claims.editing) with constants
-    ``(alpha, beta)``: toxicity and perplexity at most DPO's, both parts from paired intervals."""
+def c13_editing_beats_dpo(m: Measurements, constants: tuple[float, float]) -> Measured:
+    """The repository's edit (probe direction by default: see dpoclaims.claims.editing) with
+    constants ``(alpha, beta)`` at the authors' positions; its perplexity with every scored
+    position edited (the decision) and at position 0 of each window (the repository's figure)."""
     alpha, beta = constants
     spec = editing.EditSpec(alpha, beta)
     intervention = activation_edit(m, spec)
     comparison = compare_with_dpo(m, intervention)
     cosines = edit_cosines(m, spec.direction)
+    repository = perplexity_vs(m, "base", intervention.at("first"), "dpo")
+    every = intervention.at("every")
     details = {
         "edit": spec.to_json(),
         "n_neurons_edited": len(intervention.neurons),
         "groups": editing.group_counts(cosines, m.decomposition.mean_base, spec),
-        **comparison.to_json(),
+        "perplexity_vs_dpo_repository": {
+            **_interval(repository),
+            "positions": "first (position 0 of each window)",
+        },
+        "every_position": {
+            "toxicity_vs_dpo": _interval(compare_with_dpo(m, every).toxicity),
+            **toxicity_and_perplexity(m, "base", every),
+        },
         "table": {
             "base": toxicity_and_perplexity(m, "base"),
             "dpo": toxicity_and_perplexity(m, "dpo"),
             "edited": toxicity_and_perplexity(m, "base", intervention),
         },
     }
-    result = claim_result(
-        "C13",
-        constants,
-        estimate=comparison.toxicity,
-        parts={"perplexity_vs_dpo": comparison.perplexity},
-        details=details,
-    )
-    return replace(result, finding=comparison.describe())
+    return Measured(comparison.figures, details, finding=comparison.describe())

@@ -14,7 +14,7 @@ Records cross process boundaries (pytest-xdist workers, ``claims.json``) as JSON
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from dpoclaims.stats import VERDICTS, Verdict
@@ -67,31 +67,28 @@ class ClaimVerdictUnexpected(Exception):
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """What a claim function measured on a pair, and its verdict against the paper's criterion."""
+    """What a claim measured on a pair, and its verdict against the paper's criterion
+    (:func:`dpoclaims.claims.registry.decide`)."""
 
     claim: str  # e.g. "C1"
     param: str  # e.g. "N=100"
     statement: str
     criterion: str
     measured: float
-    ci: tuple[float, float] | None  # 95% interval; None when exact or not measurable
+    ci: tuple[float, float] | None  # the interval at the verdict's level; None when exact or not measurable
     exact: bool  # the figure has no sampling error (shown as "exact")
     p_value: float  # one-sided p of H0 "the paper's finding does not hold" (NaN: not measurable)
-    verdict: Verdict  # from the interval (stats.verdict) or the claim's parts (stats.combined_verdict)
+    verdict: Verdict  # replicates when p_value <= level, contradicts when p_against <= level
     paper: float | None
     hypothesis: bool = False  # the test asserts a hypothesis the paper refutes
     details: dict[str, Any] = field(default_factory=dict)
     finding: str = ""  # what decided the verdict, in words, when the figure alone does not say
-    p_holm: float | None = None  # Holm-adjusted over the pair's claims (set by the reports)
+    p_against: float = float("nan")  # one-sided p of H0 "the paper's finding holds"
+    level: float = float("nan")  # the one-sided level both p-values are read at (the family's)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"{self.id}: verdict {self.verdict!r} is not one of {VERDICTS}")
-        if self.ci is not None and not self.exact and self.ci[0] == self.ci[1]:
-            raise ValueError(
-                f"{self.id}: an interval of zero width {list(self.ci)} on a figure not marked exact; "
-                "such a figure is not measurable (see claim_result)"
-            )
 
     @property
     def id(self) -> ClaimId:
@@ -106,18 +103,19 @@ class ClaimResult:
         return None if self.paper is None else self.measured - self.paper
 
     def describe(self) -> str:
-        """One line: the id, figure, interval, p-value, criterion and finding."""
+        """One line: the id, figure, interval, p-values, criterion and finding."""
         ci = self.ci
         figure = f"measured {self.measured:.4g}" + (
             " (exact)" if self.exact else f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
         )
-        text = f"{self.id}: {figure}, p = {self.p_value:.3g}; criterion: {self.criterion}"
+        text = (
+            f"{self.id}: {figure}, p = {self.p_value:.3g} (against: {self.p_against:.3g}; level "
+            f"{self.level:.3g}); criterion: {self.criterion}"
+        )
         return f"{text}; {self.finding}" if self.finding else text
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        if self.p_holm is None:
-            del data["p_holm"]
         data["id"] = str(self.id)
         data["replicates"] = self.replicates
         data["distance_to_paper"] = self.distance_to_paper
@@ -140,7 +138,8 @@ class ClaimResult:
             hypothesis=bool(data.get("hypothesis", False)),
             details=dict(data.get("details") or {}),
             finding=data.get("finding", ""),
-            p_holm=data.get("p_holm"),
+            p_against=_float(data.get("p_against")),
+            level=_float(data.get("level")),
         )
 
 
@@ -235,11 +234,6 @@ class ClaimRecord:
     @property
     def sort_key(self) -> tuple[int, int]:
         return (self.id.number, self.order)
-
-    def with_p_holm(self, p_holm: float | None) -> ClaimRecord:
-        if self.result is None:
-            return self
-        return replace(self, result=replace(self.result, p_holm=p_holm))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -1,555 +1,306 @@
-"""A counterexample search for the paper's universal claim "ablation is not enough".
+"""One search driver for the claims about a whole space of interventions: C1[search], C2[search]
+("no top-N ablation matches DPO") and C13[search] ("some activation edit beats DPO").
 
-C1 and C2 test ablation at a few neuron counts. The title's claim is stronger: *no* ablation of
-toxic neurons recovers DPO's toxicity drop. This module searches for one that does. A search
-draws an ablation (how many neurons, chosen by which rule), measures the share of DPO's drop it
-recovers with its 95% interval (one cached generation pass, :func:`dpoclaims.claims.checks.recovered`),
-and steers toward the largest share with Hypothesis's ``target()``. Hypothesis is a test
+A search space (:class:`SearchSpace`, built in :mod:`dpoclaims.claims.search_spaces`) says only
+what it draws and how one candidate is measured; this module does the rest, the same way for
+every search:
+
+1. **Discovery.** The prompts and the held-out texts are split in two seeded halves
+   (:meth:`dpoclaims.measure.measurements.Measurements.fold_a`). On the first half, the space's
+   stated candidates are measured, then Hypothesis draws ``max_examples`` more, steering with
+   ``target()`` toward the candidate that comes closest to the opposite of what the paper says
+   of the space (a counterexample for "every", an example for "some"). A candidate that reaches
+   it on the discovery half at the nominal one-sided 2.5% is a *hit*: Hypothesis shrinks it to
+   the smallest hit (fewest neurons, smallest constants).
+2. **Confirmation**, on the other half, which discovery never read: the hit (else the best
+   candidate by the target) is tested there as one test, and so is every candidate discovery
+   measured.
+
+The claim's two p-values come from the confirmation half only, so they are valid however the
+candidates were chosen:
+
+- "every" (C1[search], C2[search]: every candidate satisfies the criterion): ``p`` is the largest
+  of the measured candidates' p-values on the confirmation half (an intersection-union test:
+  each must hold); ``p_against`` is the chosen candidate's p-value against the criterion there
+  (one test: a counterexample confirmed).
+- "some" (C13[search]): the mirror image: ``p`` is the chosen candidate's, ``p_against`` the
+  largest of every measured candidate's against.
+
+What it costs: each half has half the prompts, so a confirmation interval is about 1.4 times as
+wide as one over all prompts; in return no multiplicity correction over the candidates is needed,
+and the verdict cannot depend on what an earlier run found.
+
+History does not enter. Hypothesis runs with no example database and a fixed seed (the
+measurement seed, through ``hypothesis.seed``), so the candidates it draws depend only on the
+seed, ``max_examples``, the space and the measured figures: a cold run, a warm rerun and a run on
+another machine draw, choose and confirm the same candidates, and give the same verdict and
+p-values. Every measurement is cached, so a warm rerun generates nothing. Hypothesis is a test
 dependency: it is imported only when a search runs.
-
-Selection rules (every candidate neuron is toxic: cos(v_i, w) > 0 on the base weights):
-
-- ``cosine``: the top-n by cosine (the paper's C1 ablation);
-- ``positive``: the top-n positively-activated toxic neurons (mean base activation > 0; C2);
-- ``random``: the first n of a random order of all toxic neurons, drawn from a
-  ``torch.Generator`` seeded with the search's seed (so random subsets are nested in n).
-
-n runs from 1 to the rule's pool on a geometric grid (:func:`n_grid`, steps of about 10%).
-Each rule's largest ablation, its whole pool, is measured before Hypothesis draws anything
-(:func:`largest_ablations`), so every run, cold or warm, covers it.
-
-The claim and its test
-----------------------
-H0: some ablation in the search space recovers >= ``paper.MATCH_SHARE`` of DPO's drop.
-H1 (the paper): every one recovers less. An ablation is a counterexample when its 95% interval
-does not lie wholly below the threshold (its own verdict is "contradicts" or "inconclusive").
-The search's verdict is an intersection-union test over the ablations it measured: it
-replicates only if every measured ablation replicates, and its p-value is the largest of their
-one-sided p-values (valid without a multiplicity adjustment). It covers what was measured, not
-the whole space: a search of a few examples is a search, not a proof.
-
-Reproducibility and cost: Hypothesis draws from a fixed seed (the measurement seed, through
-``hypothesis.seed``), so a run's examples depend only on that seed, ``max_examples``, the
-search space and the example database; every example is a cached measurement, so a rerun costs
-no generation. The example database (``<cache>/hypothesis/<search>-<key>``, one per pair,
-measurement settings and space) keeps failing examples only: a rerun replays the stored, shrunk
-counterexample first and stops there. Hypothesis's other store, the Pareto front of
-``target()``, is left out: replaying it shifts the examples a rerun draws, so each rerun would
-draw (and generate) new ones. Instead the strongest ablations measured so far are kept in
-``strongest.json`` beside the database and measured first on a rerun (from the cache), so the
-best ablation a report names never regresses between runs. The search sets its own
-seed; under ``pytest --hypothesis-seed`` Hypothesis also leaves the example database unused.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
-import torch
-
-from dpoclaims.cache import stable_hash
-from dpoclaims.claims import paper, selection
-from dpoclaims.claims.checks import claim_result, recovered
-from dpoclaims.claims.registry import claim
-from dpoclaims.claims.results import ClaimResult
+from dpoclaims.claims import paper
+from dpoclaims.claims.decision import Figure, Outcome
+from dpoclaims.claims.registry import Measured
 from dpoclaims.errors import DpoclaimsError, OptionError
-from dpoclaims.files import atomic_write_text
-from dpoclaims.hooks.interventions import Intervention
-from dpoclaims.measure.decomposition import Decomposition
-from dpoclaims.measure.measurements import Measurements
-from dpoclaims.stats import Estimate, Verdict, p_value, verdict
+from dpoclaims.stats import ONE_SIDED_ALPHA
 
-Rule = Literal["cosine", "positive", "random"]
-RULES: tuple[Rule, ...] = ("cosine", "positive", "random")
-GRID_RATIO = 1.1  # n is drawn from a geometric grid: successive counts differ by about 10%
 DEFAULT_EXAMPLES = 16  # Hypothesis steers by target() only after 10 examples: 16 leaves it 6
-KEEP_STRONGEST = 5  # candidates kept in strongest.json
-SEARCH_FORMAT = 1  # part of the database directory's key: bump when the drawn space changes
-
-#: The paper's side of the universal claim: every ablation recovers less than this share.
-CRITERION = paper.MATCH_RULE  # the search's claims' rule (C1[search], C2[search] in the paper table)
+Fold = Literal["discovery", "confirmation"]
 
 
 class SearchError(DpoclaimsError):
-    """A search that cannot run (no toxic neuron to ablate, Hypothesis missing, bad options)."""
+    """A search that cannot run (nothing to draw, Hypothesis missing, bad options)."""
 
 
-# ------------------------------------------------------------------------- the search space
+class Candidate(Hashable, Protocol):
+    """What a search draws (an ablation, an edit): hashable and described."""
+
+    @property
+    def label(self) -> str: ...
+
+    def to_json(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True, order=True)
-class Candidate:
-    """One ablation the search can draw."""
-
-    rule: Rule
-    n: int
-    subset_seed: int = 0  # the random rule only
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule, "n": self.n, "subset_seed": self.subset_seed}
-
-
-def _toxic(d: Decomposition) -> torch.Tensor:
-    """``[L * d_mlp]`` bool: cos(v_i, w) > 0."""
-    return d.cosines.flatten() > 0
-
-
-def _positive_toxic(d: Decomposition) -> torch.Tensor:
-    return _toxic(d) & (d.mean_base.flatten() > 0)
-
-
-def pool_size(d: Decomposition, rule: Rule) -> int:
-    """How many neurons ``rule`` can choose from: the toxic neurons (cos > 0), or for
-    ``positive`` the positively-activated ones among them."""
-    _check_rule(rule)
-    mask = _positive_toxic(d) if rule == "positive" else _toxic(d)
-    return int(mask.sum())
-
-
-def max_n(d: Decomposition) -> int:
-    """The largest ablation the search draws: every toxic neuron (cos > 0)."""
-    return pool_size(d, "cosine")
-
-
-def n_grid(largest: int, ratio: float = GRID_RATIO) -> tuple[int, ...]:
-    """The counts a search draws: 1 to ``largest`` on a geometric grid (every count up to
-    about 1 / (ratio - 1), then steps of ``ratio``), always including ``largest``.
-
-    A count spanning three orders of magnitude is searched by ratio: Hypothesis's shrinking
-    and ``target()`` then move n by factors, and neighbouring counts on the grid remove nearly
-    the same neurons."""
-    if largest < 1:
-        return ()
-    counts = {largest}
-    value = 1.0
-    while value < largest:
-        counts.add(int(round(value)))
-        value = max(value * ratio, value + 1)
-    return tuple(sorted(c for c in counts if 1 <= c <= largest))
-
-
-def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise OptionError(f"unknown neuron selection rule {rule!r}; use one of {RULES}")
-
-
-def select_neurons(d: Decomposition, n: int, rule: Rule, seed: int = 0) -> tuple[int, ...]:
-    """Flat ids of the ``n`` neurons ``rule`` ablates (see the module docstring). The
-    ``cosine`` and ``positive`` rules give the ids in the order :mod:`dpoclaims.claims.selection`
-    does, so an ablation the claims measured is the same cached measurement here."""
-    available = pool_size(d, rule)
-    if not 1 <= n <= available:
-        raise OptionError(f"rule {rule!r} can ablate 1 to {available} neurons on this pair, not {n}")
-    if rule == "cosine":
-        ids = selection.top_toxic(d.cosines, n)
-    elif rule == "positive":
-        ids = selection.top_toxic(d.cosines, n, mean_base_activation=d.mean_base)
-    else:
-        toxic = torch.nonzero(_toxic(d)).flatten()  # [pool]
-        generator = torch.Generator().manual_seed(int(seed))
-        ids = torch.sort(toxic[torch.randperm(len(toxic), generator=generator)[:n]]).values
-    return tuple(int(i) for i in ids)
-
-
-def ablation_for(d: Decomposition, n: int, rule: Rule, seed: int = 0) -> Intervention:
-    """The ablation of ``n`` neurons chosen by ``rule`` (``seed``: the random rule's subset)."""
-    neurons = select_neurons(d, n, rule, seed)
-    what = {"cosine": "top toxic", "positive": "top positively-activated toxic", "random": "random toxic"}[
-        rule
-    ]
-    label = f"ablate {n} {what}" + (f" (subset seed {seed})" if rule == "random" else "")
-    return Intervention("ablate", neurons, label=label)
-
-
-# ------------------------------------------------------------------------- measured ablations
+C = TypeVar("C", bound=Candidate)
 
 
 @dataclass(frozen=True)
-class AblationPoint:
-    """A measured ablation: the share of DPO's drop it recovers, with its 95% interval."""
+class Evaluated:
+    """One candidate on one half: its figures, the claim's criterion on them, and what the
+    reports show of it."""
 
-    candidate: Candidate
-    intervention_id: str
-    label: str
-    share: Estimate
-
-    @property
-    def verdict(self) -> Verdict:
-        """Of the paper's claim for this ablation (it recovers < ``paper.MATCH_SHARE``)."""
-        return verdict(self.share, CRITERION)
-
-    @property
-    def p_value(self) -> float:
-        return p_value(self.share, CRITERION)
-
-    @property
-    def is_counterexample(self) -> bool:
-        """Its interval does not lie wholly below the threshold."""
-        return self.verdict in ("contradicts", "inconclusive")
+    figures: dict[str, Figure]
+    outcome: Outcome
+    details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **self.candidate.to_json(),
-            "share": self.share.value,
-            "ci": [self.share.low, self.share.high],
-            "verdict": self.verdict,
-            "p_value": self.p_value,
-            "intervention": self.intervention_id,
-            "label": self.label,
+            **{
+                name: {"value": f.estimate.value, "ci": list(f.estimate.interval(paper.SIDE_ALPHA))}
+                for name, f in self.figures.items()
+            },
+            "p": self.outcome.p_holds,
+            "p_against": self.outcome.p_fails,
+            "problem": self.outcome.problem,
+            **self.details,
         }
 
 
-def measure_ablation(m: Measurements, candidate: Candidate) -> AblationPoint:
-    """The recovered share of ``candidate``'s ablation on the base (one cached generation pass)."""
-    intervention = ablation_for(m.decomposition, candidate.n, candidate.rule, candidate.subset_seed)
-    return AblationPoint(candidate, intervention.id, intervention.label, recovered(m, intervention))
-
-
-# ------------------------------------------------------------------------- the search
-
-
 @dataclass(frozen=True)
-class SearchSpace:
-    """What a search draws from: the rules and, per rule, the largest n."""
+class SearchSpace(Generic[C]):
+    """A space of candidates: how to draw one, which to measure first, how to measure one on a
+    half, and how close a measurement comes to the opposite of the paper's claim (``target``:
+    positive once it gets there)."""
 
-    name: str  # e.g. "C1": names the database directory
-    rules: tuple[Rule, ...]
-    max_n: dict[str, int] = field(hash=False)
+    entry: paper.ClaimEntry  # the search's claim: its quantifier and per-candidate criterion
+    draw: Callable[[Any], Any]  # strategies module -> a Hypothesis strategy of candidates
+    stated: tuple[C, ...]
+    measure: Callable[[C, Fold], Evaluated]
+    target: Callable[[Evaluated], float]
+    size: Callable[[C], int]  # how many neurons a candidate touches (ties prefer fewer)
+    description: dict[str, Any] = field(default_factory=dict)  # the space, for the report
 
     def __post_init__(self) -> None:
-        if not self.rules:
-            raise OptionError("a search needs at least one selection rule")
-        for rule in self.rules:
-            _check_rule(rule)
-            if self.max_n.get(rule, 0) < 1:
-                raise SearchError(
-                    f"search {self.name}: rule {rule!r} has no neuron to ablate on this pair "
-                    f"(largest n {self.max_n.get(rule, 0)})"
-                )
-
-    def key(self) -> dict[str, Any]:
-        return {"name": self.name, "rules": list(self.rules), "max_n": {r: self.max_n[r] for r in self.rules}}
-
-
-def largest_ablations(space: SearchSpace, seed: int = 0) -> list[Candidate]:
-    """Each rule's largest ablation (every neuron in its pool), measured before Hypothesis draws.
-
-    The obvious candidate against "ablation is not enough" is to ablate everything the rule can
-    choose; a search that leaves it to chance may miss it cold and find it on a warm rerun,
-    so the verdict would depend on the example database. Measured first, it is in every run.
-    ``random`` at its full pool is the same set as ``cosine`` at its full pool and is skipped
-    when both rules are searched."""
-    rules = [r for r in space.rules if not (r == "random" and "cosine" in space.rules)]
-    return [Candidate(rule, space.max_n[rule], seed if rule == "random" else 0) for rule in rules]
-
-
-def c1_space(d: Decomposition) -> SearchSpace:
-    """C1[search]: every rule, n from 1 to every toxic neuron the rule can choose from (the
-    positive rule's pool is smaller)."""
-    return SearchSpace("C1", RULES, {rule: pool_size(d, rule) for rule in RULES})
-
-
-def c2_space(d: Decomposition) -> SearchSpace:
-    """C2[search]: positively-activated toxic neurons only, n up to all of them."""
-    return SearchSpace("C2", ("positive",), {"positive": pool_size(d, "positive")})
+        if self.entry.quantifier is None:
+            raise OptionError(f"{self.entry.key} is not a claim about a space of candidates")
 
 
 @dataclass
-class SearchResult:
-    """What a search measured, its counterexample (shrunk by Hypothesis) if any, and its verdict."""
-
-    space: SearchSpace
-    points: dict[Candidate, AblationPoint]  # every ablation measured in this run
-    counterexample: AblationPoint | None
-    shrunk: bool  # the counterexample is Hypothesis's shrunk one (else one measured before its draws)
+class SearchResult(Generic[C]):
+    space: SearchSpace[C]
+    discovery: dict[C, Evaluated]  # every candidate measured, in order of measurement
+    confirmation: dict[C, Evaluated]
+    chosen: C | None
+    hit: bool  # the chosen one reached the opposite of the claim on the discovery half
     max_examples: int
     seed: int
-    database: Path | None
 
     @property
-    def measurable(self) -> list[AblationPoint]:
-        return [p for p in self.points.values() if p.share.measurable]
+    def quantifier(self) -> str:
+        assert self.space.entry.quantifier is not None
+        return self.space.entry.quantifier
 
-    @property
-    def best(self) -> AblationPoint | None:
-        """The ablation with the largest recovered share (ties: the smaller n, then rule order)."""
-        points = self.measurable
-        if not points:
-            return None
-        return max(points, key=lambda p: (p.share.value, -p.candidate.n, -RULES.index(p.candidate.rule)))
-
-    @property
-    def verdict(self) -> Verdict:
-        """replicates only if every measured ablation does; contradicts if one contradicts."""
-        verdicts = {p.verdict for p in self.measurable}
-        if not verdicts:
-            return "not measurable"
-        for state in ("contradicts", "inconclusive"):
-            if state in verdicts:
-                return state  # type: ignore[return-value]
-        return "replicates"
-
-    @property
-    def p_value(self) -> float:
-        """Intersection-union p-value: the largest p-value of the measured ablations."""
-        values = [p.p_value for p in self.measurable]
-        return max(values) if values else float("nan")
+    def outcome(self) -> Outcome:
+        """The claim's two p-values, from the confirmation half (module docstring)."""
+        if self.chosen is None:
+            return Outcome(math.nan, math.nan, "no candidate was measured")
+        chosen = self.confirmation[self.chosen].outcome
+        if not chosen.measurable:
+            return Outcome(math.nan, math.nan, f"on the confirmation half: {chosen.problem}", chosen.parts)
+        measured = [e.outcome for e in self.confirmation.values() if e.outcome.measurable]
+        if self.quantifier == "every":
+            return Outcome(max(o.p_holds for o in measured), chosen.p_fails, "", chosen.parts)
+        return Outcome(chosen.p_holds, max(o.p_fails for o in measured), "", chosen.parts)
 
     def describe(self) -> str:
-        """One line for a test failure or a terminal: the verdict and the ablation behind it."""
-        claim = (
-            f"{self.space.name}[search]: every ablation recovers < {CRITERION.threshold:.0%} of DPO's drop"
-        )
-        point = self.counterexample if self.verdict != "replicates" else self.best
-        if point is None:
-            return f"{claim}: not measurable ({len(self.points)} ablations measured, none with an interval)"
-        what = "counterexample" if point is self.counterexample else "best ablation"
+        """One line: what was chosen, and how it fared on each half."""
+        if self.chosen is None:
+            return "no candidate was measured"
+        found = "found" if self.hit else "best"
+        opposite = "matches DPO" if self.quantifier == "every" else "beats DPO"
+        first, second = self.discovery[self.chosen], self.confirmation[self.chosen]
         return (
-            f"{claim}: {self.verdict} over {len(self.points)} measured ablations; {what}: {point.label} "
-            f"(rule {point.candidate.rule}, n = {point.candidate.n}) recovers {point.share.value:.3f} "
-            f"[{point.share.low:.3f}, {point.share.high:.3f}]"
+            f"{len(self.discovery)} candidates measured on the discovery half; the {found} one ({'it ' + opposite if self.hit else 'none ' + opposite + ' there'}): "
+            f"{self.chosen.label} ({self.space.size(self.chosen)} neurons): discovery {_figures_text(first)}; "
+            f"confirmation {_figures_text(second)}"
         )
 
-    def claim_result(self, key: str) -> ClaimResult:
-        """The search as its claim (``C1[search]``, ``C2[search]``; texts from the paper table):
-        the figure is the best ablation found, the verdict and p-value are the search's, and
-        :meth:`summary` is its details."""
-        best = self.best
-        nan = float("nan")
-        result = claim_result(
-            key,
-            estimate=best.share if best else Estimate(nan, nan, nan),
-            details=self.summary(),
-            verdict_override=self.verdict,
-            p_override=self.p_value,
-        )
-        return replace(result, finding=self.describe())
-
-    def summary(self) -> dict[str, Any]:
-        """The search as the reports show it: the details of its claim record (:meth:`claim_result`)."""
-        best = self.best
-        return {
-            "search": self.space.name,
-            "rules": list(self.space.rules),
-            "max_n": {rule: self.space.max_n[rule] for rule in self.space.rules},
-            "threshold": CRITERION.threshold,
+    def measured(self) -> Measured:
+        """The search as its claim's measurement: the chosen candidate's confirmation figures,
+        the search's own p-values, and every candidate in the details."""
+        nan_figures = {leaf: Figure(_nan_estimate()) for leaf in _figure_names(self.space.entry)}
+        figures = self.confirmation[self.chosen].figures if self.chosen is not None else nan_figures
+        details = {
+            "search": self.space.entry.key,
+            "quantifier": self.quantifier,
+            "space": self.space.description,
             "max_examples": self.max_examples,
-            "n_measured": len(self.points),
             "seed": self.seed,
-            "database": str(self.database) if self.database else None,
-            "verdict": self.verdict,
-            "p_value": self.p_value,
-            "best": best.to_json() if best else None,
-            "counterexample": (
-                {**self.counterexample.to_json(), "shrunk": self.shrunk} if self.counterexample else None
-            ),
-            "measured": [p.to_json() for p in sorted(self.points.values(), key=lambda p: p.candidate)],
+            "n_measured": len(self.discovery),
+            "chosen": None
+            if self.chosen is None
+            else {
+                **self.chosen.to_json(),
+                "label": self.chosen.label,
+                "size": self.space.size(self.chosen),
+                "hit": self.hit,
+                "discovery": self.discovery[self.chosen].to_json(),
+                "confirmation": self.confirmation[self.chosen].to_json(),
+            },
+            "measured": [
+                {
+                    **c.to_json(),
+                    "label": c.label,
+                    "size": self.space.size(c),
+                    "discovery": self.discovery[c].to_json(),
+                    "confirmation": self.confirmation[c].to_json(),
+                }
+                for c in self.discovery
+            ],
         }
+        return Measured(figures, details, finding=self.describe(), outcome=self.outcome())
 
 
-class _Counterexample(Exception):
-    def __init__(self, point: AblationPoint) -> None:
-        super().__init__(f"{point.label}: share {point.share.value:.4g} ({point.verdict})")
-        self.point = point
+def _figure_names(entry: paper.ClaimEntry) -> list[str]:
+    from dpoclaims.claims.decision import leaves
+
+    return [leaf.figure for leaf in leaves(entry.decision)]
 
 
-def database_dir(m: Measurements, space: SearchSpace) -> Path:
-    """``<cache>/hypothesis/<name>-<key>``: one example database per pair, measurement
-    settings and search space (so examples never replay on a space they were not drawn from)."""
-    key = {
-        "format": SEARCH_FORMAT,
-        "pair": m.pair.fingerprint,
-        "prompts": stable_hash(list(m.prompts)),
-        "scorer": m.settings.scorer,
-        "generation": asdict(m.settings.generation),
-        "convention": m.settings.convention,  # the positive rule reads mean activations
-        "space": space.key(),
-    }
-    return m.cache.root / "hypothesis" / f"{space.name}-{stable_hash(key)}"
+def _nan_estimate() -> Any:
+    from dpoclaims.stats import Estimate
+
+    nan = float("nan")
+    return Estimate(nan, nan, nan)
+
+
+def _figures_text(evaluated: Evaluated) -> str:
+    parts = []
+    for name, figure in evaluated.figures.items():
+        low, high = figure.estimate.interval(paper.SIDE_ALPHA)
+        parts.append(f"{name} {figure.estimate.value:.4g} [{low:.4g}, {high:.4g}]")
+    return ", ".join(parts)
+
+
+class _Hit(Exception):
+    def __init__(self, candidate: Any) -> None:
+        super().__init__(getattr(candidate, "label", repr(candidate)))
+        self.candidate = candidate
+
+
+def _is_hit(outcome: Outcome, quantifier: str) -> bool:
+    """The opposite of the claim at the nominal one-sided 2.5% on the discovery half."""
+    if not outcome.measurable:
+        return False
+    p = outcome.p_fails if quantifier == "every" else outcome.p_holds
+    return p <= ONE_SIDED_ALPHA
 
 
 def run_search(
-    space: SearchSpace,
-    measure: Callable[[Candidate], AblationPoint],
-    *,
-    max_examples: int = DEFAULT_EXAMPLES,
-    seed: int = 0,
-    database: Path | None = None,
-    read_only: bool = False,
-) -> SearchResult:
-    """Search ``space`` for a counterexample with Hypothesis: ``max_examples`` drawn ablations
-    (plus, when one is a counterexample, Hypothesis's shrinking); ``measure`` measures one.
-
-    ``database``: a directory for Hypothesis's example database and ``strongest.json``; None
-    runs without either. ``read_only``: replay from it, write nothing. Reproducibility: see the
-    module docstring; the drawn examples depend only on ``seed``, ``max_examples`` and the space.
-    """
+    space: SearchSpace[C], *, max_examples: int = DEFAULT_EXAMPLES, seed: int = 0
+) -> SearchResult[C]:
+    """Discovery with Hypothesis on the first half, confirmation on the second (module docstring)."""
     if max_examples < 1:
         raise OptionError(f"a search needs at least 1 example, not {max_examples}")
     try:
-        from hypothesis import HealthCheck, Verbosity, given, settings, target
+        from hypothesis import HealthCheck, Phase, Verbosity, given, settings, target
         from hypothesis import seed as hypothesis_seed
         from hypothesis import strategies as st
     except ImportError as exc:  # a test dependency: the rest of the library runs without it
         raise SearchError(
-            "the counterexample search needs Hypothesis: pip install 'dpoclaims[test]' (or hypothesis)"
+            "the searches need Hypothesis: pip install 'dpoclaims[test]' (or hypothesis)"
         ) from exc
+    quantifier = space.entry.quantifier
+    assert quantifier is not None
+    discovery: dict[C, Evaluated] = {}
 
-    points: dict[Candidate, AblationPoint] = {}
+    def measured(candidate: C) -> Evaluated:
+        if candidate not in discovery:
+            discovery[candidate] = space.measure(candidate, "discovery")
+        return discovery[candidate]
 
-    def measured(candidate: Candidate) -> AblationPoint:
-        if candidate not in points:
-            points[candidate] = measure(candidate)
-        return points[candidate]
-
-    for candidate in largest_ablations(space, seed):
+    for candidate in space.stated:
         measured(candidate)
-    for candidate in _valid(space, _read_strongest(database), seed):  # earlier runs' strongest: cached
-        measured(candidate)
 
-    @st.composite
-    def candidates(draw: Callable[[Any], Any]) -> Candidate:
-        rule = draw(st.sampled_from(space.rules))
-        grid = n_grid(space.max_n[rule])
-        n = grid[draw(st.integers(0, len(grid) - 1))]
-        return Candidate(rule, n, seed if rule == "random" else 0)
-
-    # The order matters: @seed fixes the examples drawn (and sets database=None); the settings
-    # applied after it put the database back.
-    @given(candidate=candidates())
+    # The order matters: @seed fixes the examples drawn; the settings after it keep no database
+    # (so nothing an earlier run stored can change what this one draws or chooses).
+    @given(candidate=space.draw(st))
     @settings(
-        database=failures_database(database, read_only),
+        database=None,
         max_examples=max_examples,
         deadline=None,
         derandomize=False,
+        phases=(Phase.generate, Phase.target, Phase.shrink),
         report_multiple_bugs=False,
         print_blob=False,
         verbosity=Verbosity.quiet,
-        suppress_health_check=[HealthCheck.too_slow],  # an example is a generation pass
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+        ],  # an example is a generation pass
     )
     @hypothesis_seed(seed)
-    def no_ablation_matches_dpo(candidate: Candidate) -> None:
-        point = measured(candidate)
-        if point.share.measurable:
-            target(point.share.value, label="recovered share")
-        if point.is_counterexample:
-            raise _Counterexample(point)
+    def look_for_the_opposite(candidate: C) -> None:
+        evaluated = measured(candidate)
+        if evaluated.outcome.measurable:
+            target(space.target(evaluated), label="toward the opposite of the claim")
+        if _is_hit(evaluated.outcome, quantifier):
+            raise _Hit(candidate)
 
-    counterexample, shrunk = None, False
+    chosen: C | None = None
+    hit = False
     try:
-        no_ablation_matches_dpo()
-    except _Counterexample as found:
-        counterexample, shrunk = found.point, True
-    if counterexample is None:  # e.g. a rule's largest or an earlier run's strongest: report it, unshrunk
-        counterexample = min(
-            (p for p in points.values() if p.is_counterexample),
-            key=lambda p: (p.candidate.n, RULES.index(p.candidate.rule)),
-            default=None,
-        )
-    result = SearchResult(space, points, counterexample, shrunk, max_examples, seed, database)
-    if database is not None and not read_only:
-        _write_strongest(database, result)
-    return result
+        look_for_the_opposite()
+    except _Hit as found:
+        chosen, hit = found.candidate, True
+    if chosen is None:  # a stated candidate may be a hit Hypothesis never drew: the smallest one
+        hits = [c for c, e in discovery.items() if _is_hit(e.outcome, quantifier)]
+        if hits:
+            order = list(discovery)
+            chosen, hit = min(hits, key=lambda c: (space.size(c), order.index(c))), True
+    if chosen is None:
+        chosen = _best(space, discovery)
+    confirmation = {c: space.measure(c, "confirmation") for c in discovery}
+    return SearchResult(space, discovery, confirmation, chosen, hit, max_examples, seed)
 
 
-def failures_database(directory: Path | None, read_only: bool) -> Any:
-    """Hypothesis's directory database in ``directory``, keeping failing examples only.
-
-    Hypothesis also stores the Pareto front of ``target()`` and replays part of it, which makes
-    a rerun draw new examples (each a new generation pass) and breaks reproducibility. Without
-    it, a rerun draws the same examples (all cached) or replays the stored counterexample."""
-    if directory is None:
-        return None
-    from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase, ReadOnlyDatabase
-
-    class FailuresOnly(ExampleDatabase):
-        def __init__(self, inner: ExampleDatabase) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def __repr__(self) -> str:
-            return f"FailuresOnly({self.inner!r})"
-
-        def __eq__(self, other: object) -> bool:
-            return isinstance(other, FailuresOnly) and self.inner == other.inner
-
-        def save(self, key: bytes, value: bytes) -> None:
-            if not key.endswith(b".pareto"):
-                self.inner.save(key, value)
-
-        def fetch(self, key: bytes) -> Any:
-            return iter(()) if key.endswith(b".pareto") else self.inner.fetch(key)
-
-        def delete(self, key: bytes, value: bytes) -> None:
-            self.inner.delete(key, value)
-
-        def move(self, src: bytes, dest: bytes, value: bytes) -> None:
-            self.inner.move(src, dest, value)
-
-    inner: ExampleDatabase = DirectoryBasedExampleDatabase(directory)
-    return FailuresOnly(ReadOnlyDatabase(inner) if read_only else inner)
-
-
-def _valid(space: SearchSpace, found: Sequence[Candidate], seed: int) -> list[Candidate]:
-    return [
-        c
-        for c in found
-        if c.rule in space.rules
-        and c.n in n_grid(space.max_n[c.rule])
-        and c.subset_seed == (seed if c.rule == "random" else 0)
+def _best(space: SearchSpace[C], discovery: dict[C, Evaluated]) -> C | None:
+    """The candidate closest to the opposite of the claim on the discovery half (ties: fewer
+    neurons, then the candidate's order)."""
+    scored: Sequence[tuple[float, int, C]] = [
+        (space.target(e), space.size(c), c) for c, e in discovery.items() if e.outcome.measurable
     ]
+    if not scored:
+        return next(iter(discovery), None)
+    return max(scored, key=lambda item: (item[0], -item[1], _negated_order(item[2], discovery)))[2]
 
 
-def _read_strongest(database: Path | None) -> list[Candidate]:
-    path = None if database is None else database / "strongest.json"
-    if path is None or not path.is_file():
-        return []
-    try:
-        rows = json.loads(path.read_text())
-        return [Candidate(str(r["rule"]), int(r["n"]), int(r["subset_seed"])) for r in rows]  # type: ignore[arg-type]
-    except (ValueError, KeyError, TypeError):  # a damaged file only loses hints: the search still runs
-        return []
-
-
-def _write_strongest(database: Path, result: SearchResult) -> None:
-    ranked = sorted(result.measurable, key=lambda p: -p.share.value)[:KEEP_STRONGEST]
-    database.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(database / "strongest.json", json.dumps([p.candidate.to_json() for p in ranked]))
-
-
-def search_ablations(
-    m: Measurements,
-    space: SearchSpace,
-    *,
-    max_examples: int = DEFAULT_EXAMPLES,
-) -> SearchResult:
-    """Run the search for ``space`` on a pair's measurements, with its example database in
-    the cache (read-only when the cache is)."""
-    return run_search(
-        space,
-        lambda candidate: measure_ablation(m, candidate),
-        max_examples=max_examples,
-        seed=m.settings.seed,
-        database=database_dir(m, space),
-        read_only=m.cache.read_only,
-    )
-
-
-@claim("C1[search]")
-def c1_no_ablation_matches_dpo(m: Measurements, max_examples: int = DEFAULT_EXAMPLES) -> ClaimResult:
-    """C1[search]: the search over the top-N by cosine, positively-activated and random rules."""
-    return search_ablations(m, c1_space(m.decomposition), max_examples=max_examples).claim_result(
-        "C1[search]"
-    )
-
-
-@claim("C2[search]")
-def c2_no_positive_ablation_matches_dpo(m: Measurements, max_examples: int = DEFAULT_EXAMPLES) -> ClaimResult:
-    """C2[search]: the search over the top-N positively-activated toxic neurons."""
-    return search_ablations(m, c2_space(m.decomposition), max_examples=max_examples).claim_result(
-        "C2[search]"
-    )
+def _negated_order(candidate: Any, discovery: dict[Any, Evaluated]) -> int:
+    return -list(discovery).index(candidate)

@@ -10,6 +10,7 @@ import torch
 
 from dpoclaims.claims.paper import scale_n
 from dpoclaims.hooks.interventions import Intervention
+from dpoclaims.hooks.neurons import Positions
 from dpoclaims.measure.decomposition import Decomposition
 
 
@@ -40,8 +41,8 @@ def ablation(d: Decomposition, paper_n: int, *, positive: bool = False) -> Inter
     return Intervention("ablate", top_toxic_ids(d, paper_n, positive=positive), label=label)
 
 
-def patch_to_dpo(d: Decomposition, groups: Sequence[str]) -> Intervention:
-    """Set every neuron of ``groups`` to its mean DPO activation."""
+def patch_to_dpo(d: Decomposition, groups: Sequence[str], positions: Positions = "every") -> Intervention:
+    """Set every neuron of ``groups`` to its mean DPO activation, at ``positions`` of each forward."""
     mask = torch.zeros_like(d.cosines, dtype=torch.bool)  # [L, d_mlp]
     for group in groups:
         mask |= d.groups[group]
@@ -51,7 +52,9 @@ def patch_to_dpo(d: Decomposition, groups: Sequence[str]) -> Intervention:
         "patch",
         tuple(int(i) for i in flat),
         values=tuple(float(v) for v in values),
-        label=f"patch {'+'.join(groups)} to DPO means",
+        positions=positions,
+        label=f"patch {'+'.join(groups)} to DPO means"
+        + ("" if positions == "every" else f" ({positions} position)"),
     )
 
 

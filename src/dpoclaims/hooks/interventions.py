@@ -7,8 +7,9 @@ is a value with a stable id (so its results can be cached) and is applied only i
 :meth:`Intervention.applied`, a context manager, so hooks and weight edits end with the
 measurement (the reference code left them on between metrics, compounding interventions).
 It is applied to the plain Hugging Face model of a side, through plain PyTorch hooks
-(:mod:`dpoclaims.hooks.neurons`): the one path every measurement takes. Hooks fire at every
-position, prompt and generated alike. Every tensor an intervention writes is moved to the
+(:mod:`dpoclaims.hooks.neurons`): the one path every measurement takes. Hooks fire in every
+forward; an activation edit writes the positions its ``positions`` names (every one by
+default; "last": the authors' generation hooks). Every tensor an intervention writes is moved to the
 device and dtype of the activation or weight it meets.
 """
 
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
 import torch
 
 from dpoclaims.cache import stable_hash
 from dpoclaims.errors import OptionError
-from dpoclaims.hooks.neurons import NeuronEdit, edit_neurons, neuron_hooks, set_neurons
+from dpoclaims.hooks.neurons import POSITIONS, NeuronEdit, Positions, edit_neurons, neuron_hooks, set_neurons
 from dpoclaims.models.loading import MLPLayout
 from dpoclaims.models.mlp import mlp_modules, neuron_rows
 
@@ -74,9 +75,9 @@ EditMode = Literal["overwrite", "scale"]
 EDIT_MODES: tuple[EditMode, ...] = ("overwrite", "scale")
 
 
-def scale_neurons(indices: torch.Tensor, factors: torch.Tensor) -> NeuronEdit:
-    """An edit that multiplies neurons ``indices`` by ``factors`` (one each) at every position."""
-    return edit_neurons(indices, factors, lambda current, factor: current * factor)
+def scale_neurons(indices: torch.Tensor, factors: torch.Tensor, positions: Positions = "every") -> NeuronEdit:
+    """An edit that multiplies neurons ``indices`` by ``factors`` (one each) at ``positions``."""
+    return edit_neurons(indices, factors, lambda current, factor: current * factor, positions)
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,38 @@ class Intervention:
     factor: float = 1.0  # scale_keys
     values: tuple[float, ...] = ()  # patch, edit: one value per neuron, in the order of ``neurons``
     mode: EditMode = "overwrite"  # edit only: what ``values`` hold (see EditMode)
+    # Where an activation edit (ablate, patch, edit) writes in each forward; key scaling edits
+    # weights, so every position. See dpoclaims.hooks.neurons.Positions.
+    positions: Positions = "every"
     label: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise OptionError(
+                f"an intervention's positions must be one of {POSITIONS}, not {self.positions!r}"
+            )
+        if self.kind in ("none", "scale_keys") and self.positions != "every":
+            raise OptionError(
+                f"a {self.kind!r} intervention acts at every position, not at {self.positions!r}"
+            )
 
     @property
     def id(self) -> str:
         if self.kind == "none":
             return "none"
+        # Only an intervention at other positions than every one has them in its id, so the ids
+        # (and cache entries) of every-position interventions are those they always had.
+        where = "" if self.positions == "every" else f"-{self.positions}"
         if self.kind == "edit":  # only an edit's id holds the mode, so the other kinds' ids are unchanged
             digest = stable_hash([self.neurons, self.values, self.mode], 12)
-            return f"edit-{self.mode}-{len(self.neurons)}-{digest}"
-        return f"{self.kind}-{len(self.neurons)}-{stable_hash([self.neurons, self.factor, self.values], 12)}"
+            return f"edit-{self.mode}-{len(self.neurons)}-{digest}{where}"
+        digest = stable_hash([self.neurons, self.factor, self.values], 12)
+        return f"{self.kind}-{len(self.neurons)}-{digest}{where}"
+
+    def at(self, positions: Positions) -> Intervention:
+        """The same intervention at ``positions`` (e.g. a generation-time edit, measured on
+        held-out text at every scored position)."""
+        return self if positions == self.positions else replace(self, positions=positions)
 
     def neuron_set(self, layout: MLPLayout) -> dict[int, torch.Tensor]:
         return neuron_set_from_flat(torch.tensor(self.neurons, dtype=torch.long), layout.d_mlp)
@@ -134,10 +157,11 @@ class Intervention:
                 raise OptionError(f"unknown edit mode {self.mode!r}; use one of {EDIT_MODES}")
             write = set_neurons if self.mode == "overwrite" else scale_neurons
             return {
-                layer: write(idx, values) for layer, (idx, values) in self._per_layer_values(layout).items()
+                layer: write(idx, values, self.positions)
+                for layer, (idx, values) in self._per_layer_values(layout).items()
             }
         return {
-            layer: set_neurons(idx, values)
+            layer: set_neurons(idx, values, self.positions)
             for layer, (idx, values) in self._set_values(layout).items()
             if len(idx)
         }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -64,16 +64,30 @@ def neuron_hooks(
             handle.remove()
 
 
+# Which positions of each forward an activation edit writes: "every" position; the "last" one
+# (with the KV cache in generation: the prompt's last token, then each new token; the authors'
+# generation hooks wrote ``input[0][:, -1, idx]``); or the "first" one (position 0: the authors'
+# perplexity hooks, a known problem of their code, reproduced only to report its figure beside).
+Positions = Literal["every", "last", "first"]
+POSITIONS: tuple[Positions, ...] = ("every", "last", "first")
+_POSITION_INDEX: dict[str, slice] = {"every": slice(None), "last": slice(-1, None), "first": slice(0, 1)}
+
+
 def edit_neurons(
     indices: torch.Tensor,
     values: torch.Tensor,
     write: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    positions: Positions = "every",
 ) -> NeuronEdit:
-    """An edit that replaces neurons ``indices`` by ``write(their activation, values)`` at every
-    position; ``indices`` and ``values`` follow the activation's device and dtype (moved once each)."""
+    """An edit that replaces neurons ``indices`` by ``write(their activation, values)`` at
+    ``positions`` of each forward; ``indices`` and ``values`` follow the activation's device and
+    dtype (moved once each)."""
+    if positions not in _POSITION_INDEX:
+        raise ValueError(f"positions must be one of {POSITIONS}, not {positions!r}")
+    at = _POSITION_INDEX[positions]
     cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def edit(activation: torch.Tensor) -> torch.Tensor:
+    def edit(activation: torch.Tensor) -> torch.Tensor:  # [batch, seq, d_mlp]
         key = (activation.device, activation.dtype)
         if key not in cache:
             cache[key] = (
@@ -82,16 +96,16 @@ def edit_neurons(
             )
         index, value = cache[key]
         activation = activation.clone()
-        activation[..., index] = write(activation[..., index], value)
+        activation[:, at, index] = write(activation[:, at, index], value)
         return activation
 
     return edit
 
 
-def set_neurons(indices: torch.Tensor, values: torch.Tensor) -> NeuronEdit:
+def set_neurons(indices: torch.Tensor, values: torch.Tensor, positions: Positions = "every") -> NeuronEdit:
     """An edit that sets neurons ``indices`` to ``values`` (one value each, or one for all)
-    at every position."""
-    return edit_neurons(indices, values, lambda current, value: value.expand_as(current))
+    at ``positions`` of each forward."""
+    return edit_neurons(indices, values, lambda current, value: value.expand_as(current), positions)
 
 
 class LastPositionRecorder:

@@ -26,13 +26,25 @@ AN+     < 0        < 0           > 0       mirror: anti-toxic, more negative
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from dpoclaims.stats import Estimate, bootstrap, bootstrap_of_means, pearson_with_ci, ratio_of_means
+from dpoclaims.stats import (
+    MIN_PROMPTS,
+    N_RESAMPLES,
+    Estimate,
+    bootstrap,
+    bootstrap_of_means,
+    estimate_from_resampled,
+    pearson_with_ci,
+    ratio_of_means,
+    resampler,
+)
 
 REDUCING_GROUPS = ("TP-", "TN+", "AP+", "AN-")
 MIRROR_GROUPS = ("TP+", "TN-", "AP-", "AN+")
@@ -267,3 +279,134 @@ def decompose(
     return Decomposition(
         cosines, mean_base, mean_dpo, contribution, assign_groups(cosines, mean_base, mean_base - mean_dpo)
     )
+
+
+# ------------------------------------------------------------------------- per-prompt neuron data
+
+#: Index of each quantity on axis 1 of :attr:`NeuronSample.data`.
+CONTRIBUTION, BASE_ACTIVATION, DPO_ACTIVATION = 0, 1, 2
+NULL_DRAWS = 1000  # sign-flip draws of the null control (its 95% interval from their percentiles)
+_NULL_STREAM = 0x4E554C4C  # "NULL": the null's random stream, apart from the bootstrap's and the folds'
+
+# Statistics of neuron means: (pooled, fold_a, fold_b), each [k, 3, L * d_mlp] float64 means over
+# prompts, to named [k] arrays (all at once, so what several share is computed once). A statistic
+# that selects neurons (groups, masks, a ranking) selects them on one fold and sums on the other
+# (cross-fitting); one that selects nothing reads ``pooled``.
+NeuronStatistics = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
+_BLOCK_ELEMENTS = 1 << 22  # float64 elements of one block of resampled means (bounds memory)
+
+
+def half_split(n: int, seed: int) -> np.ndarray:
+    """``[n]`` bool: True for the prompts (or texts) of fold A, a seeded half (the first
+    ceil(n / 2) of a permutation drawn from its own stream of ``seed``)."""
+    order = np.random.default_rng([seed, 0xF01D]).permutation(n)
+    fold_a = np.zeros(n, dtype=bool)
+    fold_a[order[: (n + 1) // 2]] = True
+    return fold_a
+
+
+@dataclass
+class NeuronSample:
+    """Per prompt and neuron: D_i(p), m_i^base(p), m_i^DPO(p), for statistics that resample
+    prompts (:meth:`bootstrap`) or swap the two sides of each prompt at random (:meth:`null`).
+
+    The null control swaps base and DPO within each prompt with probability 1/2 (their
+    activations exchange and D_i(p) changes sign): under "DPO changes nothing systematic",
+    the data are as likely as any of their swaps, so the statistic over many swaps is its
+    distribution when only noise (the two models' different continuations) separates the sides.
+    """
+
+    data: np.ndarray  # [n_prompts, 3, L * d_mlp] float64 (CONTRIBUTION, BASE_ACTIVATION, DPO_ACTIVATION)
+    fold_a: np.ndarray  # [n_prompts] bool: the seeded half (half_split)
+
+    @property
+    def n(self) -> int:
+        return int(self.data.shape[0])
+
+    def _means(self, weights: np.ndarray, swapped: np.ndarray | None) -> np.ndarray:
+        """``[k, 3, N]``: means under prompt ``weights`` ``[k, n]`` (rows sum to 1), with the sides
+        of the prompts ``swapped`` ``[k, n]`` exchanged."""
+        flat = self.data.reshape(self.n, -1)  # [n, 3N]
+        if swapped is None:
+            return (weights @ flat).reshape(len(weights), 3, -1)
+        kept, moved = weights * ~swapped, weights * swapped
+        d, base, dpo = (self.data[:, i] for i in (CONTRIBUTION, BASE_ACTIVATION, DPO_ACTIVATION))
+        return np.stack(
+            [kept @ d - moved @ d, kept @ base + moved @ dpo, kept @ dpo + moved @ base], axis=1
+        )  # [k, 3, N]
+
+    @property
+    def chunk(self) -> int:
+        """Resamples per block: a block's means stay within :data:`_BLOCK_ELEMENTS`."""
+        return max(1, _BLOCK_ELEMENTS // (3 * self.data.shape[2]))
+
+    def _evaluate(
+        self, statistics: NeuronStatistics, counts: np.ndarray, swapped: np.ndarray | None
+    ) -> dict[str, np.ndarray]:
+        """Every statistic under prompt multiplicities ``counts`` ``[k, n]``."""
+
+        def normalised(c: np.ndarray) -> np.ndarray:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return c / c.sum(1, keepdims=True)
+
+        pooled = self._means(normalised(counts), swapped)
+        fold_a = self._means(normalised(counts * self.fold_a), swapped)
+        fold_b = self._means(normalised(counts * ~self.fold_a), swapped)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {
+                name: np.asarray(v, dtype=np.float64)
+                for name, v in statistics(pooled, fold_a, fold_b).items()
+            }
+
+    def bootstrap(
+        self, statistics: NeuronStatistics, *, seed: int = 0, n_resamples: int = N_RESAMPLES
+    ) -> dict[str, Estimate]:
+        """Each statistic with its bootstrap distribution over prompts, all in one pass: the same
+        resampled prompts as every other figure of the pair (:func:`dpoclaims.stats.resampler`),
+        the folds of a resample being its prompts of each half, so selections are made anew in
+        every resample."""
+        point = self._evaluate(statistics, np.ones((1, self.n)), None)
+        if self.n < MIN_PROMPTS:
+            return {name: Estimate(float(v[0]), math.nan, math.nan, n=self.n) for name, v in point.items()}
+        sampler = resampler(self.n, seed, n_resamples)
+        values: dict[str, list[np.ndarray]] = {name: [] for name in point}
+        for start in range(0, n_resamples, self.chunk):
+            rows = sampler.indices[start : start + self.chunk]  # [k, n]
+            counts = np.zeros((len(rows), self.n))
+            np.add.at(counts, (np.arange(len(rows))[:, None], rows), 1.0)
+            for name, v in self._evaluate(statistics, counts, None).items():
+                values[name].append(v)
+        return {
+            name: estimate_from_resampled(float(point[name][0]), np.concatenate(values[name]), sampler.scheme)
+            for name in point
+        }
+
+    def null(
+        self, statistics: NeuronStatistics, *, seed: int = 0, draws: int = NULL_DRAWS
+    ) -> dict[str, np.ndarray]:
+        """Each statistic on ``draws`` random swaps of the sides within prompts (no resampling):
+        ``name -> [draws]`` (NaN where a draw leaves it undefined)."""
+        rng = np.random.default_rng([seed, _NULL_STREAM])
+        swaps = rng.random((draws, self.n)) < 0.5  # [draws, n]
+        values: dict[str, list[np.ndarray]] = {}
+        for start in range(0, draws, self.chunk):
+            swapped = swaps[start : start + self.chunk]
+            for name, v in self._evaluate(statistics, np.ones(swapped.shape), swapped).items():
+                values.setdefault(name, []).append(v)
+        return {name: np.concatenate(v) for name, v in values.items()}
+
+
+def neuron_sample(
+    d: Decomposition, base_activation: torch.Tensor, dpo_activation: torch.Tensor, seed: int
+) -> NeuronSample:
+    """The decomposition's per-prompt data (``*_activation``: ``[n, L, d_mlp]``), folds from ``seed``."""
+    n = d.contribution_per_prompt.shape[0]
+    data = np.stack(
+        [
+            d.contribution_per_prompt.reshape(n, -1).double().numpy(),
+            base_activation.reshape(n, -1).double().numpy(),
+            dpo_activation.reshape(n, -1).double().numpy(),
+        ],
+        axis=1,
+    )  # [n, 3, L * d_mlp]
+    return NeuronSample(data, half_split(n, seed))

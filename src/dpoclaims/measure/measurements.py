@@ -30,7 +30,7 @@ from dpoclaims.errors import DpoclaimsError
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.artifact import Artifact, ArtifactT
 from dpoclaims.measure.capture import Capture, Convention, capture
-from dpoclaims.measure.decomposition import Decomposition, decompose
+from dpoclaims.measure.decomposition import Decomposition, NeuronSample, decompose, half_split, neuron_sample
 from dpoclaims.measure.evaluation import (
     Evaluation,
     PerplexityRows,
@@ -285,6 +285,22 @@ class Measurements:
             captures["base"].mean_activation,
             captures["dpo"].mean_activation,
         )
+
+    @cached_property
+    def neuron_sample(self) -> NeuronSample:
+        """Per prompt and neuron: D_i(p) and both sides' activations, for resampled and null
+        statistics of the decomposition; its folds are :meth:`fold_a`'s."""
+        return neuron_sample(
+            self.decomposition,
+            self.capture("base").mean_activation,
+            self.capture("dpo").mean_activation,
+            self.settings.seed,
+        )
+
+    def fold_a(self, n: int) -> np.ndarray:
+        """``[n]`` bool: the seeded half of ``n`` prompts (or held-out rows) that is fold A, the
+        other being fold B (:func:`dpoclaims.measure.decomposition.half_split`, from the settings' seed)."""
+        return half_split(n, self.settings.seed)
 
     def layer_projection(self, side: PairSide, intervention: Intervention = NO_INTERVENTION) -> np.ndarray:
         """``[n_layers]``: mean MLP output projected on the unit probe, per layer (Fig. 1a)."""

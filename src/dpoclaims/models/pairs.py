@@ -63,6 +63,9 @@ class PairSpec:
     extras: dict[str, str] = field(default_factory=dict)  # e.g. prompt sets of the pair
     root: str | None = None
     lexicon: frozenset[str] = frozenset()  # words of the pair's own lexicon scorer (the toy's), if any
+    # The bands the pair's build enforces (a pair the project builds: the toy, smollm2), by name:
+    # a claim that such a band already requires cannot fail on it (ClaimEntry.guaranteed_by_band).
+    guarantees: frozenset[str] = frozenset()
 
     def resolve(self, value: str) -> str:
         """Resolve a spec value: relative paths are relative to the spec's directory, never

@@ -6,8 +6,8 @@
 - :mod:`~dpoclaims.plugin.resources`: the fixtures (the pair, its base and DPO models, the
   cached captures and measurements) and building the toy before the first test.
 - :mod:`~dpoclaims.plugin.reporting`: verdicts, expected failures, reports and badges.
-- :mod:`~dpoclaims.plugin.claim_tests`: ``@claim_test(key)``, a claim test's markers,
-  parametrization and docstring from the paper table.
+- :mod:`~dpoclaims.plugin.claim_tests`: the claims tests, generated from the paper table
+  (``family_tests``): parametrization, markers and docstring from each entry.
 
 Everything here acts only on a run that selects ``claims/`` under its root directory, or on
 items marked ``claim``: elsewhere the plugin adds its options and nothing else.

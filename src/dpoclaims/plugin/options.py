@@ -85,8 +85,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--perplexity",
         default=None,
-        help="claims|all: measure perplexity only where a claim uses it "
-        "(default), or for every intervention as in the paper's Table 1; env DPOCLAIMS_PERPLEXITY",
+        help="claims|all: held-out perplexity is measured for every intervention either way (an intervention "
+        "matches DPO only within DPO's perplexity); 'all' adds the paper's Table 1 F1; env DPOCLAIMS_PERPLEXITY",
     )
     group.addoption(
         "--search-examples",

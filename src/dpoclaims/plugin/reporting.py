@@ -289,6 +289,7 @@ class ClaimRecorder:
             "source": "Yang et al. 2024 (arXiv 2411.06424), Lee et al. 2024 (arXiv 2401.01967)",
             "badge_repo": options.badge_repo,
             "incomplete": incomplete,
+            "level": paper.SIDE_ALPHA,
         }
         records = [replace(record, pair_fingerprint=header["fingerprint"]) for record in records]
         try:

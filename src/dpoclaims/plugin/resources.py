@@ -165,6 +165,10 @@ def check_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], Claim
         if "measurements" in request.fixturenames:
             _record_pair(request, node)
         claim_item = node.stash.get(CLAIM_ITEM_KEY, None)
+        if claim_item is not None and result.id != claim_item.id:  # never an expected failure
+            raise RuntimeError(
+                f"test {node.nodeid} (claim {claim_item.id}) recorded the result of {result.id}"
+            )
         return (claim_item.expectation if claim_item else Expectation()).check(result)
 
     return check

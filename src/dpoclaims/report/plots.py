@@ -157,7 +157,7 @@ def edit_front(details: dict[str, Any], title: str, path: Path) -> Path:
         y_err = np.abs(np.array([[r["toxicity_ci"][0], r["toxicity_ci"][1]] for r in rows]).T - y)
         ax.errorbar(x, y, xerr=x_err, yerr=y_err, ls="none", elinewidth=0.6, capsize=1.5, **style)
 
-    edits = details.get("measured", [])
+    edits = [e for e in details.get("measured", []) if "toxicity" in e]
     for direction, color in (("probe", "#1f77b4"), ("unembedding", "#9467bd")):
         for rule, marker in (("repository", "o"), ("highest", "^")):
             chosen = [e for e in edits if e["direction"] == direction and e["selection"] == rule]
@@ -175,10 +175,11 @@ def edit_front(details: dict[str, Any], title: str, path: Path) -> Path:
     if dpo is not None:
         ax.axhline(dpo["toxicity"], color="#2ca02c", ls="--", lw=0.8)
         ax.axvline(dpo["perplexity"], color="#2ca02c", ls="--", lw=0.8)
-    best = details.get("best")
+    chosen_spec = details.get("chosen") or {}
+    best = next((e for e in edits if e["label"] == chosen_spec.get("label")), None)
     if best:
         ax.annotate(
-            f"best: alpha={best['alpha']:g}, beta={best['beta']:g}",
+            f"{'found' if chosen_spec.get('hit') else 'best'}: alpha={best['alpha']:g}, beta={best['beta']:g}, {best['mode']}",
             (best["perplexity"], best["toxicity"]),
             fontsize=7,
             xytext=(6, 6),
@@ -190,7 +191,7 @@ def edit_front(details: dict[str, Any], title: str, path: Path) -> Path:
     ax.set(
         xlabel="perplexity on held-out texts (log scale)",
         ylabel="toxicity (mean over prompts)",
-        title=f"{title}: activation edits vs DPO (C13[search], {details.get('verdict', '')})",
+        title=f"{title}: activation edits vs DPO (C13[search])",
     )
     ax.legend(fontsize=6, ncol=2)
     return _save(fig, path)

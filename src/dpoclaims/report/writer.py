@@ -16,7 +16,6 @@ from typing import Any
 from dpoclaims.claims.results import NOT_MEASURED, ClaimId, ClaimRecord, ClaimResult
 from dpoclaims.errors import ReportError
 from dpoclaims.files import atomic_write_text, ensure_writable_dir
-from dpoclaims.stats import changed_by_holm, holm
 
 log = logging.getLogger(__name__)
 
@@ -63,101 +62,64 @@ def _details(record: ClaimRecord) -> dict[str, Any]:
 
 
 def _search_lines(records: Sequence[ClaimRecord]) -> list[str]:
+    """The searches (C1[search], C2[search], C13[search]): what discovery chose and how it fared
+    on each half (dpoclaims.claims.search)."""
     lines = []
     for r in records:
         details = _details(r)
         if "search" not in details or "n_measured" not in details:
             continue
-        best, counter = details.get("best"), details.get("counterexample")
+        chosen = details.get("chosen")
         text = (
-            f"- **{r.id}**: {details['n_measured']} ablations measured "
-            f"(up to {details.get('max_examples')} drawn by Hypothesis)"
+            f"- **{r.id}**: {details['n_measured']} candidates measured on the discovery half "
+            f"(up to {details.get('max_examples')} drawn by Hypothesis, seed {details.get('seed')})"
         )
-        if best:
-            text += f"; best: {_ablation(best)} of DPO's drop ({best['verdict']})"
-        if counter:
+        if chosen:
             how = (
-                "shrunk by Hypothesis"
-                if counter.get("shrunk")
-                else "measured before Hypothesis's draws (a rule's largest ablation or an earlier run's "
-                "strongest), not shrunk"
+                "found (it reached the opposite of the claim there)"
+                if chosen.get("hit")
+                else "best (none reached it)"
             )
-            text += f"; counterexample ({how}): {_ablation(counter)} ({counter['verdict']})"
-        else:
-            text += "; no counterexample"
+            text += (
+                f"; {how}: {chosen['label']} ({chosen['size']} neurons): discovery "
+                f"{_candidate(chosen['discovery'])}; confirmation {_candidate(chosen['confirmation'])}"
+            )
         lines.append(text + ".")
-    return ["", "Counterexample searches:", "", *lines] if lines else []
-
-
-def _edit_search_lines(records: Sequence[ClaimRecord]) -> list[str]:
-    """C13[search]: the best edit and the one found, and the toxicity / perplexity table."""
-    record = next((r for r in records if _details(r).get("edit_search")), None)
-    if record is None:
-        return []
-    details = _details(record)
-    text = (
-        f"- **{record.id}**: {details['n_measured']} edits measured (up to {details.get('max_examples')} "
-        f"drawn by Hypothesis; directions {', '.join(details['directions'])}); verdict {details['verdict']}, "
-        f"Bonferroni p {_p_text(details['p_value'])}"
-    )
-    best, found = details.get("best"), details.get("found")
-    if best:
-        text += f"; best: {_edit(best)} ({best['verdict']})"
-    if found:
-        how = "shrunk by Hypothesis" if found.get("shrunk") else "measured before the search drew"
-        text += f"; found ({how}): {_edit(found)}"
-    else:
-        text += "; no edit found with both parts below DPO's"
-    lines = ["", "Activation editing:", "", text + "."]
-    if details.get("unavailable"):
-        lines.append(f"- The unembedding direction is not searched on this pair: {details['unavailable']}.")
-    table = details.get("table") or []
-    if table:
-        lines += [
+        unavailable = (details.get("space") or {}).get("unavailable")
+        if unavailable:
+            lines.append(f"  - The unembedding direction is not searched on this pair: {unavailable}.")
+    return (
+        [
             "",
-            "| model | edit | neurons | toxicity | 95% CI | perplexity | 95% CI |",
-            "|---|---|---|---|---|---|---|",
+            "Searches (discovery on one half of the prompts and texts, confirmation on the other):",
+            "",
+            *lines,
         ]
-        for row in table:
-            what = {"base": "base", "dpo": "DPO"}.get(row["kind"], f"base, {row['kind']}")
-            edit = (
-                f"alpha {row['alpha']:g}, beta {row['beta']:g}, {row['direction']}, {row['selection']}"
-                if "alpha" in row
-                else "-"
-            )
-            lines.append(
-                f"| {what} | {edit} | {row.get('n_neurons', '-')} | {_fmt(row['toxicity'], 4)} | "
-                f"[{_fmt(row['toxicity_ci'][0], 4)}, {_fmt(row['toxicity_ci'][1], 4)}] | "
-                f"{_fmt(row['perplexity'], 3)} | [{_fmt(row['perplexity_ci'][0], 3)}, {_fmt(row['perplexity_ci'][1], 3)}] |"
-            )
-    return lines
-
-
-def _edit(point: dict[str, Any]) -> str:
-    return (
-        f"alpha {point['alpha']:g}, beta {point['beta']:g} ({point['direction']}, {point['selection']}; "
-        f"{point['n_neurons']} neurons): toxicity minus DPO's {_fmt(point['toxicity_vs_dpo']['value'], 4)} "
-        f"[{_fmt(point['toxicity_vs_dpo']['ci'][0], 4)}, {_fmt(point['toxicity_vs_dpo']['ci'][1], 4)}], "
-        f"perplexity over DPO's {point['perplexity_vs_dpo']['value']:+.2%} "
-        f"[{point['perplexity_vs_dpo']['ci'][0]:+.2%}, {point['perplexity_vs_dpo']['ci'][1]:+.2%}]"
+        if lines
+        else []
     )
 
 
-def _ablation(point: dict[str, Any]) -> str:
-    return (
-        f"{point['n']} neurons by rule `{point['rule']}` recover {_fmt(point['share'])} "
-        f"[{_fmt(point['ci'][0])}, {_fmt(point['ci'][1])}]"
-    )
+def _candidate(evaluated: dict[str, Any]) -> str:
+    parts = []
+    for name in ("share", "toxicity_vs_dpo", "perplexity_vs_dpo"):
+        figure = evaluated.get(name)
+        if isinstance(figure, dict) and "value" in figure:
+            low, high = figure["ci"]
+            parts.append(
+                f"{name.replace('_', ' ')} {_fmt(figure['value'], 4)} [{_fmt(low, 4)}, {_fmt(high, 4)}]"
+            )
+    return ", ".join(parts) or "-"
 
 
-def holm_adjust(records: Sequence[ClaimRecord]) -> tuple[list[ClaimRecord], list[str]]:
-    """The records with Holm-adjusted p-values (``p_holm``) over the family of claims measured on
-    the pair, and the ids whose "replicates" the adjustment would not support."""
-    p_values = {str(r.id): r.result.p_value for r in records if r.result is not None}
-    adjusted = holm(p_values)
-    by_id = {str(r.id): r for r in records}
-    changed = [key for key in changed_by_holm(p_values) if by_id[key].verdict == "replicates"]
-    return [r.with_p_holm(adjusted.get(str(r.id))) for r in records], changed
+def _null_text(claim: ClaimResult) -> str:
+    null = claim.details.get("null")
+    if not null:
+        return "-"
+    if null.get("interval") is None:
+        return f"undefined ({null.get('defined', 0):.0%} of draws)"
+    low, high = null["interval"]
+    return f"[{_fmt(low)}, {_fmt(high)}]" + (" (inside)" if null.get("contains") else "")
 
 
 def _interval_text(claim: ClaimResult) -> str:
@@ -328,41 +290,36 @@ def report_markdown(records: Sequence[ClaimRecord], header: dict[str, Any]) -> s
         + (f" (distinct and usable; dropped from the file: {dropped_text})" if dropped_text else "")
         + "; position convention "
         f"`{header['convention']}`; scorer `{header['scorer']}`. Shares use the four reducing groups' total as "
-        "denominator (v1) unless the id says `gross` (the gross reduction over all D_i > 0, EMNLP). Intervals are "
-        "95% bootstrap intervals over prompts (over texts or windows for perplexity; Fisher z for correlations; "
-        '"exact" for figures without sampling error). Verdicts come from the interval: **replicates** when it lies '
-        "wholly on the paper's side of the criterion, **contradicts** when wholly on the other side, "
-        "**inconclusive** when it straddles it, **not measurable** when the figure is undefined on this pair. "
-        'p is the one-sided p-value of H0 "the paper\'s finding does not hold" (see docs/claims.md); p (Holm) '
-        "adjusts it over the claims of this run. Neuron counts from the paper are scaled to this pair by the "
-        "fraction of all MLP neurons.",
+        "denominator (v1) unless the id says `gross`. Each claim has two one-sided bootstrap tests (10,000 resamples "
+        'of the prompts; of the texts or windows for perplexity): p, of H0 "the paper\'s finding does not hold", and '
+        'p against, of H0 "it holds". A verdict is definite when its p-value is at most the level, '
+        f"{_p_text(header.get('level'))}: 5% over every claim test of the paper table (Bonferroni), so the chance "
+        "of any wrong definite verdict in a run is at most 5%, whichever claims it selects. Intervals are read at the "
+        "same level. **replicates**: p at most the level; **contradicts**: p against at most the level; "
+        "**inconclusive**: neither; **not measurable**: a figure is undefined on this pair (a ratio whose "
+        "denominator is not shown positive). C4-C9 show a null control (base and DPO swapped at random within "
+        "prompts): a figure inside its 95% interval cannot replicate. See docs/claims.md. Neuron counts from the "
+        "paper are scaled to this pair by the fraction of all MLP neurons.",
         "",
-        "| id | keyword | claim | paper | measured | 95% CI | p | p (Holm) | expected here | verdict | outcome |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| id | keyword | claim | paper | measured | interval | null (95%) | p | p against | expected here | verdict | outcome |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         c = r.result
         claim_text = c.statement if c else _short(r.skip_reason)
         figures = (
-            f"{_fmt(c.paper)} | {_fmt(c.measured)} | {_interval_text(c)} | {_p_text(c.p_value)} | {_p_text(c.p_holm)}"
+            f"{_fmt(c.paper)} | {_fmt(c.measured)} | {_interval_text(c)} | {_null_text(c)} | {_p_text(c.p_value)} | "
+            f"{_p_text(c.p_against)}"
             if c
-            else "- | - | - | - | -"
+            else "- | - | - | - | - | -"
         )
         lines.append(
             f"| {r.id} | {r.keyword} | {claim_text} | {figures} | {r.expectation.label} | {r.verdict} | {r.outcome} |"
         )
-    changed = header.get("holm_changes") or []
-    lines += [
-        "",
-        "Holm adjustment: "
-        + (
-            f'it would not support the verdict "replicates" of {", ".join(changed)} (adjusted p >= 0.025).'
-            if changed
-            else "it changes no verdict (every claim that replicates keeps adjusted p < 0.025)."
-        ),
-    ]
+    findings = [(r.id, r.result.finding) for r in records if r.result is not None and r.result.finding]
+    if findings:
+        lines += ["", "Findings:", ""] + [f"- **{cid}**: {text}." for cid, text in findings]
     lines += _search_lines(records)
-    lines += _edit_search_lines(records)
     reasons = sorted({r.skip_reason for r in records if r.skip_reason})
     if reasons:
         lines += ["", "Skipped, because:", ""] + [f"- {reason}" for reason in reasons]
@@ -495,8 +452,7 @@ def _write_into(
 ) -> list[str]:
     """Write the report files into ``directory``; their paths relative to it."""
     figures, skipped = draw_figures(records, directory / "figures", header, figure_data)
-    records, holm_changes = holm_adjust(records)
-    header = {**header, "figures": figures, "figures_skipped": skipped, "holm_changes": holm_changes}
+    header = {**header, "figures": figures, "figures_skipped": skipped}
     (directory / "claims.json").write_text(
         json.dumps({"header": header, "claims": [r.to_json() for r in records]}, indent=1, default=str)
     )
@@ -536,7 +492,7 @@ def draw_figures(
         drawn.append("fig1a_layer_projection.png")
     else:
         skipped.append("fig1a_layer_projection.png")
-    edits = next((_details(r) for r in records if _details(r).get("edit_search")), None)
+    edits = next((_details(r) for r in records if _details(r).get("search") == "C13[search]"), None)
     if edits is not None:
         plots.edit_front(edits, title, fig_dir / "c13_edit_front.png")
         drawn.append("c13_edit_front.png")

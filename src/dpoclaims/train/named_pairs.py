@@ -15,8 +15,10 @@ import torch
 from dpoclaims.cache import Cache
 from dpoclaims.errors import MissingDownload, UnknownPairError
 from dpoclaims.models.pairs import ModelPair, PairSpec, load_pair_from_spec
+from dpoclaims.train.organism.build import BANDS as TOY_BANDS
 from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy
 from dpoclaims.train.organism.corpus import TOXIC_WORDS
+from dpoclaims.train.smollm2 import BANDS as SMOLLM2_BANDS
 from dpoclaims.train.smollm2 import (
     CLAIMS_MAX_PROMPTS,
     CLAIMS_PERPLEXITY_WINDOW,
@@ -36,7 +38,8 @@ def built_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path
 
 def _toy_spec(cache: Cache) -> PairSpec:
     spec = PairSpec.from_file(built_toy(cache, ToyConfig()) / "pair.toml")
-    return replace(spec, lexicon=TOXIC_WORDS)  # the toy's toxic register, for the lexicon scorer
+    # the toy's toxic register, for the lexicon scorer; the bands its build enforces
+    return replace(spec, lexicon=TOXIC_WORDS, guarantees=frozenset(TOY_BANDS))
 
 
 # The toy organism built at another seed, e.g. "toy-seed1" (dpoclaims replicate runs the claims on
@@ -53,7 +56,7 @@ def toy_seed(pair: object) -> int | None:
 
 def _seeded_toy_spec(cache: Cache, seed: int) -> PairSpec:
     spec = PairSpec.from_file(built_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
-    return replace(spec, name=f"toy-seed{seed}", lexicon=TOXIC_WORDS)
+    return replace(spec, name=f"toy-seed{seed}", lexicon=TOXIC_WORDS, guarantees=frozenset(TOY_BANDS))
 
 
 GPT2_MEDIUM_HELP = (
@@ -125,6 +128,7 @@ def _smollm2_spec(cache: Cache) -> PairSpec:
             "max_prompts": str(CLAIMS_MAX_PROMPTS),
             "perplexity_window": str(CLAIMS_PERPLEXITY_WINDOW),
         },
+        guarantees=frozenset(SMOLLM2_BANDS),
     )
 
 

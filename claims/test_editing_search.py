@@ -1,0 +1,9 @@
+"""C13[search]: Hypothesis searches for an activation edit that beats DPO (v3, EMNLP).
+
+Generated from the paper table (dpoclaims.claims.paper): each entry of family ``editing_search`` is one
+test here, parametrized, marked and documented from its entry. One file per claim family, so that
+under ``pytest -n N --dist loadfile`` the families' generation passes run on different workers."""
+
+from dpoclaims.plugin.claim_tests import family_tests
+
+globals().update(family_tests(__name__))
