@@ -13,6 +13,7 @@ from tiny import tiny_toy_config
 from dpoclaims.cache import read_manifest_meta, verify_entry
 from dpoclaims.errors import BrokenOrganismError
 from dpoclaims.train import named_pairs
+from dpoclaims.train.bands import failed_bands
 from dpoclaims.train.named_pairs import load_pair
 from dpoclaims.train.organism import DEFAULT_SEED
 from dpoclaims.train.organism import build as build_module
@@ -21,7 +22,6 @@ from dpoclaims.train.organism.build import (
     DEFAULT_SCORER,
     check_bands,
     ensure_toy,
-    failed_bands,
     toy_key,
 )
 

@@ -70,9 +70,9 @@ from dpoclaims.measure.generation import (
 from dpoclaims.measure.metrics import perplexity_from_rows, perplexity_rows, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import ProfanityCheckScorer
+from dpoclaims.train.bands import band_checks, failed_bands
 from dpoclaims.train.dpo import DPOSettings, read_lee_pairs, train_dpo_run, write_lee_pairs
 from dpoclaims.train.organism import corpus
-from dpoclaims.train.organism.build import band_checks, failed_bands
 from dpoclaims.versions import build_versions, library_version
 
 log = logging.getLogger(__name__)

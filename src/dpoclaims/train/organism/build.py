@@ -24,6 +24,7 @@ from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.measure.metrics import perplexity, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
+from dpoclaims.train.bands import band_checks, failed_bands
 from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
 from dpoclaims.train.organism import DEFAULT_SEED, corpus
 from dpoclaims.train.organism.lm import move, pack_examples, pretrain, train_tokenizer
@@ -114,15 +115,6 @@ def toy_key(config: ToyConfig, device: torch.device | str | None = None) -> str:
     return stable_hash(parts)
 
 
-def failed_bands(report: dict[str, Any]) -> list[str]:
-    """The bands a built toy's report fails, each as ``name = value (band [low, high])``."""
-    return [
-        f"{name} = {band['value']:.4f} (band [{band['band'][0]}, {band['band'][1]}])"
-        for name, band in report["bands"].items()
-        if not band["ok"]
-    ]
-
-
 def check_bands(directory: Path) -> None:
     """A :class:`BrokenOrganismError` when the toy in ``directory`` failed a band of its setting:
     the suite never measures claims on it (its verdicts would be about a broken organism)."""
@@ -154,17 +146,6 @@ def _timed(timings: dict[str, float], name: str, start: float) -> float:
     now = time.perf_counter()
     timings[name] = round(now - start, 2)
     return now
-
-
-def band_checks(
-    measured: dict[str, float], bands: dict[str, tuple[float, float]] = BANDS
-) -> dict[str, dict[str, Any]]:
-    """Each band of ``bands`` with the measured value and whether it lies inside (a report's
-    ``bands``, which :func:`failed_bands` reads)."""
-    return {
-        name: {"value": measured[name], "band": [low, high], "ok": low <= measured[name] <= high}
-        for name, (low, high) in bands.items()
-    }
 
 
 def _check_tied(model: PreTrainedModel) -> None:
@@ -317,7 +298,7 @@ def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.de
         "min_weight_cosine": report["min_weight_cosine"],
         "probe_accuracy": probe_accuracy,
     }
-    report["bands"] = band_checks(measured)
+    report["bands"] = band_checks(measured, BANDS)
     report["default_scorer"] = DEFAULT_SCORER
 
     (out / "challenge_prompts.json").write_text(
