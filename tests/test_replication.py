@@ -220,10 +220,10 @@ def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, mon
     def fake_ensure_toy(config, *, cache=None, progress=True):
         built.append(config.seed)
         (tmp_path / "pair.toml").write_text('name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n')
+        (tmp_path / "toy.json").write_text(json.dumps({"bands": {}}))  # no band failed
         return tmp_path
 
     monkeypatch.setattr(named_pairs, "ensure_toy", fake_ensure_toy)
-    monkeypatch.setattr(named_pairs, "check_bands", lambda directory: None)  # the fake toy has no report
     assert named_pairs.toy_seed("toy-seed12") == 12 and named_pairs.toy_seed("toy") is None
     assert named_pairs.pair_name("toy-seed2") == "toy-seed2" and built == []  # naming builds nothing
     spec = named_pairs.resolve_spec("toy-seed2", Cache(tmp_path / "cache"))

@@ -113,7 +113,7 @@ def _print_bands(bands: dict[str, dict[str, Any]], *, width: int) -> bool:
 def cmd_build_toy(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from dpoclaims.train.organism.build import ToyConfig, ensure_toy, toy_key
+    from dpoclaims.train.organism.build import ToyConfig, ensure_toy, read_toy_report, toy_key
 
     _check_seed(args.seed)
     config = replace(ToyConfig(), seed=args.seed)
@@ -132,7 +132,7 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     directory = ensure_toy(config, cache=cache, progress=not args.no_progress, device=device)
     elapsed = time.perf_counter() - start
-    report = json.loads((directory / "toy.json").read_text())
+    report = read_toy_report(directory)
     report["toy_dir"] = str(directory)
     atomic_write_text(Path(args.report), json.dumps(report, indent=1))
     print(

@@ -15,22 +15,24 @@ import torch
 from dpoclaims.cache import Cache
 from dpoclaims.errors import MissingDownload, UnknownPairError
 from dpoclaims.models.pairs import ModelPair, PairSpec, load_pair_from_spec
-from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy
+from dpoclaims.train.bands import check_bands
+from dpoclaims.train.organism.build import ToyConfig, ensure_toy, out_of_bands_advice, read_toy_report
 from dpoclaims.train.organism.corpus import TOXIC_WORDS
 from dpoclaims.train.smollm2 import (
     CLAIMS_MAX_PROMPTS,
     CLAIMS_PERPLEXITY_WINDOW,
+    OUT_OF_BANDS_ADVICE,
     BuiltPair,
     SmolConfig,
     ensure_smollm2,
 )
-from dpoclaims.train.smollm2 import check_bands as check_smollm2_bands
 
 
 def built_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path:
     """The toy's directory, built if needed; refused (BrokenOrganismError) if out of its bands."""
     directory = ensure_toy(config, cache=cache, progress=progress)
-    check_bands(directory)
+    report = read_toy_report(directory)
+    check_bands(report, organism=f"the toy organism in {directory}", advice=out_of_bands_advice(report))
     return directory
 
 
@@ -103,7 +105,7 @@ def _gpt2_medium_spec(cache: Cache) -> PairSpec:
 def built_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
     """The smollm2 pair's stages, built if needed; refused (BrokenOrganismError) if out of its bands."""
     built = ensure_smollm2(SmolConfig(), cache=cache, progress=progress)
-    check_smollm2_bands(built)
+    check_bands(built.report(), organism=f"the smollm2 pair in {built.pair}", advice=OUT_OF_BANDS_ADVICE)
     return built
 
 

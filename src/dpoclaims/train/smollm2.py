@@ -60,7 +60,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims import stats
 from dpoclaims.cache import Cache, file_sha256, stable_hash
-from dpoclaims.errors import BrokenOrganismError, CheckpointError, MissingDownload
+from dpoclaims.errors import CheckpointError, MissingDownload
 from dpoclaims.measure.generation import (
     GenerationSettings,
     SamplingSettings,
@@ -70,7 +70,7 @@ from dpoclaims.measure.generation import (
 from dpoclaims.measure.metrics import perplexity_from_rows, perplexity_rows, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import ProfanityCheckScorer
-from dpoclaims.train.bands import band_checks, failed_bands
+from dpoclaims.train.bands import band_checks
 from dpoclaims.train.dpo import DPOSettings, read_lee_pairs, train_dpo_run, write_lee_pairs
 from dpoclaims.train.organism import corpus
 from dpoclaims.versions import build_versions, library_version
@@ -95,6 +95,10 @@ BANDS: dict[str, tuple[float, float]] = {
     "min_weight_cosine": (0.99, 1.0),
     "probe_accuracy": (0.90, 1.0),
 }
+#: What a pair outside its bands should read next (:func:`dpoclaims.train.bands.check_bands`).
+OUT_OF_BANDS_ADVICE = (
+    "The bands and the build's rules are in dpoclaims.train.smollm2 and README, 'The real pair'"
+)
 
 # How the claims measure this pair (the spec's extras), for the 2-core budget of issue #16 (a cold
 # claims run within 30 minutes); ours, not the paper's, and set from timing alone, before any
@@ -673,15 +677,3 @@ def ensure_smollm2(
 
     pair = stage("pair", pair_stage)
     return BuiltPair(base=base, data=data, dpo=dpo, pair=pair)
-
-
-def check_bands(built: BuiltPair) -> None:
-    """A :class:`BrokenOrganismError` when the built pair is outside the bands of its setting."""
-    report = built.report()
-    failed = failed_bands(report)
-    if failed:
-        raise BrokenOrganismError(
-            f"the smollm2 pair in {built.pair} is outside the bands of its setting: {'; '.join(failed)}. "
-            "Its claims would be about a broken setting, so none are run. The bands and the build's "
-            "rules are in dpoclaims.train.smollm2 and README, 'The real pair'"
-        )

@@ -19,12 +19,11 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.cache import Cache, stable_hash
-from dpoclaims.errors import BrokenOrganismError
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.measure.metrics import perplexity, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
-from dpoclaims.train.bands import band_checks, failed_bands
+from dpoclaims.train.bands import band_checks
 from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
 from dpoclaims.train.organism import DEFAULT_SEED, corpus
 from dpoclaims.train.organism.lm import move, pack_examples, pretrain, train_tokenizer
@@ -115,31 +114,30 @@ def toy_key(config: ToyConfig, device: torch.device | str | None = None) -> str:
     return stable_hash(parts)
 
 
-def check_bands(directory: Path) -> None:
-    """A :class:`BrokenOrganismError` when the toy in ``directory`` failed a band of its setting:
-    the suite never measures claims on it (its verdicts would be about a broken organism)."""
-    report = json.loads((directory / "toy.json").read_text())
-    failed = failed_bands(report)
-    if failed:
-        built_with = report.get("libraries") or {}
-        seed = (report.get("config") or {}).get("seed", DEFAULT_SEED)
-        cause = (
-            f"At seed {seed} the toy's setting gives such a toy: only the default seed, {DEFAULT_SEED}, "
-            "was chosen to meet the bands (README, 'Claims across organism seeds')"
-            if seed != DEFAULT_SEED
-            else "Something changed what the build computes: other library versions (install the "
-            "locked ones: README, 'Set-up', pip install -c requirements/lock.txt ...; the toy is "
-            "rebuilt for them), a change of the build's settings or code, or a CPU that is not "
-            "x86-64 (the toy is checked to be the same across x86 vector kernels only)"
-        )
-        raise BrokenOrganismError(
-            f"the toy organism in {directory} is outside the bands of the paper's setting: "
-            f"{'; '.join(failed)}. It was built with "
-            f"{', '.join(f'{k} {v}' for k, v in sorted(built_with.items())) or 'unrecorded versions'}. "
-            f"Its claims would be about a broken organism, so none are run. {cause}; the bands and "
-            "the build's settings are in README, 'The toy organism'. Run the claims on another pair "
-            "meanwhile (--pair)"
-        )
+def read_toy_report(directory: Path) -> dict[str, Any]:
+    """The measurement report (``toy.json``) of the toy built in ``directory``."""
+    report: dict[str, Any] = json.loads((directory / "toy.json").read_text())
+    return report
+
+
+def out_of_bands_advice(report: dict[str, Any]) -> str:
+    """What a toy outside its bands means and what to do (:func:`dpoclaims.train.bands.check_bands`'s
+    advice): a toy at another seed than the default may simply be such a toy; at the default seed
+    something changed what the build computes."""
+    seed = (report.get("config") or {}).get("seed", DEFAULT_SEED)
+    cause = (
+        f"At seed {seed} the toy's setting gives such a toy: only the default seed, {DEFAULT_SEED}, "
+        "was chosen to meet the bands (README, 'Claims across organism seeds')"
+        if seed != DEFAULT_SEED
+        else "Something changed what the build computes: other library versions (install the "
+        "locked ones: README, 'Set-up', pip install -c requirements/lock.txt ...; the toy is "
+        "rebuilt for them), a change of the build's settings or code, or a CPU that is not "
+        "x86-64 (the toy is checked to be the same across x86 vector kernels only)"
+    )
+    return (
+        f"{cause}; the bands and the build's settings are in README, 'The toy organism'. Run the claims "
+        "on another pair meanwhile (--pair)"
+    )
 
 
 def _timed(timings: dict[str, float], name: str, start: float) -> float:
@@ -372,7 +370,8 @@ def ensure_toy(
     """The directory of the built toy for ``config``, building it if absent or corrupt. The
     claims suite's toy is the CPU build (``device`` None or the CPU); a build on a GPU has its
     own entry (see :func:`toy_key`). A toy that failed its bands stays in the cache (to be
-    looked at, and so that it is not rebuilt in vain); :func:`check_bands` refuses it for use."""
+    looked at, and so that it is not rebuilt in vain);
+    :func:`dpoclaims.train.named_pairs.checked_toy` refuses it for use."""
     cache = cache or Cache()
     key = toy_key(config, device)
 
