@@ -178,10 +178,10 @@ def _toy_report_with(tmp_path, bands, libraries=None, seed=None):
 
 
 def _checked(directory, monkeypatch):
-    """The toy in ``directory`` as the claims get a toy (``named_pairs.built_toy``: its bands
+    """The toy in ``directory`` as the claims get a toy (``named_pairs.checked_toy``: its bands
     checked), with ``directory`` standing for the cached build."""
     monkeypatch.setattr(named_pairs, "ensure_toy", lambda config, *, cache=None, progress=True: directory)
-    return named_pairs.built_toy(Cache(directory / "unused-cache"), ToyConfig())
+    return named_pairs.checked_toy(Cache(directory / "unused-cache"), ToyConfig())
 
 
 def test_a_toy_out_of_a_band_is_refused(tmp_path, monkeypatch):

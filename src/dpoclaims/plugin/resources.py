@@ -262,15 +262,15 @@ BUILT_HERE = {"toy": "about 5 minutes", "smollm2": "about 45 minutes"}
 
 
 def _build_pair(config: pytest.Config, cache: Cache, name: str) -> None:
-    from dpoclaims.train.named_pairs import built_smollm2, built_toy
+    from dpoclaims.train.named_pairs import checked_smollm2, checked_toy
     from dpoclaims.train.organism.build import ToyConfig, toy_key
     from dpoclaims.train.smollm2 import STAGES, SmolConfig, cached_stages, locate_gguf
 
     def build() -> None:  # each refuses a build outside its bands (BrokenOrganismError)
         if name == "toy":
-            built_toy(cache, ToyConfig())
+            checked_toy(cache, ToyConfig())
         else:
-            built_smollm2(cache)
+            checked_smollm2(cache)
 
     if name == "toy":
         if cache.get("toy", toy_key(ToyConfig())) is not None:

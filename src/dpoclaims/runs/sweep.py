@@ -238,7 +238,7 @@ def run_cell(job: CellJob) -> CellResult:
     try:
         cache = Cache(job.cache_root)
         if cell.seed is not None:
-            from dpoclaims.train.named_pairs import built_toy
+            from dpoclaims.train.named_pairs import checked_toy
             from dpoclaims.train.organism.build import ToyConfig, toy_key
 
             config = replace(ToyConfig(), seed=cell.seed)
@@ -248,7 +248,7 @@ def run_cell(job: CellJob) -> CellResult:
             # other waits for it and reads it (see Cache.get_or_build). A toy outside its bands
             # is refused here, as the suite would refuse it at session start: the cell fails with
             # the band and its value, and the matrix marks it missing.
-            built_toy(cache, config, progress=False)
+            checked_toy(cache, config, progress=False)
             result.build_s = time.perf_counter() - began
         claims_dir = Path(job.claims_dir)
         reports = work / "reports"

@@ -28,8 +28,9 @@ from dpoclaims.train.smollm2 import (
 )
 
 
-def built_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path:
-    """The toy's directory, built if needed; refused (BrokenOrganismError) if out of its bands."""
+def checked_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path:
+    """The toy the claims may measure: its directory (:func:`ensure_toy`: reused from the cache, or
+    built), refused (BrokenOrganismError) if out of its bands."""
     directory = ensure_toy(config, cache=cache, progress=progress)
     report = read_toy_report(directory)
     check_bands(report, organism=f"the toy organism in {directory}", advice=out_of_bands_advice(report))
@@ -37,7 +38,7 @@ def built_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path
 
 
 def _toy_spec(cache: Cache) -> PairSpec:
-    spec = PairSpec.from_file(built_toy(cache, ToyConfig()) / "pair.toml")
+    spec = PairSpec.from_file(checked_toy(cache, ToyConfig()) / "pair.toml")
     return replace(spec, lexicon=TOXIC_WORDS)  # the toy's toxic register, for the lexicon scorer
 
 
@@ -54,7 +55,7 @@ def toy_seed(pair: object) -> int | None:
 
 
 def _seeded_toy_spec(cache: Cache, seed: int) -> PairSpec:
-    spec = PairSpec.from_file(built_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
+    spec = PairSpec.from_file(checked_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
     return replace(spec, name=f"toy-seed{seed}", lexicon=TOXIC_WORDS)
 
 
@@ -102,8 +103,9 @@ def _gpt2_medium_spec(cache: Cache) -> PairSpec:
     return PairSpec(name="gpt2-medium", base=base, dpo=str(dpo), probe=str(probe), extras=extras)
 
 
-def built_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
-    """The smollm2 pair's stages, built if needed; refused (BrokenOrganismError) if out of its bands."""
+def checked_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
+    """The smollm2 pair the claims may measure: its stages (:func:`ensure_smollm2`: reused from the
+    cache, or built), refused (BrokenOrganismError) if out of its bands."""
     built = ensure_smollm2(SmolConfig(), cache=cache, progress=progress)
     check_bands(built.report(), organism=f"the smollm2 pair in {built.pair}", advice=OUT_OF_BANDS_ADVICE)
     return built
@@ -112,7 +114,7 @@ def built_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
 def _smollm2_spec(cache: Cache) -> PairSpec:
     """SmolLM2-135M-Instruct and its DPO model (:mod:`dpoclaims.train.smollm2`), built on first use.
     A missing package is a :class:`MissingDownload` giving the install line."""
-    built = built_smollm2(cache)
+    built = checked_smollm2(cache)
     return PairSpec(
         name="smollm2",
         base=str(built.base),
