@@ -60,6 +60,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims import stats
 from dpoclaims.cache import Cache, file_sha256, stable_hash
+from dpoclaims.devices import torch_threads
 from dpoclaims.errors import CheckpointError, MissingDownload
 from dpoclaims.measure.generation import (
     GenerationSettings,
@@ -609,15 +610,6 @@ class BuiltPair:
         return json.loads((self.pair / "smollm2.json").read_text())
 
 
-def _threads(function: Callable[[], Any]) -> Any:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(BUILD_THREADS)
-    try:
-        return function()
-    finally:
-        torch.set_num_threads(previous)
-
-
 def ensure_smollm2(
     config: SmolConfig = SmolConfig(), *, cache: Cache | None = None, progress: bool = True
 ) -> BuiltPair:
@@ -632,7 +624,8 @@ def ensure_smollm2(
             log.info("smollm2: building stage %s (%d of %d)", name, STAGES.index(name) + 1, len(STAGES))
 
         def built(tmp: Path) -> dict[str, Any]:
-            record = _threads(lambda: build(tmp))
+            with torch_threads(BUILD_THREADS):
+                record = build(tmp)
             return {"stage": name, "key": keys[name], "seconds": record.get("seconds")}
 
         return cache.get_or_build(f"smollm2-{name}", keys[name], built)
