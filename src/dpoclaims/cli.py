@@ -306,7 +306,7 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
 
     from dpoclaims.cache import file_sha256
     from dpoclaims.measure.data import read_jigsaw_csv, train_val_split
-    from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+    from dpoclaims.measure.probe import train_probe
     from dpoclaims.models.loading import load_hf_model, load_tokenizer, mlp_layout
 
     if args.batch_size < 1 or args.max_tokens < 1:
@@ -340,17 +340,20 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     )
     max_tokens = min(args.max_tokens, int(n_ctx)) if n_ctx else args.max_tokens  # never past the positions
     chosen = train + val
-    features = pooled_residuals(
+    trained = train_probe(
         model,
         tokenizer,
         [texts[i] for i in chosen],
+        [labels[i] for i in chosen],
+        n_train=len(train),
+        C=args.C,
+        seed=args.seed,
         batch_size=args.batch_size,
         max_tokens=max_tokens,
         progress=not args.no_progress,
     )
-    x_train, x_val = features[: len(train)], features[len(train) :]
     y_train, y_val = [labels[i] for i in train], [labels[i] for i in val]
-    probe = LinearProbe(C=args.C, seed=args.seed).fit(x_train, y_train)
+    probe = trained.probe
     direction = probe.fitted_direction.detach().clone().float()
 
     def share(ys: list[int]) -> float | None:
@@ -373,8 +376,8 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         "C": args.C,
         "bias": probe.bias,
         "toxic_share": {"all": share(y_train + y_val), "train": share(y_train), "val": share(y_val)},
-        "train_accuracy": probe.accuracy(x_train, y_train),
-        "val_accuracy": probe.accuracy(x_val, y_val) if val else None,
+        "train_accuracy": trained.train_accuracy,
+        "val_accuracy": trained.heldout_accuracy if val else None,
         "val_majority_baseline": round(max(val_share, 1 - val_share), 4) if val_share is not None else None,
     }
     atomic_torch_save(out, direction)

@@ -69,7 +69,7 @@ from dpoclaims.measure.generation import (
     sample_generate,
 )
 from dpoclaims.measure.metrics import perplexity_from_rows, perplexity_rows, weight_cosines
-from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+from dpoclaims.measure.probe import TrainedProbe, pooled_residuals, train_probe
 from dpoclaims.measure.scoring import ProfanityCheckScorer
 from dpoclaims.train.bands import band_checks
 from dpoclaims.train.dpo import DPOSettings, read_lee_pairs, train_dpo_run, write_lee_pairs
@@ -397,22 +397,19 @@ def dpo_pairs(
     return pairs, samples, stats_rows
 
 
-def train_probe(
+def probe_record(
+    trained: TrainedProbe,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     samples: list[tuple[int, str, float]],
     config: SmolConfig,
     *,
     progress: bool,
-) -> tuple[LinearProbe, dict[str, Any]]:
-    """The probe on comments of known register (module docstring), its held-out accuracy, and
-    (reported, not a band) its accuracy on the base's own samples as profanity-check labels them."""
-    texts, labels = corpus.labelled_comments(config.n_probe_comments, config.seed + 1000)
-    split = int(0.8 * len(texts))
-    features = pooled_residuals(model, tokenizer, texts, progress=progress)
-    probe = LinearProbe(C=config.probe_C, seed=config.seed).fit(features[:split], labels[:split])
-    accuracy = probe.accuracy(features[split:], labels[split:])
-    n_heldout = len(texts) - split
+) -> dict[str, Any]:
+    """The record of the probe trained on comments of known register (module docstring): its
+    held-out accuracy with an interval, and (reported, not a band) its accuracy on the base's own
+    samples as profanity-check labels them."""
+    probe, accuracy, n_heldout = trained.probe, trained.heldout_accuracy, trained.n_heldout
     low, high = _wilson(round(accuracy * n_heldout), n_heldout)
 
     rng = random.Random(f"smollm2-probe-transfer-{config.seed}")
@@ -429,9 +426,9 @@ def train_probe(
         if k
         else float("nan")
     )
-    return probe, {
+    return {
         "texts": "comments of the toy grammar (project-written), labelled toxic when they hold a toxic clause",
-        "n_train": split,
+        "n_train": trained.n_train,
         "n_heldout": n_heldout,
         "accuracy": accuracy,
         "accuracy_interval": [low, high],
@@ -452,7 +449,12 @@ def build_data(base_dir: Path, out: Path, config: SmolConfig, *, progress: bool)
     scorer = ProfanityCheckScorer()
     challenge, challenge_record = select_challenge(config, scorer)
     pairs, samples, mix = dpo_pairs(model, tokenizer, config, set(challenge), scorer, progress=progress)
-    probe, probe_record = train_probe(model, tokenizer, samples, config, progress=progress)
+    texts, labels = corpus.labelled_comments(config.n_probe_comments, config.seed + 1000)
+    trained = train_probe(
+        model, tokenizer, texts, labels, C=config.probe_C, seed=config.seed, progress=progress
+    )
+    probe = trained.probe
+    probe_summary = probe_record(trained, model, tokenizer, samples, config, progress=progress)
     heldout = heldout_texts(config.n_heldout_texts)
     (out / "challenge_prompts.json").write_text(json.dumps(challenge, indent=0))
     (out / "heldout_texts.json").write_text(json.dumps(heldout, indent=0))
@@ -475,7 +477,7 @@ def build_data(base_dir: Path, out: Path, config: SmolConfig, *, progress: bool)
             "rejected_toxic_share": float(np.mean([s >= TOXIC_LABEL for s in rejected])),
             "samples_toxic_share": float(np.mean([s >= TOXIC_LABEL for _, _, s in samples])),
         },
-        "probe": probe_record,
+        "probe": probe_summary,
         "heldout_texts": {"source": "pydoc_data.topics (CPython reference documentation)", "n": len(heldout)},
         "seconds": round(time.perf_counter() - started, 1),
     }

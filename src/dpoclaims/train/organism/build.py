@@ -22,7 +22,7 @@ from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.devices import torch_threads
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.measure.metrics import perplexity, weight_cosines
-from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+from dpoclaims.measure.probe import train_probe
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
 from dpoclaims.train.bands import band_checks
 from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
@@ -227,11 +227,11 @@ def build_toy(
         # the toy's DPO pairs are generated here.
         base.eval()
         probe_texts, probe_labels = corpus.labelled_comments(config.n_probe_comments, config.seed)
-        features = pooled_residuals(base, tokenizer, probe_texts, progress=progress)
-        split = int(0.8 * len(probe_texts))
-        probe = LinearProbe(C=config.probe_C, seed=config.seed).fit(features[:split], probe_labels[:split])
-        probe_accuracy = probe.accuracy(features[split:], probe_labels[split:])
-        torch.save(probe.fitted_direction.clone(), out / "probe.pt")
+        trained = train_probe(
+            base, tokenizer, probe_texts, probe_labels, C=config.probe_C, seed=config.seed, progress=progress
+        )
+        probe_accuracy = trained.heldout_accuracy
+        torch.save(trained.probe.fitted_direction.clone(), out / "probe.pt")
         t = _timed(timings, "probe", t)
 
         # DPO pairs as Lee et al.: neutral prompt, preferred = the base's greedy continuation,
