@@ -400,8 +400,9 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
+    from dpoclaims.runs.cells import grid
     from dpoclaims.runs.replication import check_pytest_args
-    from dpoclaims.runs.sweep import grid, sweep
+    from dpoclaims.runs.sweep import sweep
 
     try:
         pytest_args = shlex.split(args.pytest_args)
