@@ -283,7 +283,7 @@ def _summary(result: CellResult) -> str:
     return ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
 
 
-class _Board:
+class ProgressBoard:
     """Done / running / failed counts and the time per cell, printed as the sweep goes."""
 
     def __init__(self, cells: Sequence[Cell], progress: Progress) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dpoclaims.runs.cells import CellJob, CellResult, Progress, _Board, run_cell
+from dpoclaims.runs.cells import CellJob, CellResult, Progress, ProgressBoard, run_cell
 
 
 def run_local(
@@ -12,7 +12,7 @@ def run_local(
 ) -> list[CellResult]:
     """The cells one after another on this machine; each result also goes into ``sink`` as it
     comes (what an interrupted sweep still reports)."""
-    board = _Board([job.cell for job in jobs], progress)
+    board = ProgressBoard([job.cell for job in jobs], progress)
     sink = {} if sink is None else sink
     for job in jobs:
         board.started(job.cell.id)

@@ -13,7 +13,15 @@ from typing import Any
 
 from dpoclaims.cache import Cache
 from dpoclaims.files import atomic_write_bytes
-from dpoclaims.runs.cells import CellJob, CellResult, Progress, SweepError, _Board, cell_threads, run_cell
+from dpoclaims.runs.cells import (
+    CellJob,
+    CellResult,
+    Progress,
+    ProgressBoard,
+    SweepError,
+    cell_threads,
+    run_cell,
+)
 
 RAY_INSTALL = "pip install -e '.[cluster]' (or pip install 'ray>=2.9')"
 
@@ -171,7 +179,7 @@ def _run_on_ray(
     remote_cell = ray.remote(cell_task).options(
         num_cpus=cpus_per_cell, num_gpus=gpus_per_cell, max_retries=max_retries, retry_exceptions=False
     )
-    board = _Board([job.cell for job in jobs], progress)
+    board = ProgressBoard([job.cell for job in jobs], progress)
     pending = {remote_cell.remote(job, starts): job for job in jobs}
     seen: dict[str, int] = {}
     try:
