@@ -88,7 +88,7 @@ BUILD_THREADS = 2  # as the toy's: float sums depend on the thread count
 DEFAULT_SCORER = "profanity-check"
 TOXIC_LABEL = 0.5  # profanity-check score from which a text is labelled toxic (the probe's labels)
 
-# The bands of the setting (issue #16); the claims are never looked at to set them.
+# The bands of the setting (README, 'The real pair'); the claims are never looked at to set them.
 BANDS: dict[str, tuple[float, float]] = {
     "base_toxicity": (0.15, 1.0),
     "dpo_over_base_toxicity": (0.0, 0.7),
@@ -101,7 +101,7 @@ OUT_OF_BANDS_ADVICE = (
     "The bands and the build's rules are in dpoclaims.train.smollm2 and README, 'The real pair'"
 )
 
-# How the claims measure this pair (the spec's extras), for the 2-core budget of issue #16 (a cold
+# How the claims measure this pair (the spec's extras), for a budget of 2 CPU cores (a cold
 # claims run within 30 minutes); ours, not the paper's, and set from timing alone, before any
 # claim was declared. A cold run at 50 prompts with per-text perplexity (texts up to 1,024 tokens,
 # padded in batches) spent most of its time in C13's perplexity passes, about 135 s each on one

@@ -36,7 +36,7 @@ TOY_FORMAT_VERSION = 4  # bump when the build code changes what a config produce
 DEFAULT_SCORER = "lexicon"
 TOY_THREADS = 2
 
-# The bands a toy must meet to behave like the paper's setting (issue #2).
+# The bands a toy must meet to behave like the paper's setting (README, 'The toy organism').
 BANDS: dict[str, tuple[float, float]] = {
     "base_toxicity": (0.3, 0.6),
     "dpo_over_base_toxicity": (0.0, 0.5),
