@@ -266,7 +266,7 @@ def _nothing_measured(claims_json: bytes) -> bool:
     return bool(records) and all(record.outcome == "error" for record in records)
 
 
-# ------------------------------------------------------------------------- engines
+# ------------------------------------------------------------------------- progress, as every engine prints it
 
 
 Progress = Callable[[str], None]

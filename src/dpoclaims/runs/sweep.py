@@ -7,17 +7,18 @@ names the toy organism built at that seed (the pair ``toy-seedN``; ``toy-seed2``
 :data:`~dpoclaims.train.organism.DEFAULT_SEED`, is the default toy, so its measurements are the
 same cache entries); any other pair is named as for the suite.
 
-Engines:
+Engines (one module each; what they share, the grid and running one cell, is
+:mod:`dpoclaims.runs.cells`):
 
-- ``local``: the cells one after another on this machine.
-- ``ray``: each cell a Ray task (``--address`` joins a running cluster, otherwise a local Ray
+- ``local`` (:mod:`~dpoclaims.runs.local_engine`): the cells one after another on this machine.
+- ``ray`` (:mod:`~dpoclaims.runs.ray_engine`): each cell a Ray task (``--address`` joins a running cluster, otherwise a local Ray
   instance is started). A task asks for one GPU where the cluster has GPUs and ``--cpus-per-cell``
   CPUs; a task lost with its worker or node is retried (``--max-retries``).
 
 A cell runs on whatever node Ray picks: it builds (or reuses) its pair in the shared cache, runs
 ``pytest claims/`` into a temporary directory on that node and returns its whole reports
 directory to the driver, which writes it under ``<reports>/replication/<cell>/``. Only the cache
-must be shared between nodes (see :func:`check_shared_cache`); the reports travel through Ray.
+must be shared between nodes (see :func:`~dpoclaims.runs.ray_engine.check_shared_cache`); the reports travel through Ray.
 
 Faults: a cell whose run fails is reported with its message and the other cells go on; the matrix
 marks it missing. Ctrl-C on the driver cancels the cells (their claims runs end with them) and
