@@ -27,7 +27,6 @@ from dpoclaims.train.organism import DEFAULT_SEED
 
 #: A failed cell's report keeps this much of the end of its pytest log.
 LOG_TAIL_CHARS = 3000
-TOY_SEED_NAME = re.compile(r"toy-seed(\d+)")
 
 
 class SweepError(DpoclaimsError):
@@ -48,8 +47,10 @@ class Cell:
 
     @property
     def seed(self) -> int | None:
-        match = TOY_SEED_NAME.fullmatch(self.pair)
-        return int(match[1]) if match else None
+        """The toy's seed for a ``toy-seedN`` pair, else None."""
+        from dpoclaims.train.named_pairs import toy_seed  # where the name is parsed; it loads torch
+
+        return toy_seed(self.pair)
 
     @property
     def id(self) -> str:
