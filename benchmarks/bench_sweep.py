@@ -38,6 +38,8 @@ from typing import Any
 
 from dpoclaims.cache import Cache
 from dpoclaims.runs import sweep
+from dpoclaims.runs.cells import Cell, grid
+from dpoclaims.runs.ray_engine import check_shared_cache
 from dpoclaims.train.organism import DEFAULT_SEED
 from dpoclaims.train.organism.build import ToyConfig, ensure_toy, toy_key
 
@@ -61,9 +63,7 @@ def fresh_cache(root: Path, seeds: list[int]) -> Cache:
     return cache
 
 
-def timed_sweep(
-    engine: str, cells: list[sweep.Cell], cache: Cache, reports: Path, args, **ray
-) -> dict[str, Any]:
+def timed_sweep(engine: str, cells: list[Cell], cache: Cache, reports: Path, args, **ray) -> dict[str, Any]:
     lines: list[str] = []
 
     def progress(line: str) -> None:
@@ -122,7 +122,7 @@ def main() -> None:
 
     import ray
 
-    cells = sweep.grid(["toy"], args.seeds, args.conventions)
+    cells = grid(["toy"], args.seeds, args.conventions)
     work = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     runs: dict[str, Any] = {}
     try:
@@ -139,7 +139,7 @@ def main() -> None:
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
                 init_s = time.perf_counter() - began
                 began = time.perf_counter()
-                sweep.check_shared_cache(ray, caches[engine].root)
+                check_shared_cache(ray, caches[engine].root)
                 check_s = time.perf_counter() - began
                 try:
                     run = timed_sweep(engine, cells, caches[engine], reports, args)

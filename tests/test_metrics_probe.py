@@ -17,7 +17,7 @@ from dpoclaims.measure.metrics import (
     token_f1,
     weight_cosines,
 )
-from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+from dpoclaims.measure.probe import TRAIN_SHARE, LinearProbe, pooled_residuals, train_probe
 from dpoclaims.models.mlp import decoder_layers
 from dpoclaims.train.organism import corpus
 
@@ -225,6 +225,32 @@ def test_linear_probe():
     assert probe.accuracy(features[150:], labels[150:]) > 0.9
     cosine = torch.nn.functional.cosine_similarity(probe.direction, direction, dim=0)
     assert cosine > 0.9
+
+
+def test_train_probe_fits_on_the_first_texts_and_measures_the_rest(gpt2_pair, tokenizer):
+    """The one probe trainer (the toy's build, smollm2's and ``dpoclaims train-probe`` use it): the
+    probe it returns is the one fitted on the pooled residuals of the first ``n_train`` texts, and
+    its accuracies are that probe's on those texts and on the rest."""
+    texts, labels = corpus.labelled_comments(40, 0)
+    assert 0 < sum(labels) < len(labels)
+    trained = train_probe(
+        gpt2_pair.base, tokenizer, texts, labels, C=0.5, seed=3, max_tokens=32, progress=False
+    )  # max_tokens: within the tiny model's positions
+    n_train = int(TRAIN_SHARE * len(texts))
+    assert (trained.n_train, trained.n_heldout) == (n_train, len(texts) - n_train)
+    features = pooled_residuals(gpt2_pair.base, tokenizer, texts, max_tokens=32, progress=False)
+    direct = LinearProbe(C=0.5, seed=3).fit(features[:n_train], labels[:n_train])
+    assert torch.equal(trained.probe.fitted_direction, direct.fitted_direction)
+    assert trained.probe.bias == direct.bias
+    assert trained.train_accuracy == direct.accuracy(features[:n_train], labels[:n_train])
+    assert trained.heldout_accuracy == direct.accuracy(features[n_train:], labels[n_train:])
+    # every text trained on: nothing held out, its accuracy NaN (not a made-up number)
+    whole = train_probe(
+        gpt2_pair.base, tokenizer, texts, labels, n_train=len(texts), max_tokens=32, progress=False
+    )
+    assert whole.n_heldout == 0 and math.isnan(whole.heldout_accuracy)
+    with pytest.raises(ValueError, match="40 texts and 39 labels"):
+        train_probe(gpt2_pair.base, tokenizer, texts, labels[:-1], progress=False)
 
 
 class _NoOffsets:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 from tiny import claim_record
@@ -13,6 +14,16 @@ from dpoclaims.cache import Cache
 from dpoclaims.cli import build_parser
 from dpoclaims.errors import OptionError
 from dpoclaims.runs import replication, sweep
+from dpoclaims.runs.cells import (
+    Cell,
+    CellJob,
+    CellResult,
+    SweepError,
+    _nothing_measured,
+    claims_command,
+    grid,
+    run_cell,
+)
 from dpoclaims.train.organism import DEFAULT_SEED
 
 
@@ -76,12 +87,10 @@ def test_the_matrix_reads_each_seed_s_verdicts_in_claim_order(claims_files):
 
 
 def test_the_writer_gives_json_markdown_and_a_figure(claims_files, tmp_path):
-    cells = [sweep.Cell(f"toy-seed{s}") for s in SEEDS]
+    cells = [Cell(f"toy-seed{s}") for s in SEEDS]
     files = {cell.id: claims_files[cell.seed] for cell in cells}
     runs = [
-        sweep.CellResult(
-            c.id, toy_built=c.seed > 0, build_s=150.0 * (c.seed > 0), claims_s=60.0, pytest_exit=1
-        )
+        CellResult(c.id, toy_built=c.seed > 0, build_s=150.0 * (c.seed > 0), claims_s=60.0, pytest_exit=1)
         for c in cells
     ]
     out = tmp_path / "reports"
@@ -140,19 +149,19 @@ def test_a_missing_cell_is_marked_missing_never_a_verdict(claims_files, tmp_path
 
 
 def test_the_grid_crosses_pairs_seeds_conventions_and_scorers():
-    cells = sweep.grid(["toy", "my-pair"], [0, 2], ["v1", "emnlp"], [None, "profanity-check"])
+    cells = grid(["toy", "my-pair"], [0, 2], ["v1", "emnlp"], [None, "profanity-check"])
     assert len(cells) == (2 + 1) * 2 * 2
-    assert cells[0] == sweep.Cell("toy-seed0", "v1", None) and cells[0].seed == 0
+    assert cells[0] == Cell("toy-seed0", "v1", None) and cells[0].seed == 0
     assert [c.id for c in cells[:4]] == [
         "toy-seed0.v1.default",
         "toy-seed0.v1.profanity-check",
         "toy-seed0.emnlp.default",
         "toy-seed0.emnlp.profanity-check",
     ]
-    assert cells[-1] == sweep.Cell("my-pair", "emnlp", "profanity-check") and cells[-1].seed is None
-    assert sweep.Cell("specs/paper pair.toml").id == "paper_pair.v1.default"  # a path: its stem
-    assert [c.id for c in sweep.grid()] == [f"toy-seed{DEFAULT_SEED}.v1.default"]  # the default toy
-    assert [c.id for c in sweep.grid(["gpt2-paper"])] == ["gpt2-paper.v1.default"]  # no toy: no seed asked
+    assert cells[-1] == Cell("my-pair", "emnlp", "profanity-check") and cells[-1].seed is None
+    assert Cell("specs/paper pair.toml").id == "paper_pair.v1.default"  # a path: its stem
+    assert [c.id for c in grid()] == [f"toy-seed{DEFAULT_SEED}.v1.default"]  # the default toy
+    assert [c.id for c in grid(["gpt2-paper"])] == ["gpt2-paper.v1.default"]  # no toy: no seed asked
     labels = replication.column_labels(
         {"columns": [c.id for c in cells], "cells": [c.describe() for c in cells]}
     )
@@ -162,16 +171,16 @@ def test_the_grid_crosses_pairs_seeds_conventions_and_scorers():
 def test_the_sweep_refuses_bad_grids_and_options_before_running_anything(tmp_path):
     cache = Cache(tmp_path / "cache")
     with pytest.raises(OptionError, match="at least one seed"):
-        sweep.grid(["toy"], [])
+        grid(["toy"], [])
     with pytest.raises(OptionError, match="each seed once"):
-        sweep.grid(["toy"], [1, 1])
+        grid(["toy"], [1, 1])
     with pytest.raises(OptionError, match="add toy to --pairs"):
-        sweep.grid(["gpt2-paper"], [0, 1])
+        grid(["gpt2-paper"], [0, 1])
     with pytest.raises(OptionError, match="unknown position convention"):
-        sweep.grid(["toy"], [0], ["v2"])
+        grid(["toy"], [0], ["v2"])
     with pytest.raises(OptionError, match="unknown scorer"):
-        sweep.grid(["toy"], [0], ["v1"], ["nope"])
-    cells = sweep.grid()
+        grid(["toy"], [0], ["v1"], ["nope"])
+    cells = grid()
     with pytest.raises(OptionError, match="no claims suite"):
         sweep.sweep(cells, cache=cache, reports_dir=tmp_path, claims_dir=tmp_path)
     with pytest.raises(OptionError, match="--max-prompts must be at least 10"):
@@ -189,8 +198,8 @@ def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path, monkeypatch
     import sys
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    with pytest.raises(sweep.SweepError, match=r"pip install -e '\.\[cluster\]'"):
-        sweep.sweep(sweep.grid(), cache=Cache(tmp_path / "cache"), reports_dir=tmp_path, engine="ray")
+    with pytest.raises(SweepError, match=r"pip install -e '\.\[cluster\]'"):
+        sweep.sweep(grid(), cache=Cache(tmp_path / "cache"), reports_dir=tmp_path, engine="ray")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "replication").exists()
 
 
@@ -220,16 +229,16 @@ def test_toy_seed_names_load_the_toy_at_that_seed_with_its_lexicon(tmp_path, mon
     def fake_ensure_toy(config, *, cache=None, progress=True):
         built.append(config.seed)
         (tmp_path / "pair.toml").write_text('name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n')
+        (tmp_path / "toy.json").write_text(json.dumps({"bands": {}}))  # no band failed
         return tmp_path
 
     monkeypatch.setattr(named_pairs, "ensure_toy", fake_ensure_toy)
-    monkeypatch.setattr(named_pairs, "check_bands", lambda directory: None)  # the fake toy has no report
     assert named_pairs.toy_seed("toy-seed12") == 12 and named_pairs.toy_seed("toy") is None
     assert named_pairs.pair_name("toy-seed2") == "toy-seed2" and built == []  # naming builds nothing
     spec = named_pairs.resolve_spec("toy-seed2", Cache(tmp_path / "cache"))
     assert built == [2] and spec.name == "toy-seed2" and spec.lexicon == TOXIC_WORDS
-    job = sweep.CellJob(sweep.Cell("toy-seed2", "emnlp"), str(tmp_path / "cache"), str(tmp_path), 10)
-    command = sweep.claims_command(job, tmp_path / "r")
+    job = CellJob(Cell("toy-seed2", "emnlp"), str(tmp_path / "cache"), str(tmp_path), 10)
+    command = claims_command(job, tmp_path / "r")
     assert command[command.index("--pair") + 1] == "toy-seed2"
     assert command[command.index("--convention") + 1] == "emnlp" and "--scorer" not in command
     assert command[command.index("--max-prompts") + 1] == "10"
@@ -244,9 +253,9 @@ def test_a_cell_on_a_toy_outside_its_bands_fails_with_the_band_and_runs_no_claim
     (toy / "toy.json").write_text(json.dumps({"bands": bands, "libraries": {"torch": "x"}}))
     monkeypatch.setattr(named_pairs, "ensure_toy", lambda config, *, cache=None, progress=True: toy)
     ran = []
-    monkeypatch.setattr(sweep.subprocess, "run", lambda *a, **k: ran.append(a))
-    job = sweep.CellJob(sweep.Cell("toy-seed1"), str(tmp_path / "cache"), str(tmp_path), 10)
-    result = sweep.run_cell(job)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: ran.append(a))
+    job = CellJob(Cell("toy-seed1"), str(tmp_path / "cache"), str(tmp_path), 10)
+    result = run_cell(job)
     assert not result.ok and ran == []
     assert "BrokenOrganismError" in result.error and "dpo_over_base_toxicity = 0.7065" in result.error
 
@@ -254,6 +263,6 @@ def test_a_cell_on_a_toy_outside_its_bands_fails_with_the_band_and_runs_no_claim
 def test_a_claims_run_that_measured_nothing_is_a_failed_cell():
     errored = {"claims": [record("C3", 0, None, "error"), record("C9", 1, None, "error")]}
     measured = {"claims": [record("C3", 0, None, "error"), record("C9", 1, "replicates")]}
-    assert sweep._nothing_measured(json.dumps(errored).encode())
-    assert not sweep._nothing_measured(json.dumps(measured).encode())
-    assert not sweep._nothing_measured(json.dumps({"claims": []}).encode())
+    assert _nothing_measured(json.dumps(errored).encode())
+    assert not _nothing_measured(json.dumps(measured).encode())
+    assert not _nothing_measured(json.dumps({"claims": []}).encode())

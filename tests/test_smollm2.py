@@ -138,12 +138,21 @@ def test_the_wilson_interval():
     assert smollm2._wilson(40, 40)[1] == 1.0
 
 
-def test_a_pair_out_of_its_bands_is_refused(tmp_path):
+def test_a_pair_out_of_its_bands_is_refused(tmp_path, monkeypatch):
+    from dpoclaims.cache import Cache
+    from dpoclaims.train import named_pairs
+
     report = {"bands": {"perplexity_increase": {"value": 0.3, "band": [-1.0, 0.15], "ok": False}}}
     (tmp_path / "smollm2.json").write_text(json.dumps(report))
     built = smollm2.BuiltPair(base=tmp_path, data=tmp_path, dpo=tmp_path, pair=tmp_path)
-    with pytest.raises(BrokenOrganismError, match="perplexity_increase = 0.3000"):
-        smollm2.check_bands(built)
+    monkeypatch.setattr(named_pairs, "ensure_smollm2", lambda config, *, cache=None, progress=True: built)
+    with pytest.raises(BrokenOrganismError, match="perplexity_increase = 0.3000") as raised:
+        named_pairs.checked_smollm2(Cache(tmp_path / "unused-cache"))
+    assert f"the smollm2 pair in {tmp_path}" in str(raised.value)
+    assert smollm2.OUT_OF_BANDS_ADVICE in str(raised.value)
+    report["bands"]["perplexity_increase"].update(value=0.1, ok=True)
+    (tmp_path / "smollm2.json").write_text(json.dumps(report))
+    assert named_pairs.checked_smollm2(Cache(tmp_path / "unused-cache")) == built
 
 
 def test_build_pair_print_key_prints_the_last_stage_key_and_builds_nothing(tmp_path, capsys):
@@ -213,7 +222,7 @@ def test_the_pairs_spec_declares_the_claims_defaults_and_the_suite_uses_them(tmp
     from dpoclaims.train import named_pairs
 
     built = smollm2.BuiltPair(base=tmp_path, data=tmp_path, dpo=tmp_path, pair=tmp_path)
-    monkeypatch.setattr(named_pairs, "built_smollm2", lambda cache: built)
+    monkeypatch.setattr(named_pairs, "checked_smollm2", lambda cache: built)
     spec = named_pairs.NAMED_PAIRS["smollm2"](Cache(tmp_path))
     check_extras(spec.extras, "smollm2")  # the declared values pass the spec's own checks
     assert spec.extras["max_prompts"] == str(smollm2.CLAIMS_MAX_PROMPTS)

@@ -22,6 +22,8 @@ import pytest
 
 from dpoclaims.cache import Cache, verify_entry
 from dpoclaims.runs import sweep
+from dpoclaims.runs.cells import CellJob, grid
+from dpoclaims.runs.ray_engine import check_shared_cache, run_ray
 from dpoclaims.train.organism import DEFAULT_SEED
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[cluster]'")
@@ -30,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 #: The smallest grid that is a sweep: the default toy under both position conventions.
 #: --max-prompts 10 is the suite's minimum; the counterexample searches are skipped.
-CELLS = sweep.grid(["toy"], [DEFAULT_SEED], ["v1", "emnlp"])
+CELLS = grid(["toy"], [DEFAULT_SEED], ["v1", "emnlp"])
 MAX_PROMPTS = 10
 PYTEST_ARGS = ("--search-examples", "0")
 CPUS_PER_CELL = 1
@@ -228,17 +230,17 @@ def test_two_cells_that_need_one_entry_build_it_once(tmp_path, ray_cluster):
     assert paths[0] == paths[1]
     assert len(log.read_text().split()) == 1  # one build; the other task waited on the lock and read it
     # Every node of the cluster sees the cache and its locks (here, one node and its workers).
-    assert sweep.check_shared_cache(ray, tmp_path / "cache")
+    assert check_shared_cache(ray, tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["shared"]  # the check cleans up
 
 
 def test_a_failing_cell_is_reported_and_the_other_goes_on(tmp_path, ray_result):
     cache = Cache(ray_result["root"] / "cache")  # warm: the good cell reads its measurements back
     claims_dir = str(Path(__file__).resolve().parent.parent / "claims")
-    good = sweep.CellJob(CELLS[0], str(cache.root), claims_dir, MAX_PROMPTS, PYTEST_ARGS)
-    bad = sweep.CellJob(CELLS[1], str(cache.root), claims_dir, MAX_PROMPTS, ("--no-such-option",))
+    good = CellJob(CELLS[0], str(cache.root), claims_dir, MAX_PROMPTS, PYTEST_ARGS)
+    bad = CellJob(CELLS[1], str(cache.root), claims_dir, MAX_PROMPTS, ("--no-such-option",))
     lines: list[str] = []
-    results = sweep.run_ray([bad, good], cpus_per_cell=CPUS_PER_CELL, progress=lines.append)
+    results = run_ray([bad, good], cpus_per_cell=CPUS_PER_CELL, progress=lines.append)
     assert not results[0].ok and "wrote no claims.json" in results[0].error
     assert "--no-such-option" in results[0].error  # the tail of its pytest log says why
     assert results[1].ok and "claims.json" in results[1].files

@@ -10,18 +10,18 @@ import torch
 from safetensors.torch import load_file
 from tiny import tiny_toy_config
 
-from dpoclaims.cache import read_manifest_meta, verify_entry
+from dpoclaims.cache import Cache, read_manifest_meta, verify_entry
 from dpoclaims.errors import BrokenOrganismError
 from dpoclaims.train import named_pairs
+from dpoclaims.train.bands import failed_bands
 from dpoclaims.train.named_pairs import load_pair
 from dpoclaims.train.organism import DEFAULT_SEED
 from dpoclaims.train.organism import build as build_module
 from dpoclaims.train.organism.build import (
     BANDS,
     DEFAULT_SCORER,
-    check_bands,
+    ToyConfig,
     ensure_toy,
-    failed_bands,
     toy_key,
 )
 
@@ -147,7 +147,7 @@ def test_named_toy_pair_goes_through_ensure_toy(tiny_toy_dir, tiny_toy_cache, mo
     if failed:  # the tiny toy is too small for some bands: refused, naming them
         with pytest.raises(BrokenOrganismError, match=re.escape(failed[0].split(" = ")[0])):
             load_pair("toy", cache=tiny_toy_cache)
-        monkeypatch.setattr(named_pairs, "check_bands", lambda directory: None)  # the resolution itself
+        monkeypatch.setattr(named_pairs, "check_bands", lambda report, **_: None)  # the resolution itself
         calls.clear()
     pair = load_pair("toy", cache=tiny_toy_cache)
     assert calls == [tiny_toy_cache]
@@ -177,7 +177,14 @@ def _toy_report_with(tmp_path, bands, libraries=None, seed=None):
     return tmp_path
 
 
-def test_check_bands_refuses_a_toy_out_of_a_band(tmp_path):
+def _checked(directory, monkeypatch):
+    """The toy in ``directory`` as the claims get a toy (``named_pairs.checked_toy``: its bands
+    checked), with ``directory`` standing for the cached build."""
+    monkeypatch.setattr(named_pairs, "ensure_toy", lambda config, *, cache=None, progress=True: directory)
+    return named_pairs.checked_toy(Cache(directory / "unused-cache"), ToyConfig())
+
+
+def test_a_toy_out_of_a_band_is_refused(tmp_path, monkeypatch):
     ok = {"value": 0.5, "band": [0.1, 0.9], "ok": True}
     directory = _toy_report_with(
         tmp_path,
@@ -185,36 +192,36 @@ def test_check_bands_refuses_a_toy_out_of_a_band(tmp_path):
         {"transformers": "5.24.0", "torch": "2.13.0"},
     )
     with pytest.raises(BrokenOrganismError) as raised:
-        check_bands(directory)
+        _checked(directory, monkeypatch)
     message = str(raised.value)
     assert "toxicity_drop = 0.0123 (band [0.05, 1.0])" in message
     assert "probe_accuracy" not in message  # only the failed band
     assert "transformers 5.24.0" in message and "torch 2.13.0" in message
-    assert str(directory) in message
+    assert f"the toy organism in {directory}" in message
     # every band met: accepted; a report without recorded versions says so
-    check_bands(_toy_report_with(tmp_path, {"probe_accuracy": ok}))
+    assert _checked(_toy_report_with(tmp_path, {"probe_accuracy": ok}), monkeypatch) == tmp_path
     with pytest.raises(BrokenOrganismError, match="unrecorded versions"):
-        check_bands(_toy_report_with(tmp_path, {"x": {"value": 2.0, "band": [0, 1], "ok": False}}))
+        _checked(_toy_report_with(tmp_path, {"x": {"value": 2.0, "band": [0, 1], "ok": False}}), monkeypatch)
 
 
-def test_a_toy_out_of_band_at_another_seed_is_blamed_on_the_seed_not_on_a_change(tmp_path):
+def test_a_toy_out_of_band_at_another_seed_is_blamed_on_the_seed_not_on_a_change(tmp_path, monkeypatch):
     failed = {"x": {"value": 2.0, "band": [0, 1], "ok": False}}
     with pytest.raises(BrokenOrganismError) as raised:
-        check_bands(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED + 1))
+        _checked(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED + 1), monkeypatch)
     message = str(raised.value)
     assert f"At seed {DEFAULT_SEED + 1}" in message and f"the default seed, {DEFAULT_SEED}" in message
     assert "Something changed" not in message
     with pytest.raises(BrokenOrganismError, match="Something changed what the build computes"):
-        check_bands(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED))
+        _checked(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED), monkeypatch)
 
 
-def test_the_tiny_toy_records_its_versions_and_its_bands_verdict(report, tiny_toy_dir):
+def test_the_tiny_toy_records_its_versions_and_its_bands_verdict(report, tiny_toy_dir, monkeypatch):
     assert report["libraries"] == build_module.build_versions()
     if all(band["ok"] for band in report["bands"].values()):
-        check_bands(tiny_toy_dir)
+        _checked(tiny_toy_dir, monkeypatch)
     else:
         with pytest.raises(BrokenOrganismError):
-            check_bands(tiny_toy_dir)
+            _checked(tiny_toy_dir, monkeypatch)
 
 
 def test_ensure_toy_reuses_the_cached_build(tiny_toy_dir, tiny_toy_cache, monkeypatch):

@@ -113,7 +113,7 @@ def _print_bands(bands: dict[str, dict[str, Any]], *, width: int) -> bool:
 def cmd_build_toy(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from dpoclaims.train.organism.build import ToyConfig, ensure_toy, toy_key
+    from dpoclaims.train.organism.build import ToyConfig, ensure_toy, read_toy_report, toy_key
 
     _check_seed(args.seed)
     config = replace(ToyConfig(), seed=args.seed)
@@ -132,7 +132,7 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     directory = ensure_toy(config, cache=cache, progress=not args.no_progress, device=device)
     elapsed = time.perf_counter() - start
-    report = json.loads((directory / "toy.json").read_text())
+    report = read_toy_report(directory)
     report["toy_dir"] = str(directory)
     atomic_write_text(Path(args.report), json.dumps(report, indent=1))
     print(
@@ -151,7 +151,7 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     print(
         f"  min weight cosine  {report['min_weight_cosine']:.4f}   probe accuracy  {report['probe_accuracy']:.3f}"
     )
-    print("bands (issue #2):")
+    print("bands of the toy's setting (README, 'The toy organism'):")
     all_ok = _print_bands(report["bands"], width=24)
     print(f"build timings (s): {report['timings_s']}")
     print(f"report written to {args.report}")
@@ -198,7 +198,7 @@ def cmd_build_pair(args: argparse.Namespace) -> int:
     print(
         f"  probe accuracy {probe['accuracy']:.3f} [{probe['accuracy_interval'][0]:.3f}, {probe['accuracy_interval'][1]:.3f}] on {probe['n_heldout']} held-out texts"
     )
-    print("bands (issue #16):")
+    print("bands of the pair's setting (README, 'The real pair'):")
     all_ok = _print_bands(report["bands"], width=26)
     print(f"stage times (s): {report['stage_seconds']}")
     print(f"report written to {args.report}")
@@ -306,7 +306,7 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
 
     from dpoclaims.cache import file_sha256
     from dpoclaims.measure.data import read_jigsaw_csv, train_val_split
-    from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+    from dpoclaims.measure.probe import train_probe
     from dpoclaims.models.loading import load_hf_model, load_tokenizer, mlp_layout
 
     if args.batch_size < 1 or args.max_tokens < 1:
@@ -340,17 +340,20 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
     )
     max_tokens = min(args.max_tokens, int(n_ctx)) if n_ctx else args.max_tokens  # never past the positions
     chosen = train + val
-    features = pooled_residuals(
+    trained = train_probe(
         model,
         tokenizer,
         [texts[i] for i in chosen],
+        [labels[i] for i in chosen],
+        n_train=len(train),
+        C=args.C,
+        seed=args.seed,
         batch_size=args.batch_size,
         max_tokens=max_tokens,
         progress=not args.no_progress,
     )
-    x_train, x_val = features[: len(train)], features[len(train) :]
     y_train, y_val = [labels[i] for i in train], [labels[i] for i in val]
-    probe = LinearProbe(C=args.C, seed=args.seed).fit(x_train, y_train)
+    probe = trained.probe
     direction = probe.fitted_direction.detach().clone().float()
 
     def share(ys: list[int]) -> float | None:
@@ -373,8 +376,8 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
         "C": args.C,
         "bias": probe.bias,
         "toxic_share": {"all": share(y_train + y_val), "train": share(y_train), "val": share(y_val)},
-        "train_accuracy": probe.accuracy(x_train, y_train),
-        "val_accuracy": probe.accuracy(x_val, y_val) if val else None,
+        "train_accuracy": trained.train_accuracy,
+        "val_accuracy": trained.heldout_accuracy if val else None,
         "val_majority_baseline": round(max(val_share, 1 - val_share), 4) if val_share is not None else None,
     }
     atomic_torch_save(out, direction)
@@ -397,8 +400,9 @@ def cmd_train_probe(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
+    from dpoclaims.runs.cells import grid
     from dpoclaims.runs.replication import check_pytest_args
-    from dpoclaims.runs.sweep import grid, sweep
+    from dpoclaims.runs.sweep import sweep
 
     try:
         pytest_args = shlex.split(args.pytest_args)

@@ -1,5 +1,6 @@
 """Which device to run on: ``--device auto|cpu|cuda|cuda:N``, pytest-xdist workers pinned to
-GPUs, and the device a (possibly dispatched) model takes its inputs on.
+GPUs, the device a (possibly dispatched) model takes its inputs on, and the CPU threads a build
+runs on.
 
 Depends on torch and :mod:`dpoclaims.errors` only, so the CLI, the pytest plugins and the
 benchmarks can all import it cheaply.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -116,3 +119,16 @@ def module_device(model: torch.nn.Module) -> torch.device:
         raise CheckpointError(
             f"{type(model).__name__} has no parameters, so it has no device to take inputs on"
         ) from None
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch runs on ``count`` CPU threads inside, on the caller's count again after. A build
+    fixes its count, whatever the caller uses (e.g. a one-thread xdist worker): float sums depend
+    on the thread count, and DPO amplifies such differences."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

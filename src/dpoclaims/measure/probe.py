@@ -106,3 +106,56 @@ class LinearProbe:
     def accuracy(self, features: torch.Tensor, labels: Sequence[int]) -> float:
         predictions = (self.decision_function(features) > 0).long()
         return float((predictions == torch.as_tensor(labels)).float().mean())
+
+
+#: The share of a build's probe texts the probe is fitted on (the first ones); the rest are held out.
+TRAIN_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class TrainedProbe:
+    """A probe fitted on the first ``n_train`` texts, with its accuracy on them and on the
+    ``n_heldout`` after them (NaN where there are none)."""
+
+    probe: LinearProbe
+    n_train: int
+    n_heldout: int
+    train_accuracy: float
+    heldout_accuracy: float
+
+
+def train_probe(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    n_train: int | None = None,
+    C: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    max_tokens: int = 128,
+    progress: bool = True,
+) -> TrainedProbe:
+    """Fit a :class:`LinearProbe` on the pooled residuals (:func:`pooled_residuals`) of the first
+    ``n_train`` of ``texts`` (default: the first ``TRAIN_SHARE`` of them) and measure it on those
+    and on the rest, held out. ``labels``: 1 toxic, 0 not, one per text."""
+    if len(labels) != len(texts):
+        raise ValueError(f"train_probe got {len(texts)} texts and {len(labels)} labels")
+    if n_train is None:
+        n_train = int(TRAIN_SHARE * len(texts))
+    features = pooled_residuals(
+        model, tokenizer, texts, batch_size=batch_size, max_tokens=max_tokens, progress=progress
+    )  # [len(texts), d_model]
+    train_features, train_labels = features[:n_train], labels[:n_train]
+    heldout_features, heldout_labels = features[n_train:], labels[n_train:]
+    probe = LinearProbe(C=C, seed=seed).fit(train_features, train_labels)
+    return TrainedProbe(
+        probe=probe,
+        n_train=n_train,
+        n_heldout=len(heldout_labels),
+        train_accuracy=probe.accuracy(train_features, train_labels),
+        heldout_accuracy=probe.accuracy(heldout_features, heldout_labels)
+        if len(heldout_labels)
+        else float("nan"),
+    )

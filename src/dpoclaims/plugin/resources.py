@@ -266,20 +266,19 @@ BUILT_HERE = {"toy": "about 5 minutes", "smollm2": "about 45 minutes"}
 
 
 def _build_pair(config: pytest.Config, cache: Cache, name: str) -> None:
-    from dpoclaims.train.named_pairs import built_smollm2, built_toy
-    from dpoclaims.train.organism.build import ToyConfig, check_bands, toy_key
+    from dpoclaims.train.named_pairs import checked_smollm2, checked_toy
+    from dpoclaims.train.organism.build import ToyConfig, toy_key
     from dpoclaims.train.smollm2 import STAGES, SmolConfig, cached_stages, locate_gguf
 
     def build() -> None:  # each refuses a build outside its bands (BrokenOrganismError)
         if name == "toy":
-            built_toy(cache, ToyConfig())
+            checked_toy(cache, ToyConfig())
         else:
-            built_smollm2(cache)
+            checked_smollm2(cache)
 
     if name == "toy":
-        existing = cache.get("toy", toy_key(ToyConfig()))
-        if existing is not None:
-            check_bands(existing)  # a toy out of its bands stops the run here, with one message
+        if cache.get("toy", toy_key(ToyConfig())) is not None:
+            build()  # the toy is cached: only its bands are checked (out of them, the run stops here)
             return
     else:
         locate_gguf()  # a missing package: the install line, before anything else

@@ -15,29 +15,32 @@ import torch
 from dpoclaims.cache import Cache
 from dpoclaims.errors import MissingDownload, UnknownPairError
 from dpoclaims.models.pairs import ModelPair, PairSpec, load_pair_from_spec
+from dpoclaims.train.bands import check_bands
 from dpoclaims.train.organism.build import BANDS as TOY_BANDS
-from dpoclaims.train.organism.build import ToyConfig, check_bands, ensure_toy
+from dpoclaims.train.organism.build import ToyConfig, ensure_toy, out_of_bands_advice, read_toy_report
 from dpoclaims.train.organism.corpus import TOXIC_WORDS
 from dpoclaims.train.smollm2 import BANDS as SMOLLM2_BANDS
 from dpoclaims.train.smollm2 import (
     CLAIMS_MAX_PROMPTS,
     CLAIMS_PERPLEXITY_WINDOW,
+    OUT_OF_BANDS_ADVICE,
     BuiltPair,
     SmolConfig,
     ensure_smollm2,
 )
-from dpoclaims.train.smollm2 import check_bands as check_smollm2_bands
 
 
-def built_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path:
-    """The toy's directory, built if needed; refused (BrokenOrganismError) if out of its bands."""
+def checked_toy(cache: Cache, config: ToyConfig, *, progress: bool = True) -> Path:
+    """The toy the claims may measure: its directory (:func:`ensure_toy`: reused from the cache, or
+    built), refused (BrokenOrganismError) if out of its bands."""
     directory = ensure_toy(config, cache=cache, progress=progress)
-    check_bands(directory)
+    report = read_toy_report(directory)
+    check_bands(report, organism=f"the toy organism in {directory}", advice=out_of_bands_advice(report))
     return directory
 
 
 def _toy_spec(cache: Cache) -> PairSpec:
-    spec = PairSpec.from_file(built_toy(cache, ToyConfig()) / "pair.toml")
+    spec = PairSpec.from_file(checked_toy(cache, ToyConfig()) / "pair.toml")
     # the toy's toxic register, for the lexicon scorer; the bands its build enforces
     return replace(spec, lexicon=TOXIC_WORDS, guarantees=frozenset(TOY_BANDS))
 
@@ -55,7 +58,7 @@ def toy_seed(pair: object) -> int | None:
 
 
 def _seeded_toy_spec(cache: Cache, seed: int) -> PairSpec:
-    spec = PairSpec.from_file(built_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
+    spec = PairSpec.from_file(checked_toy(cache, replace(ToyConfig(), seed=seed)) / "pair.toml")
     return replace(spec, name=f"toy-seed{seed}", lexicon=TOXIC_WORDS, guarantees=frozenset(TOY_BANDS))
 
 
@@ -103,17 +106,18 @@ def _gpt2_medium_spec(cache: Cache) -> PairSpec:
     return PairSpec(name="gpt2-medium", base=base, dpo=str(dpo), probe=str(probe), extras=extras)
 
 
-def built_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
-    """The smollm2 pair's stages, built if needed; refused (BrokenOrganismError) if out of its bands."""
+def checked_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
+    """The smollm2 pair the claims may measure: its stages (:func:`ensure_smollm2`: reused from the
+    cache, or built), refused (BrokenOrganismError) if out of its bands."""
     built = ensure_smollm2(SmolConfig(), cache=cache, progress=progress)
-    check_smollm2_bands(built)
+    check_bands(built.report(), organism=f"the smollm2 pair in {built.pair}", advice=OUT_OF_BANDS_ADVICE)
     return built
 
 
 def _smollm2_spec(cache: Cache) -> PairSpec:
     """SmolLM2-135M-Instruct and its DPO model (:mod:`dpoclaims.train.smollm2`), built on first use.
     A missing package is a :class:`MissingDownload` giving the install line."""
-    built = built_smollm2(cache)
+    built = checked_smollm2(cache)
     return PairSpec(
         name="smollm2",
         base=str(built.base),

@@ -60,7 +60,8 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims import stats
 from dpoclaims.cache import Cache, file_sha256, stable_hash
-from dpoclaims.errors import BrokenOrganismError, CheckpointError, MissingDownload
+from dpoclaims.devices import torch_threads
+from dpoclaims.errors import CheckpointError, MissingDownload
 from dpoclaims.measure.generation import (
     GenerationSettings,
     SamplingSettings,
@@ -68,11 +69,11 @@ from dpoclaims.measure.generation import (
     sample_generate,
 )
 from dpoclaims.measure.metrics import perplexity_from_rows, perplexity_rows, weight_cosines
-from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+from dpoclaims.measure.probe import TrainedProbe, pooled_residuals, train_probe
 from dpoclaims.measure.scoring import ProfanityCheckScorer
+from dpoclaims.train.bands import band_checks
 from dpoclaims.train.dpo import DPOSettings, read_lee_pairs, train_dpo_run, write_lee_pairs
 from dpoclaims.train.organism import corpus
-from dpoclaims.train.organism.build import band_checks, failed_bands
 from dpoclaims.versions import build_versions, library_version
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ BUILD_THREADS = 2  # as the toy's: float sums depend on the thread count
 DEFAULT_SCORER = "profanity-check"
 TOXIC_LABEL = 0.5  # profanity-check score from which a text is labelled toxic (the probe's labels)
 
-# The bands of the setting (issue #16); the claims are never looked at to set them.
+# The bands of the setting (README, 'The real pair'); the claims are never looked at to set them.
 BANDS: dict[str, tuple[float, float]] = {
     "base_toxicity": (0.15, 1.0),
     "dpo_over_base_toxicity": (0.0, 0.7),
@@ -95,8 +96,12 @@ BANDS: dict[str, tuple[float, float]] = {
     "min_weight_cosine": (0.99, 1.0),
     "probe_accuracy": (0.90, 1.0),
 }
+#: What a pair outside its bands should read next (:func:`dpoclaims.train.bands.check_bands`).
+OUT_OF_BANDS_ADVICE = (
+    "The bands and the build's rules are in dpoclaims.train.smollm2 and README, 'The real pair'"
+)
 
-# How the claims measure this pair (the spec's extras), for the 2-core budget of issue #16 (a cold
+# How the claims measure this pair (the spec's extras), for a budget of 2 CPU cores (a cold
 # claims run within 30 minutes); ours, not the paper's, and set from timing alone, before any
 # claim was declared. A cold run at 50 prompts with per-text perplexity (texts up to 1,024 tokens,
 # padded in batches) spent most of its time in C13's perplexity passes, about 135 s each on one
@@ -392,22 +397,19 @@ def dpo_pairs(
     return pairs, samples, stats_rows
 
 
-def train_probe(
+def probe_record(
+    trained: TrainedProbe,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     samples: list[tuple[int, str, float]],
     config: SmolConfig,
     *,
     progress: bool,
-) -> tuple[LinearProbe, dict[str, Any]]:
-    """The probe on comments of known register (module docstring), its held-out accuracy, and
-    (reported, not a band) its accuracy on the base's own samples as profanity-check labels them."""
-    texts, labels = corpus.labelled_comments(config.n_probe_comments, config.seed + 1000)
-    split = int(0.8 * len(texts))
-    features = pooled_residuals(model, tokenizer, texts, progress=progress)
-    probe = LinearProbe(C=config.probe_C, seed=config.seed).fit(features[:split], labels[:split])
-    accuracy = probe.accuracy(features[split:], labels[split:])
-    n_heldout = len(texts) - split
+) -> dict[str, Any]:
+    """The record of the probe trained on comments of known register (module docstring): its
+    held-out accuracy with an interval, and (reported, not a band) its accuracy on the base's own
+    samples as profanity-check labels them."""
+    probe, accuracy, n_heldout = trained.probe, trained.heldout_accuracy, trained.n_heldout
     low, high = _wilson(round(accuracy * n_heldout), n_heldout)
 
     rng = random.Random(f"smollm2-probe-transfer-{config.seed}")
@@ -424,9 +426,9 @@ def train_probe(
         if k
         else float("nan")
     )
-    return probe, {
+    return {
         "texts": "comments of the toy grammar (project-written), labelled toxic when they hold a toxic clause",
-        "n_train": split,
+        "n_train": trained.n_train,
         "n_heldout": n_heldout,
         "accuracy": accuracy,
         "accuracy_interval": [low, high],
@@ -447,7 +449,12 @@ def build_data(base_dir: Path, out: Path, config: SmolConfig, *, progress: bool)
     scorer = ProfanityCheckScorer()
     challenge, challenge_record = select_challenge(config, scorer)
     pairs, samples, mix = dpo_pairs(model, tokenizer, config, set(challenge), scorer, progress=progress)
-    probe, probe_record = train_probe(model, tokenizer, samples, config, progress=progress)
+    texts, labels = corpus.labelled_comments(config.n_probe_comments, config.seed + 1000)
+    trained = train_probe(
+        model, tokenizer, texts, labels, C=config.probe_C, seed=config.seed, progress=progress
+    )
+    probe = trained.probe
+    probe_summary = probe_record(trained, model, tokenizer, samples, config, progress=progress)
     heldout = heldout_texts(config.n_heldout_texts)
     (out / "challenge_prompts.json").write_text(json.dumps(challenge, indent=0))
     (out / "heldout_texts.json").write_text(json.dumps(heldout, indent=0))
@@ -470,7 +477,7 @@ def build_data(base_dir: Path, out: Path, config: SmolConfig, *, progress: bool)
             "rejected_toxic_share": float(np.mean([s >= TOXIC_LABEL for s in rejected])),
             "samples_toxic_share": float(np.mean([s >= TOXIC_LABEL for _, _, s in samples])),
         },
-        "probe": probe_record,
+        "probe": probe_summary,
         "heldout_texts": {"source": "pydoc_data.topics (CPython reference documentation)", "n": len(heldout)},
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -605,15 +612,6 @@ class BuiltPair:
         return json.loads((self.pair / "smollm2.json").read_text())
 
 
-def _threads(function: Callable[[], Any]) -> Any:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(BUILD_THREADS)
-    try:
-        return function()
-    finally:
-        torch.set_num_threads(previous)
-
-
 def ensure_smollm2(
     config: SmolConfig = SmolConfig(), *, cache: Cache | None = None, progress: bool = True
 ) -> BuiltPair:
@@ -628,7 +626,8 @@ def ensure_smollm2(
             log.info("smollm2: building stage %s (%d of %d)", name, STAGES.index(name) + 1, len(STAGES))
 
         def built(tmp: Path) -> dict[str, Any]:
-            record = _threads(lambda: build(tmp))
+            with torch_threads(BUILD_THREADS):
+                record = build(tmp)
             return {"stage": name, "key": keys[name], "seconds": record.get("seconds")}
 
         return cache.get_or_build(f"smollm2-{name}", keys[name], built)
@@ -673,15 +672,3 @@ def ensure_smollm2(
 
     pair = stage("pair", pair_stage)
     return BuiltPair(base=base, data=data, dpo=dpo, pair=pair)
-
-
-def check_bands(built: BuiltPair) -> None:
-    """A :class:`BrokenOrganismError` when the built pair is outside the bands of its setting."""
-    report = built.report()
-    failed = failed_bands(report)
-    if failed:
-        raise BrokenOrganismError(
-            f"the smollm2 pair in {built.pair} is outside the bands of its setting: {'; '.join(failed)}. "
-            "Its claims would be about a broken setting, so none are run. The bands and the build's "
-            "rules are in dpoclaims.train.smollm2 and README, 'The real pair'"
-        )

@@ -19,11 +19,12 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.cache import Cache, stable_hash
-from dpoclaims.errors import BrokenOrganismError
+from dpoclaims.devices import torch_threads
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.measure.metrics import perplexity, weight_cosines
-from dpoclaims.measure.probe import LinearProbe, pooled_residuals
+from dpoclaims.measure.probe import train_probe
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
+from dpoclaims.train.bands import band_checks
 from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
 from dpoclaims.train.organism import DEFAULT_SEED, corpus
 from dpoclaims.train.organism.lm import move, pack_examples, pretrain, train_tokenizer
@@ -35,7 +36,7 @@ TOY_FORMAT_VERSION = 4  # bump when the build code changes what a config produce
 DEFAULT_SCORER = "lexicon"
 TOY_THREADS = 2
 
-# The bands a toy must meet to behave like the paper's setting (issue #2).
+# The bands a toy must meet to behave like the paper's setting (README, 'The toy organism').
 BANDS: dict[str, tuple[float, float]] = {
     "base_toxicity": (0.3, 0.6),
     "dpo_over_base_toxicity": (0.0, 0.5),
@@ -114,57 +115,36 @@ def toy_key(config: ToyConfig, device: torch.device | str | None = None) -> str:
     return stable_hash(parts)
 
 
-def failed_bands(report: dict[str, Any]) -> list[str]:
-    """The bands a built toy's report fails, each as ``name = value (band [low, high])``."""
-    return [
-        f"{name} = {band['value']:.4f} (band [{band['band'][0]}, {band['band'][1]}])"
-        for name, band in report["bands"].items()
-        if not band["ok"]
-    ]
+def read_toy_report(directory: Path) -> dict[str, Any]:
+    """The measurement report (``toy.json``) of the toy built in ``directory``."""
+    report: dict[str, Any] = json.loads((directory / "toy.json").read_text())
+    return report
 
 
-def check_bands(directory: Path) -> None:
-    """A :class:`BrokenOrganismError` when the toy in ``directory`` failed a band of its setting:
-    the suite never measures claims on it (its verdicts would be about a broken organism)."""
-    report = json.loads((directory / "toy.json").read_text())
-    failed = failed_bands(report)
-    if failed:
-        built_with = report.get("libraries") or {}
-        seed = (report.get("config") or {}).get("seed", DEFAULT_SEED)
-        cause = (
-            f"At seed {seed} the toy's setting gives such a toy: only the default seed, {DEFAULT_SEED}, "
-            "was chosen to meet the bands (README, 'Claims across organism seeds')"
-            if seed != DEFAULT_SEED
-            else "Something changed what the build computes: other library versions (install the "
-            "locked ones: README, 'Set-up', pip install -c requirements/lock.txt ...; the toy is "
-            "rebuilt for them), a change of the build's settings or code, or a CPU that is not "
-            "x86-64 (the toy is checked to be the same across x86 vector kernels only)"
-        )
-        raise BrokenOrganismError(
-            f"the toy organism in {directory} is outside the bands of the paper's setting: "
-            f"{'; '.join(failed)}. It was built with "
-            f"{', '.join(f'{k} {v}' for k, v in sorted(built_with.items())) or 'unrecorded versions'}. "
-            f"Its claims would be about a broken organism, so none are run. {cause}; the bands and "
-            "the build's settings are in README, 'The toy organism'. Run the claims on another pair "
-            "meanwhile (--pair)"
-        )
+def out_of_bands_advice(report: dict[str, Any]) -> str:
+    """What a toy outside its bands means and what to do (:func:`dpoclaims.train.bands.check_bands`'s
+    advice): a toy at another seed than the default may simply be such a toy; at the default seed
+    something changed what the build computes."""
+    seed = (report.get("config") or {}).get("seed", DEFAULT_SEED)
+    cause = (
+        f"At seed {seed} the toy's setting gives such a toy: only the default seed, {DEFAULT_SEED}, "
+        "was chosen to meet the bands (README, 'Claims across organism seeds')"
+        if seed != DEFAULT_SEED
+        else "Something changed what the build computes: other library versions (install the "
+        "locked ones: README, 'Set-up', pip install -c requirements/lock.txt ...; the toy is "
+        "rebuilt for them), a change of the build's settings or code, or a CPU that is not "
+        "x86-64 (the toy is checked to be the same across x86 vector kernels only)"
+    )
+    return (
+        f"{cause}; the bands and the build's settings are in README, 'The toy organism'. Run the claims "
+        "on another pair meanwhile (--pair)"
+    )
 
 
 def _timed(timings: dict[str, float], name: str, start: float) -> float:
     now = time.perf_counter()
     timings[name] = round(now - start, 2)
     return now
-
-
-def band_checks(
-    measured: dict[str, float], bands: dict[str, tuple[float, float]] = BANDS
-) -> dict[str, dict[str, Any]]:
-    """Each band of ``bands`` with the measured value and whether it lies inside (a report's
-    ``bands``, which :func:`failed_bands` reads)."""
-    return {
-        name: {"value": measured[name], "band": [low, high], "ok": low <= measured[name] <= high}
-        for name, (low, high) in bands.items()
-    }
 
 
 def _check_tied(model: PreTrainedModel) -> None:
@@ -176,6 +156,13 @@ def _check_tied(model: PreTrainedModel) -> None:
         model.tie_weights()
         if model.lm_head.weight.data_ptr() != model.transformer.wte.weight.data_ptr():
             raise RuntimeError("DPO model lost its tied embeddings")
+
+
+def _train_dtype(config: ToyConfig) -> torch.dtype:
+    dtypes = {"float32": torch.float32, "float64": torch.float64}
+    if config.train_dtype not in dtypes:
+        raise ValueError(f"ToyConfig.train_dtype is {config.train_dtype!r}; use one of {sorted(dtypes)}")
+    return dtypes[config.train_dtype]
 
 
 def build_toy(
@@ -194,145 +181,131 @@ def build_toy(
     the CPU the build is bit-identical run to run; on a GPU it is a different toy (other float
     sums), reproducible only on the same GPU and software.
     """
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(TOY_THREADS)
-    try:
-        return _build_toy(out, config, progress=progress, device=torch.device(device or "cpu"))
-    finally:
-        torch.set_num_threads(previous_threads)
+    with torch_threads(TOY_THREADS):
+        device = torch.device(device or "cpu")
+        on_cpu = device.type == "cpu"
+        dtype = _train_dtype(config)
+        torch.manual_seed(config.seed)
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        comments = corpus.pretraining_comments(config.n_pretrain_comments, config.seed)
+        texts = [c.text for c in comments]
+        base_dir, dpo_dir = out / "base", out / "dpo"
+        tokenizer: PreTrainedTokenizerBase = train_tokenizer(texts, config.vocab_size, base_dir)
+        t = _timed(timings, "corpus_and_tokenizer", t)
 
+        token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        data = pack_examples(token_lists, tokenizer.eos_token_id, config.pretrain_block)
+        lm_config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=config.n_positions,
+            n_embd=config.n_embd,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            bos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+        base, losses = pretrain(
+            lm_config,
+            data,
+            steps=config.pretrain_steps,
+            batch_size=config.pretrain_batch,
+            lr=config.pretrain_lr,
+            seed=config.seed,
+            progress=progress,
+            device=None if on_cpu else device,
+            dtype=dtype,
+        )
+        move(base, torch.float32)  # the pair the claims measure is float32
+        base.save_pretrained(base_dir)
+        t = _timed(timings, "pretrain", t)
 
-def _train_dtype(config: ToyConfig) -> torch.dtype:
-    dtypes = {"float32": torch.float32, "float64": torch.float64}
-    if config.train_dtype not in dtypes:
-        raise ValueError(f"ToyConfig.train_dtype is {config.train_dtype!r}; use one of {sorted(dtypes)}")
-    return dtypes[config.train_dtype]
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        # Every step below runs the plain Hugging Face model: under transformers 5.24 a
+        # TransformerBridge-wrapped model generated other continuations (see dpoclaims.hooks.bridge), and
+        # the toy's DPO pairs are generated here.
+        base.eval()
+        probe_texts, probe_labels = corpus.labelled_comments(config.n_probe_comments, config.seed)
+        trained = train_probe(
+            base, tokenizer, probe_texts, probe_labels, C=config.probe_C, seed=config.seed, progress=progress
+        )
+        probe_accuracy = trained.heldout_accuracy
+        torch.save(trained.probe.fitted_direction.clone(), out / "probe.pt")
+        t = _timed(timings, "probe", t)
 
+        # DPO pairs as Lee et al.: neutral prompt, preferred = the base's greedy continuation,
+        # rejected = a toxic continuation.
+        n_pairs = config.n_dpo_pairs + config.n_dpo_val
+        prompts = corpus.neutral_prompts(n_pairs, config.seed)
+        # The saved base, computing in the training float type (greedy decoding's near-ties are
+        # where the kernels' differences would show).
+        generator = copy.deepcopy(base).eval()
+        move(generator, dtype)
+        preferred = greedy_generate(
+            generator, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
+        ).continuations
+        del generator
+        rejected = corpus.toxic_continuations(n_pairs, config.seed)
+        pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
+        write_lee_pairs(out / "dpo_pairs.jsonl", pairs)
+        t = _timed(timings, "dpo_data", t)
 
-def _build_toy(out: Path, config: ToyConfig, *, progress: bool, device: torch.device) -> dict[str, Any]:
-    on_cpu = device.type == "cpu"
-    dtype = _train_dtype(config)
-    torch.manual_seed(config.seed)
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    comments = corpus.pretraining_comments(config.n_pretrain_comments, config.seed)
-    texts = [c.text for c in comments]
-    base_dir, dpo_dir = out / "base", out / "dpo"
-    tokenizer: PreTrainedTokenizerBase = train_tokenizer(texts, config.vocab_size, base_dir)
-    t = _timed(timings, "corpus_and_tokenizer", t)
+        # DPO trains a fresh copy from disk (the reference model is the base as saved).
+        from transformers import GPT2LMHeadModel
 
-    token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    data = pack_examples(token_lists, tokenizer.eos_token_id, config.pretrain_block)
-    lm_config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=config.n_positions,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
-    base, losses = pretrain(
-        lm_config,
-        data,
-        steps=config.pretrain_steps,
-        batch_size=config.pretrain_batch,
-        lr=config.pretrain_lr,
-        seed=config.seed,
-        progress=progress,
-        device=None if on_cpu else device,
-        dtype=dtype,
-    )
-    move(base, torch.float32)  # the pair the claims measure is float32
-    base.save_pretrained(base_dir)
-    t = _timed(timings, "pretrain", t)
+        policy = GPT2LMHeadModel.from_pretrained(base_dir, dtype=dtype)
+        dpo_model, history = train_dpo(
+            policy,
+            tokenizer,
+            pairs[: config.n_dpo_pairs],
+            pairs[config.n_dpo_pairs :],
+            config.dpo,
+            progress=progress,
+            device=None if on_cpu else device,
+        )
+        move(dpo_model, torch.float32)
+        _check_tied(dpo_model)
+        dpo_model.save_pretrained(dpo_dir)
+        tokenizer.save_pretrained(dpo_dir)
+        t = _timed(timings, "dpo_train", t)
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    # Every step below runs the plain Hugging Face model: under transformers 5.24 a
-    # TransformerBridge-wrapped model generated other continuations (see dpoclaims.hooks.bridge), and
-    # the toy's DPO pairs are generated here.
-    base.eval()
-    probe_texts, probe_labels = corpus.labelled_comments(config.n_probe_comments, config.seed)
-    features = pooled_residuals(base, tokenizer, probe_texts, progress=progress)
-    split = int(0.8 * len(probe_texts))
-    probe = LinearProbe(C=config.probe_C, seed=config.seed).fit(features[:split], probe_labels[:split])
-    probe_accuracy = probe.accuracy(features[split:], probe_labels[split:])
-    torch.save(probe.fitted_direction.clone(), out / "probe.pt")
-    t = _timed(timings, "probe", t)
+        report = measure_toy(base_dir, dpo_dir, config, progress=progress, device=device)
+        report["probe_accuracy"] = probe_accuracy
+        report["pretrain_final_loss"] = sum(losses[-50:]) / len(losses[-50:])
+        report["dpo_history"] = [h for h in history if "eval_loss" in h]
+        report["dpo_steps"] = max((h.get("step", 0) for h in history), default=0)
+        _timed(timings, "evaluate", t)
+        report["timings_s"] = timings
+        report["config"] = asdict(config)
+        report["config_key"] = toy_key(config, device)
+        report["libraries"] = build_versions()
+        if not on_cpu:
+            report["device"] = str(device)
+        measured = {
+            "base_toxicity": report["toxicity"][DEFAULT_SCORER]["base"],
+            "dpo_over_base_toxicity": report["toxicity"][DEFAULT_SCORER]["dpo"]
+            / max(report["toxicity"][DEFAULT_SCORER]["base"], 1e-9),
+            "perplexity_increase": report["perplexity"]["dpo"] / report["perplexity"]["base"] - 1,
+            "min_weight_cosine": report["min_weight_cosine"],
+            "probe_accuracy": probe_accuracy,
+        }
+        report["bands"] = band_checks(measured, BANDS)
+        report["default_scorer"] = DEFAULT_SCORER
 
-    # DPO pairs as Lee et al.: neutral prompt, preferred = the base's greedy continuation,
-    # rejected = a toxic continuation.
-    n_pairs = config.n_dpo_pairs + config.n_dpo_val
-    prompts = corpus.neutral_prompts(n_pairs, config.seed)
-    # The saved base, computing in the training float type (greedy decoding's near-ties are
-    # where the kernels' differences would show).
-    generator = copy.deepcopy(base).eval()
-    move(generator, dtype)
-    preferred = greedy_generate(
-        generator, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
-    ).continuations
-    del generator
-    rejected = corpus.toxic_continuations(n_pairs, config.seed)
-    pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
-    write_lee_pairs(out / "dpo_pairs.jsonl", pairs)
-    t = _timed(timings, "dpo_data", t)
-
-    # DPO trains a fresh copy from disk (the reference model is the base as saved).
-    from transformers import GPT2LMHeadModel
-
-    policy = GPT2LMHeadModel.from_pretrained(base_dir, dtype=dtype)
-    dpo_model, history = train_dpo(
-        policy,
-        tokenizer,
-        pairs[: config.n_dpo_pairs],
-        pairs[config.n_dpo_pairs :],
-        config.dpo,
-        progress=progress,
-        device=None if on_cpu else device,
-    )
-    move(dpo_model, torch.float32)
-    _check_tied(dpo_model)
-    dpo_model.save_pretrained(dpo_dir)
-    tokenizer.save_pretrained(dpo_dir)
-    t = _timed(timings, "dpo_train", t)
-
-    report = measure_toy(base_dir, dpo_dir, config, progress=progress, device=device)
-    report["probe_accuracy"] = probe_accuracy
-    report["pretrain_final_loss"] = sum(losses[-50:]) / len(losses[-50:])
-    report["dpo_history"] = [h for h in history if "eval_loss" in h]
-    report["dpo_steps"] = max((h.get("step", 0) for h in history), default=0)
-    _timed(timings, "evaluate", t)
-    report["timings_s"] = timings
-    report["config"] = asdict(config)
-    report["config_key"] = toy_key(config, device)
-    report["libraries"] = build_versions()
-    if not on_cpu:
-        report["device"] = str(device)
-    measured = {
-        "base_toxicity": report["toxicity"][DEFAULT_SCORER]["base"],
-        "dpo_over_base_toxicity": report["toxicity"][DEFAULT_SCORER]["dpo"]
-        / max(report["toxicity"][DEFAULT_SCORER]["base"], 1e-9),
-        "perplexity_increase": report["perplexity"]["dpo"] / report["perplexity"]["base"] - 1,
-        "min_weight_cosine": report["min_weight_cosine"],
-        "probe_accuracy": probe_accuracy,
-    }
-    report["bands"] = band_checks(measured)
-    report["default_scorer"] = DEFAULT_SCORER
-
-    (out / "challenge_prompts.json").write_text(
-        json.dumps(corpus.challenge_prompts(config.n_challenge, config.seed + 1))
-    )
-    (out / "neutral_texts.json").write_text(
-        json.dumps(corpus.neutral_texts(config.n_neutral_eval, config.seed + 1))
-    )
-    (out / "toy.json").write_text(json.dumps(report, indent=1))
-    (out / "pair.toml").write_text(
-        'name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n\n[extras]\n'
-        'challenge_prompts = "challenge_prompts.json"\nneutral_texts = "neutral_texts.json"\n'
-        'dpo_pairs = "dpo_pairs.jsonl"\nreport = "toy.json"\n'
-    )
-    return report
+        (out / "challenge_prompts.json").write_text(
+            json.dumps(corpus.challenge_prompts(config.n_challenge, config.seed + 1))
+        )
+        (out / "neutral_texts.json").write_text(
+            json.dumps(corpus.neutral_texts(config.n_neutral_eval, config.seed + 1))
+        )
+        (out / "toy.json").write_text(json.dumps(report, indent=1))
+        (out / "pair.toml").write_text(
+            'name = "toy"\nbase = "base"\ndpo = "dpo"\nprobe = "probe.pt"\n\n[extras]\n'
+            'challenge_prompts = "challenge_prompts.json"\nneutral_texts = "neutral_texts.json"\n'
+            'dpo_pairs = "dpo_pairs.jsonl"\nreport = "toy.json"\n'
+        )
+        return report
 
 
 def measure_toy(
@@ -391,7 +364,8 @@ def ensure_toy(
     """The directory of the built toy for ``config``, building it if absent or corrupt. The
     claims suite's toy is the CPU build (``device`` None or the CPU); a build on a GPU has its
     own entry (see :func:`toy_key`). A toy that failed its bands stays in the cache (to be
-    looked at, and so that it is not rebuilt in vain); :func:`check_bands` refuses it for use."""
+    looked at, and so that it is not rebuilt in vain);
+    :func:`dpoclaims.train.named_pairs.checked_toy` refuses it for use."""
     cache = cache or Cache()
     key = toy_key(config, device)
 
