@@ -14,7 +14,7 @@ from dpoclaims.claims import paper, search, selection
 from dpoclaims.claims.results import ClaimNotHeld, ClaimRecord, ClaimVerdictUnexpected, Expectation
 from dpoclaims.errors import OptionError
 from dpoclaims.measure.decomposition import Decomposition
-from dpoclaims.report import writer as report
+from dpoclaims.report import render as report
 from dpoclaims.stats import bootstrap
 
 NOISE = np.random.default_rng(0).normal(0.0, 0.2, 400)  # per-prompt spread: intervals about +-0.02
