@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dpoclaims.claims import paper
@@ -75,6 +76,16 @@ def _chip(verdict: str) -> str:
     color = VERDICT_COLORS.get(verdict, VERDICT_COLORS[NOT_MEASURED])
     ink = "#111" if verdict in _DARK_TEXT else "#fff"
     return f'<span class="chip" style="background:{color};color:{ink}">{_e(verdict)}</span>'
+
+
+#: The pages a reports directory may hold: a claims run's and a sweep's.
+PAGE_NAMES = ("index.html", "replication.html")
+
+
+def latest_page(reports_dir: Path) -> Path | None:
+    """The most recently written report page in ``reports_dir`` (:data:`PAGE_NAMES`), or None."""
+    pages = [reports_dir / name for name in PAGE_NAMES if (reports_dir / name).is_file()]
+    return max(pages, key=lambda page: page.stat().st_mtime_ns, default=None)
 
 
 # ------------------------------------------------------------------------- the forest plot

@@ -70,6 +70,7 @@ from dpoclaims.measure.generation import (
 from dpoclaims.measure.metrics import perplexity_from_rows, perplexity_rows, weight_cosines
 from dpoclaims.measure.probe import LinearProbe, pooled_residuals
 from dpoclaims.measure.scoring import ProfanityCheckScorer
+from dpoclaims.progress import timed_stage, track_progress
 from dpoclaims.train.dpo import DPOSettings, read_lee_pairs, train_dpo_run, write_lee_pairs
 from dpoclaims.train.organism import corpus
 from dpoclaims.train.organism.build import band_checks, failed_bands
@@ -342,8 +343,6 @@ def dpo_pairs(
 ) -> tuple[list[dict[str, str]], list[tuple[int, str, float]], dict[str, Any]]:
     """Lee-style pairs by the rule of the module docstring, drawn prompt batch by prompt batch
     until enough are kept; also every sample (prompt index, text, score) for the probe."""
-    from tqdm.auto import tqdm
-
     needed = config.n_dpo_train + config.n_dpo_val
     prompts = [
         p
@@ -354,7 +353,7 @@ def dpo_pairs(
     pairs: list[dict[str, str]] = []
     samples: list[tuple[int, str, float]] = []
     stats_rows = {"drawn": 0, "provocative_drawn": 0, "provocative_kept": 0}
-    bar = tqdm(total=needed, desc="DPO pairs (greedy + samples)", disable=not progress, leave=False)
+    bar = track_progress(total=needed, desc="DPO pairs (greedy + samples)", enabled=progress)
     for number, start in enumerate(range(0, len(prompts), step)):
         if len(pairs) >= needed:
             break
@@ -628,7 +627,8 @@ def ensure_smollm2(
             log.info("smollm2: building stage %s (%d of %d)", name, STAGES.index(name) + 1, len(STAGES))
 
         def built(tmp: Path) -> dict[str, Any]:
-            record = _threads(lambda: build(tmp))
+            with timed_stage(f"smollm2 build, stage {name}", enabled=progress):
+                record = _threads(lambda: build(tmp))
             return {"stage": name, "key": keys[name], "seconds": record.get("seconds")}
 
         return cache.get_or_build(f"smollm2-{name}", keys[name], built)
