@@ -214,6 +214,9 @@ def test_the_forest_plot_has_one_row_per_claim_with_a_figure_and_each_criterion_
     assert by_id["C7[rank-to-net]"].criterion.values == pytest.approx((996.0,))
     # without the pair's size (an older report) a scaled criterion draws no line rather than a wrong one
     assert criterion_of(report["claims"][3]["claim"], {}) is None
+    # a verdict that needs a further part too says so (C2's "more than plain ablation", for N <= 1000)
+    assert criterion_of({"claim": "C2", "param": "N=100"}, {}).parts == 1
+    assert criterion_of({"claim": "C2", "param": "N=2000"}, {}).parts == 0
     # coloured by verdict
     assert (
         f'fill="{VERDICT_COLORS["contradicts"]}"' in page

@@ -33,6 +33,14 @@ DTYPES = frozenset({"float32", "bfloat16", "float16"})
 GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")  # owner/name
 
 
+def _default_search_examples() -> int:
+    """The searches' default number of examples, read from where the searches define it (a heavy
+    module: imported only when options are made, never at plugin load)."""
+    from dpoclaims.claims.search import DEFAULT_EXAMPLES
+
+    return DEFAULT_EXAMPLES
+
+
 @dataclass(frozen=True)
 class SuiteOptions:
     pair: str
@@ -48,15 +56,7 @@ class SuiteOptions:
     allow_pickle_globals: str | None = None  # the option's value; $DPOCLAIMS_ALLOW_PICKLE_GLOBALS adds to it
     device: str = "cpu"  # resolved: cpu, cuda or cuda:N (an xdist worker's own GPU once configured)
     # examples each Hypothesis search draws (C1/C2/C13[search]); default the searches' own
-    search_examples: int = field(default_factory=lambda: _default_search_examples())
-
-
-def _default_search_examples() -> int:
-    """The searches' default number of examples, read from where the searches define it (a heavy
-    module: imported only when options are made, never at plugin load)."""
-    from dpoclaims.claims.search import DEFAULT_EXAMPLES
-
-    return DEFAULT_EXAMPLES
+    search_examples: int = field(default_factory=_default_search_examples)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

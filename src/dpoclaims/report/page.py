@@ -50,7 +50,8 @@ def _e(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
-    """A figure for reading: 4 significant digits, whole numbers whole, "–" for none or NaN."""
+    """A figure for reading: 3 significant digits (a float's full value is in its title), whole
+    numbers whole, "–" for none or NaN."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return "–" if value is None else str(value)
     if not math.isfinite(value):
@@ -59,7 +60,7 @@ def _num(value: Any) -> str:
         return f"{int(value):,}"
     if abs(value) >= 1e4:
         return f"{value:,.0f}"
-    return f"{value:.4g}"
+    return f"{value:.3g}"
 
 
 def _finite(value: Any) -> float | None:
@@ -98,6 +99,7 @@ class Criterion:
 
     side: str
     values: tuple[float, ...]
+    parts: int = 0  # further parts the verdict needs too (not drawn: see the claim's details)
 
 
 @dataclass(frozen=True)
@@ -120,16 +122,19 @@ def criterion_of(claim: Mapping[str, Any], header: Mapping[str, Any]) -> Criteri
     if entry is None:
         return None
     rule = entry.rule
+    # the parts that apply to this parameter (a parametrized entry's ids are param_id.format(p))
+    param = next((p for p in entry.params if entry.param_id.format(p) == claim_id.param), None)
+    parts = len(entry.parts_for(param)) if entry.param_name else len(entry.parts)
     if entry.scaled is not None:
         n_layers, n_neurons = header.get("n_layers"), header.get("n_neurons")
         if not (isinstance(n_layers, int) and isinstance(n_neurons, int)):
             return None
         rule = entry.rule_for(n_layers, n_neurons)
     if rule.paper_side == "inside" and rule.bounds is not None:
-        return Criterion("inside", (float(rule.bounds[0]), float(rule.bounds[1])))
+        return Criterion("inside", (float(rule.bounds[0]), float(rule.bounds[1])), parts)
     if rule.threshold is None:
         return None
-    return Criterion(rule.paper_side, (float(rule.threshold),))
+    return Criterion(rule.paper_side, (float(rule.threshold),), parts)
 
 
 def forest_rows(records: Sequence[Mapping[str, Any]], header: Mapping[str, Any]) -> list[ForestRow]:
@@ -159,7 +164,7 @@ def forest_rows(records: Sequence[Mapping[str, Any]], header: Mapping[str, Any])
     return rows
 
 
-_ROW_H, _LABEL_W, _PANEL_X, _PANEL_W, _WIDTH = 36, 150, 160, 560, 900
+_ROW_H, _PANEL_X, _PANEL_W, _WIDTH = 36, 160, 500, 1000  # the label left of the panel, the figure right
 
 
 def forest_svg(rows: Sequence[ForestRow]) -> str:
@@ -256,6 +261,14 @@ def _forest_row(row: ForestRow, top: float) -> str:
         f"{_e(interval if row.interval is not None else '')}</text>",
         f'<text x="{_PANEL_X + _PANEL_W + 12}" y="{mid + 11}" class="row-verdict" fill="{"#8a6d00" if row.verdict == "inconclusive" else color}">'
         f"{_e(row.verdict)}</text>",
+        *(
+            [
+                f'<text x="{_PANEL_X + _PANEL_W + 110}" y="{mid + 11}" class="tick">'
+                f"with {criterion.parts} more part{'s' if criterion.parts > 1 else ''} (see the claim)</text>"
+            ]
+            if criterion is not None and criterion.parts
+            else []
+        ),
         "</g>",
     ]
     return "".join(out)
@@ -273,7 +286,7 @@ def value_html(value: Any, depth: int = 0) -> str:
         rows = []
         for key, item in value.items():
             inner = value_html(item, depth + 1)
-            if _nested(item) and _size(item) > 6:
+            if _nested(item) and _leaves(item) > _LIST_PREVIEW:
                 inner = f"<details><summary>{_e(_describe(item))}</summary>{inner}</details>"
             rows.append(f'<tr><th scope="row">{_e(key)}</th><td>{inner}</td></tr>')
         return f'<table class="kv">{"".join(rows)}</table>'
@@ -320,8 +333,13 @@ def _nested(value: Any) -> bool:
     return isinstance(value, list) and any(isinstance(item, (Mapping, list)) for item in value)
 
 
-def _size(value: Any) -> int:
-    return len(value) if isinstance(value, (Mapping, list)) else 1
+def _leaves(value: Any) -> int:
+    """How many plain values a container holds, at any depth."""
+    if isinstance(value, Mapping):
+        return sum(_leaves(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(_leaves(item) for item in value)
+    return 1
 
 
 def _describe(value: Any) -> str:
