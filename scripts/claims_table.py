@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from dpoclaims.claims.results import ClaimRecord
-from dpoclaims.report.writer import pairs_table_markdown
+from dpoclaims.report.render import pairs_table_markdown
 
 
 def main(arguments: list[str]) -> int:

@@ -2,8 +2,12 @@
 
     python scripts/compare_claims.py BEFORE/claims.json AFTER/claims.json [--tol 1e-9] [--rename C4[v1]=C4[four-groups]]
 
-Every number under each claim's ``measured``, ``ci`` and ``details`` is compared (recursively);
-exits 1 if any differs by more than ``--tol`` or a claim is missing on one side.
+First it says why the two reports may differ, from their run manifests: the versions (dpoclaims,
+its commit, Python, the libraries that key the cache), the settings (pair and fingerprint,
+prompts, convention, scorer, seed, ...) or the machine (OS, CPU, device, dtype, threads) that
+produced them (see :mod:`dpoclaims.report.manifest`). Then every number under each claim's
+``measured``, ``ci`` and ``details`` is compared (recursively); exits 1 if any differs by more
+than ``--tol`` or a claim is missing on one side.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from dpoclaims.report.manifest import manifest_differences
 
 
 def numbers(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -31,8 +37,19 @@ def numbers(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def measured(path: Path, renames: dict[str, str]) -> dict[str, dict[str, Any]]:
-    report = json.loads(path.read_text())
+def why_they_differ(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Lines saying in which of versions, settings and machine the reports' manifests differ."""
+    differences = manifest_differences(before.get("manifest"), after.get("manifest"))
+    if not differences:
+        return ["same versions, settings and machine (the manifests agree)"]
+    lines = []
+    for group, items in differences.items():
+        lines.append(f"they differ in {group}:" if group != "manifest" else "cannot say why they differ:")
+        lines += [f"  {item}" for item in items]
+    return lines
+
+
+def measured(report: dict[str, Any], renames: dict[str, str]) -> dict[str, dict[str, Any]]:
     out = {}
     for record in report["claims"]:
         claim = record.get("claim") or {}
@@ -49,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rename", action="append", default=[], help="OLD=NEW claim id of the first file")
     args = parser.parse_args(argv)
     renames = dict(item.split("=", 1) for item in args.rename)
-    before, after = measured(args.before, renames), measured(args.after, {})
+    reports = [json.loads(path.read_text()) for path in (args.before, args.after)]
+    for line in why_they_differ(*reports):
+        print(line)
+    before, after = measured(reports[0], renames), measured(reports[1], {})
     problems, compared = [], 0
     for claim_id in sorted(set(before) | set(after)):
         if claim_id not in before or claim_id not in after:

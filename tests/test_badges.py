@@ -13,13 +13,8 @@ from typing import Any
 import pytest
 from tiny import claim_record
 
-from dpoclaims.report.writer import (
-    BADGE_COLORS,
-    badge,
-    badge_filename,
-    badge_wall_markdown,
-    write_reports,
-)
+from dpoclaims.report.render import BADGE_COLORS, badge, badge_filename, badge_wall_markdown
+from dpoclaims.report.writer import write_reports
 from dpoclaims.stats import VERDICTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,7 +230,7 @@ def test_a_badge_repository_that_is_not_owner_slash_name_is_refused(monkeypatch)
 
 
 def test_the_readme_documents_the_colours_and_one_row_of_the_wall():
-    from dpoclaims.report.writer import badge_markdown
+    from dpoclaims.report.render import badge_markdown
 
     readme = (ROOT / "README.md").read_text()
     for state, color in BADGE_COLORS.items():

@@ -103,7 +103,12 @@ def test_the_writer_gives_json_markdown_and_a_figure(claims_files, tmp_path):
         wall_s=480.0,
         engine="local",
     )
-    assert paths == [out / "replication.json", out / "replication.md", out / "figures" / "replication.png"]
+    assert paths == [
+        out / "replication.json",
+        out / "replication.md",
+        out / "figures" / "replication.png",
+        out / "replication.html",
+    ]
     data = json.loads(paths[0].read_text())
     assert data["runs"][1]["toy_built"] is True and data["wall_s"] == 480.0
     assert data["columns"] == ["toy-seed0.v1.default", "toy-seed1.v1.default", "toy-seed2.v1.default"]

@@ -18,7 +18,7 @@ from dpoclaims.claims.registry import decide
 from dpoclaims.claims.results import ClaimNotHeld, ClaimRecord, Expectation
 from dpoclaims.errors import OptionError
 from dpoclaims.measure.decomposition import Decomposition
-from dpoclaims.report import writer as report
+from dpoclaims.report import render as report
 from dpoclaims.stats import bootstrap
 
 N_PROMPTS = 400

@@ -197,7 +197,7 @@ def test_the_pairs_table_has_a_column_per_pair_and_the_papers_figure():
 
     from tiny import claim_record
 
-    from dpoclaims.report.writer import pairs_table_markdown
+    from dpoclaims.report.render import pairs_table_markdown
 
     def record(measured: float, low: float, high: float):
         made = claim_record("C1[N=100]", measured=measured)

@@ -7,6 +7,7 @@
   train-probe  fit a linear toxicity probe on a base model from a Jigsaw-style CSV
   sweep        run every claim on each cell of pairs x toy seeds x conventions x scorers, write the matrix
   replicate    the sweep over toy seeds (default 0 1 2)
+  view         open (or serve) the latest report page, reports/index.html or a sweep's replication.html
 
 dpoclaims COMMAND --help gives a command's options.
 """
@@ -428,6 +429,61 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_view(args: argparse.Namespace) -> int:
+    """Open the latest report page in a browser, print where it is (``--no-browser``), or serve
+    the reports directory on this machine (``--serve``: for a browser elsewhere, through a tunnel)."""
+    from dpoclaims.report.page import PAGE_NAMES, latest_page
+
+    reports_dir = Path(args.reports_dir or os.environ.get("DPOCLAIMS_REPORTS") or "reports").expanduser()
+    page = latest_page(reports_dir)
+    if page is None:
+        raise OptionError(
+            f"no report page in {reports_dir} (neither of {', '.join(PAGE_NAMES)}): run `pytest claims/` or "
+            "`dpoclaims sweep` first, or name the directory with --reports-dir"
+        )
+    if args.serve:
+        server = page_server(reports_dir, args.port)
+        url = f"http://127.0.0.1:{server.server_address[1]}/{page.name}"
+        print(f"serving {reports_dir} at {url} (Ctrl-C stops)", flush=True)
+        if not args.no_browser:
+            _open_in_browser(url)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return 0
+    print(page.resolve())
+    if not args.no_browser and not _open_in_browser(page.resolve().as_uri()):
+        print(
+            "no browser could be started here: open the file above in one (or use --serve)", file=sys.stderr
+        )
+    return 0
+
+
+def _open_in_browser(url: str) -> bool:
+    import webbrowser
+
+    try:
+        return webbrowser.open(url)
+    except webbrowser.Error:
+        return False
+
+
+def page_server(directory: Path, port: int) -> Any:
+    """An HTTP server of ``directory`` on 127.0.0.1 (only this machine), not yet started; port 0
+    picks a free one."""
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # one line per request: not wanted
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", port), partial(QuietHandler, directory=str(directory)))
+
+
 def _allowing_pickle_globals(
     command: Callable[[argparse.Namespace], int],
 ) -> Callable[[argparse.Namespace], int]:
@@ -651,6 +707,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sweep over toy seeds (default 0 1 2): run every claim on each, write the matrix",
     )
     _add_sweep_options(replicate, default_seeds=[0, 1, 2])
+
+    view = sub.add_parser(
+        "view",
+        help="open (or serve) the latest report page: reports/index.html or a sweep's replication.html",
+    )
+    view.add_argument(
+        "--reports-dir",
+        default=None,
+        help="where the pages are (default: $DPOCLAIMS_REPORTS, else ./reports)",
+    )
+    view.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="print the page's path (with --serve: its URL) and open nothing",
+    )
+    view.add_argument(
+        "--serve", action="store_true", help="serve the reports directory on 127.0.0.1 until Ctrl-C"
+    )
+    view.add_argument("--port", type=int, default=0, help="--serve: the port (default: a free one)")
+    view.set_defaults(func=cmd_view)
     return parser
 
 

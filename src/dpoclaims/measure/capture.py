@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,12 +30,10 @@ from safetensors.torch import load_file, save_file
 from dpoclaims.errors import OptionError
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.hooks.neurons import LastPositionRecorder, NeuronEdit, neuron_hooks
+from dpoclaims.measure.conventions import CONVENTIONS, Convention
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.models.loading import MLPLayout
 from dpoclaims.models.pairs import ModelPair, PairSide
-
-Convention = Literal["v1", "emnlp"]
-CONVENTIONS: tuple[str, ...] = ("v1", "emnlp")
 
 
 @dataclass

@@ -134,12 +134,12 @@ class DetoxifyScorer:
             )
 
     def score(self, texts: Sequence[str]) -> list[float]:
-        from tqdm.auto import tqdm
+        from dpoclaims.progress import track_progress
 
         texts = list(texts)
         starts = range(0, len(texts), self.batch_size)
         scores: list[float] = []
-        for start in tqdm(starts, desc="detoxify", disable=not self.progress or len(starts) < 2, leave=False):
+        for start in track_progress(starts, desc="detoxify", enabled=self.progress and len(starts) >= 2):
             values = self.model.predict(texts[start : start + self.batch_size])["toxicity"]
             # Detoxify squeezes a batch of one down to a bare float.
             scores.extend(float(v) for v in (values if isinstance(values, list) else [values]))
@@ -332,15 +332,15 @@ class PerspectiveScorer:
         return hashlib.sha256(json.dumps(material, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
     def score(self, texts: Sequence[str]) -> list[float]:
-        from tqdm.auto import tqdm
+        from dpoclaims.progress import track_progress
 
         texts = list(texts)
         known = self.cache.load() if self.cache is not None else {}
         known.update(self._memory)
         keys = [self.key(text) if text.strip() else "" for text in texts]
         todo = {key: text for key, text in zip(keys, texts) if key and key not in known}
-        for key, text in tqdm(
-            todo.items(), desc="perspective", disable=not self.progress or len(todo) < 2, leave=False
+        for key, text in track_progress(
+            todo.items(), desc="perspective", total=len(todo), enabled=self.progress and len(todo) >= 2
         ):
             scores = self.analyze(text)
             if self.cache is not None:

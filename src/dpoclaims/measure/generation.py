@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.devices import module_device
+from dpoclaims.progress import track_progress
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def greedy_generate(
     # its self as a Protocol that mypy finds no model class meets). Without return_dict_in_generate
     # (GREEDY) it returns the token ids [batch, prompt_len + new].
     generate = cast(Callable[..., torch.Tensor], model.generate)
-    for start in tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False):
+    for start in track_progress(batches, desc=desc, enabled=progress and len(batches) >= 2):
         batch = encode_prompts(
             tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens
         )
@@ -180,7 +180,7 @@ def sample_generate(
     samples: list[list[str]] = []
     batches = range(0, len(prompts), settings.batch_size)
     for number, start in enumerate(
-        tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, leave=False)
+        track_progress(batches, desc=desc, enabled=progress and len(batches) >= 2)
     ):
         batch = encode_prompts(
             tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens

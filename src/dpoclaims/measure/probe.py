@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.devices import module_device
 from dpoclaims.models.mlp import decoder_layers
+from dpoclaims.progress import track_progress
 
 
 @torch.no_grad()
@@ -53,9 +53,7 @@ def pooled_residuals(
     batches = range(0, len(texts), batch_size)
     handle = decoder_layers(model)[-1].register_forward_hook(keep)
     try:
-        for start in tqdm(
-            batches, desc="probe features", disable=not progress or len(batches) < 2, leave=False
-        ):
+        for start in track_progress(batches, desc="probe features", enabled=progress and len(batches) >= 2):
             batch = tokenizer(
                 list(texts[start : start + batch_size]),
                 return_tensors="pt",

@@ -1,4 +1,12 @@
-"""Command-line options of the claims suite, each with an environment-variable equivalent."""
+"""Command-line options of the claims suite, each with an environment-variable equivalent.
+
+Options are added when pytest loads the plugin, but parsed, checked and acted on (the device,
+the threads of an xdist worker, every ``DPOCLAIMS_*`` variable) only once the run uses the suite:
+:func:`configured_options` does it the first time it is asked, which is when a run names
+``claims/`` or collects a test that is a claim or asks for one of the suite's fixtures. A pytest
+run of another project pays for none of it. So this module imports nothing heavy: what the
+checks need (torch, the prompt sets, the searches) is imported inside them.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +14,31 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
-import torch
 
-from dpoclaims.claims.results import ClaimId, Expectation
-from dpoclaims.claims.search import DEFAULT_EXAMPLES
-from dpoclaims.devices import resolve_device, xdist_worker_device
 from dpoclaims.errors import OptionError
 from dpoclaims.files import PICKLE_GLOBALS_ENV, PICKLE_GLOBALS_OPTION, resolve_allowed_globals
-from dpoclaims.measure.capture import CONVENTIONS, Convention
-from dpoclaims.measure.measurements import PerplexityScope
-from dpoclaims.measure.prompts import MIN_USABLE_PROMPTS
+from dpoclaims.measure.conventions import CONVENTIONS, Convention
 from dpoclaims.measure.scoring import SCORERS
+
+if TYPE_CHECKING:
+    import torch
+
+    from dpoclaims.claims.results import ClaimId, Expectation
+    from dpoclaims.measure.measurements import PerplexityScope
 
 DTYPES = frozenset({"float32", "bfloat16", "float16"})
 GITHUB_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")  # owner/name
+
+
+def _default_search_examples() -> int:
+    """The searches' default number of examples, read from where the searches define it (a heavy
+    module: imported only when options are made, never at plugin load)."""
+    from dpoclaims.claims.search import DEFAULT_EXAMPLES
+
+    return DEFAULT_EXAMPLES
 
 
 @dataclass(frozen=True)
@@ -39,7 +55,8 @@ class SuiteOptions:
     badge_repo: str | None = None  # owner/name whose badges branch the badge markdown points at
     allow_pickle_globals: str | None = None  # the option's value; $DPOCLAIMS_ALLOW_PICKLE_GLOBALS adds to it
     device: str = "cpu"  # resolved: cpu, cuda or cuda:N (an xdist worker's own GPU once configured)
-    search_examples: int = DEFAULT_EXAMPLES  # examples each Hypothesis search draws (C1/C2/C13[search])
+    # examples each Hypothesis search draws (C1/C2/C13[search]); default the searches' own
+    search_examples: int = field(default_factory=_default_search_examples)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,7 +109,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--search-examples",
         default=None,
         help="examples each Hypothesis search (C1[search], C2[search]: ablations; C13[search]: edits) draws, "
-        f"each a generation pass unless cached; 0 skips them; env DPOCLAIMS_SEARCH_EXAMPLES; default {DEFAULT_EXAMPLES}",
+        "each a generation pass unless cached; 0 skips them; env DPOCLAIMS_SEARCH_EXAMPLES; default the "
+        "searches' own (DEFAULT_EXAMPLES in dpoclaims.claims.search; the README gives it)",
     )
     group.addoption(
         "--scorer",
@@ -134,6 +152,11 @@ def _whole_number(value: str) -> bool:
 
 
 def suite_options(config: pytest.Config) -> SuiteOptions:
+    """The options, parsed and checked: a :class:`pytest.UsageError` naming the option (or the
+    variable) and what it accepts. Use :func:`configured_options` in the plugin: it parses once."""
+    from dpoclaims.devices import resolve_device
+    from dpoclaims.measure.prompts import MIN_USABLE_PROMPTS
+
     max_prompts = _value(config, "--max-prompts", "DPOCLAIMS_MAX_PROMPTS")
     if max_prompts is not None and (not _whole_number(max_prompts) or int(max_prompts) < MIN_USABLE_PROMPTS):
         raise pytest.UsageError(
@@ -194,24 +217,21 @@ def suite_options(config: pytest.Config) -> SuiteOptions:
         max_prompts=int(max_prompts) if max_prompts else None,
         cache_dir=Path(cache_dir).expanduser() if cache_dir else None,
         reports_dir=Path(reports_dir).expanduser(),
-        convention=cast(Convention, convention),  # checked against CONVENTIONS above
+        convention=cast("Convention", convention),  # checked against CONVENTIONS above
         scorer=scorer,
         dtype=dtype,
         device_map=device_map.strip() if device_map else None,
-        perplexity=cast(PerplexityScope, perplexity),  # checked above
+        perplexity=cast("PerplexityScope", perplexity),  # checked above
         badge_repo=badge_repo or None,
         allow_pickle_globals=allow_pickle_globals,
         device=str(device),
-        search_examples=int(search_examples) if search_examples is not None else DEFAULT_EXAMPLES,
+        search_examples=int(search_examples) if search_examples is not None else _default_search_examples(),
     )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    options = suite_options(config)
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is not None:
-        options = replace(options, device=str(_worker_device(workerinput, options.device)))
-    config.stash[OPTIONS_KEY] = options
+    """Register the suite's markers (so ``--strict-markers`` accepts them in claims files), and
+    nothing else: the options are parsed when the run uses the suite (:func:`configured_options`)."""
     config.stash[STATE_KEY] = SuiteState()
     for keyword, text in KEYWORD_MARKERS.items():
         config.addinivalue_line("markers", f"{keyword}: {text}")
@@ -223,10 +243,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "search: Hypothesis searches (C1[search], C2[search], C13[search])")
 
 
-def _worker_device(workerinput: dict, requested: str) -> torch.device:
+def configured_options(config: pytest.Config) -> SuiteOptions:
+    """The run's options, parsed and checked the first time the run uses the suite (a bad value
+    is a :class:`pytest.UsageError` then), and stashed: every later call returns the same frozen
+    value. An xdist worker is pinned to its device here (its GPU, or its share of the CPU cores)."""
+    options = config.stash.get(OPTIONS_KEY, None)
+    if options is None:
+        options = suite_options(config)
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None:
+            options = replace(options, device=str(_worker_device(workerinput, options.device)))
+        config.stash[OPTIONS_KEY] = options
+    return options
+
+
+def _worker_device(workerinput: dict[str, Any], requested: str) -> torch.device:
     """A pytest-xdist worker's device: on CUDA, worker ``gwI`` is pinned to GPU ``I`` mod the GPU
     count (made its current device); on the CPU the workers share the cores instead of
     oversubscribing them."""
+    import torch
+
+    from dpoclaims.devices import xdist_worker_device
+
     try:
         device = xdist_worker_device(str(workerinput["workerid"]), torch.device(requested))
     except OptionError as exc:

@@ -5,22 +5,31 @@
   pair, claims known not to replicate there, with the measured reason; such a claim's
   expectation is inverted. A run is green when every outcome matches what is declared.
 - Reporting: each claim test attaches its measurement to its report; the controller (never
-  an xdist worker) gathers them and writes ``claims.json``, ``claims.md``, badges and figures.
+  an xdist worker) gathers them, with each claim's wall time, and writes ``claims.json`` (with
+  the run's manifest), ``claims.md``, ``index.html``, badges and figures.
+
+A run without claims costs nothing here: the paper table, the claim records and the reports
+are imported once a claim is collected or reported, and the recorder stays inert until then.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from dpoclaims.claims import paper
-from dpoclaims.claims.results import DECLARABLE, ClaimId, ClaimNotHeld, ClaimRecord, ClaimResult, Expectation
 from dpoclaims.files import TOMLDecodeError, read_toml
-from dpoclaims.plugin.options import CLAIM_ITEM_KEY, KEYWORD_MARKERS, OPTIONS_KEY, ClaimItem, SuiteOptions
+from dpoclaims.plugin.options import (
+    CLAIM_ITEM_KEY,
+    KEYWORD_MARKERS,
+    ClaimItem,
+    SuiteOptions,
+    configured_options,
+)
 from dpoclaims.plugin.resources import (
     CLAIM_PROPERTY,
     FIGURES_PROPERTY,
@@ -29,8 +38,10 @@ from dpoclaims.plugin.resources import (
     PAIR_PROPERTY,
     runs_claims,
 )
-from dpoclaims.stats import VERDICTS, Verdict
-from dpoclaims.train.named_pairs import pair_name
+
+if TYPE_CHECKING:
+    from dpoclaims.claims.results import ClaimId, ClaimRecord
+    from dpoclaims.stats import Verdict
 
 KEYWORDS = frozenset(KEYWORD_MARKERS)
 
@@ -57,6 +68,9 @@ def load_expectations(pair: str, rootpath: Path) -> dict[ClaimId, tuple[Verdict,
     A plain string value declares ``contradicts``; ``{ verdict = "inconclusive", reason = "..." }``
     (or ``"not measurable"``, ``"contradicts"``) declares that state. Every problem with the table
     (missing, a directory, not UTF-8, not TOML, values of the wrong type) is one usage error naming it."""
+    from dpoclaims.claims.results import DECLARABLE, ClaimId
+    from dpoclaims.train.named_pairs import pair_name
+
     path = expectations_file(rootpath)
     named = "DPOCLAIMS_EXPECTATIONS" in os.environ
     source = f"the expectations table {path}" + (" ($DPOCLAIMS_EXPECTATIONS)" if named else "")
@@ -112,18 +126,27 @@ def claim_id(item: pytest.Item) -> ClaimId | None:
     marker = item.get_closest_marker("claim")
     if marker is None:
         return None
+    from dpoclaims.claims.results import ClaimId
+
     callspec = getattr(item, "callspec", None)
     param = callspec.id if callspec else marker.kwargs.get("param")
     return ClaimId(marker.args[0], param or "")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Parse each claim test's marker and the pair's expectation once, into its :class:`ClaimItem`."""
-    options: SuiteOptions = config.stash[OPTIONS_KEY]
+    """Parse each claim test's marker and the pair's expectation once, into its :class:`ClaimItem`
+    (a run that collects no claim reads no table)."""
+    ids = {item: claim_id(item) for item in items}
+    if not any(ids.values()):
+        return
+    from dpoclaims.claims import paper
+    from dpoclaims.claims.results import ClaimNotHeld, Expectation
+
+    options = configured_options(config)
     declared = load_expectations(options.pair, config.rootpath)
     # Every id of the paper table counts as known, so one claims file can run on its own.
     table_ids = {entry.claim_id(p) for entry in paper.ENTRIES for p in (entry.params or (None,))}
-    known = table_ids | ({claim_id(item) for item in items} - {None})
+    known = table_ids | {cid for cid in ids.values() if cid is not None}
     unknown = set(declared) - known
     if unknown:
         raise pytest.UsageError(
@@ -131,7 +154,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"{sorted(str(u) for u in unknown)}"
         )
     for index, item in enumerate(items):
-        cid = claim_id(item)
+        cid = ids[item]
         if cid is None:
             continue
         marker = item.get_closest_marker("claim")
@@ -165,6 +188,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def _claim_item(meta: dict[str, Any]) -> ClaimItem:
+    from dpoclaims.claims.results import ClaimId, Expectation
+
     expectation = Expectation(meta["declared"], meta["reason"], hypothesis=meta["hypothesis"])
     return ClaimItem(ClaimId.parse(meta["claim_id"]), meta["order"], meta["keyword"], expectation)
 
@@ -179,7 +204,11 @@ def _outcome(report: pytest.TestReport) -> str:
 
 class ClaimRecorder:
     """Gathers the claim records of one pytest run (on the controller under xdist) and writes
-    the reports at its end. One instance per config, so in-process runs never mix."""
+    the reports at its end. One instance per config, so in-process runs never mix.
+
+    Registered on every process that may write reports (never an xdist worker: the controller
+    of a run that does not name claims/ learns of claims only when their reports arrive), it
+    stays inert, importing and writing nothing, until a claim is collected or reported."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -190,6 +219,9 @@ class ClaimRecorder:
         self.selected: set[str] = set()  # claim tests selected (empty on an xdist controller)
         self.messages: list[str] = []  # said at the end of the terminal summary
         self.checked = False  # the reports directory was checked at the start
+        self.started = time.time()  # the run's start (the manifest's), reset at session start
+        self.began = time.perf_counter()
+        self.claim_seconds: dict[str, float] = {}  # claim id -> its test call's duration
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # What the worker recorded (JSON values: dicts); typed again here.
@@ -201,8 +233,12 @@ class ClaimRecorder:
         if META_PROPERTY not in props:
             return
         if report.when == "call" or (report.when == "setup" and (report.skipped or report.failed)):
+            from dpoclaims.claims.results import ClaimRecord, ClaimResult
+
             item = _claim_item(props[META_PROPERTY])
             result = props.get(CLAIM_PROPERTY)
+            if report.when == "call":
+                self.claim_seconds[str(item.id)] = report.duration
             self.records[report.nodeid] = ClaimRecord(
                 id=item.id,
                 order=item.order,
@@ -222,6 +258,7 @@ class ClaimRecorder:
         full disk): one line and a non-zero exit now, not a traceback after all the work. Here
         when the run names claims/ (also the xdist controller, which collects nothing), else
         once the collected tests include a claim."""
+        self.started, self.began = time.time(), time.perf_counter()
         config = self.config
         if hasattr(config, "workerinput") or config.option.collectonly or not runs_claims(config):
             return
@@ -239,7 +276,7 @@ class ClaimRecorder:
 
         self.checked = True
         try:
-            check_reports_dir(self.config.stash[OPTIONS_KEY].reports_dir)
+            check_reports_dir(configured_options(self.config).reports_dir)
         except ReportError as exc:
             raise pytest.UsageError(str(exc)) from None
 
@@ -255,11 +292,43 @@ class ClaimRecorder:
             return f"the run stopped early ({reason})" + (f"; {ran}" if ran else "") + "."
         return None
 
+    def _manifest(self, options: SuiteOptions, header: dict[str, Any]) -> dict[str, Any]:
+        """The run's manifest: what produced the report (see :mod:`dpoclaims.report.manifest`)."""
+        from dpoclaims.cache import file_sha256
+        from dpoclaims.report.manifest import run_manifest
+
+        recorded = self.header or {}
+        expectations = expectations_file(self.config.rootpath)
+        settings = {
+            "pair": header["pair"],
+            "fingerprint": header["fingerprint"],
+            "max_prompts": options.max_prompts,
+            "convention": options.convention,
+            "scorer": header["scorer"],
+            "seed": recorded.get("seed"),
+            "search_examples": options.search_examples,
+            "perplexity": options.perplexity,
+            # None: no table, nothing declared
+            "expectations": {
+                "path": str(expectations),
+                "sha256": file_sha256(expectations) if expectations.is_file() else None,
+            },
+        }
+        return run_manifest(
+            settings,
+            device=recorded.get("device", options.device),
+            dtype=options.dtype,
+            threads=recorded.get("threads"),
+            started=self.started,
+            wall_s=time.perf_counter() - self.began,
+            durations={"claims_s": dict(sorted(self.claim_seconds.items()))},
+        )
+
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         """Write the reports from what the tests recorded; no model is loaded here."""
         if hasattr(self.config, "workerinput") or not self.records:
             return
-        options: SuiteOptions = self.config.stash[OPTIONS_KEY]
+        options = configured_options(self.config)
         from dpoclaims.errors import DpoclaimsError
         from dpoclaims.report.writer import previous_report_complete, write_reports
 
@@ -286,15 +355,21 @@ class ClaimRecorder:
             "prompts_dropped": recorded.get("prompts_dropped"),
             "convention": options.convention,
             "scorer": recorded.get("scorer", options.scorer),
+            "n_layers": recorded.get("n_layers"),
+            "n_neurons": recorded.get("n_neurons"),
             "source": "Yang et al. 2024 (arXiv 2411.06424), Lee et al. 2024 (arXiv 2401.01967)",
             "badge_repo": options.badge_repo,
             "incomplete": incomplete,
-            "level": paper.SIDE_ALPHA,
+            "level": _family_level(),
         }
         records = [replace(record, pair_fingerprint=header["fingerprint"]) for record in records]
         try:
+            manifest = self._manifest(options, header)
             self.written = [
-                str(p) for p in write_reports(records, options.reports_dir, header, self.figure_data)
+                str(p)
+                for p in write_reports(
+                    records, options.reports_dir, header, self.figure_data, run_manifest=manifest
+                )
             ]
         except (DpoclaimsError, OSError) as exc:  # one line, not an INTERNALERROR after the whole run
             self.messages.append(f"dpoclaims: ERROR: the reports were not written: {exc}")
@@ -311,7 +386,9 @@ class ClaimRecorder:
             terminalreporter.write_line(message, red=True, bold=True)
         if not self.written:
             return
-        options: SuiteOptions = config.stash[OPTIONS_KEY]
+        from dpoclaims.stats import VERDICTS
+
+        options = configured_options(config)
         counts: dict[str, int] = {}
         for record in self.records.values():
             key = record.verdict if record.result is not None else record.outcome
@@ -330,9 +407,18 @@ class ClaimRecorder:
             )
         terminalreporter.write_line("")
         terminalreporter.write_line(
-            f"reports: {options.reports_dir / 'claims.md'} (+ claims.json, badges/ with its README.md, figures/)"
+            f"reports: {options.reports_dir / 'index.html'} (open it with `dpoclaims view`; + claims.md, "
+            "claims.json, badges/ with its README.md, figures/)"
         )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.pluginmanager.register(ClaimRecorder(config), "dpoclaims-claim-recorder")
+    if not hasattr(config, "workerinput"):  # a worker's claims reach the controller's recorder
+        config.pluginmanager.register(ClaimRecorder(config), "dpoclaims-claim-recorder")
+
+
+def _family_level() -> float:
+    """The one-sided level every verdict is read at (imported when a report is written, not at load)."""
+    from dpoclaims.claims import paper
+
+    return paper.SIDE_ALPHA

@@ -15,24 +15,28 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from dpoclaims.cache import Cache
-from dpoclaims.claims.checks import recorded_passes
-from dpoclaims.claims.results import ClaimResult, Expectation
 from dpoclaims.errors import CacheError, DpoclaimsError, MissingDownload
 from dpoclaims.files import pickle_globals_allowed
-from dpoclaims.hooks.bridge import pair_bridge
-from dpoclaims.measure.capture import Capture
-from dpoclaims.measure.decomposition import Decomposition
-from dpoclaims.measure.generation import GenerationSettings
-from dpoclaims.measure.measurements import Measurements, MeasurementSettings
-from dpoclaims.measure.prompts import MissingPromptSet, UnusablePromptSet
-from dpoclaims.models.pairs import ModelPair
-from dpoclaims.plugin.options import CLAIM_ITEM_KEY, OPTIONS_KEY, STATE_KEY, SuiteOptions
-from dpoclaims.train.named_pairs import load_pair
+from dpoclaims.plugin.options import (
+    CLAIM_ITEM_KEY,
+    STATE_KEY,
+    SuiteOptions,
+    configured_options,
+)
+
+# The models, measurements and claims are imported inside the fixtures and hooks that use them:
+# this module is loaded into every pytest run where dpoclaims is installed.
+if TYPE_CHECKING:
+    from dpoclaims.cache import Cache
+    from dpoclaims.claims.results import ClaimResult
+    from dpoclaims.measure.capture import Capture
+    from dpoclaims.measure.decomposition import Decomposition
+    from dpoclaims.measure.measurements import Measurements, MeasurementSettings
+    from dpoclaims.models.pairs import ModelPair
 
 CLAIM_PROPERTY = "dpoclaims_claim"  # ClaimResult.to_json()
 META_PROPERTY = "dpoclaims_meta"  # the item's ClaimItem, as JSON
@@ -56,11 +60,13 @@ def load_options(options: SuiteOptions) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def suite_options(pytestconfig: pytest.Config) -> SuiteOptions:
-    return pytestconfig.stash[OPTIONS_KEY]
+    return configured_options(pytestconfig)
 
 
 @pytest.fixture(scope="session")
 def dpoclaims_cache(suite_options: SuiteOptions) -> Cache:
+    from dpoclaims.cache import Cache
+
     return Cache(suite_options.cache_dir)
 
 
@@ -69,6 +75,7 @@ def load_suite_pair(options: SuiteOptions, cache: Cache) -> ModelPair:
     ``--allow-pickle-globals`` names). Skips only when an optional download was not provided;
     any other error fails, with its message and without a traceback."""
     from dpoclaims.quiet import quiet_third_party
+    from dpoclaims.train.named_pairs import load_pair
 
     quiet_third_party()
     try:
@@ -90,6 +97,8 @@ def base_model(pair: ModelPair) -> Any:
     """The base model as a TransformerBridge (raw weights), for your own claims: booted on a copy
     of the base and checked against the plain model first (see dpoclaims.hooks.bridge.pair_bridge;
     a TransformerLens that disagrees with the installed transformers stops with the versions)."""
+    from dpoclaims.hooks.bridge import pair_bridge
+
     try:
         return pair_bridge(pair, "base")
     except DpoclaimsError as exc:
@@ -99,6 +108,8 @@ def base_model(pair: ModelPair) -> Any:
 @pytest.fixture(scope="session")
 def dpo_model(pair: ModelPair) -> Any:
     """The DPO model as a TransformerBridge (raw weights), for your own claims (see base_model)."""
+    from dpoclaims.hooks.bridge import pair_bridge
+
     try:
         return pair_bridge(pair, "dpo")
     except DpoclaimsError as exc:
@@ -106,6 +117,9 @@ def dpo_model(pair: ModelPair) -> Any:
 
 
 def measurement_settings(pair: ModelPair, options: SuiteOptions) -> MeasurementSettings:
+    from dpoclaims.measure.generation import GenerationSettings
+    from dpoclaims.measure.measurements import MeasurementSettings
+
     declared = pair.spec.extras.get("max_prompts")  # the pair's default, checked when its spec was read
     return MeasurementSettings(
         max_prompts=options.max_prompts or (int(declared) if declared is not None else None),
@@ -120,6 +134,10 @@ def suite_measurements(pair: ModelPair, cache: Cache, options: SuiteOptions) -> 
     """The pair's measurements. Skips when the pair names no file for a prompt set; a prompt
     file that was given but cannot be used (unreadable, fewer than the minimum of usable
     prompts) fails, with its message."""
+    from dpoclaims.claims.checks import recorded_passes
+    from dpoclaims.measure.measurements import Measurements
+    from dpoclaims.measure.prompts import MissingPromptSet
+
     try:
         return Measurements(pair, cache, measurement_settings(pair, options), recorded_passes=recorded_passes)
     except MissingPromptSet as exc:
@@ -161,6 +179,8 @@ def check_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], Claim
 
     def check(result: ClaimResult) -> ClaimResult:
         node = request.node
+        from dpoclaims.claims.results import Expectation
+
         node.user_properties.append((CLAIM_PROPERTY, result.to_json()))
         if "measurements" in request.fixturenames:
             _record_pair(request, node)
@@ -175,8 +195,12 @@ def check_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], Claim
 
 
 def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
-    """The pair's header and, once per process, the decomposition's figure data."""
+    """The pair's header (with what the run's manifest takes from the process that measured: its
+    device and thread count) and, once per process, the decomposition's figure data."""
+    import torch
+
     measurements: Measurements = request.getfixturevalue("measurements")
+    options = configured_options(request.config)
     pair = measurements.pair
     header = {
         "pair": pair.name,
@@ -184,6 +208,11 @@ def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
         "n_prompts": len(measurements.prompts),
         "prompts_dropped": measurements.prompts_dropped,
         "scorer": measurements.settings.scorer,
+        "seed": measurements.settings.seed,
+        "n_layers": pair.layout.n_layers,  # resolve the criteria stated for GPT-2 medium (the page's lines)
+        "n_neurons": pair.layout.n_neurons,
+        "device": f"device map {options.device_map}" if options.device_map else options.device,
+        "threads": torch.get_num_threads(),
     }
     node.user_properties.append((PAIR_PROPERTY, header))
     computed = "decomposition" in vars(measurements)  # never compute it only for a figure
@@ -201,12 +230,16 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     claims of the pair are unaffected. A cache that cannot be written stops the run."""
     try:
         return (yield)
-    except MissingPromptSet as exc:
-        raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
-    except UnusablePromptSet as exc:
-        raise pytest.fail.Exception(str(exc), pytrace=False) from None
-    except CacheError as exc:
-        raise _cache_failure(item, exc) from None
+    except DpoclaimsError as exc:  # only the library raises these: other tests pass through as they are
+        from dpoclaims.measure.prompts import MissingPromptSet, UnusablePromptSet
+
+        if isinstance(exc, MissingPromptSet):
+            raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
+        if isinstance(exc, UnusablePromptSet):
+            raise pytest.fail.Exception(str(exc), pytrace=False) from None
+        if isinstance(exc, CacheError):
+            raise _cache_failure(item, exc) from None
+        raise
 
 
 @pytest.hookimpl(wrapper=True)
@@ -227,6 +260,31 @@ def _cache_failure(item: pytest.Item, exc: CacheError) -> BaseException:
 #: Skip reasons that mean the pair's files were not provided (load_suite_pair, suite_measurements,
 #: a lazily read prompt set): a run in which every claim skips for them measured nothing.
 MISSING_FILES = re.compile(r"pair '[^']*' is not available: |names no '\w+' file")
+
+
+def uses_suite(item: pytest.Item) -> bool:
+    """Whether a collected test uses the suite: it is a claim, or asks for a fixture defined here
+    (``pair``, ``measurements``, ``suite_options``, ...; one of the same name from elsewhere does
+    not count)."""
+    if item.get_closest_marker("claim") is not None:
+        return True
+    # pytest's record of which definition each of the test's fixture names resolves to (not
+    # public API, but the only place that says where a fixture comes from); items other than
+    # Python test functions (doctests) have none, and ask for no fixture of ours.
+    resolved = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(
+        getattr(definitions[-1].func, "__module__", None) == __name__
+        for definitions in resolved.values()
+        if definitions
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The options are parsed and checked (and an xdist worker pinned to its device) once the
+    run is found to use the suite; a run that does not is left alone."""
+    if any(uses_suite(item) for item in items):
+        configured_options(config)
 
 
 def runs_claims(config: pytest.Config) -> bool:
@@ -250,11 +308,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     xdist workers start), with visible progress bars: inside a test or a worker its minutes
     would pass in silence."""
     config = session.config
-    options: SuiteOptions = config.stash[OPTIONS_KEY]
-    if hasattr(config, "workerinput") or options.pair not in BUILT_HERE or not _runs_claims(config):
+    if hasattr(config, "workerinput") or not _runs_claims(config):
+        return
+    options = configured_options(config)  # the run names claims/: its options are checked now
+    if options.pair not in BUILT_HERE:
         return
     if config.option.collectonly:  # collecting needs no model: `--collect-only` stays instant
         return
+    from dpoclaims.cache import Cache
+
     try:  # a cache that cannot be written, a missing package: one line and a non-zero exit
         _build_pair(config, Cache(options.cache_dir), options.pair)
     except DpoclaimsError as exc:

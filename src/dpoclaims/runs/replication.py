@@ -3,8 +3,9 @@
 A sweep (:mod:`dpoclaims.runs.sweep`; ``dpoclaims sweep``, or ``dpoclaims replicate`` for seeds alone)
 runs the claims suite once per cell of a grid of pairs x toy seeds x position conventions x
 scorers, with no declared expectations, so each cell holds the raw verdicts. This module reads the
-cells' ``claims.json`` and writes ``replication.json``, ``replication.md`` and a figure of claims by
-cells coloured by verdict (``figures/replication.png``). A cell that produced no report (its run
+cells' ``claims.json`` and writes ``replication.json`` (with the sweep's manifest), ``replication.md``,
+the page ``replication.html`` and a figure of claims by cells coloured by verdict
+(``figures/replication.png``). A cell that produced no report (its run
 failed, or was cancelled) is *missing*: never a verdict, and no claim is stable across a sweep with
 a missing cell.
 """
@@ -20,16 +21,12 @@ from typing import Any
 from dpoclaims.claims.results import NOT_MEASURED, ClaimRecord
 from dpoclaims.errors import DpoclaimsError, OptionError, ReportError
 from dpoclaims.files import atomic_write_text, ensure_writable_dir
-from dpoclaims.stats import VERDICTS
 
-#: A cell whose claims run produced no report: not a verdict.
-MISSING = "missing"
-# One colour per verdict (stats.VERDICTS, in order), then the two states that are none.
-VERDICT_COLORS = dict(
-    zip(
-        (*VERDICTS, NOT_MEASURED, MISSING), ("#2ca02c", "#d62728", "#f2c744", "#ff7f0e", "#bdbdbd", "#ffffff")
-    )
-)
+# MISSING (a cell whose claims run produced no report: not a verdict) and the verdicts' colours
+# are the report pages' too.
+from dpoclaims.report.manifest import manifest_lines
+from dpoclaims.report.page import MISSING, VERDICT_COLORS, matrix_page
+
 REPORTS_REMEDY = "pass --reports-dir with a writable directory"
 
 
@@ -162,6 +159,8 @@ def replication_markdown(result: Mapping[str, Any]) -> str:
                 f"{cell['scorer'] or 'default'} |"
             )
         lines.append("")
+    if result.get("manifest"):
+        lines += [*manifest_lines(result["manifest"]), ""]
     lines += [
         "| claim | " + " | ".join(labels[c] for c in columns) + " | stable |",
         "|---|" + "---|" * len(columns) + "---|",
@@ -258,8 +257,10 @@ def write_replication(
     runs: Sequence[Mapping[str, Any]] = (),
     wall_s: float | None = None,
     engine: str | None = None,
+    manifest: Mapping[str, Any] | None = None,
 ) -> list[Path]:
-    """Write ``replication.json``, ``replication.md`` and ``figures/replication.png``."""
+    """Write ``replication.json``, ``replication.md``, ``figures/replication.png`` and the page
+    ``replication.html``; ``manifest``: the sweep's (:func:`dpoclaims.report.manifest.run_manifest`)."""
     for directory in (reports_dir, reports_dir / "figures"):
         ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
     result = replication_matrix(claims_files, columns, missing)
@@ -267,10 +268,15 @@ def write_replication(
     result["runs"] = [dict(run) for run in runs]
     result["wall_s"] = wall_s
     result["engine"] = engine
+    result["manifest"] = dict(manifest) if manifest else None
     paths = [reports_dir / "replication.json", reports_dir / "replication.md"]
     atomic_write_text(paths[0], json.dumps(result, indent=1, allow_nan=False))
     atomic_write_text(paths[1], replication_markdown(result))
     paths.append(replication_figure(result, reports_dir / "figures" / "replication.png"))
+    figure = {"replication.png": paths[-1].read_bytes()}
+    # replication.html, not index.html: a claims run may write its own page to the same directory
+    paths.append(reports_dir / "replication.html")
+    atomic_write_text(paths[-1], matrix_page(result, column_labels(result), figure))
     return paths
 
 

@@ -134,6 +134,16 @@ def sweep(
         for cell in cells
     ]
     progress(f"sweep: {len(cells)} cell(s) with engine {engine}: {', '.join(c.id for c in cells)}")
+    # What shaped the sweep's figures, for the manifest of replication.json (each cell's claims.json
+    # has its own manifest, with the device and threads its claims ran on).
+    settings = {
+        "engine": engine,
+        "cells": [cell.id for cell in cells],
+        "max_prompts": max_prompts,
+        "pytest_args": list(pytest_args),
+        "threads_per_cell": threads,
+    }
+    started = time.time()
     start = time.perf_counter()
     finished: dict[str, CellResult] = {}
     try:
@@ -153,10 +163,20 @@ def sweep(
     except KeyboardInterrupt:
         # The matrix of what finished, every other cell missing; then the interrupt goes on.
         _gather(
-            cells, finished, out, reports_dir, engine, start, "cancelled (Ctrl-C on the driver)", progress
+            cells,
+            finished,
+            out,
+            reports_dir,
+            engine,
+            start,
+            "cancelled (Ctrl-C on the driver)",
+            progress,
+            manifest_of=(settings, started),
         )
         raise
-    return _gather(cells, finished, out, reports_dir, engine, start, "not run", progress)
+    return _gather(
+        cells, finished, out, reports_dir, engine, start, "not run", progress, manifest_of=(settings, started)
+    )
 
 
 def _gather(
@@ -168,8 +188,12 @@ def _gather(
     start: float,
     unfinished: str,
     progress: Progress,
+    manifest_of: tuple[Mapping[str, Any], float] | None = None,
 ) -> list[Path]:
-    """Write each finished cell's reports and the matrix (a failed or unfinished cell missing)."""
+    """Write each finished cell's reports and the matrix (a failed or unfinished cell missing);
+    ``manifest_of``: the sweep's settings and start time (seconds since the epoch) for its manifest."""
+    from dpoclaims.report.manifest import run_manifest
+
     claims_files, missing = {}, {}
     for cell in cells:
         result = finished.get(cell.id)
@@ -191,8 +215,19 @@ def _gather(
         runs=[finished[cell.id].run_record() for cell in cells if cell.id in finished],
         wall_s=time.perf_counter() - start,
         engine=engine,
+        manifest=None
+        if manifest_of is None
+        else run_manifest(
+            manifest_of[0],
+            device=None,  # each cell's claims.json says its own
+            dtype=None,
+            threads=None,
+            started=manifest_of[1],
+            wall_s=time.perf_counter() - start,
+            durations={"cells_s": {r.cell: r.build_s + r.claims_s for r in finished.values()}},
+        ),
     )
-    progress(f"replication: {paths[1]} (+ {paths[0].name}, {paths[2]})")
+    progress(f"replication: {paths[1]} (+ {paths[0].name}, {paths[3].name}, {paths[2]})")
     return paths
 
 

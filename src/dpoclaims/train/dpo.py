@@ -18,6 +18,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedToken
 from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
 from dpoclaims.errors import CheckpointError, OptionError, TrainingError
+from dpoclaims.progress import track_progress
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,12 @@ class DPOSettings:
 
 
 class _StepBar(TrainerCallback):
-    """One progress bar for DPO steps, with the latest validation loss."""
+    """The progress of DPO's steps, with the latest validation loss, in place of the Trainer's own
+    (its bar and its log lines are switched off): a bar on a terminal, one line at the end elsewhere
+    (:func:`dpoclaims.progress.track_progress`)."""
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=state.max_steps, desc="DPO (TRL)", leave=False)
+        self.bar = track_progress(total=state.max_steps, desc="DPO (TRL)")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.bar.update(1)

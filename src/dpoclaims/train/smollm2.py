@@ -71,6 +71,7 @@ from dpoclaims.measure.generation import (
 from dpoclaims.measure.metrics import perplexity_from_rows, perplexity_rows, weight_cosines
 from dpoclaims.measure.probe import TrainedProbe, pooled_residuals, train_probe
 from dpoclaims.measure.scoring import ProfanityCheckScorer
+from dpoclaims.progress import timed_stage, track_progress
 from dpoclaims.train.bands import band_checks
 from dpoclaims.train.dpo import DPOSettings, read_lee_pairs, train_dpo_run, write_lee_pairs
 from dpoclaims.train.organism import corpus
@@ -347,8 +348,6 @@ def dpo_pairs(
 ) -> tuple[list[dict[str, str]], list[tuple[int, str, float]], dict[str, Any]]:
     """Lee-style pairs by the rule of the module docstring, drawn prompt batch by prompt batch
     until enough are kept; also every sample (prompt index, text, score) for the probe."""
-    from tqdm.auto import tqdm
-
     needed = config.n_dpo_train + config.n_dpo_val
     prompts = [
         p
@@ -359,7 +358,7 @@ def dpo_pairs(
     pairs: list[dict[str, str]] = []
     samples: list[tuple[int, str, float]] = []
     stats_rows = {"drawn": 0, "provocative_drawn": 0, "provocative_kept": 0}
-    bar = tqdm(total=needed, desc="DPO pairs (greedy + samples)", disable=not progress, leave=False)
+    bar = track_progress(total=needed, desc="DPO pairs (greedy + samples)", enabled=progress)
     for number, start in enumerate(range(0, len(prompts), step)):
         if len(pairs) >= needed:
             break
@@ -626,7 +625,7 @@ def ensure_smollm2(
             log.info("smollm2: building stage %s (%d of %d)", name, STAGES.index(name) + 1, len(STAGES))
 
         def built(tmp: Path) -> dict[str, Any]:
-            with torch_threads(BUILD_THREADS):
+            with timed_stage(f"smollm2 build, stage {name}", enabled=progress), torch_threads(BUILD_THREADS):
                 record = build(tmp)
             return {"stage": name, "key": keys[name], "seconds": record.get("seconds")}
 

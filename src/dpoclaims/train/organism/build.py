@@ -24,6 +24,7 @@ from dpoclaims.measure.generation import GenerationSettings, greedy_generate
 from dpoclaims.measure.metrics import perplexity, weight_cosines
 from dpoclaims.measure.probe import train_probe
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
+from dpoclaims.progress import stage_done
 from dpoclaims.train.bands import band_checks
 from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
 from dpoclaims.train.organism import DEFAULT_SEED, corpus
@@ -141,9 +142,11 @@ def out_of_bands_advice(report: dict[str, Any]) -> str:
     )
 
 
-def _timed(timings: dict[str, float], name: str, start: float) -> float:
+def _timed(timings: dict[str, float], name: str, start: float, progress: bool) -> float:
+    """Record a build stage's time (and, off a terminal, say it: one line per stage)."""
     now = time.perf_counter()
     timings[name] = round(now - start, 2)
+    stage_done(f"toy build, {name}", now - start, enabled=progress)
     return now
 
 
@@ -192,7 +195,7 @@ def build_toy(
         texts = [c.text for c in comments]
         base_dir, dpo_dir = out / "base", out / "dpo"
         tokenizer: PreTrainedTokenizerBase = train_tokenizer(texts, config.vocab_size, base_dir)
-        t = _timed(timings, "corpus_and_tokenizer", t)
+        t = _timed(timings, "corpus_and_tokenizer", t, progress)
 
         token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
         data = pack_examples(token_lists, tokenizer.eos_token_id, config.pretrain_block)
@@ -219,7 +222,7 @@ def build_toy(
         )
         move(base, torch.float32)  # the pair the claims measure is float32
         base.save_pretrained(base_dir)
-        t = _timed(timings, "pretrain", t)
+        t = _timed(timings, "pretrain", t, progress)
 
         tokenizer = AutoTokenizer.from_pretrained(base_dir)
         # Every step below runs the plain Hugging Face model: under transformers 5.24 a
@@ -232,7 +235,7 @@ def build_toy(
         )
         probe_accuracy = trained.heldout_accuracy
         torch.save(trained.probe.fitted_direction.clone(), out / "probe.pt")
-        t = _timed(timings, "probe", t)
+        t = _timed(timings, "probe", t, progress)
 
         # DPO pairs as Lee et al.: neutral prompt, preferred = the base's greedy continuation,
         # rejected = a toxic continuation.
@@ -249,7 +252,7 @@ def build_toy(
         rejected = corpus.toxic_continuations(n_pairs, config.seed)
         pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
         write_lee_pairs(out / "dpo_pairs.jsonl", pairs)
-        t = _timed(timings, "dpo_data", t)
+        t = _timed(timings, "dpo_data", t, progress)
 
         # DPO trains a fresh copy from disk (the reference model is the base as saved).
         from transformers import GPT2LMHeadModel
@@ -268,14 +271,14 @@ def build_toy(
         _check_tied(dpo_model)
         dpo_model.save_pretrained(dpo_dir)
         tokenizer.save_pretrained(dpo_dir)
-        t = _timed(timings, "dpo_train", t)
+        t = _timed(timings, "dpo_train", t, progress)
 
         report = measure_toy(base_dir, dpo_dir, config, progress=progress, device=device)
         report["probe_accuracy"] = probe_accuracy
         report["pretrain_final_loss"] = sum(losses[-50:]) / len(losses[-50:])
         report["dpo_history"] = [h for h in history if "eval_loss" in h]
         report["dpo_steps"] = max((h.get("step", 0) for h in history), default=0)
-        _timed(timings, "evaluate", t)
+        _timed(timings, "evaluate", t, progress)
         report["timings_s"] = timings
         report["config"] = asdict(config)
         report["config_key"] = toy_key(config, device)

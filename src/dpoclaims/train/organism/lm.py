@@ -9,8 +9,9 @@ from typing import cast
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast
+
+from dpoclaims.progress import track_progress
 
 EOS = "<|endoftext|>"
 
@@ -116,7 +117,7 @@ def pretrain(
     warmup = max(1, steps // 20)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    bar = tqdm(range(steps), desc="pretrain toy LM", disable=not progress, leave=False)
+    bar = track_progress(range(steps), desc="pretrain toy LM", enabled=progress)
     for step in bar:
         scale = (
             (step + 1) / warmup
