@@ -752,6 +752,18 @@ def docs_markdown() -> str:
         "each forward in generation, as the authors' hooks did; the same intervention at every position is "
         "reported beside it.",
         "",
+        "The **searches** (C1[search], C2[search], C13[search]) test a claim about a whole space of "
+        "interventions. Design: the prompts and held-out texts are split into two seeded halves; Hypothesis "
+        "searches the first half (discovery) for the candidate closest to the opposite of the claim, shrinking a "
+        "hit to the smallest one; the second half (confirmation), which discovery never read, decides: the chosen "
+        "candidate is tested there as one test, and so is every candidate discovery measured (for 'every "
+        "candidate', an intersection-union test over them; for 'some candidate', the chosen one). The verdict is "
+        "therefore valid however the candidates were chosen, and it cannot depend on history: no example "
+        "database is kept, the draws follow the measurement seed, so a cold run, a warm rerun and another "
+        "machine draw, choose and decide the same. What it costs: each half has half the prompts, so a "
+        "confirmation interval is about 1.4 times as wide as one over all of them, and a candidate needs a "
+        "generation and a perplexity pass over every prompt and text (both halves are read from one cached pass).",
+        "",
         f"Neuron counts are scaled to a pair by the fraction of all MLP neurons they are in GPT-2 medium "
         f"({PAPER_NEURONS:,} neurons). Activation positions follow the capture convention: `v1`, the last "
         "position at each generation step (masked after EOS), or `emnlp`, the last 20 positions of prompt + "
