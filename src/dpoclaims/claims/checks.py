@@ -628,4 +628,9 @@ def c13_editing_beats_dpo(m: Measurements, constants: tuple[float, float]) -> Me
             "edited": toxicity_and_perplexity(m, "base", intervention),
         },
     }
-    return Measured(comparison.figures, details, finding=comparison.describe())
+    low, high = repository.interval(paper.SIDE_ALPHA)
+    finding = (
+        f"{comparison.describe()} with every scored position edited; as the repository measured it (position 0 "
+        f"of each window): {repository.value:+.2%} [{low:+.2%}, {high:+.2%}]"
+    )
+    return Measured(comparison.figures, details, finding=finding)

@@ -119,7 +119,11 @@ def for_param(node: Node, param: Any) -> Node | None:
     if isinstance(node, Leaf):
         if node.params is not None and param not in node.params:
             return None
-        return replace(node, rule=node.rules.get(param, node.rule), rules=None) if node.rules is not None else node
+        return (
+            replace(node, rule=node.rules.get(param, node.rule), rules=None)
+            if node.rules is not None
+            else node
+        )
     kept = tuple(p for p in (for_param(part, param) for part in node.parts) if p is not None)
     if not kept:
         return None

@@ -89,6 +89,16 @@ NOT_MATCHING_DPO: Node = Either(
     )
 )
 
+# C13 and C13[search]: an edit "outperforms DPO ... while preserving perplexity".
+EDIT_BEATS_DPO: Node = All(
+    (
+        Leaf(
+            "toxicity_vs_dpo", "the edited toxicity minus DPO's", Criterion(threshold=0.0, paper_side="below")
+        ),
+        Leaf(PERPLEXITY_VS_DPO, "the edited perplexity over DPO's, minus 1,", WITHIN_MARGIN, fmt="%"),
+    )
+)
+
 
 @dataclass(frozen=True)
 class ClaimEntry:
@@ -645,16 +655,7 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2025 (v3, EMNLP) abstract; constants from the authors' repository",
         statement="Editing the base's activations with (alpha, beta) = {param} outperforms DPO on toxicity and "
         "preserves DPO's perplexity",
-        decision=All(
-            (
-                Leaf(
-                    "toxicity_vs_dpo",
-                    "edited toxicity minus DPO's",
-                    Criterion(threshold=0.0, paper_side="below"),
-                ),
-                Leaf(PERPLEXITY_VS_DPO, "edited perplexity over DPO's, minus 1,", WITHIN_MARGIN, fmt="%"),
-            )
-        ),
+        decision=EDIT_BEATS_DPO,
         note="(toxicity: below DPO's, the abstract's 'outperforms'; perplexity: non-inferior within the margin)",
         definition=f"{EDITING}; {EDIT_COMPARISON}",
         param_name="constants",
@@ -669,16 +670,7 @@ ENTRIES: tuple[ClaimEntry, ...] = (
         source="Yang et al. 2025 (v3, EMNLP) abstract",
         statement="Some activation edit outperforms DPO on toxicity and preserves DPO's perplexity (Hypothesis "
         "search over alpha, beta, the direction, the selection rule and the mode; confirmed on held-out prompts)",
-        decision=All(
-            (
-                Leaf(
-                    "toxicity_vs_dpo",
-                    "its toxicity minus DPO's",
-                    Criterion(threshold=0.0, paper_side="below"),
-                ),
-                Leaf(PERPLEXITY_VS_DPO, "its perplexity over DPO's, minus 1,", WITHIN_MARGIN, fmt="%"),
-            )
-        ),
+        decision=EDIT_BEATS_DPO,
         quantifier="some",
         over="edit the search measures",
         note="(the edit found on the discovery half is confirmed on the held-out half; it contradicts when every "
