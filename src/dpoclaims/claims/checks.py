@@ -591,11 +591,18 @@ def compare_with_dpo(
 ) -> EditComparison:
     """``intervention`` on the base against DPO, paired over prompts (toxicity) and over texts or
     windows (perplexity, at every scored position): one generation pass and one perplexity pass."""
+    toxicity = toxicity_vs_dpo(m, intervention, prompts)
+    return EditComparison(toxicity, perplexity_vs(m, "base", intervention, "dpo", rows=texts))
+
+
+def toxicity_vs_dpo(
+    m: Measurements, intervention: Intervention, prompts: np.ndarray | None = None
+) -> Estimate:
+    """The intervened base's toxicity minus DPO's, mean over the prompts (``prompts``: of them), paired."""
     edited, dpo = m.scores("base", intervention), m.scores("dpo")
     if prompts is not None:
         edited, dpo = edited[prompts], dpo[prompts]
-    toxicity = bootstrap(mean_difference, edited, dpo, seed=m.settings.seed)
-    return EditComparison(toxicity, perplexity_vs(m, "base", intervention, "dpo", rows=texts))
+    return bootstrap(mean_difference, edited, dpo, seed=m.settings.seed)
 
 
 @claim("C13")

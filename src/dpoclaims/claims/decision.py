@@ -59,6 +59,9 @@ class Figure:
 
     estimate: Estimate
     positive: tuple[tuple[str, Estimate], ...] = ()
+    # Not measured, and why: the figure's test is then taken at its worst or best case (see
+    # evaluate's ``unmeasured``), for a search that measures a figure only where it can matter.
+    unmeasured: str = ""
 
     def domain_problem(self, side_alpha: float) -> str:
         """Why the figure is outside its domain at this level ('' when it is inside)."""
@@ -145,14 +148,23 @@ class Outcome:
 
 
 def evaluate(
-    node: Node, figures: Mapping[str, Figure], side_alpha: float, rules: Mapping[str, Criterion] | None = None
+    node: Node,
+    figures: Mapping[str, Figure],
+    side_alpha: float,
+    rules: Mapping[str, Criterion] | None = None,
+    unmeasured: Literal["worst", "best"] = "worst",
 ) -> Outcome:
     """The two p-values of ``node`` on ``figures`` (``rules``: a leaf's rule resolved on the
-    pair, by figure name, where it differs from the leaf's own)."""
+    pair, by figure name, where it differs from the leaf's own). A figure not measured counts at
+    its ``worst`` (both p-values 1: neither direction shown) or ``best`` case (both 0): both
+    p-values of every node are monotone in its parts', so the two bound what measuring it could give."""
     if isinstance(node, Leaf):
         if node.figure not in figures:
             raise KeyError(f"the claim measured no figure {node.figure!r} (it measured {sorted(figures)})")
         figure = figures[node.figure]
+        if figure.unmeasured:
+            bound = 1.0 if unmeasured == "worst" else 0.0
+            return Outcome(bound, bound, "", {node.figure: {"unmeasured": figure.unmeasured}})
         rule = (rules or {}).get(node.figure, node.rule)
         problem = figure.domain_problem(side_alpha)
         estimate = figure.estimate
@@ -163,7 +175,7 @@ def evaluate(
         holds, fails = p_value(estimate, rule), p_fails(estimate, rule)
         record |= {"p_holds": holds, "p_fails": fails, "verdict": decide(holds, fails, side_alpha)}
         return Outcome(holds, fails, "", {node.figure: record})
-    outcomes = [evaluate(part, figures, side_alpha, rules) for part in node.parts]
+    outcomes = [evaluate(part, figures, side_alpha, rules, unmeasured) for part in node.parts]
     parts = {name: record for o in outcomes for name, record in o.parts.items()}
     problems = [o.problem for o in outcomes if o.problem]
     if problems:

@@ -81,11 +81,14 @@ class Evaluated:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        figures = {
+            name: {"unmeasured": f.unmeasured}
+            if f.unmeasured
+            else {"value": f.estimate.value, "ci": list(f.estimate.interval(paper.SIDE_ALPHA))}
+            for name, f in self.figures.items()
+        }
         return {
-            **{
-                name: {"value": f.estimate.value, "ci": list(f.estimate.interval(paper.SIDE_ALPHA))}
-                for name, f in self.figures.items()
-            },
+            **figures,
             "p": self.outcome.p_holds,
             "p_against": self.outcome.p_fails,
             "problem": self.outcome.problem,
@@ -204,6 +207,9 @@ def _nan_estimate() -> Any:
 def _figures_text(evaluated: Evaluated) -> str:
     parts = []
     for name, figure in evaluated.figures.items():
+        if figure.unmeasured:
+            parts.append(f"{name} not measured (not needed)")
+            continue
         low, high = figure.estimate.interval(paper.SIDE_ALPHA)
         parts.append(f"{name} {figure.estimate.value:.4g} [{low:.4g}, {high:.4g}]")
     return ", ".join(parts)

@@ -97,7 +97,9 @@ def _candidate(evaluated: dict[str, Any]) -> str:
     parts = []
     for name in ("share", "toxicity_vs_dpo", "perplexity_vs_dpo"):
         figure = evaluated.get(name)
-        if isinstance(figure, dict) and "value" in figure:
+        if isinstance(figure, dict) and "unmeasured" in figure:
+            parts.append(f"{name.replace('_', ' ')} not measured (not needed)")
+        elif isinstance(figure, dict) and "value" in figure:
             low, high = figure["ci"]
             parts.append(
                 f"{name.replace('_', ' ')} {_fmt(figure['value'], 4)} [{_fmt(low, 4)}, {_fmt(high, 4)}]"
