@@ -6,7 +6,9 @@ A leaf module: it imports nothing else of dpoclaims but :mod:`dpoclaims.errors`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import os
 import re
 import sys
@@ -233,3 +235,88 @@ def refuse_output_over_inputs(out: Path, option: str, inputs: dict[str, str | Pa
                 f"{option} {out} {relation} the input {name} {value} ({resolved}): writing there would "
                 f"overwrite it. Give {option} a new directory outside every input"
             )
+
+
+# --------------------------------------------------------------------------- outputs a writer owns
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def owned_outputs(directory: Path, manifest: str) -> dict[str, str | None]:
+    """The files (paths relative to ``directory``) that a dpoclaims writer recorded in its
+    ``manifest`` there as written by it, each with the SHA-256 it wrote (None in a manifest of an
+    older version, which kept no digests); empty without a readable manifest."""
+    try:
+        data = json.loads((Path(directory) / manifest).read_text())
+        files = data["files"]
+        digests = data.get("sha256") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    if not isinstance(files, list) or not isinstance(digests, dict):
+        return {}
+    return {
+        name: digests.get(name) if isinstance(digests.get(name), str) else None
+        for name in files
+        if isinstance(name, str) and ".." not in Path(name).parts and not Path(name).is_absolute()
+    }
+
+
+def outputs_not_owned(directory: Path, manifest: str, names: Iterable[str]) -> dict[str, str]:
+    """Of ``names`` (paths relative to ``directory``; one naming a directory covers every file in
+    it), those where something stands that the writer of ``manifest`` did not write, each with
+    why: ``"which dpoclaims did not write"`` or ``"which was changed since dpoclaims wrote it"``.
+    Writing there would overwrite a file of the user's."""
+    directory = Path(directory)
+    owned = owned_outputs(directory, manifest)
+    found: dict[str, str] = {}
+    for name in names:
+        path = directory / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            inside = sorted(p for p in path.rglob("*") if not p.is_dir() or p.is_symlink())
+            found.update(
+                outputs_not_owned(directory, manifest, [str(p.relative_to(directory)) for p in inside])
+            )
+        elif name not in owned or path.is_symlink():
+            found[name] = "which dpoclaims did not write"
+        elif owned[name] is not None and _file_sha256(path) != owned[name]:
+            found[name] = "which was changed since dpoclaims wrote it"
+    return found
+
+
+def refuse_overwriting(
+    directory: Path,
+    manifest: str,
+    names: Iterable[str],
+    *,
+    what: str,
+    remedy: str,
+    error: type[Exception],
+) -> None:
+    """``error`` (one line naming the files and ``remedy``) when writing ``what`` (e.g. "the
+    report") into ``directory`` would overwrite one of ``names`` that its writer did not write
+    (see :func:`outputs_not_owned`)."""
+    found = [f"{name}, {why}" for name, why in outputs_not_owned(directory, manifest, names).items()]
+    if found:
+        shown = ", and ".join(found[:3]) + (f", and {len(found) - 3} more" if len(found) > 3 else "")
+        them = "it" if len(found) == 1 else "them"
+        raise error(
+            f"the reports directory {directory} holds {shown}: writing {what} would overwrite {them}. "
+            f"Move {them} away, or {remedy}"
+        )
+
+
+def owned_manifest(directory: Path, names: Iterable[str], **fields: Any) -> str:
+    """The JSON of a writer's manifest for the files ``names`` it has just written into
+    ``directory`` (with their SHA-256, which :func:`outputs_not_owned` compares) and ``fields``."""
+    directory = Path(directory)
+    files = sorted(set(names))
+    digests = {name: _file_sha256(directory / name) for name in files if (directory / name).is_file()}
+    return json.dumps({"files": files, "sha256": digests, **fields}, indent=1)

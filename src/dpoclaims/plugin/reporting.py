@@ -189,7 +189,6 @@ class ClaimRecorder:
         self.written: list[str] = []
         self.selected: set[str] = set()  # claim tests selected (empty on an xdist controller)
         self.messages: list[str] = []  # said at the end of the terminal summary
-        self.checked = False  # the reports directory was checked at the start
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # What the worker recorded (JSON values: dicts); typed again here.
@@ -228,18 +227,22 @@ class ClaimRecorder:
         self._check_reports_dir()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.selected = {item.nodeid for item in session.items if item.get_closest_marker("claim")}
-        on_worker = hasattr(self.config, "workerinput")  # the controller checks, once
-        if self.selected and not (self.checked or on_worker or self.config.option.collectonly):
-            self._check_reports_dir()
+        claims = [item for item in session.items if item.get_closest_marker("claim")]
+        self.selected = {item.nodeid for item in claims}
+        on_worker = hasattr(self.config, "workerinput")  # the controller checks
+        if self.selected and not (on_worker or self.config.option.collectonly):
+            # Again with the claims collected: a claim of the user's has a badge of its own.
+            ids = [item.stash[CLAIM_ITEM_KEY].id for item in claims if CLAIM_ITEM_KEY in item.stash]
+            self._check_reports_dir(ids)
 
-    def _check_reports_dir(self) -> None:
+    def _check_reports_dir(self, claim_ids: list[ClaimId] | None = None) -> None:
+        """The reports directory can be written, and holds no file of the user's where the
+        report of ``claim_ids`` (None: every claim of the paper table) would go."""
         from dpoclaims.errors import ReportError
         from dpoclaims.report.writer import check_reports_dir
 
-        self.checked = True
         try:
-            check_reports_dir(self.config.stash[OPTIONS_KEY].reports_dir)
+            check_reports_dir(self.config.stash[OPTIONS_KEY].reports_dir, claim_ids)
         except ReportError as exc:
             raise pytest.UsageError(str(exc)) from None
 

@@ -9,19 +9,28 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from dpoclaims.claims.results import NOT_MEASURED, ClaimId, ClaimRecord, ClaimResult
 from dpoclaims.errors import ReportError
-from dpoclaims.files import atomic_write_text, ensure_writable_dir
+from dpoclaims.files import (
+    atomic_write_text,
+    ensure_writable_dir,
+    outputs_not_owned,
+    owned_manifest,
+    owned_outputs,
+    refuse_overwriting,
+)
 from dpoclaims.stats import changed_by_holm, holm
 
 log = logging.getLogger(__name__)
 
 #: What to do when the reports directory cannot be written (pytest option and variable).
 REPORTS_REMEDY = "set --reports-dir or $DPOCLAIMS_REPORTS to a writable directory"
+#: What to do when the reports directory holds files the writer did not write.
+FOREIGN_FILES_REMEDY = "set --reports-dir or $DPOCLAIMS_REPORTS to another directory"
 # One colour per badge state (shields.io colour names); README.md documents them. The first
 # four are the verdict states of a measured claim; "unexpected" marks an outcome other than the
 # one declared for the pair (a failed, xpassed or erroring claim test), whatever the verdict.
@@ -388,13 +397,33 @@ _STAGING_PREFIX = ".dpoclaims-reports-"
 _CHECK_BYTES = 1 << 16
 
 
-def check_reports_dir(out_dir: Path) -> None:
+def report_file_names(claim_ids: Iterable[ClaimId | str] | None = None) -> list[str]:
+    """Every file (relative path) a report of ``claim_ids`` may write (None: every claim of the
+    paper table): where the writer must find nothing, or its own earlier files."""
+    if claim_ids is None:
+        from dpoclaims.claims import paper
+
+        claim_ids = [entry.claim_id(p) for entry in paper.ENTRIES for p in (entry.params or (None,))]
+    badges = sorted({f"badges/{badge_filename(claim_id)}" for claim_id in claim_ids})
+    return ["claims.json", "claims.md", "badges/README.md", *badges, *(f"figures/{n}" for n in FIGURE_FILES)]
+
+
+def _refuse_overwriting(out_dir: Path, names: Iterable[str]) -> None:
+    refuse_overwriting(
+        out_dir, REPORTS_MANIFEST, names, what="the report", remedy=FOREIGN_FILES_REMEDY, error=ReportError
+    )
+
+
+def check_reports_dir(out_dir: Path, claim_ids: Iterable[ClaimId | str] | None = None) -> None:
     """Before any test runs: the reports directory (and its ``figures``/``badges``) can be
     created, and a file of some size can be written and moved there (a read-only mount, a
-    dangling symbolic link, a full disk, no permission are found now, not after the run); a
-    :class:`ReportError` naming the path and what to do otherwise."""
+    dangling symbolic link, a full disk, no permission are found now, not after the run), and it
+    holds no file of the user's where the report of ``claim_ids`` (None: every claim of the
+    paper table) would go (:func:`report_file_names`); a :class:`ReportError` naming the path and
+    what to do otherwise."""
     for directory in (out_dir, out_dir / "figures", out_dir / "badges"):
         ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
+    _refuse_overwriting(out_dir, report_file_names(claim_ids))
     staging = _staging_dir(out_dir)
     try:
         trial = staging / "check"
@@ -419,18 +448,6 @@ def _write_error(out_dir: Path, exc: OSError) -> ReportError:
     return ReportError(f"cannot write the reports in {out_dir} ({exc.strerror or exc}); {REPORTS_REMEDY}")
 
 
-def report_files_written(out_dir: Path) -> list[str]:
-    """The files (relative paths) the last :func:`write_reports` wrote into ``out_dir``; empty
-    without a manifest (a directory this writer has not written, or an older version's)."""
-    try:
-        files = json.loads((out_dir / REPORTS_MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [
-        f for f in files if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()
-    ]
-
-
 def previous_report_complete(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds a claims report from a run that was not interrupted."""
     try:
@@ -451,9 +468,11 @@ def write_reports(
     Nothing is measured here.
 
     Everything is written first into a staging directory inside ``out_dir``, then moved into
-    place, so a write that fails (a full disk) leaves the previous report as it was. Files the
-    previous report wrote and this one does not (badges of claims not run now) are deleted;
-    no other file is (:data:`REPORTS_MANIFEST` lists what was written). ``header["incomplete"]``
+    place, so a write that fails (a full disk) leaves the previous report as it was. A file goes
+    only where nothing stands or where the previous report wrote it, unchanged since
+    (:data:`REPORTS_MANIFEST` lists what was written, with digests): otherwise a
+    :class:`ReportError` names it before anything moves. Files the previous report wrote and this
+    one does not (badges of claims not run now) are deleted if unchanged; no other file is. ``header["incomplete"]``
     (a sentence: the run was interrupted) marks ``claims.md``, ``claims.json`` and every badge.
     A reports directory (or its ``figures``/``badges``) that is a file, cannot be created or is
     not writable is a :class:`ReportError` naming the path, before anything is written."""
@@ -473,15 +492,18 @@ def write_reports(
             written = _write_into(staging, records, header, figure_data)
         except OSError as exc:
             raise _write_error(out_dir, exc) from None
-        previous = set(report_files_written(out_dir))
+        _refuse_overwriting(out_dir, written)
+        stale = sorted(set(owned_outputs(out_dir, REPORTS_MANIFEST)) - set(written))
+        changed = outputs_not_owned(out_dir, REPORTS_MANIFEST, stale)
         for relative in written:
             target = out_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / relative, target)
-        for stale in sorted(previous - set(written)):
-            (out_dir / stale).unlink(missing_ok=True)
-        manifest = {"files": written, "complete": not header.get("incomplete")}
-        atomic_write_text(out_dir / REPORTS_MANIFEST, json.dumps(manifest, indent=1))
+        for name in stale:
+            if name not in changed:  # a file edited since the writer wrote it is the user's now
+                (out_dir / name).unlink(missing_ok=True)
+        manifest = owned_manifest(out_dir, written, complete=not header.get("incomplete"))
+        atomic_write_text(out_dir / REPORTS_MANIFEST, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / "claims.json", out_dir / "claims.md", out_dir / "badges"]
@@ -512,6 +534,19 @@ def _write_into(
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
 
 
+#: The figures drawn from the decomposition's data.
+DECOMPOSITION_FIGURES = (
+    "fig2_cumulative_contribution.png",
+    "group_shares.png",
+    "activation_change_vs_cosine.png",
+    "fig3_per_layer_groups.png",
+)
+LAYER_PROJECTION_FIGURE = "fig1a_layer_projection.png"  # Fig. 1a, from C1's details
+EDIT_FRONT_FIGURE = "c13_edit_front.png"  # from C13[search]'s details
+#: Every figure a report may draw (under ``figures/``).
+FIGURE_FILES = (LAYER_PROJECTION_FIGURE, EDIT_FRONT_FIGURE, *DECOMPOSITION_FIGURES)
+
+
 def draw_figures(
     records: Sequence[ClaimRecord],
     fig_dir: Path,
@@ -531,22 +566,22 @@ def draw_figures(
             projected["layer_projection"],
             f"base, top {n} toxic ablated",
             f"{title}: MLP projection onto the probe",
-            fig_dir / "fig1a_layer_projection.png",
+            fig_dir / LAYER_PROJECTION_FIGURE,
         )
-        drawn.append("fig1a_layer_projection.png")
+        drawn.append(LAYER_PROJECTION_FIGURE)
     else:
-        skipped.append("fig1a_layer_projection.png")
+        skipped.append(LAYER_PROJECTION_FIGURE)
     edits = next((_details(r) for r in records if _details(r).get("edit_search")), None)
     if edits is not None:
-        plots.edit_front(edits, title, fig_dir / "c13_edit_front.png")
-        drawn.append("c13_edit_front.png")
+        plots.edit_front(edits, title, fig_dir / EDIT_FRONT_FIGURE)
+        drawn.append(EDIT_FRONT_FIGURE)
     else:
-        skipped.append("c13_edit_front.png")
+        skipped.append(EDIT_FRONT_FIGURE)
     decomposition_figures = {
-        "fig2_cumulative_contribution.png": plots.cumulative_contribution,
-        "group_shares.png": plots.group_shares,
-        "activation_change_vs_cosine.png": plots.change_vs_cosine,
-        "fig3_per_layer_groups.png": plots.per_layer_groups,
+        DECOMPOSITION_FIGURES[0]: plots.cumulative_contribution,
+        DECOMPOSITION_FIGURES[1]: plots.group_shares,
+        DECOMPOSITION_FIGURES[2]: plots.change_vs_cosine,
+        DECOMPOSITION_FIGURES[3]: plots.per_layer_groups,
     }
     for name, draw in decomposition_figures.items():
         if figure_data is None:

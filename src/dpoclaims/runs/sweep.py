@@ -45,8 +45,21 @@ from typing import Any
 from dpoclaims.cache import Cache
 from dpoclaims.claims.results import ClaimRecord
 from dpoclaims.errors import DpoclaimsError, OptionError, ReportError
-from dpoclaims.files import atomic_write_bytes, ensure_writable_dir
-from dpoclaims.runs.replication import REPORTS_REMEDY, write_replication
+from dpoclaims.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    outputs_not_owned,
+    owned_manifest,
+    owned_outputs,
+    refuse_overwriting,
+)
+from dpoclaims.runs.replication import (
+    REPLICATION_FILES,
+    REPLICATION_MANIFEST,
+    REPORTS_REMEDY,
+    write_replication,
+)
 from dpoclaims.train.organism import DEFAULT_SEED
 
 ENGINES = ("local", "ray")
@@ -613,6 +626,16 @@ def sweep(
 
             pair_name(cell.pair)
     out = reports_dir / "replication"
+    # Nothing of the user's is written over: the matrix and each cell's directory go only where
+    # nothing stands or where an earlier sweep wrote them.
+    refuse_overwriting(
+        reports_dir,
+        REPLICATION_MANIFEST,
+        [*REPLICATION_FILES, *(f"{out.name}/{cell.id}" for cell in cells)],
+        what="the matrix",
+        remedy="pass --reports-dir with another directory",
+        error=OptionError,
+    )
     ensure_writable_dir(out, "reports directory", REPORTS_REMEDY, ReportError)
     cache.check_writable()
     # Both engines run each cell's claims on the same number of CPU threads: float sums depend on
@@ -688,8 +711,20 @@ def _gather(
         wall_s=time.perf_counter() - start,
         engine=engine,
     )
+    _record_written(reports_dir, [out / cell.id for cell in cells if cell.id in finished], paths)
     progress(f"replication: {paths[1]} (+ {paths[0].name}, {paths[2]})")
     return paths
+
+
+def _record_written(reports_dir: Path, cell_dirs: Sequence[Path], paths: Sequence[Path]) -> None:
+    """The sweep's manifest: what it wrote now, and what earlier sweeps wrote that is unchanged."""
+    written = [str(p.relative_to(reports_dir)) for p in paths]
+    for cell_dir in cell_dirs:
+        written += [str(p.relative_to(reports_dir)) for p in cell_dir.rglob("*") if p.is_file()]
+    earlier = [name for name in owned_outputs(reports_dir, REPLICATION_MANIFEST) if name not in written]
+    changed = outputs_not_owned(reports_dir, REPLICATION_MANIFEST, earlier)
+    kept = [name for name in earlier if name not in changed and (reports_dir / name).is_file()]
+    atomic_write_text(reports_dir / REPLICATION_MANIFEST, owned_manifest(reports_dir, written + kept))
 
 
 def replicate(
