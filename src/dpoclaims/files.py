@@ -6,6 +6,8 @@ A leaf module: it imports nothing else of dpoclaims but :mod:`dpoclaims.errors`.
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import hashlib
 import importlib
 import json
@@ -13,12 +15,13 @@ import os
 import re
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from dpoclaims.errors import CheckpointError, OptionError
+from dpoclaims.errors import CheckpointError, OptionError, TextFileError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +34,139 @@ TOMLDecodeError = tomllib.TOMLDecodeError
 def read_toml(path: Path) -> dict[str, Any]:
     """The parsed TOML file; raises ``OSError`` or :data:`TOMLDecodeError` as ``tomllib`` does."""
     return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- text files
+
+#: Byte-order marks, longest first (UTF-32-LE's begins with UTF-16-LE's).
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+#: The control characters a text may hold: tab, line feed, carriage return.
+ALLOWED_CONTROLS = frozenset("\t\n\r")
+
+
+def _wide_encoding(data: bytes) -> str | None:
+    """UTF-32 or UTF-16 (either byte order) without a byte-order mark, recognised by where its
+    zero bytes fall (the high bytes of Latin text), if ``data`` decodes as that; else None."""
+    candidates = []
+    if len(data) % 4 == 0:
+        units = range(0, len(data), 4)
+        if all(data[i + 2] == 0 and data[i + 3] == 0 for i in units):
+            candidates.append("utf-32-le")
+        if all(data[i] == 0 and data[i + 1] == 0 for i in units):
+            candidates.append("utf-32-be")
+    if len(data) % 2 == 0:
+        odd, even = data[1::2].count(0), data[0::2].count(0)
+        if odd >= len(data) // 8 and even * 10 <= odd:
+            candidates.append("utf-16-le")
+        if even >= len(data) // 8 and odd * 10 <= even:
+            candidates.append("utf-16-be")
+    for encoding in candidates:
+        try:
+            data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        return encoding
+    return None
+
+
+def control_character(text: str) -> tuple[int, str] | None:
+    """The first control character of ``text`` other than tab, line feed and carriage return
+    (NUL, escape, form feed, NEL, ...), with its index; None if there is none."""
+    for index, char in enumerate(text):
+        if char not in ALLOWED_CONTROLS and unicodedata.category(char) == "Cc":
+            return index, char
+    return None
+
+
+def describe_control(char: str) -> str:
+    """``'a NUL character (U+0000)'`` or ``"a control character '\\x1b' (U+001B)"``."""
+    what = "a NUL character" if char == "\0" else f"a control character {char!r}"
+    return f"{what} (U+{ord(char):04X})"
+
+
+def decode_text(data: bytes, what: str) -> str:
+    """The text of a file's bytes, in the encoding they are in: UTF-8, or UTF-8, UTF-16 or UTF-32
+    with a byte-order mark, or UTF-16 or UTF-32 without one (recognised by their zero bytes).
+    A :class:`~dpoclaims.errors.TextFileError` naming ``what`` (e.g. "prompt file <path>")
+    when the bytes are none of these, or the text holds a NUL or another control character
+    (but tab and line ends): a model would be fed it as it stands."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            body, shown = data[len(bom) :], f"{encoding.upper()} text (it starts with a byte-order mark)"
+            break
+    else:
+        encoding = (_wide_encoding(data) if b"\0" in data else None) or "utf-8"
+        body, shown = data, "UTF-8 text"
+    try:
+        text = body.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise TextFileError(
+            f"{what} is not {shown} ({exc.reason} at byte {exc.start + len(data) - len(body)}); save it as UTF-8"
+        ) from None
+    found = control_character(text)
+    if found is not None:
+        index, char = found
+        line = text.count("\n", 0, index) + 1
+        raise TextFileError(
+            f"{what} holds {describe_control(char)} on line {line}: the model would be fed it; remove it "
+            "(or, if the file is in another encoding, save it as UTF-8)"
+        )
+    return text
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The text of the file ``path`` (gunzipped when its name ends in ``.gz``, any case), decoded
+    by :func:`decode_text`; a :class:`~dpoclaims.errors.TextFileError` naming ``what`` and the
+    path when it cannot be read."""
+    path = Path(path)
+    shown = f"{what} {path}"
+    try:
+        data = path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as exc:
+        raise TextFileError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}") from None
+    return decode_text(data, shown)
+
+
+def text_lines(text: str) -> list[str]:
+    """The lines of ``text``, ended by a line feed, a carriage return or both only (not by the
+    other characters ``str.splitlines`` takes as line ends, such as U+2028 inside a prompt)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def toml_key_given_twice(exc: Exception) -> bool:
+    """Whether a :data:`TOMLDecodeError` is about a key or table given twice (TOML refuses both)."""
+    return "Cannot overwrite a value" in str(exc) or ("Cannot declare" in str(exc) and "twice" in str(exc))
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object that gives one key twice (``json`` would silently keep the last value)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the key {key!r} is given twice")
+        self.key = key
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(key)
+        seen[key] = value
+    return seen
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads`` that refuses an object giving a key twice, at any depth, with a
+    :class:`DuplicateKeyError` (a ``ValueError``) naming the key."""
+    return json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
 
 
 #: Comma-separated, fully qualified names of pickle globals a checkpoint may use (off by default).

@@ -199,4 +199,129 @@ def dpo_pt_missing(b: Bench):
     b.load(b.spec(dpo=str(b.tmp / "dpo_missing.pt")))
 
 
+# ---- pairs that are not what they claim
+
+
+def _base_saved_in(b: Bench, dtype: torch.dtype, name: str) -> Path:
+    """The base model saved again in ``dtype``: its weights rounded, no fine-tune."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(b.files.base)
+    model.to(dtype).save_pretrained(b.tmp / name)
+    return b.tmp / name
+
+
+def _rounded_base(dtype_name: str) -> None:
+    dtype = getattr(torch, dtype_name)
+
+    @case(
+        f"dpo-dir-the-base-saved-in-{dtype_name}--refused-as-the-base-rounded",
+        "error",
+        IdenticalModelsError,
+        rf"the DPO model .*base_{dtype_name}' is the base .* rounded to {dtype_name}: at the DPO side's own "
+        rf"precision \({dtype_name}\) every weight equals the base's",
+    )
+    def dpo_dir_the_base_saved_in(b: Bench):
+        b.load(b.spec(dpo=str(_base_saved_in(b, dtype, f"base_{dtype_name}"))))
+
+
+_rounded_base("bfloat16")
+_rounded_base("float16")
+
+
+@case(
+    "dpo-pt-the-base-state-in-bfloat16--refused-as-the-base-rounded",
+    "error",
+    IdenticalModelsError,
+    r"the DPO model .*dpo\.pt' is the base .* rounded to bfloat16",
+)
+def dpo_pt_the_base_state_in_bfloat16(b: Bench):
+    from transformers import AutoModelForCausalLM
+
+    state = AutoModelForCausalLM.from_pretrained(b.files.base).to(torch.bfloat16).state_dict()
+    b.load(b.spec(dpo=str(b.dpo_pt(state))))
+
+
+@case("dpo-dir-a-fine-tune-saved-in-bfloat16--loads-its-rounded-weights", "recovery")
+def dpo_dir_a_fine_tune_saved_in_bfloat16(b: Bench):
+    """Lower precision alone is no reason to refuse: a real fine-tune differs at its own precision."""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(b.files.dpo).to(torch.bfloat16).save_pretrained(b.tmp / "dpo_bf16")
+    pair = b.load(b.spec(dpo=str(b.tmp / "dpo_bf16")))
+    weight = "transformer.h.0.mlp.c_fc.weight"
+    stored = load_file(str(b.tmp / "dpo_bf16" / "model.safetensors"))[weight].float()
+    return {"weight": stored}, {"weight": pair.dpo.state_dict()[weight]}
+
+
+@case(
+    "dpo-config-another-activation-and-norm-epsilon--refused-naming-both-values",
+    "error",
+    PairMismatchError,
+    r"the DPO model .*dpo_relu' computes another function than the base .*: its config differs in "
+    r"activation_function \(base 'gelu_new', DPO 'relu'\) and layer_norm_epsilon \(base 1e-05, DPO 0\.001\)",
+)
+def dpo_config_another_activation_and_norm_epsilon(b: Bench):
+    b.load(b.spec(dpo=str(with_config(b, "dpo_relu", activation_function="relu", layer_norm_epsilon=1e-3))))
+
+
+def _other_config(b: Bench, name: str, **config: Any) -> Path:
+    """A DPO directory of its own architecture (weights that fit its config)."""
+    b.request.getfixturevalue("make_gpt2")(1, **config).save_pretrained(b.tmp / name)
+    return b.tmp / name
+
+
+@case(
+    "dpo-config-more-positions--refused-naming-both-sizes",
+    "error",
+    PairMismatchError,
+    r"its config differs in n_positions \(base 64, DPO 128\)",
+)
+def dpo_config_more_positions(b: Bench):
+    b.load(b.spec(dpo=str(_other_config(b, "dpo_128_positions", n_positions=128))))
+
+
+@case(
+    "dpo-config-more-heads-same-shapes--refused-naming-both-counts",
+    "error",
+    PairMismatchError,
+    r"its config differs in n_head \(base 2, DPO 4\)",
+)
+def dpo_config_more_heads_same_shapes(b: Bench):
+    b.load(b.spec(dpo=str(_other_config(b, "dpo_4_heads", n_head=4))))
+
+
+@case(
+    "dpo-config-untied-on-a-tied-base--refused-naming-the-tying",
+    "error",
+    PairMismatchError,
+    r"its config differs in tie_word_embeddings \(base True, DPO False\)",
+)
+def dpo_config_untied_on_a_tied_base(b: Bench):
+    b.load(b.spec(dpo=str(_other_config(b, "dpo_untied", tie_word_embeddings=False))))
+
+
+@case(
+    "dpo-pt-with-its-own-lm-head-on-a-tied-base--refused-naming-the-tying",
+    "error",
+    PairMismatchError,
+    r"state dict .*dpo\.pt has an lm_head\.weight of its own \(it differs from transformer\.wte\.weight\), "
+    r"but the base ties its output layer to its input embedding \(tie_word_embeddings\)",
+)
+def dpo_pt_with_its_own_lm_head_on_a_tied_base(b: Bench):
+    state = torch.load(b.files.dpo_pt, weights_only=True)["state"]
+    state["lm_head.weight"] = torch.randn_like(state["transformer.wte.weight"])
+    b.load(b.spec(dpo=str(b.dpo_pt(state))))
+
+
+@case("dpo-pt-with-a-tied-lm-head-on-a-tied-base--loads-the-same-pair", "recovery")
+def dpo_pt_with_a_tied_lm_head_on_a_tied_base(b: Bench):
+    """Lee et al.'s dpo.pt holds both names of the tied matrix, equal: that fits."""
+    state = torch.load(b.files.dpo_pt, weights_only=True)["state"]
+    assert torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
+    from_dir = b.load(b.spec(name="dir.toml"))
+    from_pt = b.load(b.spec(dpo=str(b.dpo_pt(state))))
+    return {"fingerprint": from_dir.fingerprint}, {"fingerprint": from_pt.fingerprint}
+
+
 test_case = catalogue_test(CASES)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import json
+import unicodedata
 from dataclasses import replace
 
 from bad_inputs.bench import PROMPTS, SETTINGS, Bench, Case, catalogue_test, registrar
 from dpoclaims.errors import CheckpointError, TooFewPromptsError
+from dpoclaims.measure.measurements import Measurements
 from dpoclaims.measure.prompts import UnusablePromptSet
 
 CASES: list[Case] = []
@@ -183,6 +187,179 @@ def neutral_texts_latin_1(b: Bench):
     (b.tmp / "neutral.txt").write_bytes(b"hello\xff world\n")
     extras = {**pair.spec.extras, "neutral_texts": str(b.tmp / "neutral.txt")}
     _ = b.measurements(replace(pair, spec=replace(pair.spec, extras=extras))).neutral_texts
+
+
+# ---- prompts that are not what they seem: encodings, control characters, formats, Unicode repeats
+
+
+def _prompt_file(b: Bench, data: bytes, filename: str, key: str = "challenge_prompts") -> Measurements:
+    """The measured pair with ``data`` as the bytes of its challenge prompt (or neutral text) file."""
+    pair = b.prompts_pair(PROMPTS)
+    (b.tmp / filename).write_bytes(data)
+    extras = {**pair.spec.extras, key: str(b.tmp / filename)}
+    return b.measurements(replace(pair, spec=replace(pair.spec, extras=extras)))
+
+
+_LINES = "".join(f"{prompt}\n" for prompt in PROMPTS)
+
+
+def _encoded_prompts(id: str, encoding: str, bom: bytes = b"") -> None:
+    @case(id, "recovery")
+    def encoded(b: Bench):
+        measurements = _prompt_file(b, bom + _LINES.encode(encoding), "prompts.txt")
+        return {"prompts": PROMPTS}, {"prompts": measurements.prompts}
+
+
+_encoded_prompts("prompts-utf-16-le-without-a-bom--read-as-the-same-prompts", "utf-16-le")
+_encoded_prompts("prompts-utf-16-be-without-a-bom--read-as-the-same-prompts", "utf-16-be")
+_encoded_prompts("prompts-utf-16-be-with-a-bom--read-as-the-same-prompts", "utf-16-be", codecs.BOM_UTF16_BE)
+_encoded_prompts("prompts-utf-32-le-without-a-bom--read-as-the-same-prompts", "utf-32-le")
+_encoded_prompts("prompts-utf-32-be-with-a-bom--read-as-the-same-prompts", "utf-32-be", codecs.BOM_UTF32_BE)
+
+
+@case("neutral-texts-utf-16-with-a-bom--read-as-the-same-texts", "recovery")
+def neutral_texts_utf_16_with_a_bom(b: Bench):
+    texts = ["the plan seems fair and clear", "we met at noon and talked"]
+    data = codecs.BOM_UTF16_LE + json.dumps(texts).encode("utf-16-le")
+    return {"texts": texts}, {"texts": _prompt_file(b, data, "neutral.json", "neutral_texts").neutral_texts}
+
+
+@case(
+    "prompts-with-a-nul-byte--refused-naming-the-line",
+    "error",
+    CheckpointError,
+    r"prompt file .*prompts\.txt holds a NUL character \(U\+0000\) on line 3: the model would be fed it; remove it",
+)
+def prompts_with_a_nul_byte(b: Bench):
+    lines = list(PROMPTS)
+    lines[2] = "the plan\x00 2 seems"
+    _prompt_file(b, "\n".join(lines).encode(), "prompts.txt")
+
+
+@case(
+    "prompts-json-with-an-escaped-nul--refused-naming-the-prompt",
+    "error",
+    CheckpointError,
+    r"prompt 4 of .*prompts\.json holds a NUL character \(U\+0000\): the model would be fed it; remove it",
+)
+def prompts_json_with_an_escaped_nul(b: Bench):
+    prompts = list(PROMPTS)
+    prompts[3] = "the plan \u0000 3 seems"
+    _prompt_file(b, json.dumps(prompts).encode(), "prompts.json")
+
+
+@case(
+    "prompts-with-an-escape-character--refused-naming-it",
+    "error",
+    CheckpointError,
+    r"prompt file .*prompts\.txt holds a control character '\\x1b' \(U\+001B\) on line 1",
+)
+def prompts_with_an_escape_character(b: Bench):
+    _prompt_file(b, ("\x1b[31m" + _LINES).encode(), "prompts.txt")
+
+
+@case(
+    "neutral-texts-with-a-nul-byte--refused-naming-the-line",
+    "error",
+    UnusablePromptSet,
+    r"the neutral texts of pair 'tiny' cannot be used: prompt file .*neutral\.txt holds a NUL character "
+    r"\(U\+0000\) on line 2",
+)
+def neutral_texts_with_a_nul_byte(b: Bench):
+    _ = _prompt_file(b, b"fine text\nbad\x00text\n", "neutral.txt", "neutral_texts").neutral_texts
+
+
+@case(
+    "prompts-latin-1-with-a-nul--refused-as-not-utf-8",
+    "error",
+    CheckpointError,
+    r"prompt file .*prompts\.txt is not UTF-8 text \(invalid continuation byte at byte 3\); save it as UTF-8",
+)
+def prompts_latin_1_with_a_nul(b: Bench):
+    _prompt_file(b, "caf\xe9 \x00 au lait\n".encode("latin-1") + _LINES.encode(), "prompts.txt")
+
+
+def _formatted_prompts(id: str, filename: str, content: str) -> None:
+    @case(id, "recovery")
+    def formatted(b: Bench):
+        return {"prompts": PROMPTS}, {"prompts": _prompt_file(b, content.encode(), filename).prompts}
+
+
+_JSONL = "".join(json.dumps({"text": prompt}) + "\n" for prompt in PROMPTS)
+_formatted_prompts(
+    "prompts-json-list-in-a-file-named-upper-case-json--read-as-json", "prompts.JSON", json.dumps(PROMPTS)
+)
+_formatted_prompts("prompts-jsonl-in-an-ndjson-file--read-as-jsonl", "prompts.ndjson", _JSONL)
+_formatted_prompts("prompts-jsonl-in-a-file-named-upper-case-jsonl--read-as-jsonl", "prompts.JSONL", _JSONL)
+_formatted_prompts(
+    "prompts-json-list-in-a-txt-file--read-as-json-by-content", "prompts.txt", json.dumps(PROMPTS)
+)
+_formatted_prompts("prompts-jsonl-in-a-file-without-a-suffix--read-as-jsonl-by-content", "prompts", _JSONL)
+_formatted_prompts(
+    "prompts-json-list-in-a-file-named-mixed-case-json--read-as-json",
+    "prompts.Json",
+    json.dumps(PROMPTS, indent=1),
+)
+
+
+@case("prompts-gzipped-jsonl-in-upper-case--read-as-jsonl", "recovery")
+def prompts_gzipped_jsonl_in_upper_case(b: Bench):
+    measurements = _prompt_file(b, gzip.compress(_JSONL.encode()), "prompts.JSONL.GZ")
+    return {"prompts": PROMPTS}, {"prompts": measurements.prompts}
+
+
+@case(
+    "prompts-jsonl-row-with-a-duplicate-key--refused-naming-it",
+    "error",
+    CheckpointError,
+    r"prompts\.jsonl line 2 gives the key 'text' twice; give each key once",
+)
+def prompts_jsonl_row_with_a_duplicate_key(b: Bench):
+    rows = _JSONL.splitlines()
+    rows[1] = '{"text": "the plan 1 seems", "text": "another prompt"}'
+    _prompt_file(b, "\n".join(rows).encode(), "prompts.jsonl")
+
+
+@case("prompts-with-a-line-separator-inside--kept-as-one-prompt", "recovery")
+def prompts_with_a_line_separator_inside(b: Bench):
+    """Only line feeds (and carriage returns) end a line of a text file: U+2028 is part of a prompt."""
+    prompts = [*PROMPTS[:-1], PROMPTS[-1] + "\u2028and more"]
+    got = _prompt_file(b, "\n".join(prompts).encode(), "prompts.txt").prompts
+    return {"prompts": prompts}, {"prompts": got}
+
+
+_CAFES = [f"caf\u00e9 number {i} opened" for i in range(len(PROMPTS))]  # NFC: é is one code point
+
+
+@case("prompts-in-nfc-and-nfd--repeats-dropped-after-normalisation", "recovery")
+def prompts_in_nfc_and_nfd(b: Bench):
+    nfd = [unicodedata.normalize("NFD", prompt) for prompt in _CAFES]
+    assert nfd != _CAFES
+    measurements = _prompt_file(b, json.dumps(_CAFES + nfd).encode(), "prompts.json")
+    return {"prompts": _CAFES, "dropped": {"empty": 0, "repeated": 12}}, {
+        "prompts": measurements.prompts,
+        "dropped": measurements.prompts_dropped,
+    }
+
+
+@case("prompts-dropped--the-report-header-says-what-and-why", "recovery")
+def prompts_dropped_the_report_header_says_what_and_why(b: Bench):
+    from dpoclaims.plugin.resources import pair_header
+    from dpoclaims.report.writer import report_markdown
+
+    nfd = unicodedata.normalize("NFD", _CAFES[0])
+    measurements = _prompt_file(b, json.dumps([*_CAFES, nfd, " ", "\u200b"]).encode(), "prompts.json")
+    header = pair_header(measurements)
+    why = (
+        "15 entries in prompts.json; dropped: 1 repeat of an earlier prompt (entry 13 repeats entry 1; prompts "
+        "are compared after Unicode NFC normalisation, without invisible characters or surrounding whitespace), "
+        "2 empty or only invisible characters (entries 14, 15); 12 distinct usable prompts"
+    )
+    markdown = report_markdown([], {**header, "convention": "v1"})
+    return {"header": why, "in claims.md": True}, {
+        "header": header["prompt_selection"],
+        "in claims.md": why in markdown,
+    }
 
 
 test_case = catalogue_test(CASES)

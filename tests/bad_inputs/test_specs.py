@@ -7,7 +7,10 @@ import sys
 import time
 from typing import Any
 
-from bad_inputs.bench import NOT_DOWNLOADED, Bench, Case, ExitedNonZero, catalogue_test, registrar
+import pytest
+from tiny import write_spec
+
+from bad_inputs.bench import NOT_DOWNLOADED, ROOT, Bench, Case, ExitedNonZero, catalogue_test, registrar
 from dpoclaims.errors import CheckpointError, MissingDownload, UnknownPairError, UnknownSourceError
 
 CASES: list[Case] = []
@@ -272,6 +275,107 @@ def spec_base_a_directory_without_a_model(b: Bench):
     (b.tmp / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
     (b.tmp / "specs").mkdir()
     b.load(b.spec(name="specs/pair.toml", base="../etc", tokenizer=None))
+
+
+# ---- specs that are not what they claim
+
+
+@case("spec-reached-through-a-symlink--paths-resolved-against-the-real-file", "recovery")
+def spec_reached_through_a_symlink(b: Bench):
+    real = b.tmp / "real"
+    for part in ("base", "dpo"):
+        shutil.copytree(getattr(b.files, part), real / part)
+    shutil.copy(b.files.probe, real / "probe.pt")
+    spec = write_spec(real / "pair.toml", name="linked", base="base", dpo="dpo", probe="probe.pt")
+    (b.tmp / "elsewhere").mkdir()
+    (b.tmp / "elsewhere" / "pair.toml").symlink_to(spec)
+    direct = b.load(spec)
+    linked = b.load(b.tmp / "elsewhere" / "pair.toml")
+    return {"fingerprint": direct.fingerprint}, {"fingerprint": linked.fingerprint}
+
+
+@case(
+    "spec-json-with-a-duplicate-key--refused-naming-it",
+    "error",
+    UnknownPairError,
+    r"pair spec .*pair\.json gives the key 'dpo' twice; give each key once",
+)
+def spec_json_with_a_duplicate_key(b: Bench):
+    b.load(b.raw_spec('{"base": "b", "dpo": "d1", "probe": "p.pt", "dpo": "d2"}', name="pair.json"))
+
+
+@case(
+    "spec-json-with-a-duplicate-extras-key--refused-naming-it",
+    "error",
+    UnknownPairError,
+    r"pair spec .*pair\.json gives the key 'challenge_prompts' twice; give each key once",
+)
+def spec_json_with_a_duplicate_extras_key(b: Bench):
+    b.load(
+        b.raw_spec(
+            '{"base": "b", "dpo": "d", "probe": "p.pt", "extras": '
+            '{"challenge_prompts": "a.json", "challenge_prompts": "b.json"}}',
+            name="pair.json",
+        )
+    )
+
+
+@case(
+    "spec-toml-with-a-duplicate-key--refused-naming-it",
+    "error",
+    UnknownPairError,
+    r"pair spec .*pair\.toml gives a key twice \(Cannot overwrite a value \(at line 4, column \d+\)\); give "
+    r"each key once",
+)
+def spec_toml_with_a_duplicate_key(b: Bench):
+    b.load(b.raw_spec('base = "b"\ndpo = "d1"\nprobe = "p.pt"\ndpo = "d2"\n'))
+
+
+@case("spec-with-an-upper-case-suffix--loads-the-same-pair", "recovery")
+def spec_with_an_upper_case_suffix(b: Bench):
+    lower = b.load(b.spec())
+    upper = b.load(b.spec(name="PAIR.TOML"))
+    return {"fingerprint": lower.fingerprint}, {"fingerprint": upper.fingerprint}
+
+
+def _spec_named(b: Bench, name: str):
+    """A spec of the tiny pair whose name key is ``name``."""
+    files = b.files
+    return write_spec(b.tmp / "pair.toml", name=name, base=files.base, dpo=files.dpo, probe=files.probe)
+
+
+@case(
+    "spec-named-toy--refused-as-a-built-in-pairs-name",
+    "error",
+    UnknownPairError,
+    r"pair spec .*pair\.toml is named 'toy', the name of a built-in pair: its claims would be checked "
+    r"against the toy's declared expectations and its report titled as the toy's\. Give it a name of its own",
+)
+def spec_named_toy(b: Bench):
+    b.load(_spec_named(b, "toy"))
+
+
+@case(
+    "expectations-for-a-spec-named-toy--usage-error-not-the-toys-table",
+    "error",
+    pytest.UsageError,
+    r"pair spec .*pair\.toml is named 'toy', the name of a built-in pair",
+)
+def expectations_for_a_spec_named_toy(b: Bench):
+    from dpoclaims.plugin.reporting import load_expectations
+
+    b.monkeypatch.delenv("DPOCLAIMS_EXPECTATIONS", raising=False)
+    load_expectations(str(_spec_named(b, "toy")), ROOT)
+
+
+@case(
+    "spec-named-toy-seed5--refused-as-a-built-in-pairs-name",
+    "error",
+    UnknownPairError,
+    r"is named 'toy-seed5', the name of a built-in pair",
+)
+def spec_named_toy_seed5(b: Bench):
+    b.load(_spec_named(b, "toy-seed5"))
 
 
 test_case = catalogue_test(CASES)

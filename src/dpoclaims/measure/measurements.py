@@ -45,8 +45,8 @@ from dpoclaims.measure.prompts import (
     MissingPromptSet,
     UnusablePromptSet,
     challenge_texts,
-    dropped_prompts,
     pair_texts,
+    select_prompts,
 )
 from dpoclaims.models.pairs import ModelPair, PairSide
 from dpoclaims.versions import measurement_versions
@@ -92,8 +92,11 @@ class Measurements:
         self._declaration = recorded_passes
         self.progress = progress
         self.prompts = pair_texts(pair, "challenge_prompts", settings.max_prompts)
-        # What usable_prompts dropped from the file (empty or invisible, repeats): the report says it.
-        self.prompts_dropped = dropped_prompts(challenge_texts(pair))
+        # What usable_prompts dropped from the file (empty or invisible, repeats), and why: the
+        # report says it.
+        selection = select_prompts(challenge_texts(pair), settings.max_prompts)
+        self.prompts_dropped = selection.dropped
+        self.prompts_note = selection.note(pair.extra_path("challenge_prompts").name)
         self._in_memory: dict[tuple[str, str, str], Any] = {}
         self._libraries = measurement_versions()
 

@@ -316,6 +316,13 @@ def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def tied_to(state: dict[str, torch.Tensor], name: str) -> set[str]:
+    """The names in a model's ``state`` whose tensor shares its memory with ``name``'s (the
+    names of one tied matrix)."""
+    pointer = state[name].data_ptr()
+    return {key for key, tensor in state.items() if tensor.data_ptr() == pointer}
+
+
 def model_from_state_dict(
     base: PreTrainedModel, state: dict[str, torch.Tensor], origin: str
 ) -> PreTrainedModel:
@@ -327,6 +334,19 @@ def model_from_state_dict(
     missing = set(expected) - set(state) - tied
     unexpected = set(state) - set(expected)
     wrong_shape = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+    if tied and "lm_head.weight" in state:
+        # Loading both names of one tied matrix keeps whichever comes last: the embedding would
+        # silently become the output layer, or the reverse.
+        embedding = next(
+            (k for k in expected if k in tied_to(expected, "lm_head.weight") and k != "lm_head.weight"), None
+        )
+        if embedding in state and not torch.equal(state["lm_head.weight"], state[embedding]):
+            raise PairMismatchError(
+                f"state dict {origin} has an lm_head.weight of its own (it differs from {embedding}), but the base "
+                "ties its output layer to its input embedding (tie_word_embeddings): loading it would silently "
+                "replace one with the other. Use a base whose config unties them (tie_word_embeddings = false), "
+                f"or save the DPO model with lm_head.weight equal to {embedding}"
+            )
     if missing or unexpected or wrong_shape:
         details = []
         if missing:

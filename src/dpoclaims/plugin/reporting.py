@@ -19,6 +19,7 @@ import pytest
 
 from dpoclaims.claims import paper
 from dpoclaims.claims.results import DECLARABLE, ClaimId, ClaimNotHeld, ClaimRecord, ClaimResult, Expectation
+from dpoclaims.errors import DpoclaimsError
 from dpoclaims.files import TOMLDecodeError, read_toml
 from dpoclaims.plugin.options import CLAIM_ITEM_KEY, KEYWORD_MARKERS, OPTIONS_KEY, ClaimItem, SuiteOptions
 from dpoclaims.plugin.resources import (
@@ -74,16 +75,20 @@ def load_expectations(pair: str, rootpath: Path) -> dict[ClaimId, tuple[Verdict,
         ) from None
     except (OSError, TOMLDecodeError) as exc:
         raise pytest.UsageError(f"cannot read {source}: {exc}") from None
+    try:  # a spec file's name; one that takes a built-in pair's name is refused
+        name = pair_name(pair)
+    except DpoclaimsError as exc:
+        raise pytest.UsageError(str(exc)) from None
     table = document.get("pairs", {})
     if not isinstance(table, dict):
         raise pytest.UsageError(
             f"{source}: 'pairs' must be a table ([pairs.<pair name>] sections), not {table!r}"
         )
-    entries = table.get(pair_name(pair), {})
+    entries = table.get(name, {})
     if not isinstance(entries, dict):
         raise pytest.UsageError(
-            f"{source}: the entry of pair {pair_name(pair)!r} must be a table of claim id = reason "
-            f"([pairs.{pair_name(pair)}]), not {entries!r}"
+            f"{source}: the entry of pair {name!r} must be a table of claim id = reason "
+            f"([pairs.{name}]), not {entries!r}"
         )
     declared: dict[ClaimId, tuple[Verdict, str]] = {}
     for claim, value in entries.items():
@@ -263,7 +268,6 @@ class ClaimRecorder:
         if hasattr(self.config, "workerinput") or not self.records:
             return
         options: SuiteOptions = self.config.stash[OPTIONS_KEY]
-        from dpoclaims.errors import DpoclaimsError
         from dpoclaims.report.writer import previous_report_complete, write_reports
 
         records = list(self.records.values())
@@ -287,6 +291,7 @@ class ClaimRecorder:
             "fingerprint": recorded.get("fingerprint", "unknown"),
             "n_prompts": recorded.get("n_prompts"),
             "prompts_dropped": recorded.get("prompts_dropped"),
+            "prompt_selection": recorded.get("prompt_selection"),
             "convention": options.convention,
             "scorer": recorded.get("scorer", options.scorer),
             "source": "Yang et al. 2024 (arXiv 2411.06424), Lee et al. 2024 (arXiv 2401.01967)",

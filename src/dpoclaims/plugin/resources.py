@@ -170,18 +170,24 @@ def check_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], Claim
     return check
 
 
-def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
-    """The pair's header and, once per process, the decomposition's figure data."""
-    measurements: Measurements = request.getfixturevalue("measurements")
+def pair_header(measurements: Measurements) -> dict[str, Any]:
+    """The report header's part about the pair and its prompts (what was dropped and why)."""
     pair = measurements.pair
-    header = {
+    return {
         "pair": pair.name,
         "fingerprint": pair.fingerprint,
         "n_prompts": len(measurements.prompts),
         "prompts_dropped": measurements.prompts_dropped,
+        "prompt_selection": measurements.prompts_note,
         "scorer": measurements.settings.scorer,
     }
-    node.user_properties.append((PAIR_PROPERTY, header))
+
+
+def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
+    """The pair's header and, once per process, the decomposition's figure data."""
+    measurements: Measurements = request.getfixturevalue("measurements")
+    pair = measurements.pair
+    node.user_properties.append((PAIR_PROPERTY, pair_header(measurements)))
     computed = "decomposition" in vars(measurements)  # never compute it only for a figure
     sent = request.config.stash[STATE_KEY].figures_sent
     if computed and pair.fingerprint not in sent:

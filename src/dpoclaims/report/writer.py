@@ -334,7 +334,13 @@ def report_markdown(records: Sequence[ClaimRecord], header: dict[str, Any]) -> s
         "",
         *incomplete,
         f"Pair fingerprint `{header['fingerprint']}`; {header['n_prompts']} prompts"
-        + (f" (distinct and usable; dropped from the file: {dropped_text})" if dropped_text else "")
+        + (
+            f" ({header['prompt_selection']})"
+            if header.get("prompt_selection")
+            else f" (distinct and usable; dropped from the file: {dropped_text})"
+            if dropped_text
+            else ""
+        )
         + "; position convention "
         f"`{header['convention']}`; scorer `{header['scorer']}`. Shares use the four reducing groups' total as "
         "denominator (v1) unless the id says `gross` (the gross reduction over all D_i > 0, EMNLP). Intervals are "

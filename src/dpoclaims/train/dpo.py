@@ -18,6 +18,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedToken
 from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
 from dpoclaims.errors import CheckpointError, OptionError, TrainingError
+from dpoclaims.files import DuplicateKeyError, loads_json, read_text_file, text_lines
 
 log = logging.getLogger(__name__)
 
@@ -404,22 +405,21 @@ def read_lee_pairs(path: Path) -> list[dict[str, str]]:
         raise CheckpointError(f"DPO pairs file {path} is a directory; name the JSONL file itself")
     if not path.is_file():
         raise CheckpointError(f"DPO pairs file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(
-            f"DPO pairs file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read DPO pairs file {path}: {exc.strerror or exc}") from None
+    text = read_text_file(path, "DPO pairs file")  # UTF-8/16/32, control characters refused
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_json(line)
+        except DuplicateKeyError as exc:
+            raise CheckpointError(
+                f"{path}:{number} gives the key {exc.key!r} twice; give each key once"
+            ) from None
         except ValueError as exc:
             raise CheckpointError(f"{path}:{number} is not JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}:{number} is a JSON {type(record).__name__}, not an object")
         missing = [name for name in LEE_FIELDS if not isinstance(record.get(name), str)]
         if missing:
             raise CheckpointError(
