@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
-from bad_inputs.bench import Bench, Case, ExitedNonZero, catalogue_test, cli, registrar, tree_bytes
+import pytest
+
+from bad_inputs.bench import ROOT, Bench, Case, ExitedNonZero, catalogue_test, cli, registrar, tree_bytes
+from dpoclaims.errors import OptionError
 
 CASES: list[Case] = []
 case = registrar(CASES)
@@ -221,6 +228,162 @@ def train_dpo_pairs_latin_1(b: Bench):
         "--device",
         "cpu",
     )
+
+
+# ---- training settings and numeric options: finite and in range, one clear line
+
+
+def _no_training(b: Bench) -> None:
+    """Training (or a sweep's cells) must not start: a refusal comes first."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the work started: the option was not refused before it")
+
+    b.monkeypatch.setattr("dpoclaims.train.dpo.train_dpo_from_files", refuse)
+    b.monkeypatch.setattr("dpoclaims.runs.sweep.run_local", refuse)
+
+
+def _train_dpo_option(id: str, option: str, value: str, match: str) -> None:
+    @case(id, "error", ExitedNonZero, match)
+    def train_dpo_option(b: Bench):
+        _no_training(b)
+        pairs = _lee_pairs(b, [("a", "b", "c"), ("d", "e", "f")])
+        cli(b, "train-dpo", "--base", str(b.files.base), "--pairs", str(pairs), "--out", str(b.tmp / "out"),
+            option, value)  # fmt: skip
+
+
+_train_dpo_option(
+    "train-dpo-beta-minus-0-5--exit-2-saying-it-would-prefer-the-rejected",
+    "--beta",
+    "-0.5",
+    r"^exit 2: dpoclaims: error: --beta must be a positive, finite number, not -0\.5: DPO's beta scales the "
+    r"preference margin, and at beta <= 0 the model would learn to prefer the rejected \(toxic\) continuations",
+)
+_train_dpo_option(
+    "train-dpo-beta-0--exit-2-naming-it",
+    "--beta",
+    "0",
+    r"^exit 2: dpoclaims: error: --beta must be a positive",
+)
+_train_dpo_option(
+    "train-dpo-beta-nan--exit-2-one-line",
+    "--beta",
+    "nan",
+    r"^exit 2: dpoclaims: error: --beta must be a positive, finite number, not nan[^\n]*$",
+)
+_train_dpo_option(
+    "train-dpo-lr-nan--exit-2-without-the-zero-hint",
+    "--lr",
+    "nan",
+    r"^exit 2: dpoclaims: error: --lr must be a positive, finite number, not nan$",
+)
+_train_dpo_option(
+    "train-dpo-lr-inf--exit-2-naming-it",
+    "--lr",
+    "inf",
+    r"^exit 2: dpoclaims: error: --lr must be a positive, finite number, not inf$",
+)
+_train_dpo_option(
+    "train-dpo-max-length-0--exit-2-naming-it",
+    "--max-length",
+    "0",
+    r"^exit 2: dpoclaims: error: --max-length must be at least 1, not 0$",
+)
+
+
+@case(
+    "dpo-settings-beta-minus-1-in-the-library--refused-naming-it",
+    "error",
+    OptionError,
+    r"--beta must be a positive, finite number, not -1\.0",
+)
+def dpo_settings_beta_minus_1_in_the_library(b: Bench):
+    from dpoclaims.train.dpo import DPOSettings
+
+    DPOSettings(beta=-1.0)
+
+
+def _sweep_option(id: str, match: str, *options: str) -> None:
+    @case(id, "error", ExitedNonZero, match)
+    def sweep_option(b: Bench):
+        _no_training(b)
+        cli(
+            b,
+            "sweep",
+            "--reports-dir",
+            str(b.tmp / "reports"),
+            "--claims-dir",
+            str(ROOT / "claims"),
+            *options,
+        )
+
+    return None
+
+
+_sweep_option(
+    "sweep-cpus-per-cell-nan--exit-2-one-line",
+    r"^exit 2: dpoclaims: error: --cpus-per-cell must be positive and finite \(the CPU threads of each cell\), "
+    r"not nan$",
+    "--cpus-per-cell",
+    "nan",
+)
+_sweep_option(
+    "sweep-cpus-per-cell-inf--exit-2-one-line",
+    r"^exit 2: dpoclaims: error: --cpus-per-cell must be positive and finite",
+    "--cpus-per-cell",
+    "inf",
+)
+_sweep_option(
+    "sweep-gpus-per-cell-nan--exit-2-one-line",
+    r"^exit 2: dpoclaims: error: --gpus-per-cell must be at least 0 and finite, not nan$",
+    "--gpus-per-cell",
+    "nan",
+)
+_sweep_option(
+    "sweep-max-retries-minus-1--exit-2-naming-it",
+    r"^exit 2: dpoclaims: error: --max-retries must be at least 0, not -1$",
+    "--max-retries",
+    "-1",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@case(
+    "sweep-ray-address-answering-nothing--exit-2-within-30-s-naming-it",
+    "error",
+    ExitedNonZero,
+    r"^exit 2: dpoclaims: error: no Ray cluster answers at 127\.0\.0\.1:\d+ \(Connection refused within 10 s\)",
+)
+def sweep_ray_address_answering_nothing(b: Bench):
+    pytest.importorskip("ray", reason="the Ray engine needs ray: pip install -e '.[cluster]'")
+    address = f"127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    try:
+        b.run(
+            [sys.executable, "-m", "dpoclaims.cli", "--cache-dir", str(b.tmp / "cache"), "sweep", "--engine", "ray",
+             "--address", address, "--reports-dir", str(b.tmp / "reports"), "--claims-dir", str(ROOT / "claims")],
+            timeout=60,
+        )  # fmt: skip
+    finally:
+        assert time.monotonic() - started < 30
+
+
+@case(
+    "sweep-ray-address-not-host-and-port--exit-2-naming-the-forms",
+    "error",
+    ExitedNonZero,
+    r"^exit 2: dpoclaims: error: --address must be host:port or ray://host:port \(or auto\), not 'head-node:port'",
+)
+def sweep_ray_address_not_host_and_port(b: Bench):
+    pytest.importorskip("ray", reason="the Ray engine needs ray: pip install -e '.[cluster]'")
+    _no_training(b)
+    cli(b, "sweep", "--engine", "ray", "--address", "head-node:port", "--reports-dir", str(b.tmp / "reports"),
+        "--claims-dir", str(ROOT / "claims"))  # fmt: skip
 
 
 test_case = catalogue_test(CASES)

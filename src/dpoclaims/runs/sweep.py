@@ -29,6 +29,7 @@ build leaves no entry, only a temporary directory the next build of that entry r
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -380,6 +381,49 @@ def import_ray() -> Any:
     return ray
 
 
+#: How long the sweep waits for a TCP answer at ``--address`` before it says nothing answers
+#: there (Ray's own client retries for minutes without a word).
+RAY_ANSWER_TIMEOUT_S = 10.0
+#: The port Ray listens on when an address names none: the GCS for host[:port], the Ray client
+#: server for ray://host[:port].
+RAY_DEFAULT_PORTS = {"": 6379, "ray": 10001}
+
+
+def ray_endpoint(address: str) -> tuple[str, int]:
+    """The host and port of a Ray ``--address`` (``host:port``, ``ray://host:port``, a port
+    defaulted); an :class:`OptionError` for one that is neither."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in RAY_DEFAULT_PORTS or not rest or "/" in rest:
+        raise OptionError(f"--address must be host:port or ray://host:port (or auto), not {address!r}")
+    host, colon, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    if not colon:
+        host, port = rest, str(RAY_DEFAULT_PORTS[scheme])
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) or not host.strip("[]"):
+        raise OptionError(f"--address must be host:port or ray://host:port (or auto), not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_ray_address(address: str | None, timeout_s: float = RAY_ANSWER_TIMEOUT_S) -> None:
+    """A :class:`SweepError` naming ``address`` when nothing answers there within ``timeout_s``
+    (``auto`` stands for ``$RAY_ADDRESS`` when set; None, or ``auto`` without it, starts or
+    finds a local instance, which Ray settles at once)."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "").strip() or None
+    if address is None or address == "local":
+        return
+    host, port = ray_endpoint(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    raise SweepError(
+        f"no Ray cluster answers at {address} ({reason} within {timeout_s:g} s): start its head there (ray start "
+        "--head), give the address of a running cluster's head node (--address host:6379), or leave --address "
+        "out to start a local Ray instance"
+    )
+
+
 def check_shared_cache(ray: Any, cache_root: Path) -> list[str]:
     """Check that every node of the cluster sees the cache at ``cache_root`` as the driver does,
     with working file locks; return the nodes' host names. A :class:`SweepError` otherwise.
@@ -468,8 +512,12 @@ def run_ray(
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
+        check_ray_address(address)  # a word within seconds, not Ray's minutes of retries
         kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SweepError(f"cannot join the Ray cluster at {address}: {exc}") from None
     try:
         sink = {} if sink is None else sink
         return _run_on_ray(ray, jobs, cpus_per_cell, gpus_per_cell, max_retries, progress, sink)
@@ -611,8 +659,14 @@ def sweep(
             f"--max-prompts must be at least {MIN_USABLE_PROMPTS} (bootstrap intervals over fewer prompts "
             f"are meaningless), not {max_prompts}"
         )
-    if cpus_per_cell <= 0 or (gpus_per_cell is not None and gpus_per_cell < 0) or max_retries < 0:
-        raise OptionError("--cpus-per-cell must be positive, --gpus-per-cell and --max-retries at least 0")
+    if not (math.isfinite(cpus_per_cell) and cpus_per_cell > 0):
+        raise OptionError(
+            f"--cpus-per-cell must be positive and finite (the CPU threads of each cell), not {cpus_per_cell}"
+        )
+    if gpus_per_cell is not None and not (math.isfinite(gpus_per_cell) and gpus_per_cell >= 0):
+        raise OptionError(f"--gpus-per-cell must be at least 0 and finite, not {gpus_per_cell}")
+    if max_retries < 0:
+        raise OptionError(f"--max-retries must be at least 0, not {max_retries}")
     claims_dir = Path(claims_dir) if claims_dir else Path.cwd() / "claims"
     if not any(claims_dir.glob("test_*.py")):
         raise OptionError(
@@ -620,6 +674,7 @@ def sweep(
         )
     if engine == "ray":
         import_ray()  # a clear error before anything is written
+        check_ray_address(address)
     for cell in cells:  # a typo in a pair fails now, not on a node after the others have run
         if cell.seed is None:
             from dpoclaims.train.named_pairs import pair_name

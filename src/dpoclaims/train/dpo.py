@@ -42,6 +42,35 @@ class DPOSettings:
     # runs in the model's own float type (float32, or float64 for the toy) unless asked otherwise.
     bf16: bool = False
 
+    def __post_init__(self) -> None:
+        """Every setting finite and in its range, or an :class:`OptionError` naming it (by its
+        ``dpoclaims train-dpo`` option) and why: a run on a bad setting would train a useless or
+        inverted model and exit 0."""
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise OptionError(
+                f"--beta must be a positive, finite number, not {self.beta}: DPO's beta scales the preference "
+                "margin, and at beta <= 0 the model would learn to prefer the rejected (toxic) continuations "
+                "(Lee et al.: 0.1)"
+            )
+        if not math.isfinite(self.learning_rate):
+            raise OptionError(f"--lr must be a positive, finite number, not {self.learning_rate}")
+        if not self.learning_rate > 0:
+            raise OptionError(
+                f"--lr must be positive, not {self.learning_rate}: at {self.learning_rate} no weight would change"
+            )
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise OptionError(f"max_grad_norm must be a positive, finite number, not {self.max_grad_norm}")
+        for option, value in (
+            ("--batch-size", self.batch_size),
+            ("--max-epochs", self.max_epochs),
+            ("--eval-every", self.eval_every),
+            ("--max-length", self.max_length),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(f"{option} must be at least 1, not {value}")
+        if self.warmup_steps < 0 or self.patience < 1:
+            raise OptionError("--warmup-steps must be at least 0 and --patience at least 1")
+
 
 class _StepBar(TrainerCallback):
     """One progress bar for DPO steps, with the latest validation loss."""
