@@ -212,6 +212,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pair = load_pair(args.pair, cache=_cache(args), device=device)
     elapsed = time.perf_counter() - start
+    # What the claims would feed the models must fit their positions (the default settings).
+    from dpoclaims.measure.generation import GenerationSettings
+    from dpoclaims.measure.measurements import check_context_window
+    from dpoclaims.measure.prompts import pair_texts
+
+    prompts = pair_texts(pair, "challenge_prompts") if "challenge_prompts" in pair.spec.extras else []
+    check_context_window(pair, prompts, GenerationSettings())
     layout = pair.layout
     print(
         json.dumps(

@@ -64,6 +64,11 @@ class IdenticalModelsError(PairMismatchError):
     """A DPO side whose weights all equal its base's: there is no fine-tune to study."""
 
 
+class ContextWindowError(PairMismatchError):
+    """A model whose positions cannot hold what a measurement feeds it (a prompt and its
+    continuation, a perplexity window)."""
+
+
 class TooFewPromptsError(DpoclaimsError):
     """A prompt set with fewer usable (non-empty) prompts than the claims' statistics need."""
 

@@ -244,6 +244,68 @@ def unsafe_globals_in_checkpoint(path: Path) -> list[str]:
 
 
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+#: The first opcodes of a legacy (pre-zip) torch.save file: a pickled magic number.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def _pickle_globals(data: bytes) -> list[str]:
+    """The globals a pickle names (found by reading its opcodes, never by unpickling it)."""
+    import io
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if isinstance(arg, str) and "UNICODE" in opcode.name:
+                strings.append(arg)
+            elif opcode.name == "GLOBAL" and isinstance(arg, str):
+                names.append(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # a truncated or damaged pickle: what was read so far
+        pass
+    return list(dict.fromkeys(names))
+
+
+def describe_file(path: Path) -> str:
+    """What a file that ``torch.load`` cannot read is, from its first bytes (nothing is
+    unpickled): a Python pickle, a NumPy ``.npy`` file, a safetensors file, a zip archive,
+    a text file, or binary data."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if not head:
+        return "empty"
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return "a legacy torch.save file that torch cannot read (truncated or damaged)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        names = [name for name in _pickle_globals(head) if not name.startswith("copy_reg.")]
+        needs = f" that needs {', '.join(names[:3])}" if names else " of plain values"
+        return f"a Python pickle (written by pickle.dump){needs}"
+    if head.startswith(b"\x93NUMPY"):
+        return "a NumPy .npy file (np.save)"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive that torch cannot read (truncated, damaged or not torch's)"
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < len(head) + (1 << 27):
+        return "a safetensors file (load it with safetensors.torch.load_file)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if not text.strip() or control_character(text) is not None:
+        return "binary data of an unknown format"
+    return f"a text file beginning {text.strip().splitlines()[0][:40]!r}"
+
+
+def _starts_with(path: Path, prefix: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(prefix)) == prefix
+    except OSError:
+        return False
 
 
 def load_checkpoint(
@@ -252,10 +314,12 @@ def load_checkpoint(
     *,
     map_location: Any = "cpu",
     allow_globals: str | Iterable[str] | None = None,
+    expected: str = "",
 ) -> Any:
     """``torch.load`` with ``weights_only=True``: tensors, dicts, lists and numbers load; a
     file whose unpickling needs other globals (and so could run code) is refused with a
-    :class:`CheckpointError` that names them and the opt-in.
+    :class:`CheckpointError` that names them and the opt-in. A file torch cannot read at all
+    is refused saying what it is (:func:`describe_file`) and what is ``expected`` there.
 
     The opt-in: ``allow_globals`` (names as for :func:`allowed_global_names`, e.g. the value of
     ``--allow-pickle-globals``) and ``$DPOCLAIMS_ALLOW_PICKLE_GLOBALS`` allow exactly the named
@@ -274,16 +338,23 @@ def load_checkpoint(
             refused = unsafe_globals_in_checkpoint(path) or [
                 name if "." in name else f"builtins.{name}" for name in _REFUSED_GLOBAL.findall(str(exc))
             ]
-            if refused:
+            torch_file = _starts_with(path, b"PK\x03\x04") or _starts_with(path, _LEGACY_TORCH_MAGIC)
+            if refused and torch_file:
                 names = ",".join(refused)
                 raise CheckpointError(
                     f"{what} {path} needs pickle globals that safe loading refuses: {', '.join(refused)}. "
                     "Unpickling them can run code from the file. If you trust this file, allow exactly "
                     f"these with {PICKLE_GLOBALS_OPTION} {names} or {PICKLE_GLOBALS_ENV}={names}"
                 ) from None
+            if torch_file:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointError(
+                    f"cannot read {what} {path} (corrupt, or not a plain torch file): {reason}. {expected}".rstrip()
+                ) from None
             raise CheckpointError(
-                f"cannot read {what} {path} (corrupt, or not a plain torch file): {exc}"
-            ) from exc
+                f"cannot read {what} {path} (corrupt, or not a plain torch file): it is {describe_file(path)}, not "
+                f"a file torch.save wrote. {expected}".rstrip()
+            ) from None
 
 
 def ensure_writable_dir(path: Path, what: str, remedy: str, error: type[Exception]) -> Path:

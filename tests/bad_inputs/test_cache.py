@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from bad_inputs.bench import (
@@ -321,6 +322,79 @@ def cache_entry_locked_by_another_process(b: Bench):
         "built": (root / "things" / "k" / "x").read_text(),
         "waited": time.monotonic() - started > LOCK_NOTICE_S,
     }
+
+
+# ---- a read-only cache: a fully cached run reads it without a write lock; a missing entry names the fix
+
+_READ_THE_SUITE_CACHE = textwrap.dedent("""
+    import hashlib, sys
+    from pathlib import Path
+    import torch
+
+    torch.set_num_threads(1)
+    from dpoclaims.errors import DpoclaimsError
+    from dpoclaims.plugin.options import SuiteOptions
+    from dpoclaims.plugin.resources import load_suite_pair, suite_cache, suite_measurements
+
+    spec, root = sys.argv[1], Path(sys.argv[2])
+    options = SuiteOptions(pair=spec, max_prompts=None, cache_dir=root, reports_dir=root.parent / "reports",
+                           convention="v1", scorer="lexicon", dtype="float32", device_map=None, perplexity="claims")
+    try:
+        cache = suite_cache(options)
+        measurements = suite_measurements(load_suite_pair(options, cache), cache, options)
+        decomposition = measurements.decomposition
+        print(hashlib.sha256(decomposition.contribution_per_prompt.numpy().tobytes()).hexdigest())
+        print(measurements.perplexity("base"))
+    except DpoclaimsError as exc:
+        print(f"{type(exc).__name__}: {exc}")
+        sys.exit(3)
+""")
+
+
+def _read_only(b: Bench, cache_root: Path) -> list[str]:
+    """Run the suite's cache, pair and measurements on ``cache_root`` mounted read-only: the
+    lines it prints (a digest of the decomposition and a perplexity, or the error); skips where
+    no read-only mount can be made."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare command to make a read-only mount")
+    script = b.tmp / "read_the_suite_cache.py"
+    script.write_text(_READ_THE_SUITE_CACHE)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    shell = (
+        f"mount --bind '{cache_root}' '{cache_root}' && mount -o remount,bind,ro '{cache_root}' || exit 77; "
+        f"exec '{sys.executable}' '{script}' '{b.measured.spec}' '{cache_root}'"
+    )
+    done = subprocess.run(
+        [unshare, "--mount", "sh", "-c", shell], capture_output=True, text=True, timeout=300
+    )
+    if done.returncode == 77 or "unshare failed" in done.stderr:
+        pytest.skip(f"cannot make a read-only mount here: {done.stderr.strip()}")
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+@case("suite-cache-read-only-fully-cached--the-same-numbers-without-a-lock", "recovery")
+def suite_cache_read_only_fully_cached(b: Bench):
+    root = b.tmp / "cache_ro"
+    written = subprocess.run(
+        [sys.executable, "-c", _READ_THE_SUITE_CACHE, str(b.measured.spec), str(root)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr[-3000:]
+    return {"lines": written.stdout.splitlines()}, {"lines": _read_only(b, root)}
+
+
+@case(
+    "suite-cache-read-only-missing-an-entry--refused-naming-cache-dir",
+    "error",
+    CacheError,
+    r"capture/\w+ is not in the cache at .*cache_ro, and cache directory .*cache_ro is not writable "
+    r"\(Read-only file system\); set --cache-dir or \$DPOCLAIMS_CACHE to a writable directory",
+)
+def suite_cache_read_only_missing_an_entry(b: Bench):
+    (last,) = _read_only(b, b.tmp / "cache_ro")[-1:]
+    raise CacheError(last.split(": ", 1)[1])
 
 
 test_case = catalogue_test(CASES)

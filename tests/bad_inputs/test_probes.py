@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import pickle
+from typing import Any
+
+import numpy as np
 import torch
+from safetensors.torch import save_file
 from tiny import D_MODEL
 
 from bad_inputs.bench import Bench, Case, catalogue_test, registrar
@@ -108,6 +113,82 @@ def probe_a_row_or_a_linear_layer(b: Bench):
 )
 def probe_a_column(b: Bench):
     b.load(b.spec(probe=str(b.probe(torch.randn(D_MODEL, 1)))))
+
+
+# ---- a probe file that is not a tensor says what it is and what is expected
+
+_EXPECTED = (
+    rf"A probe is a file torch\.save wrote, holding a tensor of shape \({D_MODEL},\) or \(1, {D_MODEL}\) \(or a "
+    r"dict with it under 'weight'\)"
+)
+
+
+def _written_probe(id: str, what: str, write: Any) -> None:
+    @case(
+        id,
+        "error",
+        CheckpointError,
+        rf"cannot read probe .*probe\.pt \(corrupt, or not a plain torch file\): it is {what}.*, not a file "
+        rf"torch\.save wrote\. {_EXPECTED}",
+    )
+    def written_probe(b: Bench):
+        write(b.tmp / "probe.pt")
+        b.load(b.spec(probe=str(b.tmp / "probe.pt")))
+
+
+def _pickled(value: Any) -> Any:
+    return lambda path: path.write_bytes(pickle.dumps(value))
+
+
+_written_probe(
+    "probe-a-python-pickle-of-a-tensor--refused-saying-what-it-is",
+    r"a Python pickle \(written by pickle\.dump\) that needs torch\._utils\._rebuild_tensor_v2",
+    _pickled(torch.randn(D_MODEL)),
+)
+_written_probe(
+    "probe-a-python-pickle-of-numbers--refused-saying-what-it-is",
+    r"a Python pickle \(written by pickle\.dump\) of plain values",
+    _pickled([0.5] * D_MODEL),
+)
+_written_probe(
+    "probe-a-numpy-npy-file--refused-saying-what-it-is",
+    r"a NumPy \.npy file \(np\.save\)",
+    lambda path: np.save(open(path, "wb"), np.ones(D_MODEL)),
+)
+_written_probe(
+    "probe-a-safetensors-file--refused-saying-what-it-is",
+    r"a safetensors file",
+    lambda path: save_file({"weight": torch.ones(D_MODEL)}, str(path)),
+)
+_written_probe(
+    "probe-a-text-file-of-numbers--refused-saying-what-it-is",
+    r"a text file beginning '0\.1 0\.2 0\.3'",
+    lambda path: path.write_text("0.1 0.2 0.3\n"),
+)
+
+
+@case(
+    "probe-a-dict-without-weight--refused-listing-its-keys",
+    "error",
+    CheckpointError,
+    r"probe .*probe\.pt' holds a dict with the keys \['direction', 'layer'\], not a tensor: save the probe direction "
+    r"itself \(torch\.save\(tensor\)\) or a dict with it under 'weight'",
+)
+def probe_a_dict_without_weight(b: Bench):
+    b.load(b.spec(probe=str(b.probe({"direction": torch.randn(D_MODEL), "layer": 3}))))
+
+
+@case(
+    "dpo-pt-a-python-pickle--refused-saying-what-it-is",
+    "error",
+    CheckpointError,
+    r"cannot read state-dict file .*dpo\.pt \(corrupt, or not a plain torch file\): it is a Python pickle "
+    r"\(written by pickle\.dump\) .*not a file torch\.save wrote\. A state-dict file is Lee et al\.'s dpo\.pt",
+)
+def dpo_pt_a_python_pickle(b: Bench):
+    state = torch.load(b.files.dpo_pt, weights_only=True)
+    (b.tmp / "dpo.pt").write_bytes(pickle.dumps(state))
+    b.load(b.spec(dpo=str(b.tmp / "dpo.pt")))
 
 
 test_case = catalogue_test(CASES)

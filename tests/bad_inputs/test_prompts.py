@@ -7,9 +7,22 @@ import gzip
 import json
 import unicodedata
 from dataclasses import replace
+from pathlib import Path
 
-from bad_inputs.bench import PROMPTS, SETTINGS, Bench, Case, catalogue_test, registrar
-from dpoclaims.errors import CheckpointError, TooFewPromptsError
+from tiny import write_spec
+
+from bad_inputs.bench import (
+    NEUTRAL,
+    PROMPTS,
+    SETTINGS,
+    Bench,
+    Case,
+    ExitedNonZero,
+    catalogue_test,
+    cli,
+    registrar,
+)
+from dpoclaims.errors import CheckpointError, ContextWindowError, TooFewPromptsError
 from dpoclaims.measure.measurements import Measurements
 from dpoclaims.measure.prompts import UnusablePromptSet
 
@@ -360,6 +373,101 @@ def prompts_dropped_the_report_header_says_what_and_why(b: Bench):
         "header": header["prompt_selection"],
         "in claims.md": why in markdown,
     }
+
+
+# ---- context windows: checked against the prompts and continuations, perplexity texts cut to them
+
+
+def _short_context_spec(b: Bench, positions: int, **extras: str) -> Path:
+    """A pair of tiny models with ``positions`` positions, the 12 prompts and two neutral texts."""
+    make_gpt2 = b.request.getfixturevalue("make_gpt2")
+    root = b.tmp / f"positions_{positions}"
+    for seed, side in enumerate(("base", "dpo")):
+        make_gpt2(seed, n_positions=positions).save_pretrained(root / side)
+    (root / "prompts.json").write_text(json.dumps(PROMPTS))
+    (root / "neutral.json").write_text(json.dumps(NEUTRAL))
+    return write_spec(
+        root / "pair.toml",
+        name="short",
+        base="base",
+        dpo="dpo",
+        probe=str(b.files.probe),
+        tokenizer=str(b.files.tokenizer),
+        extras={"challenge_prompts": "prompts.json", "neutral_texts": "neutral.json", **extras},
+    )
+
+
+_TOO_SHORT = (
+    r"the models of pair 'short' have 16 positions, but the longest challenge prompt is \d+ tokens and each "
+    r"continuation adds 20: generation would run past the last position\. Use a model with at least \d+ "
+    r"positions, or shorter prompts"
+)
+
+
+@case(
+    "pair-of-16-positions-with-prompts-and-continuations-longer--refused-naming-both",
+    "error",
+    ContextWindowError,
+    _TOO_SHORT,
+)
+def pair_of_16_positions_with_prompts_and_continuations_longer(b: Bench):
+    b.measurements(b.load(_short_context_spec(b, 16)))
+
+
+@case(
+    "info-on-a-pair-of-16-positions--exit-2-naming-the-positions",
+    "error",
+    ExitedNonZero,
+    r"^exit 2: dpoclaims: error: " + _TOO_SHORT,
+)
+def info_on_a_pair_of_16_positions(b: Bench):
+    cli(b, "info", "--pair", str(_short_context_spec(b, 16)), "--device", "cpu")
+
+
+@case(
+    "perplexity-window-beyond-the-positions--refused-naming-both",
+    "error",
+    ContextWindowError,
+    r"the spec's perplexity_window 128 exceeds the 64 positions of the models of pair 'short'; set it to 64 or "
+    r"less",
+)
+def perplexity_window_beyond_the_positions(b: Bench):
+    b.measurements(b.load(_short_context_spec(b, 64, perplexity_window="128")))
+
+
+@case("neutral-text-longer-than-the-positions--perplexity-scored-within-them", "recovery")
+def neutral_text_longer_than_the_positions(b: Bench):
+    """Each text is scored on its first 64 tokens, the models' positions (not 1,024)."""
+    from dpoclaims.measure.metrics import perplexity_rows
+
+    long_text = " ".join(f"the plan {i} seems fair" for i in range(40))
+    pair = b.load(_short_context_spec(b, 64))
+    assert len(pair.tokenizer(long_text)["input_ids"]) > 64
+    (b.tmp / "long.json").write_text(json.dumps([long_text, NEUTRAL[0]]))
+    extras = {**pair.spec.extras, "neutral_texts": str(b.tmp / "long.json")}
+    measurements = b.measurements(replace(pair, spec=replace(pair.spec, extras=extras)))
+    nll, tokens = measurements.perplexity_rows("base")
+    expected_nll, expected_tokens = perplexity_rows(
+        pair.base, pair.tokenizer, [long_text, NEUTRAL[0]], max_tokens=64
+    )
+    return {"tokens": expected_tokens.tolist(), "nll": expected_nll.tolist()}, {
+        "tokens": tokens.tolist(),
+        "nll": nll.tolist(),
+    }
+
+
+@case(
+    "generation-past-the-positions--refused-naming-them",
+    "error",
+    ContextWindowError,
+    r"generation of 20 tokens after a prompt of \d+ tokens needs \d+ positions; the model has 16",
+)
+def generation_past_the_positions(b: Bench):
+    """Any generation (the continuation F1 on held-out texts too), not an IndexError from the embedding."""
+    from dpoclaims.measure.generation import greedy_generate
+
+    pair = b.load(_short_context_spec(b, 16))
+    greedy_generate(pair.base, pair.tokenizer, [PROMPTS[0]], progress=False)
 
 
 test_case = catalogue_test(CASES)

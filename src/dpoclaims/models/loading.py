@@ -97,6 +97,16 @@ def mlp_layout(config: PretrainedConfig) -> MLPLayout:
     return MLPLayout(kind, int(n_layers), int(d_model), int(d_mlp))
 
 
+def model_positions(config: PretrainedConfig) -> int | None:
+    """The positions a model has (GPT-2's ``n_positions``, ``max_position_embeddings``
+    elsewhere): the longest sequence it can be fed; None when its config names none."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _looks_local(source: str) -> bool:
     return (
         source.startswith((".", "/", "~"))
@@ -307,7 +317,12 @@ def load_hf_model(
 def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Lee et al.'s format: ``torch.load(path)["state"]`` with Hugging Face key names.
     A bare state dict is accepted too."""
-    payload = load_checkpoint(path, "state-dict file")
+    payload = load_checkpoint(
+        path,
+        "state-dict file",
+        expected="A state-dict file is Lee et al.'s dpo.pt: torch.save({'state': model.state_dict()}, path), with "
+        "Hugging Face key names (or the state dict itself)",
+    )
     state = payload.get("state", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(

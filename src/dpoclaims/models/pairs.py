@@ -46,6 +46,7 @@ from dpoclaims.models.loading import (
     load_tokenizer,
     mlp_layout,
     model_from_state_dict,
+    model_positions,
     read_state_dict_file,
 )
 
@@ -208,6 +209,11 @@ class ModelPair:
     spec: PairSpec
 
     @property
+    def positions(self) -> int | None:
+        """The positions both models have (their configs agree): the longest sequence they take."""
+        return model_positions(self.base.config)
+
+    @property
     def unit_probe(self) -> torch.Tensor:
         return self.probe / self.probe.norm()
 
@@ -245,12 +251,21 @@ def load_probe(source: str, d_model: int) -> torch.Tensor:
     ``(1, d_model)``, or a linear layer's state dict whose ``weight`` has one of these shapes;
     any other shape is refused (never reshaped). A probe whose norm overflows (or underflows)
     float32 is rescaled by a power of two, which keeps its direction exactly."""
-    payload = load_checkpoint(Path(source).expanduser(), "probe")
+    expected = (
+        f"A probe is a file torch.save wrote, holding a tensor of shape ({d_model},) or (1, {d_model}) (or a dict "
+        "with it under 'weight'): load yours where you trust it and save it with torch.save(tensor, path)"
+    )
+    payload = load_checkpoint(Path(source).expanduser(), "probe", expected=expected)
     if isinstance(payload, dict) and "weight" in payload:
         payload = payload["weight"]
     if not isinstance(payload, torch.Tensor):
+        held = (
+            f"a dict with the keys {sorted(map(str, payload))}"
+            if isinstance(payload, dict)
+            else (f"a {type(payload).__name__}")
+        )
         raise CheckpointError(
-            f"probe {source!r} holds a {type(payload).__name__}, not a tensor: save the probe direction "
+            f"probe {source!r} holds {held}, not a tensor: save the probe direction "
             "itself (torch.save(tensor)) or a dict with it under 'weight'"
         )
     if tuple(payload.shape) not in ((d_model,), (1, d_model)):

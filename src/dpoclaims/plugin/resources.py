@@ -22,7 +22,7 @@ import pytest
 from dpoclaims.cache import Cache
 from dpoclaims.claims.checks import recorded_passes
 from dpoclaims.claims.results import ClaimResult, Expectation
-from dpoclaims.errors import CacheError, DpoclaimsError, MissingDownload
+from dpoclaims.errors import CacheError, ContextWindowError, DpoclaimsError, MissingDownload
 from dpoclaims.files import pickle_globals_allowed
 from dpoclaims.hooks.bridge import pair_bridge
 from dpoclaims.measure.capture import Capture
@@ -59,9 +59,18 @@ def suite_options(pytestconfig: pytest.Config) -> SuiteOptions:
     return pytestconfig.stash[OPTIONS_KEY]
 
 
+def suite_cache(options: SuiteOptions) -> Cache:
+    """The suite's cache. Where its directory cannot be written (a read-only mount), it is read
+    only: a fully cached run needs no write and no lock, and a missing entry fails naming the
+    cache and the fix (--cache-dir)."""
+    cache = Cache(options.cache_dir)
+    why = cache.writable()
+    return cache if why is None else cache.reader(why=why)
+
+
 @pytest.fixture(scope="session")
 def dpoclaims_cache(suite_options: SuiteOptions) -> Cache:
-    return Cache(suite_options.cache_dir)
+    return suite_cache(suite_options)
 
 
 def load_suite_pair(options: SuiteOptions, cache: Cache) -> ModelPair:
@@ -124,6 +133,8 @@ def suite_measurements(pair: ModelPair, cache: Cache, options: SuiteOptions) -> 
         return Measurements(pair, cache, measurement_settings(pair, options), recorded_passes=recorded_passes)
     except MissingPromptSet as exc:
         pytest.skip(str(exc))
+    except ContextWindowError as exc:  # the models' positions, not the prompt files
+        pytest.fail(str(exc), pytrace=False)
     except DpoclaimsError as exc:
         pytest.fail(f"the prompt sets of pair {pair.name!r} cannot be used: {exc}", pytrace=False)
 
@@ -205,7 +216,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         return (yield)
     except MissingPromptSet as exc:
         raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
-    except UnusablePromptSet as exc:
+    except (UnusablePromptSet, ContextWindowError) as exc:
         raise pytest.fail.Exception(str(exc), pytrace=False) from None
     except CacheError as exc:
         raise _cache_failure(item, exc) from None
