@@ -253,13 +253,14 @@ def _edit_json(path, edit) -> None:
 
 
 def test_fingerprint_changes_with_the_config(tmp_path, gpt2_pair_files, dir_loaded, sample_batch):
-    """The same weights under another activation function compute something else: another pair."""
+    """The same weights under another activation function compute something else: another pair
+    (both sides changed: a DPO side of another function than its base is refused)."""
     base = _copy_dir(gpt2_pair_files.base, tmp_path / "base")
+    dpo = _copy_dir(gpt2_pair_files.dpo, tmp_path / "dpo")
     assert json.loads((base / "config.json").read_text())["activation_function"] == "gelu_new"
-    _edit_json(base / "config.json", lambda config: config.__setitem__("activation_function", "relu"))
-    spec = write_spec(
-        tmp_path / "pair.toml", base=str(base), dpo=str(gpt2_pair_files.dpo), probe=str(gpt2_pair_files.probe)
-    )
+    for side in (base, dpo):
+        _edit_json(side / "config.json", lambda config: config.__setitem__("activation_function", "relu"))
+    spec = write_spec(tmp_path / "pair.toml", base=str(base), dpo=str(dpo), probe=str(gpt2_pair_files.probe))
     relu = load_pair(spec, cache=Cache(tmp_path / "c"))
     assert relu.fingerprint != dir_loaded.fingerprint
     assert not torch.equal(run_logits(relu.base, sample_batch), run_logits(dir_loaded.base, sample_batch))

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from tiny import tiny_toy_config
 
 from dpoclaims.cache import Cache, read_manifest_meta, verify_entry
-from dpoclaims.errors import BrokenOrganismError
+from dpoclaims.errors import BrokenOrganismError, UnknownPairError
+from dpoclaims.models.pairs import PairSpec
 from dpoclaims.train import named_pairs
 from dpoclaims.train.bands import failed_bands
 from dpoclaims.train.named_pairs import load_pair
@@ -116,8 +117,12 @@ def test_toy_extras(tiny_toy_dir):
 
 
 def test_toy_pair_loads(tiny_toy_dir):
+    """The toy's own pair.toml loads (as the named pair does); passed as a spec of the user's it is
+    refused, since its name 'toy' would borrow the default toy's expectations."""
     config = tiny_toy_config()
-    pair = load_pair(tiny_toy_dir / "pair.toml")
+    with pytest.raises(UnknownPairError, match="is named 'toy', the name of a built-in pair"):
+        load_pair(tiny_toy_dir / "pair.toml")
+    pair = load_pair(PairSpec.from_file(tiny_toy_dir / "pair.toml"))
     assert pair.name == "toy"
     assert pair.layout.kind == "gpt2"
     assert (pair.layout.n_layers, pair.layout.d_model, pair.layout.d_mlp) == (
@@ -151,7 +156,7 @@ def test_named_toy_pair_goes_through_ensure_toy(tiny_toy_dir, tiny_toy_cache, mo
         calls.clear()
     pair = load_pair("toy", cache=tiny_toy_cache)
     assert calls == [tiny_toy_cache]
-    assert pair.fingerprint == load_pair(tiny_toy_dir).fingerprint
+    assert pair.fingerprint == load_pair(PairSpec.from_file(tiny_toy_dir / "pair.toml")).fingerprint
 
 
 def test_a_toy_built_under_other_library_versions_is_not_reused_silently(monkeypatch):

@@ -120,7 +120,10 @@ def test_a_run_that_changes_no_weight_is_refused(tmp_path, gpt2_pair_files, toke
 
     rows = _read_rows(6)
     model = load_hf_model(str(gpt2_pair_files.base))
-    settings = DPOSettings(learning_rate=0.0, batch_size=2, eval_every=10, warmup_steps=0, max_length=48)
+    settings = DPOSettings(learning_rate=1e-3, batch_size=2, eval_every=10, warmup_steps=0, max_length=48)
+    # A learning rate of 0 is refused as a setting; set past the check, it stands for any run that
+    # ends with no weight changed, which the run itself must refuse.
+    object.__setattr__(settings, "learning_rate", 0.0)
     with pytest.raises(TrainingError) as info:
         train_dpo_run(model, tokenizer, rows[:4], rows[4:], settings, progress=False)
     message = str(info.value)

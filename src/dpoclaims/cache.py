@@ -104,15 +104,25 @@ class NotCached(CacheError):
 class Cache:
     """Entries addressed by ``(kind, key)``; see the module docstring.
 
-    A ``read_only`` cache never builds: a missing or corrupt entry raises :class:`NotCached`.
+    A ``read_only`` cache never builds, locks or writes: a missing or corrupt entry raises
+    :class:`NotCached` (saying ``why`` the cache is read-only, when given).
     """
 
-    def __init__(self, root: Path | str | None = None, *, read_only: bool = False) -> None:
+    def __init__(self, root: Path | str | None = None, *, read_only: bool = False, why: str = "") -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_root()
         self.read_only = read_only
+        self.why = why  # why a read-only cache is read-only (e.g. its directory is not writable)
 
-    def reader(self) -> Cache:
-        return Cache(self.root, read_only=True)
+    def reader(self, why: str = "") -> Cache:
+        return Cache(self.root, read_only=True, why=why)
+
+    def writable(self) -> str | None:
+        """None when entries can be built here, else why not (one line, with what to do)."""
+        try:
+            self.check_writable()
+        except CacheError as exc:
+            return str(exc)
+        return None
 
     def entry_dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -126,13 +136,15 @@ class Cache:
         the order of independent builds (e.g. two pytest-xdist workers that both need two
         entries each build one), never a guarantee."""
         directory = self.entry_dir(kind, key)
-        if self.read_only or not directory.parent.is_dir():
-            return False
+        if self.read_only or not directory.parent.is_dir() or (directory / MANIFEST).is_file():
+            return False  # (a built entry needs no lock to be read)
         lock = FileLock(str(directory) + ".lock", timeout=0)
         try:
             lock.acquire()
         except Timeout:
             return True
+        except OSError:  # a lock file cannot be made here (a read-only cache): nobody builds here
+            return False
         lock.release()
         return False
 
@@ -159,7 +171,9 @@ class Cache:
         if verify_entry(directory) is None:
             return directory
         if self.read_only:
-            raise NotCached(f"{kind}/{key} is not in the cache at {self.root}")
+            raise NotCached(
+                f"{kind}/{key} is not in the cache at {self.root}" + (f", and {self.why}" if self.why else "")
+            )
         self.check_writable(kind)
         with self._build_lock(directory):
             started = time.time()

@@ -213,6 +213,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pair = load_pair(args.pair, cache=_cache(args), device=device)
     elapsed = time.perf_counter() - start
+    # What the claims would feed the models must fit their positions (the default settings).
+    from dpoclaims.measure.generation import GenerationSettings
+    from dpoclaims.measure.measurements import check_context_window
+    from dpoclaims.measure.prompts import pair_texts
+
+    prompts = pair_texts(pair, "challenge_prompts") if "challenge_prompts" in pair.spec.extras else []
+    check_context_window(pair, prompts, GenerationSettings())
     layout = pair.layout
     print(
         json.dumps(
@@ -237,25 +244,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_train_dpo(args: argparse.Namespace) -> int:
     from dpoclaims.train.dpo import DPOSettings, train_dpo_from_files
 
-    positive = {
-        "--batch-size": args.batch_size,
-        "--max-epochs": args.max_epochs,
-        "--eval-every": args.eval_every,
-    }
-    for option, value in positive.items():
-        if value < 1:
-            raise OptionError(f"{option} must be at least 1, not {value}")
-    if not args.lr > 0:
-        raise OptionError(f"--lr must be positive, not {args.lr}: at {args.lr} no weight would change")
-    if args.warmup_steps < 0 or args.patience < 1:
-        raise OptionError("--warmup-steps must be at least 0 and --patience at least 1")
     if not 0 < args.val_fraction < 1:
         raise OptionError(f"--val-fraction must be between 0 and 1, not {args.val_fraction}")
     _check_seed(args.seed)
-    # Never write over what the run reads: --out may not be, or hold, the base or the pairs file.
-    refuse_output_over_inputs(Path(args.out), "--out", {"--base": args.base, "--pairs": args.pairs})
-    _check_new_model_dir(Path(args.out))
-    _device(args)  # a bad --device fails before anything is read
+    # Every training setting is checked (finite, in range) before anything is read or written.
     settings = DPOSettings(
         beta=args.beta,
         learning_rate=args.lr,
@@ -268,6 +260,10 @@ def cmd_train_dpo(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         seed=args.seed,
     )
+    # Never write over what the run reads: --out may not be, or hold, the base or the pairs file.
+    refuse_output_over_inputs(Path(args.out), "--out", {"--base": args.base, "--pairs": args.pairs})
+    _check_new_model_dir(Path(args.out))
+    _device(args)  # a bad --device fails before anything is read
     summary = train_dpo_from_files(
         args.base,
         Path(args.pairs),

@@ -33,6 +33,11 @@ class OptionError(DpoclaimsError):
     """An unknown or invalid option value."""
 
 
+class TextFileError(CheckpointError):
+    """A text file (prompts, texts, DPO pairs, a spec) that is not text in an encoding it can be
+    read in, or that holds NUL or other control characters a model would be fed."""
+
+
 class MissingDownload(CheckpointError):
     """An optional download the user has not provided (the paper pair without its files, a hub
     model not in the local cache while offline). The claims suite skips on this error alone:
@@ -57,6 +62,11 @@ class DegenerateProbeError(CheckpointError):
 
 class IdenticalModelsError(PairMismatchError):
     """A DPO side whose weights all equal its base's: there is no fine-tune to study."""
+
+
+class ContextWindowError(PairMismatchError):
+    """A model whose positions cannot hold what a measurement feeds it (a prompt and its
+    continuation, a perplexity window)."""
 
 
 class TooFewPromptsError(DpoclaimsError):

@@ -77,9 +77,12 @@ def recovered(m: Measurements, intervention: Intervention, rows: np.ndarray | No
 def perplexity_increase(
     nll: np.ndarray, reference_nll: np.ndarray, counts: np.ndarray, axis: int = 0
 ) -> np.ndarray:
-    """Perplexity over the reference's, minus 1, from per-row NLL sums over the same rows and tokens."""
-    total = np.maximum(np.sum(counts, axis=axis), 1)
-    return np.exp((np.sum(nll, axis=axis) - np.sum(reference_nll, axis=axis)) / total) - 1
+    """Perplexity over the reference's, minus 1, from per-row NLL sums over the same rows and tokens
+    (undefined, NaN, where no token was scored)."""
+    total = np.sum(counts, axis=axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.exp((np.sum(nll, axis=axis) - np.sum(reference_nll, axis=axis)) / total) - 1
+    return np.where(total > 0, ratio, np.nan)
 
 
 def perplexity_vs(
@@ -325,6 +328,7 @@ class DecompositionStatistics:
             )
             / 2,
             "peak position": per_layer.argmax(-1) / max(self.n_layers - 1, 1),
+            "peak reduction": per_layer.max(-1),  # the peak layer's net reduction: a peak must reduce
             # Pearson r over neurons between the activation change and the cosine
             "r": (change @ cos) / (np.linalg.norm(change, axis=1) * np.linalg.norm(cos)),
         }
@@ -488,7 +492,8 @@ def c8_peak_layer(m: Measurements) -> Measured:
         "last_third_from_layer": late.start,
         "per_layer": layers["total"].tolist(),
     }
-    return Measured({"position": Figure(position)}, details, null=f.null["peak position"])
+    reduces = (("the largest per-layer net reduction", f.estimates["peak reduction"]),)
+    return Measured({"position": Figure(position, reduces)}, details, null=f.null["peak position"])
 
 
 @claim("C8[late-groups]")

@@ -26,12 +26,21 @@ import logging
 import math
 import os
 import random
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
 from dpoclaims.errors import CheckpointError, OptionError
+from dpoclaims.files import (
+    DuplicateKeyError,
+    control_character,
+    describe_control,
+    loads_json,
+    read_text_file,
+    text_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +68,6 @@ def _open_text(path: Path) -> IO[str]:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
     return path.open("r", encoding="utf-8-sig", newline="")
-
-
-def _stem_suffix(path: Path) -> str:
-    """The format suffix, ignoring a trailing ``.gz`` (``prompts.jsonl.gz`` -> ``.jsonl``)."""
-    return Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
 
 
 def _source_path(path: str | Path | None, env: str) -> Path | None:
@@ -116,8 +120,47 @@ def row_text(row: dict[str, Any], where: str) -> str:
     return prompt
 
 
-def _read_rtp_jsonl(path: Path) -> tuple[list[str], bool]:
-    """The challenge prompts of a JSONL file and whether the file carried ``challenging`` flags.
+#: Suffixes (in any case; a trailing ``.gz`` aside) that name a prompt file's format when its
+#: content does not show it.
+PROMPT_FORMATS = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "lines", ".text": "lines"}
+
+
+def _format_suffix(path: Path) -> str:
+    """The format suffix in lower case, a trailing ``.gz`` aside (``prompts.JSONL.GZ`` -> ``.jsonl``)."""
+    suffix = path.suffix.lower()
+    return Path(path.stem).suffix.lower() if suffix == ".gz" else suffix
+
+
+def prompt_file_format(path: Path, text: str) -> str:
+    """``"json"`` (a list of strings), ``"jsonl"`` (an object a line) or ``"lines"`` (a text a
+    line): by content where it is unambiguous (a whole JSON list; every line a ``{...}`` object),
+    else by the suffix in any case (:data:`PROMPT_FORMATS`), else lines."""
+    stripped = text.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        try:
+            json.loads(stripped)
+            return "json"
+        except ValueError:
+            pass
+    rows = [line.strip() for line in text_lines(text) if line.strip()]
+    if rows and all(row.startswith("{") and row.endswith("}") for row in rows):
+        return "jsonl"
+    return PROMPT_FORMATS.get(_format_suffix(path), "lines")
+
+
+def _checked_prompt(text: str, where: str) -> str:
+    """``text``, refused when it holds a control character (a JSON escape such as ``\\u0000``
+    puts one in a prompt that the file's bytes do not show)."""
+    found = control_character(text)
+    if found is not None:
+        raise DataFileError(
+            f"{where} holds {describe_control(found[1])}: the model would be fed it; remove it"
+        )
+    return text
+
+
+def _jsonl_prompts(path: Path, text: str) -> tuple[list[str], bool]:
+    """The prompts of JSONL rows and whether the rows carried ``challenging`` flags.
 
     A file without any flag is taken as already filtered (every row kept). In a file with
     flags, a row without one counts as not challenging.
@@ -125,35 +168,59 @@ def _read_rtp_jsonl(path: Path) -> tuple[list[str], bool]:
     kept: list[str] = []
     unflagged: list[str] = []
     flagged = False
-    try:
-        with _open_text(path) as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path} line {number}"
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise DataFileError(f"{where} is not JSON: {exc}") from exc
-                if not isinstance(row, dict):
-                    raise DataFileError(f"{where} is a JSON {type(row).__name__}, expected an object")
-                if "challenging" in row:
-                    flagged = True
-                    if _is_true(row["challenging"]):
-                        kept.append(row_text(row, where))
-                else:
-                    unflagged.append(row_text(row, where))
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise DataFileError(f"cannot read {path}: {exc}") from exc
+    for number, line in enumerate(text_lines(text), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            row = loads_json(line)
+        except DuplicateKeyError as exc:
+            raise DataFileError(f"{where} gives the key {exc.key!r} twice; give each key once") from None
+        except ValueError as exc:
+            raise DataFileError(f"{where} is not JSON: {exc}") from exc
+        if not isinstance(row, dict):
+            raise DataFileError(f"{where} is a JSON {type(row).__name__}, expected an object")
+        prompt = _checked_prompt(row_text(row, where), f"the prompt on {where}")
+        if "challenging" in row:
+            flagged = True
+            if _is_true(row["challenging"]):
+                kept.append(prompt)
+        else:
+            unflagged.append(prompt)
     return (kept, True) if flagged else (unflagged, False)
+
+
+def read_prompt_file(path: Path, what: str = "prompt file") -> tuple[list[str], bool]:
+    """The texts of a prompt or text file and whether they were filtered from a file flagged
+    with ``challenging`` (RealToxicityPrompts' ``prompts.jsonl``): the one reader of prompt files.
+
+    The encoding is found (:func:`dpoclaims.files.decode_text`: UTF-8, UTF-16 or UTF-32, with or
+    without a byte-order mark; NUL and other control characters refused), the format too
+    (:func:`prompt_file_format`: a JSON list of strings, JSONL with a ``prompt.text``, ``prompt``
+    or ``text`` field, or a text a line); a ``.gz`` file is read gunzipped. A JSON object that
+    gives a key twice is refused.
+    """
+    text = read_text_file(path, what)
+    form = prompt_file_format(path, text)
+    if form == "jsonl":
+        return _jsonl_prompts(path, text)
+    if form == "json":
+        try:
+            data = loads_json(text)
+        except ValueError as exc:
+            raise DataFileError(f"{path} is not JSON: {exc}") from exc
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+            raise DataFileError(f"{path} must hold a JSON list of prompt strings")
+        return [_checked_prompt(x, f"prompt {i} of {path}") for i, x in enumerate(data, start=1)], False
+    return [line for line in text_lines(text) if line.strip()], False
 
 
 def read_rtp_file(path: str | Path) -> tuple[list[str], bool]:
     """Challenge prompts from a local file and whether they were filtered from a flagged file.
 
-    Accepted: the original ``prompts.jsonl`` (optionally gzipped, or a directory holding it),
-    filtered on ``challenging``; a JSON list of strings; a plain text file (a prompt a line).
-    The last two are taken as already filtered.
+    Accepted (:func:`read_prompt_file`): the original ``prompts.jsonl`` (optionally gzipped, or a
+    directory holding it), filtered on ``challenging``; a JSON list of strings; a plain text file
+    (a prompt a line). The last two are taken as already filtered.
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -166,23 +233,7 @@ def read_rtp_file(path: str | Path) -> tuple[list[str], bool]:
         path = found
     if not path.is_file():
         raise DataFileError(_rtp_missing_message(f"{path} does not exist"))
-    suffix = _stem_suffix(path)
-    if suffix == ".jsonl":
-        return _read_rtp_jsonl(path)
-    try:
-        with _open_text(path) as handle:
-            raw = handle.read()
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise DataFileError(f"cannot read {path}: {exc}") from exc
-    if suffix == ".json":
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise DataFileError(f"{path} is not JSON: {exc}") from exc
-        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-            raise DataFileError(f"{path} must hold a JSON list of prompt strings")
-        return data, False
-    return [line for line in raw.splitlines() if line.strip()], False
+    return read_prompt_file(path)
 
 
 def load_rtp_challenge(path: str | Path | None = None, limit: int | None = None) -> list[str]:
@@ -259,11 +310,9 @@ def load_wikitext2_test(path: str | Path | None = None) -> list[str]:
         source = source / "wiki.test.raw"
     if not source.is_file():
         raise DataFileError(_wikitext_missing_message(f"{source} does not exist"))
-    try:
-        with source.open("r", encoding="utf-8", newline="") as handle:
-            rows = [line if line.strip() else "" for line in handle]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataFileError(f"cannot read {source}: {exc}") from exc
+    text = read_text_file(source, "text file")
+    # Lines with their ends, as a file object without newline translation gives them.
+    rows = [line if line.strip() else "" for line in re.findall(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$", text)]
     if not any(rows):
         raise DataFileError(f"{source} holds no text")
     log.info("Wikitext-2 test: %d rows from %s", len(rows), source)

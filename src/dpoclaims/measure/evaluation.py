@@ -15,7 +15,13 @@ import torch
 
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate
-from dpoclaims.measure.metrics import ContinuationF1, F1Settings, continuation_f1, perplexity_rows
+from dpoclaims.measure.metrics import (
+    PERPLEXITY_MAX_TOKENS,
+    ContinuationF1,
+    F1Settings,
+    continuation_f1,
+    perplexity_rows,
+)
 from dpoclaims.measure.scoring import get_scorer
 from dpoclaims.models.pairs import ModelPair, PairSide
 
@@ -112,15 +118,18 @@ def intervened_perplexity(
     intervention: Intervention = Intervention(),
     *,
     window: int | None = None,
+    max_tokens: int = PERPLEXITY_MAX_TOKENS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (text or window) NLL sums and token counts of one side on ``texts`` under
     ``intervention`` (at every position); see :func:`dpoclaims.measure.metrics.perplexity_rows`.
 
     ``window``: score the joined texts in consecutive windows of that many tokens (the
-    paper's Wikitext-2 set-up); otherwise each text on its own.
+    paper's Wikitext-2 set-up); otherwise each text on its own, on its first ``max_tokens``.
     """
     with intervention.applied(pair.model(side), pair.layout) as model:
-        return perplexity_rows(model, pair.tokenizer, texts, window=window, batch_size=4 if window else 32)
+        return perplexity_rows(
+            model, pair.tokenizer, texts, window=window, max_tokens=max_tokens, batch_size=4 if window else 32
+        )
 
 
 @torch.no_grad()

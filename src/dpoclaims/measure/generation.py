@@ -19,6 +19,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.devices import module_device
+from dpoclaims.errors import ContextWindowError
+from dpoclaims.models.loading import model_positions
 from dpoclaims.progress import track_progress
 
 
@@ -69,6 +71,20 @@ def encode_prompts(
         max_length=max_prompt_tokens,
         add_special_tokens=False,
     )
+
+
+def check_fits(model: PreTrainedModel, prompt_tokens: int, new_tokens: int) -> None:
+    """A :class:`~dpoclaims.errors.ContextWindowError` when a prompt of ``prompt_tokens`` tokens
+    and ``new_tokens`` generated after it do not fit the model's positions (the embedding of a
+    position past the last would fail deep inside the model)."""
+    config = getattr(model, "config", None)  # (a stand-in model in a test may have none)
+    positions = model_positions(config) if config is not None else None
+    if positions is not None and prompt_tokens + new_tokens > positions:
+        raise ContextWindowError(
+            f"generation of {new_tokens} tokens after a prompt of {prompt_tokens} tokens needs "
+            f"{prompt_tokens + new_tokens} positions; the model has {positions}. Use shorter prompts or fewer new "
+            "tokens (GenerationSettings), or a model with more positions"
+        )
 
 
 class BatchObserver(Protocol):
@@ -132,6 +148,7 @@ def greedy_generate(
         )
         input_ids = batch["input_ids"].to(device)  # [batch, prompt_len]
         attention_mask = batch["attention_mask"].to(device)
+        check_fits(model, input_ids.shape[1], settings.max_new_tokens)
         with observer.generating(input_ids, attention_mask) if observer else nullcontext():
             output = generate(
                 input_ids=input_ids,
@@ -186,6 +203,7 @@ def sample_generate(
             tokenizer, prompts[start : start + settings.batch_size], settings.max_prompt_tokens
         )
         input_ids = batch["input_ids"].to(device)  # [batch, prompt_len]
+        check_fits(model, input_ids.shape[1], settings.max_new_tokens)
         torch.manual_seed(sampling.seed + number)
         output = generate(
             input_ids=input_ids,

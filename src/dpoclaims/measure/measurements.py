@@ -17,7 +17,7 @@ of their interventions they capture); this module knows nothing of the claims.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dpoclaims.cache import Cache, stable_hash
-from dpoclaims.errors import DpoclaimsError
+from dpoclaims.errors import ContextWindowError, DpoclaimsError
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.artifact import Artifact, ArtifactT
 from dpoclaims.measure.capture import Capture, Convention, capture
@@ -40,13 +40,13 @@ from dpoclaims.measure.evaluation import (
     score_continuations,
 )
 from dpoclaims.measure.generation import GenerationSettings
-from dpoclaims.measure.metrics import ContinuationF1, F1Settings, perplexity_from_rows
+from dpoclaims.measure.metrics import PERPLEXITY_MAX_TOKENS, ContinuationF1, F1Settings, perplexity_from_rows
 from dpoclaims.measure.prompts import (
     MissingPromptSet,
     UnusablePromptSet,
     challenge_texts,
-    dropped_prompts,
     pair_texts,
+    select_prompts,
 )
 from dpoclaims.models.pairs import ModelPair, PairSide
 from dpoclaims.versions import measurement_versions
@@ -71,6 +71,37 @@ class MeasurementSettings:
     perplexity: PerplexityScope = "claims"  # "all": also for every intervention (paper Table 1)
 
 
+def spec_perplexity_window(pair: ModelPair) -> int | None:
+    """The pair spec's ``perplexity_window`` (tokens per window; checked when the spec was read)."""
+    value = pair.spec.extras.get("perplexity_window")
+    return int(value) if value else None
+
+
+def check_context_window(pair: ModelPair, prompts: Sequence[str], generation: GenerationSettings) -> None:
+    """A :class:`~dpoclaims.errors.ContextWindowError` when the models' positions cannot hold the
+    longest of ``prompts`` (as generation cuts it) and its continuation, or the spec's
+    perplexity window: said when the measurements are set up, before any generation."""
+    positions = pair.positions
+    if positions is None:
+        return
+    if prompts:
+        lengths = pair.tokenizer(list(prompts), add_special_tokens=False, verbose=False)["input_ids"]
+        longest = min(max(len(ids) for ids in lengths), generation.max_prompt_tokens)
+        if longest + generation.max_new_tokens > positions:
+            raise ContextWindowError(
+                f"the models of pair {pair.name!r} have {positions} positions, but the longest challenge prompt is "
+                f"{longest} tokens and each continuation adds {generation.max_new_tokens}: generation would run past "
+                f"the last position. Use a model with at least {longest + generation.max_new_tokens} positions, or "
+                "shorter prompts"
+            )
+    window = spec_perplexity_window(pair)
+    if window is not None and window > positions:
+        raise ContextWindowError(
+            f"the spec's perplexity_window {window} exceeds the {positions} positions of the models of pair "
+            f"{pair.name!r}; set it to {positions} or less"
+        )
+
+
 class Measurements:
     """The measurement cache of one pair under one set of settings."""
 
@@ -92,8 +123,12 @@ class Measurements:
         self._declaration = recorded_passes
         self.progress = progress
         self.prompts = pair_texts(pair, "challenge_prompts", settings.max_prompts)
-        # What usable_prompts dropped from the file (empty or invisible, repeats): the report says it.
-        self.prompts_dropped = dropped_prompts(challenge_texts(pair))
+        check_context_window(pair, self.prompts, settings.generation)
+        # What usable_prompts dropped from the file (empty or invisible, repeats), and why: the
+        # report says it.
+        selection = select_prompts(challenge_texts(pair), settings.max_prompts)
+        self.prompts_dropped = selection.dropped
+        self.prompts_note = selection.note(pair.extra_path("challenge_prompts").name)
         self._in_memory: dict[tuple[str, str, str], Any] = {}
         self._libraries = measurement_versions()
 
@@ -113,9 +148,21 @@ class Measurements:
 
     @cached_property
     def perplexity_window(self) -> int | None:
-        """The spec's ``perplexity_window`` (tokens per window), checked when the spec was read."""
-        value = self.pair.spec.extras.get("perplexity_window")
-        return int(value) if value else None
+        """The spec's ``perplexity_window`` (tokens per window), checked when the spec was read
+        and against the models' positions (:func:`check_context_window`)."""
+        return spec_perplexity_window(self.pair)
+
+    @cached_property
+    def perplexity_cut(self) -> int | None:
+        """Without windows each held-out text is scored on its first
+        :data:`~dpoclaims.measure.metrics.PERPLEXITY_MAX_TOKENS` tokens, or on as many as the
+        models have positions when they have fewer: that count when it cuts some text shorter
+        than the default would (it is then part of the cache key), else None."""
+        positions = self.pair.positions
+        if self.perplexity_window is not None or positions is None or positions >= PERPLEXITY_MAX_TOKENS:
+            return None
+        lengths = self.pair.tokenizer(list(self.neutral_texts), add_special_tokens=False, verbose=False)
+        return positions if any(len(ids) > positions for ids in lengths["input_ids"]) else None
 
     def measure(
         self,
@@ -241,15 +288,22 @@ class Measurements:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``([n_rows], [n_rows])``: per text (or window) NLL sums and token counts of ``side`` on
         the neutral texts."""
-        window = self.perplexity_window
+        window, cut = self.perplexity_window, self.perplexity_cut
 
         def compute() -> PerplexityRows:
             nll, tokens = intervened_perplexity(
-                self.pair, side, self.neutral_texts, intervention, window=window
+                self.pair,
+                side,
+                self.neutral_texts,
+                intervention,
+                window=window,
+                max_tokens=cut or PERPLEXITY_MAX_TOKENS,
             )
             return PerplexityRows(nll, tokens)
 
-        key = {"texts": stable_hash(list(self.neutral_texts)), "window": window}
+        key: dict[str, Any] = {"texts": stable_hash(list(self.neutral_texts)), "window": window}
+        if cut is not None:  # only where it shapes the rows: other pairs keep their entries
+            key["cut_at"] = cut
         rows = self.measure(PerplexityRows, side, intervention, key, compute)
         return rows.nll, rows.tokens
 

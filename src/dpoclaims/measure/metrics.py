@@ -18,6 +18,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dpoclaims.errors import OptionError
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate, model_input_device
 
+#: The most tokens of a held-out text scored on its own (without windows), as the paper's
+#: models take: a model with fewer positions scores each text on as many as it has.
+PERPLEXITY_MAX_TOKENS = 1024
+
 
 @torch.no_grad()
 def perplexity_rows(
@@ -26,7 +30,7 @@ def perplexity_rows(
     texts: Sequence[str],
     *,
     batch_size: int = 32,
-    max_tokens: int = 1024,
+    max_tokens: int = PERPLEXITY_MAX_TOKENS,
     window: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per scored row (a text, or a window): the summed negative log-likelihood and the number
@@ -77,7 +81,7 @@ def perplexity(
     texts: Sequence[str],
     *,
     batch_size: int = 32,
-    max_tokens: int = 1024,
+    max_tokens: int = PERPLEXITY_MAX_TOKENS,
     window: int | None = None,
 ) -> float:
     """Token-level perplexity over ``texts`` (see :func:`perplexity_rows`)."""

@@ -3,16 +3,17 @@
 Empty prompts, and prompts made only of whitespace or invisible characters (zero-width
 spaces, byte-order marks, other format and control characters), are dropped: a model cannot
 continue nothing. Repeated prompts are dropped (the first is kept): a repeat adds no
-information but narrows every bootstrap interval. A challenge set with fewer than
+information but narrows every bootstrap interval. Two prompts are the same when they show the
+same text in Unicode NFC (composed and decomposed accents alike). A challenge set with fewer than
 :data:`MIN_USABLE_PROMPTS` distinct usable prompts is refused with a
 :class:`~dpoclaims.errors.TooFewPromptsError`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 
 from dpoclaims.errors import CheckpointError, DpoclaimsError, TooFewPromptsError, UnknownPairError
@@ -40,36 +41,16 @@ class UnusablePromptSet(DpoclaimsError):
 
 
 def read_texts(path: Path) -> list[str]:
-    """A JSON list of strings, JSONL with a ``text`` or ``prompt`` field, or plain text (a line each)."""
+    """The texts of a prompt or text file: a JSON list of strings, JSONL with a ``text`` or
+    ``prompt`` field, or plain text (a line each), in whatever encoding and format it is
+    (:func:`dpoclaims.measure.data.read_prompt_file`, the one reader of prompt files)."""
+    from dpoclaims.measure.data import read_prompt_file
+
     if path.is_dir():
         raise CheckpointError(f"prompt file {path} is a directory; name the file itself")
     if not path.is_file():
         raise CheckpointError(f"prompt file {path} does not exist")
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(
-            f"prompt file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
-    try:
-        if path.suffix == ".json":
-            data = json.loads(raw)
-            if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
-                raise CheckpointError(f"{path} must hold a JSON list of strings")
-            return data
-        if path.suffix == ".jsonl":
-            from dpoclaims.measure.data import row_text
-
-            return [
-                row_text(json.loads(line), f"{path} line {number}")
-                for number, line in enumerate(raw.splitlines(), start=1)
-                if line.strip()
-            ]
-    except (ValueError, AttributeError) as exc:
-        raise CheckpointError(f"cannot read prompts from {path}: {exc}") from exc
-    return [line for line in raw.splitlines() if line.strip()]
+    return read_prompt_file(path)[0]
 
 
 def visible(text: str) -> str:
@@ -79,53 +60,114 @@ def visible(text: str) -> str:
     return kept.strip()
 
 
-def usable_prompts(texts: list[str], origin: str, limit: int | None = None) -> list[str]:
+def shown_as(text: str) -> str:
+    """What two prompts are compared by: what they show (:func:`visible`) in Unicode NFC, so
+    that the same words in composed and decomposed form (NFC, NFD) are one prompt."""
+    return unicodedata.normalize("NFC", visible(text))
+
+
+#: How repeats are found, as the report says it.
+REPEATS_COMPARED = "prompts are compared after Unicode NFC normalisation, without invisible characters or surrounding whitespace"
+
+
+@dataclass(frozen=True)
+class PromptSelection:
+    """What :func:`select_prompts` kept of a prompt file and what it dropped, and why."""
+
+    n_read: int
+    usable: list[str]  # distinct usable prompts, in file order
+    kept: list[str]  # the first ``limit`` of them
+    limit: int | None
+    empty: list[int]  # entries (1-based) empty or whitespace-only
+    invisible: list[int]  # entries of invisible characters only
+    repeats: list[tuple[int, int]]  # (entry, the earlier entry it repeats)
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """``{"empty": n, "repeated": m}``: empty or only invisible characters; repeats."""
+        return {"empty": len(self.empty) + len(self.invisible), "repeated": len(self.repeats)}
+
+    def details(self) -> list[str]:
+        details = [f"{self.n_read} prompts"]
+        if self.empty:
+            details.append(f"{len(self.empty)} of them empty or whitespace-only (dropped)")
+        if self.invisible:
+            details.append(
+                f"{len(self.invisible)} of them only invisible characters such as zero-width spaces or "
+                "byte-order marks (dropped)"
+            )
+        if self.repeats:
+            details.append(f"{len(self.repeats)} repeats of an earlier prompt (dropped)")
+        return details
+
+    def note(self, file_name: str) -> str:
+        """One sentence for the report: what was read, what was dropped and why, what remains."""
+        dropped = []
+        if self.repeats:
+            shown = "; ".join(f"entry {entry} repeats entry {first}" for entry, first in self.repeats[:5])
+            more = f"; and {len(self.repeats) - 5} more" if len(self.repeats) > 5 else ""
+            noun = "repeat" if len(self.repeats) == 1 else "repeats"
+            dropped.append(
+                f"{len(self.repeats)} {noun} of an earlier prompt ({shown}{more}; {REPEATS_COMPARED})"
+            )
+        blank = sorted(self.empty + self.invisible)
+        if blank:
+            entries = ", ".join(map(str, blank[:10])) + (", ..." if len(blank) > 10 else "")
+            dropped.append(f"{len(blank)} empty or only invisible characters (entries {entries})")
+        sentence = f"{self.n_read} entries in {file_name}; dropped: {', '.join(dropped) or 'none'}; "
+        sentence += f"{len(self.usable)} distinct usable prompts"
+        if len(self.kept) < len(self.usable):
+            sentence += f", of which the first {len(self.kept)} are measured (a limit of {self.limit})"
+        return sentence
+
+
+def select_prompts(texts: list[str], limit: int | None = None) -> PromptSelection:
     """``texts`` without empty, whitespace-only or invisible-only entries and without repeats
-    (two prompts are the same when what they show, :func:`visible`, is the same; the first is
-    kept), the first ``limit`` of them; a :class:`TooFewPromptsError` saying what was dropped
-    when fewer than :data:`MIN_USABLE_PROMPTS` remain. What was dropped is logged."""
+    (two prompts are the same when :func:`shown_as` is the same; the first is kept), and the
+    first ``limit`` of them."""
     usable: list[str] = []
-    seen: set[str] = set()
-    empty = invisible = repeated = 0
-    for text in texts:
-        shown = visible(text)
+    first_of: dict[str, int] = {}
+    empty: list[int] = []
+    invisible: list[int] = []
+    repeats: list[tuple[int, int]] = []
+    for entry, text in enumerate(texts, start=1):
+        shown = shown_as(text)
         if not text.strip():
-            empty += 1
+            empty.append(entry)
         elif not shown:
-            invisible += 1
-        elif shown in seen:
-            repeated += 1
+            invisible.append(entry)
+        elif shown in first_of:
+            repeats.append((entry, first_of[shown]))
         else:
-            seen.add(shown)
+            first_of[shown] = entry
             usable.append(text)
     kept = usable[:limit] if limit else usable
-    details = [f"{len(texts)} prompts"]
-    if empty:
-        details.append(f"{empty} of them empty or whitespace-only (dropped)")
-    if invisible:
-        details.append(
-            f"{invisible} of them only invisible characters such as zero-width spaces or byte-order marks (dropped)"
-        )
-    if repeated:
-        details.append(f"{repeated} repeats of an earlier prompt (dropped)")
+    return PromptSelection(len(texts), usable, kept, limit, empty, invisible, repeats)
+
+
+def usable_prompts(texts: list[str], origin: str, limit: int | None = None) -> list[str]:
+    """The prompts :func:`select_prompts` keeps; a :class:`TooFewPromptsError` saying what was
+    dropped when fewer than :data:`MIN_USABLE_PROMPTS` remain. What was dropped is logged."""
+    selection = select_prompts(texts, limit)
+    kept, details = selection.kept, selection.details()
     if len(kept) < MIN_USABLE_PROMPTS:
-        if len(kept) < len(usable):
-            details.append(f"a limit of {limit} kept {len(kept)} of the {len(usable)} usable ones")
+        if len(kept) < len(selection.usable):
+            details.append(f"a limit of {limit} kept {len(kept)} of the {len(selection.usable)} usable ones")
         raise TooFewPromptsError(
             f"{origin} has {len(kept)} usable prompts ({'; '.join(details)}); the claims need at "
             f"least {MIN_USABLE_PROMPTS}: their bootstrap intervals resample prompts, and over fewer "
             f"distinct usable prompts they are meaningless. Add prompts to the file{' or raise the limit (--max-prompts)' if limit else ''}"
         )
-    if empty or invisible or repeated:
-        log.warning("%s: %s; %d distinct usable prompts remain", origin, "; ".join(details), len(usable))
+    if any(selection.dropped.values()):
+        log.warning(
+            "%s: %s; %d distinct usable prompts remain", origin, "; ".join(details), len(selection.usable)
+        )
     return kept
 
 
 def dropped_prompts(texts: list[str]) -> dict[str, int]:
     """How many of ``texts`` :func:`usable_prompts` drops: ``{"empty": n, "repeated": m}``."""
-    shown = [visible(text) for text in texts]
-    nonempty = [s for s in shown if s]
-    return {"empty": len(shown) - len(nonempty), "repeated": len(nonempty) - len(set(nonempty))}
+    return select_prompts(texts).dropped
 
 
 def pair_texts(pair: ModelPair, key: str, limit: int | None = None) -> list[str]:

@@ -97,6 +97,16 @@ def mlp_layout(config: PretrainedConfig) -> MLPLayout:
     return MLPLayout(kind, int(n_layers), int(d_model), int(d_mlp))
 
 
+def model_positions(config: PretrainedConfig) -> int | None:
+    """The positions a model has (GPT-2's ``n_positions``, ``max_position_embeddings``
+    elsewhere): the longest sequence it can be fed; None when its config names none."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def _looks_local(source: str) -> bool:
     return (
         source.startswith((".", "/", "~"))
@@ -307,13 +317,25 @@ def load_hf_model(
 def read_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """Lee et al.'s format: ``torch.load(path)["state"]`` with Hugging Face key names.
     A bare state dict is accepted too."""
-    payload = load_checkpoint(path, "state-dict file")
+    payload = load_checkpoint(
+        path,
+        "state-dict file",
+        expected="A state-dict file is Lee et al.'s dpo.pt: torch.save({'state': model.state_dict()}, path), with "
+        "Hugging Face key names (or the state dict itself)",
+    )
     state = payload.get("state", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
             f"{path} holds no state dict (expected a dict of tensors, or one under 'state')"
         )
     return state
+
+
+def tied_to(state: dict[str, torch.Tensor], name: str) -> set[str]:
+    """The names in a model's ``state`` whose tensor shares its memory with ``name``'s (the
+    names of one tied matrix)."""
+    pointer = state[name].data_ptr()
+    return {key for key, tensor in state.items() if tensor.data_ptr() == pointer}
 
 
 def model_from_state_dict(
@@ -327,6 +349,19 @@ def model_from_state_dict(
     missing = set(expected) - set(state) - tied
     unexpected = set(state) - set(expected)
     wrong_shape = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
+    if tied and "lm_head.weight" in state:
+        # Loading both names of one tied matrix keeps whichever comes last: the embedding would
+        # silently become the output layer, or the reverse.
+        embedding = next(
+            (k for k in expected if k in tied_to(expected, "lm_head.weight") and k != "lm_head.weight"), None
+        )
+        if embedding in state and not torch.equal(state["lm_head.weight"], state[embedding]):
+            raise PairMismatchError(
+                f"state dict {origin} has an lm_head.weight of its own (it differs from {embedding}), but the base "
+                "ties its output layer to its input embedding (tie_word_embeddings): loading it would silently "
+                "replace one with the other. Use a base whose config unties them (tie_word_embeddings = false), "
+                f"or save the DPO model with lm_head.weight equal to {embedding}"
+            )
     if missing or unexpected or wrong_shape:
         details = []
         if missing:

@@ -28,15 +28,25 @@ from dpoclaims.errors import (
     IdenticalModelsError,
     NonFiniteWeightsError,
     PairMismatchError,
+    TextFileError,
     UnknownPairError,
 )
-from dpoclaims.files import TOMLDecodeError, load_checkpoint, read_toml
+from dpoclaims.files import (
+    DuplicateKeyError,
+    TOMLDecodeError,
+    load_checkpoint,
+    loads_json,
+    read_text_file,
+    toml_key_given_twice,
+    tomllib,
+)
 from dpoclaims.models.loading import (
     MLPLayout,
     load_hf_model,
     load_tokenizer,
     mlp_layout,
     model_from_state_dict,
+    model_positions,
     read_state_dict_file,
 )
 
@@ -86,15 +96,29 @@ class PairSpec:
 
     @classmethod
     def from_file(cls, path: Path) -> PairSpec:
+        """The spec a ``.toml`` or ``.json`` file (any case) holds; its relative paths resolve
+        against the file's real directory (through any symbolic link to it). A key given twice
+        is refused in either format."""
         path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".toml", ".json"):
+            raise UnknownPairError(f"pair spec {path} must be a .toml or .json file")
         try:
-            if path.suffix == ".toml":
-                data = read_toml(path)
-            elif path.suffix == ".json":
-                data = json.loads(path.read_text())
-            else:
-                raise UnknownPairError(f"pair spec {path} must be a .toml or .json file")
-        except (OSError, ValueError, TOMLDecodeError) as exc:
+            text = read_text_file(path, "pair spec")
+            data = tomllib.loads(text) if suffix == ".toml" else loads_json(text)
+        except DuplicateKeyError as exc:
+            raise UnknownPairError(
+                f"pair spec {path} gives the key {exc.key!r} twice; give each key once"
+            ) from None
+        except TOMLDecodeError as exc:
+            if toml_key_given_twice(exc):
+                raise UnknownPairError(
+                    f"pair spec {path} gives a key twice ({exc}); give each key once"
+                ) from None
+            raise UnknownPairError(f"cannot read pair spec {path}: {exc}") from exc
+        except TextFileError as exc:  # it names the spec already
+            raise UnknownPairError(str(exc)) from None
+        except ValueError as exc:
             raise UnknownPairError(f"cannot read pair spec {path}: {exc}") from exc
         if not isinstance(data, dict):
             raise UnknownPairError(
@@ -137,7 +161,7 @@ class PairSpec:
             probe=data["probe"],
             tokenizer=data.get("tokenizer"),
             extras={k: str(v) for k, v in extras.items()},
-            root=str(path.parent.resolve()),
+            root=str(path.resolve().parent),  # the real file's directory, not a link's
         )
 
 
@@ -188,6 +212,11 @@ class ModelPair:
     spec: PairSpec
 
     @property
+    def positions(self) -> int | None:
+        """The positions both models have (their configs agree): the longest sequence they take."""
+        return model_positions(self.base.config)
+
+    @property
     def unit_probe(self) -> torch.Tensor:
         return self.probe / self.probe.norm()
 
@@ -225,12 +254,21 @@ def load_probe(source: str, d_model: int) -> torch.Tensor:
     ``(1, d_model)``, or a linear layer's state dict whose ``weight`` has one of these shapes;
     any other shape is refused (never reshaped). A probe whose norm overflows (or underflows)
     float32 is rescaled by a power of two, which keeps its direction exactly."""
-    payload = load_checkpoint(Path(source).expanduser(), "probe")
+    expected = (
+        f"A probe is a file torch.save wrote, holding a tensor of shape ({d_model},) or (1, {d_model}) (or a dict "
+        "with it under 'weight'): load yours where you trust it and save it with torch.save(tensor, path)"
+    )
+    payload = load_checkpoint(Path(source).expanduser(), "probe", expected=expected)
     if isinstance(payload, dict) and "weight" in payload:
         payload = payload["weight"]
     if not isinstance(payload, torch.Tensor):
+        held = (
+            f"a dict with the keys {sorted(map(str, payload))}"
+            if isinstance(payload, dict)
+            else (f"a {type(payload).__name__}")
+        )
         raise CheckpointError(
-            f"probe {source!r} holds a {type(payload).__name__}, not a tensor: save the probe direction "
+            f"probe {source!r} holds {held}, not a tensor: save the probe direction "
             "itself (torch.save(tensor)) or a dict with it under 'weight'"
         )
     if tuple(payload.shape) not in ((d_model,), (1, d_model)):
@@ -279,20 +317,142 @@ def check_finite(model: PreTrainedModel, side: str, source: str) -> None:
         )
 
 
+#: The precisions a DPO side may be stored in below float32: one equal to its base at its own
+#: precision is the base rounded (saved again in bfloat16, say), not a fine-tune.
+ROUNDED_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _held_exactly(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every entry of ``tensor`` is a number of ``dtype`` (it was stored in it)."""
+    return not tensor.is_floating_point() or torch.equal(tensor.to(dtype).to(tensor.dtype), tensor)
+
+
+def _equal_at(base: torch.Tensor, dpo: torch.Tensor, dtype: torch.dtype | None) -> bool:
+    """Whether ``base`` rounded to ``dtype`` (None: as it is) equals ``dpo``."""
+    other = dpo.to(base.device)
+    if dtype is None or not base.is_floating_point():
+        return torch.equal(base, other)
+    return torch.equal(base.to(dtype), other.to(dtype))
+
+
 def check_distinct(base: PreTrainedModel, dpo: PreTrainedModel, base_source: str, dpo_source: str) -> None:
-    """An :class:`IdenticalModelsError` when every DPO weight equals the base's."""
+    """An :class:`IdenticalModelsError` when every DPO weight equals the base's, exactly or at
+    the DPO side's own precision: a DPO side that is the base saved in bfloat16 or float16
+    differs from it only by rounding, which the claims would read as DPO's changes."""
     base_state, dpo_state = base.state_dict(), dpo.state_dict()
     if set(base_state) != set(dpo_state):
         return
-    for name, tensor in base_state.items():
-        other = dpo_state[name]
-        if tensor.shape != other.shape or not torch.equal(tensor, other.to(tensor.device)):
-            return
-    raise IdenticalModelsError(
-        f"the DPO model {dpo_source!r} has exactly the weights of the base {base_source!r}: there is no "
-        "fine-tune to study. Point the spec's dpo at the DPO-trained model (if you trained it, check that "
-        "training changed the weights: dpoclaims train-dpo refuses a run that changes none)"
+    if any(tensor.shape != dpo_state[name].shape for name, tensor in base_state.items()):
+        return
+    remedy = (
+        "Point the spec's dpo at the DPO-trained model (if you trained it, check that training changed the "
+        "weights: dpoclaims train-dpo refuses a run that changes none)"
     )
+    if all(_equal_at(tensor, dpo_state[name], None) for name, tensor in base_state.items()):
+        raise IdenticalModelsError(
+            f"the DPO model {dpo_source!r} has exactly the weights of the base {base_source!r}: there is no "
+            f"fine-tune to study. {remedy}"
+        )
+    for dtype in ROUNDED_DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        if all(_held_exactly(tensor, dtype) for tensor in dpo_state.values()) and all(
+            _equal_at(tensor, dpo_state[key], dtype) for key, tensor in base_state.items()
+        ):
+            raise IdenticalModelsError(
+                f"the DPO model {dpo_source!r} is the base {base_source!r} rounded to {name}: at the DPO side's "
+                f"own precision ({name}) every weight equals the base's, so its differences from the base are "
+                f"rounding, not a fine-tune. {remedy}"
+            )
+
+
+#: Config entries that do not change what a model computes in eval mode: dropout, the
+#: generation defaults (every generation passes its settings itself), bookkeeping.
+FUNCTION_NEUTRAL_CONFIG_KEYS = frozenset(
+    {
+        "architectures",
+        "use_cache",
+        "return_dict",
+        "output_attentions",
+        "output_hidden_states",
+        "torchscript",
+        "id2label",
+        "label2id",
+        "problem_type",
+        "finetuning_task",
+        "task_specific_params",
+        "tokenizer_class",
+        "prefix",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "sep_token_id",
+        "decoder_start_token_id",
+        "attn_implementation",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "max_length",
+        "min_length",
+        "do_sample",
+        "early_stopping",
+        "num_beams",
+        "num_beam_groups",
+        "diversity_penalty",
+        "temperature",
+        "top_k",
+        "top_p",
+        "typical_p",
+        "repetition_penalty",
+        "length_penalty",
+        "no_repeat_ngram_size",
+        "encoder_no_repeat_ngram_size",
+        "bad_words_ids",
+        "num_return_sequences",
+        "output_scores",
+        "return_dict_in_generate",
+        "forced_bos_token_id",
+        "forced_eos_token_id",
+        "remove_invalid_values",
+        "exponential_decay_length_penalty",
+        "suppress_tokens",
+        "begin_suppress_tokens",
+        "chunk_size_feed_forward",
+        "tf_legacy_loss",
+        "use_bfloat16",
+    }
+)
+
+
+def _function_config(model: PreTrainedModel) -> dict[str, Any]:
+    """The model's config entries that shape what it computes (sizes, positions, vocabulary,
+    tying, activation, norm epsilon, rotary settings, ...)."""
+    return {
+        key: value
+        for key, value in model.config.to_dict().items()
+        if key not in VOLATILE_CONFIG_KEYS
+        and key not in FUNCTION_NEUTRAL_CONFIG_KEYS
+        and not key.endswith(("dropout", "pdrop", "_dropout_prob"))
+        and not key.startswith("summary_")  # GPT-2's sequence-summary head, not the LM's
+    }
+
+
+def check_same_function(
+    base: PreTrainedModel, dpo: PreTrainedModel, base_source: str, dpo_source: str
+) -> None:
+    """A :class:`PairMismatchError` naming both values of every config entry in which the DPO
+    model differs from its base where it changes what the model computes: a fine-tune changes
+    weights only, and a DPO side of other positions, heads, activation or tying is another model."""
+    base_config, dpo_config = _function_config(base), _function_config(dpo)
+    differing = sorted(
+        key for key in base_config.keys() | dpo_config.keys() if base_config.get(key) != dpo_config.get(key)
+    )
+    if differing:
+        shown = [f"{key} (base {base_config.get(key)!r}, DPO {dpo_config.get(key)!r})" for key in differing]
+        raise PairMismatchError(
+            f"the DPO model {dpo_source!r} computes another function than the base {base_source!r}: its config "
+            f"differs in {', '.join(shown[:-1]) + ' and ' + shown[-1] if len(shown) > 1 else shown[0]}. A DPO "
+            "side is its base with other weights: point the spec's dpo at a fine-tune of this base, or correct "
+            "its config.json"
+        )
 
 
 def check_compatible(
@@ -413,6 +573,7 @@ def load_pair_from_spec(
     else:
         dpo = load_hf_model(dpo_source, dtype=dtype, device_map=device_map)
     layout = check_compatible(base, dpo, tokenizer)
+    check_same_function(base, dpo, base_source, dpo_source)
     check_same_tokenizer(tokenizer, dpo_source, tokenizer_source)
     check_finite(base, "base", base_source)
     check_finite(dpo, "DPO", dpo_source)

@@ -88,16 +88,22 @@ def load_expectations(pair: str, rootpath: Path) -> dict[ClaimId, tuple[Verdict,
         ) from None
     except (OSError, TOMLDecodeError) as exc:
         raise pytest.UsageError(f"cannot read {source}: {exc}") from None
+    from dpoclaims.errors import DpoclaimsError
+
+    try:  # a spec file's name; one that takes a built-in pair's name is refused
+        name = pair_name(pair)
+    except DpoclaimsError as exc:
+        raise pytest.UsageError(str(exc)) from None
     table = document.get("pairs", {})
     if not isinstance(table, dict):
         raise pytest.UsageError(
             f"{source}: 'pairs' must be a table ([pairs.<pair name>] sections), not {table!r}"
         )
-    entries = table.get(pair_name(pair), {})
+    entries = table.get(name, {})
     if not isinstance(entries, dict):
         raise pytest.UsageError(
-            f"{source}: the entry of pair {pair_name(pair)!r} must be a table of claim id = reason "
-            f"([pairs.{pair_name(pair)}]), not {entries!r}"
+            f"{source}: the entry of pair {name!r} must be a table of claim id = reason "
+            f"([pairs.{name}]), not {entries!r}"
         )
     declared: dict[ClaimId, tuple[Verdict, str]] = {}
     for claim, value in entries.items():
@@ -218,7 +224,6 @@ class ClaimRecorder:
         self.written: list[str] = []
         self.selected: set[str] = set()  # claim tests selected (empty on an xdist controller)
         self.messages: list[str] = []  # said at the end of the terminal summary
-        self.checked = False  # the reports directory was checked at the start
         self.started = time.time()  # the run's start (the manifest's), reset at session start
         self.began = time.perf_counter()
         self.claim_seconds: dict[str, float] = {}  # claim id -> its test call's duration
@@ -265,18 +270,22 @@ class ClaimRecorder:
         self._check_reports_dir()
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self.selected = {item.nodeid for item in session.items if item.get_closest_marker("claim")}
-        on_worker = hasattr(self.config, "workerinput")  # the controller checks, once
-        if self.selected and not (self.checked or on_worker or self.config.option.collectonly):
-            self._check_reports_dir()
+        claims = [item for item in session.items if item.get_closest_marker("claim")]
+        self.selected = {item.nodeid for item in claims}
+        on_worker = hasattr(self.config, "workerinput")  # the controller checks
+        if self.selected and not (on_worker or self.config.option.collectonly):
+            # Again with the claims collected: a claim of the user's has a badge of its own.
+            ids = [item.stash[CLAIM_ITEM_KEY].id for item in claims if CLAIM_ITEM_KEY in item.stash]
+            self._check_reports_dir(ids)
 
-    def _check_reports_dir(self) -> None:
+    def _check_reports_dir(self, claim_ids: list[ClaimId] | None = None) -> None:
+        """The reports directory can be written, and holds no file of the user's where the
+        report of ``claim_ids`` (None: every claim of the paper table) would go."""
         from dpoclaims.errors import ReportError
         from dpoclaims.report.writer import check_reports_dir
 
-        self.checked = True
         try:
-            check_reports_dir(configured_options(self.config).reports_dir)
+            check_reports_dir(configured_options(self.config).reports_dir, claim_ids)
         except ReportError as exc:
             raise pytest.UsageError(str(exc)) from None
 
@@ -353,6 +362,7 @@ class ClaimRecorder:
             "fingerprint": recorded.get("fingerprint", "unknown"),
             "n_prompts": recorded.get("n_prompts"),
             "prompts_dropped": recorded.get("prompts_dropped"),
+            "prompt_selection": recorded.get("prompt_selection"),
             "convention": options.convention,
             "scorer": recorded.get("scorer", options.scorer),
             "n_layers": recorded.get("n_layers"),

@@ -65,9 +65,18 @@ def suite_options(pytestconfig: pytest.Config) -> SuiteOptions:
 
 @pytest.fixture(scope="session")
 def dpoclaims_cache(suite_options: SuiteOptions) -> Cache:
+    return suite_cache(suite_options)
+
+
+def suite_cache(options: SuiteOptions) -> Cache:
+    """The suite's cache. Where its directory cannot be written (a read-only mount), it is read
+    only: a fully cached run needs no write and no lock, and a missing entry fails naming the
+    cache and the fix (--cache-dir)."""
     from dpoclaims.cache import Cache
 
-    return Cache(suite_options.cache_dir)
+    cache = Cache(options.cache_dir)
+    why = cache.writable()
+    return cache if why is None else cache.reader(why=why)
 
 
 def load_suite_pair(options: SuiteOptions, cache: Cache) -> ModelPair:
@@ -135,6 +144,7 @@ def suite_measurements(pair: ModelPair, cache: Cache, options: SuiteOptions) -> 
     file that was given but cannot be used (unreadable, fewer than the minimum of usable
     prompts) fails, with its message."""
     from dpoclaims.claims.checks import recorded_passes
+    from dpoclaims.errors import ContextWindowError
     from dpoclaims.measure.measurements import Measurements
     from dpoclaims.measure.prompts import MissingPromptSet
 
@@ -142,6 +152,8 @@ def suite_measurements(pair: ModelPair, cache: Cache, options: SuiteOptions) -> 
         return Measurements(pair, cache, measurement_settings(pair, options), recorded_passes=recorded_passes)
     except MissingPromptSet as exc:
         pytest.skip(str(exc))
+    except ContextWindowError as exc:  # the models' positions, not the prompt files
+        pytest.fail(str(exc), pytrace=False)
     except DpoclaimsError as exc:
         pytest.fail(f"the prompt sets of pair {pair.name!r} cannot be used: {exc}", pytrace=False)
 
@@ -194,6 +206,22 @@ def check_claim(request: pytest.FixtureRequest) -> Callable[[ClaimResult], Claim
     return check
 
 
+def pair_header(measurements: Measurements) -> dict[str, Any]:
+    """The report header's part about the pair and its prompts (what was dropped and why)."""
+    pair = measurements.pair
+    return {
+        "pair": pair.name,
+        "fingerprint": pair.fingerprint,
+        "n_prompts": len(measurements.prompts),
+        "prompts_dropped": measurements.prompts_dropped,
+        "prompt_selection": measurements.prompts_note,
+        "scorer": measurements.settings.scorer,
+        "seed": measurements.settings.seed,
+        "n_layers": pair.layout.n_layers,  # resolve the criteria stated for GPT-2 medium (the page's lines)
+        "n_neurons": pair.layout.n_neurons,
+    }
+
+
 def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
     """The pair's header (with what the run's manifest takes from the process that measured: its
     device and thread count) and, once per process, the decomposition's figure data."""
@@ -203,14 +231,7 @@ def _record_pair(request: pytest.FixtureRequest, node: pytest.Item) -> None:
     options = configured_options(request.config)
     pair = measurements.pair
     header = {
-        "pair": pair.name,
-        "fingerprint": pair.fingerprint,
-        "n_prompts": len(measurements.prompts),
-        "prompts_dropped": measurements.prompts_dropped,
-        "scorer": measurements.settings.scorer,
-        "seed": measurements.settings.seed,
-        "n_layers": pair.layout.n_layers,  # resolve the criteria stated for GPT-2 medium (the page's lines)
-        "n_neurons": pair.layout.n_neurons,
+        **pair_header(measurements),
         "device": f"device map {options.device_map}" if options.device_map else options.device,
         "threads": torch.get_num_threads(),
     }
@@ -231,11 +252,12 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     try:
         return (yield)
     except DpoclaimsError as exc:  # only the library raises these: other tests pass through as they are
+        from dpoclaims.errors import ContextWindowError
         from dpoclaims.measure.prompts import MissingPromptSet, UnusablePromptSet
 
         if isinstance(exc, MissingPromptSet):
             raise pytest.skip.Exception(str(exc), _use_item_location=True) from None
-        if isinstance(exc, UnusablePromptSet):
+        if isinstance(exc, (UnusablePromptSet, ContextWindowError)):
             raise pytest.fail.Exception(str(exc), pytrace=False) from None
         if isinstance(exc, CacheError):
             raise _cache_failure(item, exc) from None

@@ -284,7 +284,13 @@ def report_markdown(
         "",
         *incomplete,
         f"Pair fingerprint `{header['fingerprint']}`; {header['n_prompts']} prompts"
-        + (f" (distinct and usable; dropped from the file: {dropped_text})" if dropped_text else "")
+        + (
+            f" ({header['prompt_selection']})"
+            if header.get("prompt_selection")
+            else f" (distinct and usable; dropped from the file: {dropped_text})"
+            if dropped_text
+            else ""
+        )
         + "; position convention "
         f"`{header['convention']}`; scorer `{header['scorer']}`. Shares use the four reducing groups' total as "
         "denominator (v1) unless the id says `gross`. Each claim has two one-sided bootstrap tests (10,000 resamples "
@@ -387,6 +393,19 @@ def render_reports(
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
 
 
+#: The figures drawn from the decomposition's data.
+DECOMPOSITION_FIGURES = (
+    "fig2_cumulative_contribution.png",
+    "group_shares.png",
+    "activation_change_vs_cosine.png",
+    "fig3_per_layer_groups.png",
+)
+LAYER_PROJECTION_FIGURE = "fig1a_layer_projection.png"  # Fig. 1a, from C1's details
+EDIT_FRONT_FIGURE = "c13_edit_front.png"  # from C13[search]'s details
+#: Every figure a report may draw (under ``figures/``).
+FIGURE_FILES = (LAYER_PROJECTION_FIGURE, EDIT_FRONT_FIGURE, *DECOMPOSITION_FIGURES)
+
+
 def draw_figures(
     records: Sequence[ClaimRecord],
     fig_dir: Path,
@@ -406,17 +425,17 @@ def draw_figures(
             projected["layer_projection"],
             f"base, top {n} toxic ablated",
             f"{title}: MLP projection onto the probe",
-            fig_dir / "fig1a_layer_projection.png",
+            fig_dir / LAYER_PROJECTION_FIGURE,
         )
-        drawn.append("fig1a_layer_projection.png")
+        drawn.append(LAYER_PROJECTION_FIGURE)
     else:
-        skipped.append("fig1a_layer_projection.png")
+        skipped.append(LAYER_PROJECTION_FIGURE)
     edits = next((_details(r) for r in records if _details(r).get("search") == "C13[search]"), None)
     if edits is not None:
-        plots.edit_front(edits, title, fig_dir / "c13_edit_front.png")
-        drawn.append("c13_edit_front.png")
+        plots.edit_front(edits, title, fig_dir / EDIT_FRONT_FIGURE)
+        drawn.append(EDIT_FRONT_FIGURE)
     else:
-        skipped.append("c13_edit_front.png")
+        skipped.append(EDIT_FRONT_FIGURE)
     decomposition_figures = {
         "fig2_cumulative_contribution.png": plots.cumulative_contribution,
         "group_shares.png": plots.group_shares,

@@ -1,7 +1,8 @@
 """Putting a claims report in place: the reports directory is checked before a run, the report
 is rendered (:mod:`dpoclaims.report.render`) into a staging directory inside it and then moved
-into place file by file, so a write that fails (a full disk) leaves the previous report as it was;
-the files the previous report wrote and this one does not are deleted, and no other file is."""
+into place file by file, so a write that fails (a full disk) leaves the previous report as it was.
+A file goes only where nothing stands or where the previous report wrote it, unchanged since; the
+files the previous report wrote and this one does not are deleted if unchanged, and no other file is."""
 
 from __future__ import annotations
 
@@ -10,19 +11,28 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dpoclaims.claims.results import ClaimRecord
+from dpoclaims.claims.results import ClaimId, ClaimRecord
 from dpoclaims.errors import ReportError
-from dpoclaims.files import atomic_write_text, ensure_writable_dir
-from dpoclaims.report.render import check_badge_names, render_reports
+from dpoclaims.files import (
+    atomic_write_text,
+    ensure_writable_dir,
+    outputs_not_owned,
+    owned_manifest,
+    owned_outputs,
+    refuse_overwriting,
+)
+from dpoclaims.report.render import FIGURE_FILES, badge_filename, check_badge_names, render_reports
 
 log = logging.getLogger(__name__)
 
 #: What to do when the reports directory cannot be written (pytest option and variable).
 REPORTS_REMEDY = "set --reports-dir or $DPOCLAIMS_REPORTS to a writable directory"
+#: What to do when the reports directory holds files the writer did not write.
+FOREIGN_FILES_REMEDY = "set --reports-dir or $DPOCLAIMS_REPORTS to another directory"
 
 
 #: The list of files the reports writer wrote last time, in the reports directory: the only
@@ -33,13 +43,40 @@ _STAGING_PREFIX = ".dpoclaims-reports-"
 _CHECK_BYTES = 1 << 16
 
 
-def check_reports_dir(out_dir: Path) -> None:
+def report_file_names(claim_ids: Iterable[ClaimId | str] | None = None) -> list[str]:
+    """Every file (relative path) a report of ``claim_ids`` may write (None: every claim of the
+    paper table): where the writer must find nothing, or its own earlier files."""
+    if claim_ids is None:
+        from dpoclaims.claims import paper
+
+        claim_ids = [cid for entry in paper.ENTRIES for cid in entry.claim_ids()]
+    badges = sorted({f"badges/{badge_filename(claim_id)}" for claim_id in claim_ids})
+    return [
+        "claims.json",
+        "claims.md",
+        "index.html",
+        "badges/README.md",
+        *badges,
+        *(f"figures/{n}" for n in FIGURE_FILES),
+    ]
+
+
+def _refuse_overwriting(out_dir: Path, names: Iterable[str]) -> None:
+    refuse_overwriting(
+        out_dir, REPORTS_MANIFEST, names, what="the report", remedy=FOREIGN_FILES_REMEDY, error=ReportError
+    )
+
+
+def check_reports_dir(out_dir: Path, claim_ids: Iterable[ClaimId | str] | None = None) -> None:
     """Before any test runs: the reports directory (and its ``figures``/``badges``) can be
     created, and a file of some size can be written and moved there (a read-only mount, a
-    dangling symbolic link, a full disk, no permission are found now, not after the run); a
-    :class:`ReportError` naming the path and what to do otherwise."""
+    dangling symbolic link, a full disk, no permission are found now, not after the run), and it
+    holds no file of the user's where the report of ``claim_ids`` (None: every claim of the
+    paper table) would go (:func:`report_file_names`); a :class:`ReportError` naming the path and
+    what to do otherwise."""
     for directory in (out_dir, out_dir / "figures", out_dir / "badges"):
         ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
+    _refuse_overwriting(out_dir, report_file_names(claim_ids))
     staging = _staging_dir(out_dir)
     try:
         trial = staging / "check"
@@ -62,18 +99,6 @@ def _staging_dir(out_dir: Path) -> Path:
 
 def _write_error(out_dir: Path, exc: OSError) -> ReportError:
     return ReportError(f"cannot write the reports in {out_dir} ({exc.strerror or exc}); {REPORTS_REMEDY}")
-
-
-def report_files_written(out_dir: Path) -> list[str]:
-    """The files (relative paths) the last :func:`write_reports` wrote into ``out_dir``; empty
-    without a manifest (a directory this writer has not written, or an older version's)."""
-    try:
-        files = json.loads((out_dir / REPORTS_MANIFEST).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [
-        f for f in files if isinstance(f, str) and ".." not in Path(f).parts and not Path(f).is_absolute()
-    ]
 
 
 def previous_report_complete(out_dir: Path) -> bool:
@@ -99,9 +124,11 @@ def write_reports(
     :func:`dpoclaims.report.render.render_reports`. Nothing is measured here.
 
     Everything is written first into a staging directory inside ``out_dir``, then moved into
-    place, so a write that fails (a full disk) leaves the previous report as it was. Files the
-    previous report wrote and this one does not (badges of claims not run now) are deleted;
-    no other file is (:data:`REPORTS_MANIFEST` lists what was written). ``header["incomplete"]``
+    place, so a write that fails (a full disk) leaves the previous report as it was. A file goes
+    only where nothing stands or where the previous report wrote it, unchanged since
+    (:data:`REPORTS_MANIFEST` lists what was written, with digests): otherwise a
+    :class:`ReportError` names it before anything moves. Files the previous report wrote and this
+    one does not (badges of claims not run now) are deleted if unchanged; no other file is. ``header["incomplete"]``
     (a sentence: the run was interrupted) marks ``claims.md``, ``claims.json`` and every badge.
     A reports directory (or its ``figures``/``badges``) that is a file, cannot be created or is
     not writable is a :class:`ReportError` naming the path, before anything is written."""
@@ -114,15 +141,18 @@ def write_reports(
             written = render_reports(staging, records, header, figure_data, run_manifest)
         except OSError as exc:
             raise _write_error(out_dir, exc) from None
-        previous = set(report_files_written(out_dir))
+        _refuse_overwriting(out_dir, written)
+        stale = sorted(set(owned_outputs(out_dir, REPORTS_MANIFEST)) - set(written))
+        changed = outputs_not_owned(out_dir, REPORTS_MANIFEST, stale)
         for relative in written:
             target = out_dir / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / relative, target)
-        for stale in sorted(previous - set(written)):
-            (out_dir / stale).unlink(missing_ok=True)
-        manifest = {"files": written, "complete": not header.get("incomplete")}
-        atomic_write_text(out_dir / REPORTS_MANIFEST, json.dumps(manifest, indent=1))
+        for name in stale:
+            if name not in changed:  # a file edited since the writer wrote it is the user's now
+                (out_dir / name).unlink(missing_ok=True)
+        manifest = owned_manifest(out_dir, written, complete=not header.get("incomplete"))
+        atomic_write_text(out_dir / REPORTS_MANIFEST, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return [out_dir / "claims.json", out_dir / "claims.md", out_dir / "index.html", out_dir / "badges"]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dpoclaims.cache import Cache
+from dpoclaims.errors import OptionError
 from dpoclaims.files import atomic_write_bytes
 from dpoclaims.runs.cells import (
     CellJob,
@@ -32,6 +33,49 @@ def import_ray() -> Any:
     except ImportError:
         raise SweepError(f"--engine ray needs Ray, which is not installed: {RAY_INSTALL}") from None
     return ray
+
+
+#: How long the sweep waits for a TCP answer at ``--address`` before it says nothing answers
+#: there (Ray's own client retries for minutes without a word).
+RAY_ANSWER_TIMEOUT_S = 10.0
+#: The port Ray listens on when an address names none: the GCS for host[:port], the Ray client
+#: server for ray://host[:port].
+RAY_DEFAULT_PORTS = {"": 6379, "ray": 10001}
+
+
+def ray_endpoint(address: str) -> tuple[str, int]:
+    """The host and port of a Ray ``--address`` (``host:port``, ``ray://host:port``, a port
+    defaulted); an :class:`OptionError` for one that is neither."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in RAY_DEFAULT_PORTS or not rest or "/" in rest:
+        raise OptionError(f"--address must be host:port or ray://host:port (or auto), not {address!r}")
+    host, colon, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    if not colon:
+        host, port = rest, str(RAY_DEFAULT_PORTS[scheme])
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536) or not host.strip("[]"):
+        raise OptionError(f"--address must be host:port or ray://host:port (or auto), not {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def check_ray_address(address: str | None, timeout_s: float = RAY_ANSWER_TIMEOUT_S) -> None:
+    """A :class:`SweepError` naming ``address`` when nothing answers there within ``timeout_s``
+    (``auto`` stands for ``$RAY_ADDRESS`` when set; None, or ``auto`` without it, starts or
+    finds a local instance, which Ray settles at once)."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "").strip() or None
+    if address is None or address == "local":
+        return
+    host, port = ray_endpoint(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    raise SweepError(
+        f"no Ray cluster answers at {address} ({reason} within {timeout_s:g} s): start its head there (ray start "
+        "--head), give the address of a running cluster's head node (--address host:6379), or leave --address "
+        "out to start a local Ray instance"
+    )
 
 
 def check_shared_cache(ray: Any, cache_root: Path) -> list[str]:
@@ -122,8 +166,12 @@ def run_ray(
     ray = import_ray()
     started_here = not ray.is_initialized()
     if started_here:
+        check_ray_address(address)  # a word within seconds, not Ray's minutes of retries
         kwargs = {"include_dashboard": False, "log_to_driver": False, **(init_kwargs or {})}
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SweepError(f"cannot join the Ray cluster at {address}: {exc}") from None
     try:
         sink = {} if sink is None else sink
         return _run_on_ray(ray, jobs, cpus_per_cell, gpus_per_cell, max_retries, progress, sink)

@@ -28,6 +28,10 @@ from dpoclaims.report.manifest import manifest_lines
 from dpoclaims.report.page import MISSING, VERDICT_COLORS, matrix_page
 
 REPORTS_REMEDY = "pass --reports-dir with a writable directory"
+#: The files a sweep wrote into its reports directory (with digests): the only ones it writes over.
+REPLICATION_MANIFEST = ".dpoclaims-replication.json"
+#: The matrix's own files in the reports directory (each cell's reports go under replication/).
+REPLICATION_FILES = ("replication.json", "replication.md", "replication.html", "figures/replication.png")
 
 
 class ReplicationError(DpoclaimsError):

@@ -29,6 +29,7 @@ build leaves no entry, only a temporary directory the next build of that entry r
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -39,11 +40,24 @@ from typing import Any
 
 from dpoclaims.cache import Cache
 from dpoclaims.errors import OptionError, ReportError
-from dpoclaims.files import atomic_write_bytes, ensure_writable_dir
+from dpoclaims.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_writable_dir,
+    outputs_not_owned,
+    owned_manifest,
+    owned_outputs,
+    refuse_overwriting,
+)
 from dpoclaims.runs.cells import Cell, CellJob, CellResult, Progress, cell_threads, grid
 from dpoclaims.runs.local_engine import run_local
-from dpoclaims.runs.ray_engine import import_ray, run_ray
-from dpoclaims.runs.replication import REPORTS_REMEDY, write_replication
+from dpoclaims.runs.ray_engine import check_ray_address, import_ray, run_ray
+from dpoclaims.runs.replication import (
+    REPLICATION_FILES,
+    REPLICATION_MANIFEST,
+    REPORTS_REMEDY,
+    write_replication,
+)
 
 ENGINES = ("local", "ray")
 
@@ -102,8 +116,14 @@ def sweep(
             f"--max-prompts must be at least {MIN_USABLE_PROMPTS} (bootstrap intervals over fewer prompts "
             f"are meaningless), not {max_prompts}"
         )
-    if cpus_per_cell <= 0 or (gpus_per_cell is not None and gpus_per_cell < 0) or max_retries < 0:
-        raise OptionError("--cpus-per-cell must be positive, --gpus-per-cell and --max-retries at least 0")
+    if not (math.isfinite(cpus_per_cell) and cpus_per_cell > 0):
+        raise OptionError(
+            f"--cpus-per-cell must be positive and finite (the CPU threads of each cell), not {cpus_per_cell}"
+        )
+    if gpus_per_cell is not None and not (math.isfinite(gpus_per_cell) and gpus_per_cell >= 0):
+        raise OptionError(f"--gpus-per-cell must be at least 0 and finite, not {gpus_per_cell}")
+    if max_retries < 0:
+        raise OptionError(f"--max-retries must be at least 0, not {max_retries}")
     claims_dir = Path(claims_dir) if claims_dir else Path.cwd() / "claims"
     if not any(claims_dir.glob("test_*.py")):
         raise OptionError(
@@ -111,12 +131,23 @@ def sweep(
         )
     if engine == "ray":
         import_ray()  # a clear error before anything is written
+        check_ray_address(address)
     for cell in cells:  # a typo in a pair fails now, not on a node after the others have run
         if cell.seed is None:
             from dpoclaims.train.named_pairs import pair_name
 
             pair_name(cell.pair)
     out = reports_dir / "replication"
+    # Nothing of the user's is written over: the matrix and each cell's directory go only where
+    # nothing stands or where an earlier sweep wrote them.
+    refuse_overwriting(
+        reports_dir,
+        REPLICATION_MANIFEST,
+        [*REPLICATION_FILES, *(f"{out.name}/{cell.id}" for cell in cells)],
+        what="the matrix",
+        remedy="pass --reports-dir with another directory",
+        error=OptionError,
+    )
     ensure_writable_dir(out, "reports directory", REPORTS_REMEDY, ReportError)
     cache.check_writable()
     # Both engines run each cell's claims on the same number of CPU threads: float sums depend on
@@ -227,8 +258,20 @@ def _gather(
             durations={"cells_s": {r.cell: r.build_s + r.claims_s for r in finished.values()}},
         ),
     )
+    _record_written(reports_dir, [out / cell.id for cell in cells if cell.id in finished], paths)
     progress(f"replication: {paths[1]} (+ {paths[0].name}, {paths[3].name}, {paths[2]})")
     return paths
+
+
+def _record_written(reports_dir: Path, cell_dirs: Sequence[Path], paths: Sequence[Path]) -> None:
+    """The sweep's manifest: what it wrote now, and what earlier sweeps wrote that is unchanged."""
+    written = [str(p.relative_to(reports_dir)) for p in paths]
+    for cell_dir in cell_dirs:
+        written += [str(p.relative_to(reports_dir)) for p in cell_dir.rglob("*") if p.is_file()]
+    earlier = [name for name in owned_outputs(reports_dir, REPLICATION_MANIFEST) if name not in written]
+    changed = outputs_not_owned(reports_dir, REPLICATION_MANIFEST, earlier)
+    kept = [name for name in earlier if name not in changed and (reports_dir / name).is_file()]
+    atomic_write_text(reports_dir / REPLICATION_MANIFEST, owned_manifest(reports_dir, written + kept))
 
 
 def replicate(

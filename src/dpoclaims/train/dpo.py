@@ -18,6 +18,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedToken
 from transformers.trainer_callback import PrinterCallback, TrainerCallback
 
 from dpoclaims.errors import CheckpointError, OptionError, TrainingError
+from dpoclaims.files import DuplicateKeyError, loads_json, read_text_file, text_lines
 from dpoclaims.progress import track_progress
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,35 @@ class DPOSettings:
     # the same toy build gave DPO/base toxicity 0.21 on one machine and 0.62 on another. So DPO
     # runs in the model's own float type (float32, or float64 for the toy) unless asked otherwise.
     bf16: bool = False
+
+    def __post_init__(self) -> None:
+        """Every setting finite and in its range, or an :class:`OptionError` naming it (by its
+        ``dpoclaims train-dpo`` option) and why: a run on a bad setting would train a useless or
+        inverted model and exit 0."""
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise OptionError(
+                f"--beta must be a positive, finite number, not {self.beta}: DPO's beta scales the preference "
+                "margin, and at beta <= 0 the model would learn to prefer the rejected (toxic) continuations "
+                "(Lee et al.: 0.1)"
+            )
+        if not math.isfinite(self.learning_rate):
+            raise OptionError(f"--lr must be a positive, finite number, not {self.learning_rate}")
+        if not self.learning_rate > 0:
+            raise OptionError(
+                f"--lr must be positive, not {self.learning_rate}: at {self.learning_rate} no weight would change"
+            )
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise OptionError(f"max_grad_norm must be a positive, finite number, not {self.max_grad_norm}")
+        for option, value in (
+            ("--batch-size", self.batch_size),
+            ("--max-epochs", self.max_epochs),
+            ("--eval-every", self.eval_every),
+            ("--max-length", self.max_length),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(f"{option} must be at least 1, not {value}")
+        if self.warmup_steps < 0 or self.patience < 1:
+            raise OptionError("--warmup-steps must be at least 0 and --patience at least 1")
 
 
 class _StepBar(TrainerCallback):
@@ -405,22 +435,21 @@ def read_lee_pairs(path: Path) -> list[dict[str, str]]:
         raise CheckpointError(f"DPO pairs file {path} is a directory; name the JSONL file itself")
     if not path.is_file():
         raise CheckpointError(f"DPO pairs file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(
-            f"DPO pairs file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
-        ) from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read DPO pairs file {path}: {exc.strerror or exc}") from None
+    text = read_text_file(path, "DPO pairs file")  # UTF-8/16/32, control characters refused
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_json(line)
+        except DuplicateKeyError as exc:
+            raise CheckpointError(
+                f"{path}:{number} gives the key {exc.key!r} twice; give each key once"
+            ) from None
         except ValueError as exc:
             raise CheckpointError(f"{path}:{number} is not JSON: {exc}") from exc
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}:{number} is a JSON {type(record).__name__}, not an object")
         missing = [name for name in LEE_FIELDS if not isinstance(record.get(name), str)]
         if missing:
             raise CheckpointError(

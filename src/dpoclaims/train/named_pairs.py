@@ -144,6 +144,28 @@ NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {
 DEFAULT_PAIR = "toy"
 
 
+def built_in_name(name: str) -> bool:
+    """Whether ``name`` names a built-in pair (``toy``, ``toy-seedN``, ``gpt2-medium``, ...),
+    whose declared expectations and report title belong to that pair."""
+    folded = name.strip().casefold()
+    return folded in NAMED_PAIRS or toy_seed(folded) is not None
+
+
+def spec_file(path: Path) -> PairSpec:
+    """The spec a user's file holds; a :class:`UnknownPairError` when it takes the name of a
+    built-in pair (a directory holding the toy's own ``pair.toml`` included: it would load
+    without the toy's lexicon, yet be checked against the toy's expectations)."""
+    spec = PairSpec.from_file(path)
+    if built_in_name(spec.name):
+        raise UnknownPairError(
+            f"pair spec {path} is named {spec.name!r}, the name of a built-in pair: its claims would be checked "
+            f"against the {spec.name.strip()}'s declared expectations and its report titled as the "
+            f'{spec.name.strip()}\'s. Give it a name of its own (name = "..." in the spec), or pass the built-in '
+            "pair by its name"
+        )
+    return spec
+
+
 def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> PairSpec:
     if isinstance(pair, PairSpec):
         return pair
@@ -154,9 +176,9 @@ def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> Pai
         return _seeded_toy_spec(cache, seed)
     path = Path(pair).expanduser()
     if path.is_file():
-        return PairSpec.from_file(path)
+        return spec_file(path)
     if path.is_dir() and (path / "pair.toml").is_file():
-        return PairSpec.from_file(path / "pair.toml")
+        return spec_file(path / "pair.toml")
     raise UnknownPairError(
         f"unknown pair {str(pair)!r}: not a named pair ({', '.join(sorted(NAMED_PAIRS))}, toy-seedN) "
         "nor a .toml/.json pair spec file or a directory holding pair.toml"
@@ -172,9 +194,12 @@ def pair_name(pair: str | Path) -> str:
     if path.is_dir():
         path = path / "pair.toml"
     try:
-        return PairSpec.from_file(path).name
+        spec = PairSpec.from_file(path)
     except UnknownPairError:
         return path.stem
+    if built_in_name(spec.name):
+        spec_file(path)  # refused, with the reason
+    return spec.name
 
 
 def load_pair(
