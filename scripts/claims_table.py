@@ -3,7 +3,7 @@
     python scripts/claims_table.py toy=reports/claims.json smollm2=reports/smollm2/claims.json
 
 prints a markdown table (claim | paper (GPT-2) | toy | smollm2): each pair's figure, its 95%
-interval and verdict (the README's "Claims on each pair" is this output).
+interval and verdict (the tables of docs/history.md are this output).
 """
 
 from __future__ import annotations

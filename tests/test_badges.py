@@ -229,12 +229,12 @@ def test_a_badge_repository_that_is_not_owner_slash_name_is_refused(monkeypatch)
         suite_options(FakeConfig(badge_repo="https://github.com/octo/claims"))
 
 
-def test_the_readme_documents_the_colours_and_one_row_of_the_wall():
+def test_the_manual_documents_the_colours_and_one_row_of_the_wall():
     from dpoclaims.report.render import badge_markdown
 
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "badges.md").read_text()
     for state, color in BADGE_COLORS.items():
         if state != "unexpected":
-            assert f"| {color} | {state}" in readme, f"README.md does not document {state} = {color}"
-    assert "unexpected: ..." in readme
-    assert badge_markdown("C4[v1]", "OWNER/REPO") in readme
+            assert f"| {color} | {state}" in page, f"docs/badges.md does not document {state} = {color}"
+    assert "unexpected: ..." in page
+    assert badge_markdown("C4[v1]", "OWNER/REPO") in page

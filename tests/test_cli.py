@@ -78,4 +78,4 @@ def test_build_toy_command(tmp_path, capsys, monkeypatch, tiny_toy_cache):
         assert band in out
     assert "toxicity [" in out
     # the bands are introduced by where they are documented, never by a tracker's issue number
-    assert "bands of the toy's setting (README, 'The toy organism'):" in out and "issue" not in out
+    assert "bands of the toy's setting (docs/toy.md, 'Bands'):" in out and "issue" not in out

@@ -1,5 +1,5 @@
-"""The README's example of a claim of your own ("Writing your own claim") runs as written: the code
-block is taken from README.md, put in a checkout-like directory (``claims/test_my_claim.py`` beside a
+"""The manual's example of a claim of your own (docs/own-claim.md) runs as written: the code
+block is taken from that page, put in a checkout-like directory (``claims/test_my_claim.py`` beside a
 copy of ``fixtures/``) and run by pytest in a subprocess, through the installed plugin, on a tiny pair.
 
 The tiny pair's outcome is known by construction: its DPO side is the base with one changed
@@ -24,25 +24,28 @@ import torch
 from tiny import D_MODEL, N_POSITIONS, write_spec
 
 ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "own-claim.md"
 MARKER = "# claims/test_my_claim.py"
 PROMPTS = [f"the plan {i} seems" for i in range(12)]  # [12], at least MIN_USABLE_PROMPTS
 
 
-def readme_example() -> str:
-    """The README's python code block that starts with MARKER."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.DOTALL)
+def docs_example() -> str:
+    """The python code block of docs/own-claim.md that starts with MARKER."""
+    blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.DOTALL)
     found = [block for block in blocks if block.startswith(MARKER + "\n")]
-    assert len(found) == 1, f"README.md holds {len(found)} python blocks starting with {MARKER!r}, not 1"
+    assert len(found) == 1, (
+        f"docs/own-claim.md holds {len(found)} python blocks starting with {MARKER!r}, not 1"
+    )
     return found[0]
 
 
-def test_readme_example_is_a_claim_file_using_the_fixtures():
-    example = readme_example()
+def test_the_docs_example_is_a_claim_file_using_the_fixtures():
+    example = docs_example()
     assert "from fixtures import Decomposition" in example
     assert re.search(r"^def test_\w+\(decomposition: Decomposition\) -> None:", example, flags=re.M)
 
 
-def test_the_readme_example_runs_and_its_assertion_decides(tmp_path, make_gpt2, tokenizer_dir):
+def test_the_docs_example_runs_and_its_assertion_decides(tmp_path, make_gpt2, tokenizer_dir):
     from transformers import AutoTokenizer
 
     from dpoclaims.measure.generation import GenerationSettings
@@ -73,7 +76,7 @@ def test_the_readme_example_runs_and_its_assertion_decides(tmp_path, make_gpt2, 
 
     checkout = tmp_path / "checkout"  # a user's checkout: claims/, fixtures/, a pytest configuration
     (checkout / "claims").mkdir(parents=True)
-    (checkout / "claims" / "test_my_claim.py").write_text(readme_example())
+    (checkout / "claims" / "test_my_claim.py").write_text(docs_example())
     shutil.copytree(ROOT / "fixtures", checkout / "fixtures", ignore=shutil.ignore_patterns("__pycache__"))
     (checkout / "pyproject.toml").write_text("[tool.pytest.ini_options]\n")  # the rootdir is the checkout
 
@@ -86,6 +89,6 @@ def test_the_readme_example_runs_and_its_assertion_decides(tmp_path, make_gpt2, 
     output = done.stdout + done.stderr
     summary = output.strip().splitlines()[-1]
     assert done.returncode == 1 and re.fullmatch(r"=* ?1 failed in [\d.]+s.*", summary), output[-3000:]
-    (name,) = re.findall(r"^def (test_\w+)\(", readme_example(), flags=re.M)
+    (name,) = re.findall(r"^def (test_\w+)\(", docs_example(), flags=re.M)
     assert f"FAILED claims/test_my_claim.py::{name}" in output, output[-3000:]
     assert "AssertionError: DPO lowers 0 of the 10" in output, output[-3000:]

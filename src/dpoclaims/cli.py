@@ -152,7 +152,7 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     print(
         f"  min weight cosine  {report['min_weight_cosine']:.4f}   probe accuracy  {report['probe_accuracy']:.3f}"
     )
-    print("bands of the toy's setting (README, 'The toy organism'):")
+    print("bands of the toy's setting (docs/toy.md, 'Bands'):")
     all_ok = _print_bands(report["bands"], width=24)
     print(f"build timings (s): {report['timings_s']}")
     print(f"report written to {args.report}")
@@ -199,7 +199,7 @@ def cmd_build_pair(args: argparse.Namespace) -> int:
     print(
         f"  probe accuracy {probe['accuracy']:.3f} [{probe['accuracy_interval'][0]:.3f}, {probe['accuracy_interval'][1]:.3f}] on {probe['n_heldout']} held-out texts"
     )
-    print("bands of the pair's setting (README, 'The real pair'):")
+    print("bands of the pair's setting (docs/real-pair.md, 'Bands'):")
     all_ok = _print_bands(report["bands"], width=26)
     print(f"stage times (s): {report['stage_seconds']}")
     print(f"report written to {args.report}")

@@ -110,7 +110,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="examples each Hypothesis search (C1[search], C2[search]: ablations; C13[search]: edits) draws, "
         "each a generation pass unless cached; 0 skips them; env DPOCLAIMS_SEARCH_EXAMPLES; default the "
-        "searches' own (DEFAULT_EXAMPLES in dpoclaims.claims.search; the README gives it)",
+        "searches' own (DEFAULT_EXAMPLES in dpoclaims.claims.search; docs/running.md gives it)",
     )
     group.addoption(
         "--scorer",

@@ -14,7 +14,7 @@ from typing import Any
 from dpoclaims.claims.results import NOT_MEASURED, ClaimId, ClaimRecord, ClaimResult
 from dpoclaims.report.manifest import manifest_lines
 
-# One colour per badge state (shields.io colour names); README.md documents them. The first
+# One colour per badge state (shields.io colour names); docs/badges.md documents them. The first
 # four are the verdict states of a measured claim; "unexpected" marks an outcome other than the
 # one declared for the pair (a failed, xpassed or erroring claim test), whatever the verdict.
 BADGE_COLORS: dict[str, str] = {

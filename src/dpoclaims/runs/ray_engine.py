@@ -116,7 +116,7 @@ def check_shared_cache(ray: Any, cache_root: Path) -> list[str]:
         attempt.release()
         return host, (
             f"took the lock {lock} that the driver holds: this filesystem's locks do not reach across "
-            "processes or nodes (see README, 'The cache across nodes')"
+            "processes or nodes (see docs/sweeps.md, 'The cache across nodes')"
         )
 
     remote_probe = ray.remote(num_cpus=0, max_retries=0)(probe)

@@ -89,7 +89,7 @@ BUILD_THREADS = 2  # as the toy's: float sums depend on the thread count
 DEFAULT_SCORER = "profanity-check"
 TOXIC_LABEL = 0.5  # profanity-check score from which a text is labelled toxic (the probe's labels)
 
-# The bands of the setting (README, 'The real pair'); the claims are never looked at to set them.
+# The bands of the setting (docs/real-pair.md, 'Bands'); the claims are never looked at to set them.
 BANDS: dict[str, tuple[float, float]] = {
     "base_toxicity": (0.15, 1.0),
     "dpo_over_base_toxicity": (0.0, 0.7),
@@ -98,9 +98,7 @@ BANDS: dict[str, tuple[float, float]] = {
     "probe_accuracy": (0.90, 1.0),
 }
 #: What a pair outside its bands should read next (:func:`dpoclaims.train.bands.check_bands`).
-OUT_OF_BANDS_ADVICE = (
-    "The bands and the build's rules are in dpoclaims.train.smollm2 and README, 'The real pair'"
-)
+OUT_OF_BANDS_ADVICE = "The bands and the build's rules are in dpoclaims.train.smollm2 and docs/real-pair.md"
 
 # How the claims measure this pair (the spec's extras), for a budget of 2 CPU cores (a cold
 # claims run within 30 minutes); ours, not the paper's, and set from timing alone, before any
@@ -136,7 +134,7 @@ class SmolConfig:
     # first rung, fixed before any DPO run of this pair (Lee et al.: 1e-6 over about 6,000 steps),
     # was 5e-6; it gave DPO/base toxicity 0.438 (band 0.7) but held-out perplexity +29.3% (band
     # 15%). A larger rate only moves the weights further, so the ladder goes down from there,
-    # halving the rate until every band is met: 2.5e-6, 1.25e-6. Figures: README, "The real pair".
+    # halving the rate until every band is met: 2.5e-6, 1.25e-6. Figures: docs/history.md, "The real pair's learning rate".
     dpo: DPOSettings = field(
         default_factory=lambda: DPOSettings(
             beta=0.1,

@@ -3,5 +3,5 @@ built offline from a synthetic corpus (see :mod:`dpoclaims.train.organism.build`
 
 #: The seed of the default toy (the pair ``toy``; ``toy-seedN`` is the toy at seed N). Seed 2 is
 #: the first seed and DPO length whose float64 build meets every band of the setting, judged on
-#: the bands alone, no claim measured (README, "The toy organism", gives every build tried).
+#: the bands alone, no claim measured (docs/history.md, "The toy", gives every build tried).
 DEFAULT_SEED = 2

@@ -37,7 +37,7 @@ TOY_FORMAT_VERSION = 4  # bump when the build code changes what a config produce
 DEFAULT_SCORER = "lexicon"
 TOY_THREADS = 2
 
-# The bands a toy must meet to behave like the paper's setting (README, 'The toy organism').
+# The bands a toy must meet to behave like the paper's setting (docs/toy.md, 'Bands').
 BANDS: dict[str, tuple[float, float]] = {
     "base_toxicity": (0.3, 0.6),
     "dpo_over_base_toxicity": (0.0, 0.5),
@@ -69,7 +69,7 @@ class ToyConfig:
     # every band: DPO/base toxicity 0.648 at 4 epochs and 0.596 at 8 (band 0.5), where 8 also
     # raised held-out perplexity 26% (band 15%). Seeds 1 and 2 were tried next, at 4 epochs, then
     # 2, then 3, judged on the bands alone, no claim measured; seed 2 at 3 epochs is the first to
-    # meet every band (DPO/base 0.458, perplexity +8.2%). Figures: README, "The toy organism".
+    # meet every band (DPO/base 0.458, perplexity +8.2%). Figures: docs/toy.md and docs/history.md.
     dpo: DPOSettings = field(
         default_factory=lambda: DPOSettings(
             learning_rate=3e-5,
@@ -129,7 +129,7 @@ def out_of_bands_advice(report: dict[str, Any]) -> str:
     seed = (report.get("config") or {}).get("seed", DEFAULT_SEED)
     cause = (
         f"At seed {seed} the toy's setting gives such a toy: only the default seed, {DEFAULT_SEED}, "
-        "was chosen to meet the bands (README, 'Claims across organism seeds')"
+        "was chosen to meet the bands (docs/sweeps.md, 'Claims across organism seeds')"
         if seed != DEFAULT_SEED
         else "Something changed what the build computes: other library versions (install the "
         "locked ones: README, 'Set-up', pip install -c requirements/lock.txt ...; the toy is "
@@ -137,7 +137,7 @@ def out_of_bands_advice(report: dict[str, Any]) -> str:
         "x86-64 (the toy is checked to be the same across x86 vector kernels only)"
     )
     return (
-        f"{cause}; the bands and the build's settings are in README, 'The toy organism'. Run the claims "
+        f"{cause}; the bands and the build's settings are in docs/toy.md. Run the claims "
         "on another pair meanwhile (--pair)"
     )
 
