@@ -358,7 +358,7 @@ def prompts_in_nfc_and_nfd(b: Bench):
 @case("prompts-dropped--the-report-header-says-what-and-why", "recovery")
 def prompts_dropped_the_report_header_says_what_and_why(b: Bench):
     from dpoclaims.plugin.resources import pair_header
-    from dpoclaims.report.writer import report_markdown
+    from dpoclaims.report.render import report_markdown
 
     nfd = unicodedata.normalize("NFD", _CAFES[0])
     measurements = _prompt_file(b, json.dumps([*_CAFES, nfd, " ", "\u200b"]).encode(), "prompts.json")
