@@ -207,3 +207,27 @@ def test_under_xdist_session_end_loads_no_model(tmp_path, gpt2_pair_files, monke
     report = json.loads((tmp_path / "reports" / "claims.json").read_text())
     assert "fig2_cumulative_contribution.png" in report["header"]["figures"]
     assert report["header"]["pair"] == "tiny"
+
+
+def test_a_test_that_records_another_claims_result_fails(pytester, tmp_path, monkeypatch):
+    """Every result's id is its test's id: a claim test whose function returns the result of
+    another claim (here C6[fake] under the C9 marker) is an error, never an expected failure."""
+    pytester.makepyfile(
+        test_wrong_id="""
+import pytest
+from dpoclaims.claims.results import ClaimResult
+
+
+@pytest.mark.claim("C9")
+def test_wrong(check_claim):
+    check_claim(ClaimResult(claim="C6", param="fake", statement="s", criterion="c", measured=0.9,
+                             ci=(0.8, 1.0), exact=False, p_value=1.0, verdict="contradicts", paper=0.15,
+                             p_against=0.0001))
+"""
+    )
+    monkeypatch.setenv("DPOCLAIMS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "table.toml").write_text('[pairs.toy]\n"C9" = "declared, so only the id guard can fail it"\n')
+    monkeypatch.setenv("DPOCLAIMS_EXPECTATIONS", str(tmp_path / "table.toml"))
+    result = pytester.runpytest_subprocess(*_args(tmp_path))
+    result.assert_outcomes(failed=1)
+    result.stdout.re_match_lines([r".*\(claim C9\) recorded the result of C6\[fake\]"])

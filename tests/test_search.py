@@ -159,6 +159,22 @@ def test_cold_warm_and_repeated_runs_draw_choose_and_decide_the_same():
     assert other != first_calls
 
 
+def test_a_slow_machine_shrinks_as_far_as_a_fast_one(monkeypatch):
+    """Hypothesis limits shrinking by wall time; an example here is a generation pass, so a cold
+    run on a slow machine must shrink to the same candidate as a warm run. The engine's clock is
+    made to jump 1,000 s at every reading: the search still shrinks to the smallest hit."""
+    from hypothesis.internal.conjecture import engine
+
+    share = lambda n, fold: 1.2 if n >= 60 else 0.2  # noqa: E731
+    calm = search.run_search(synthetic_space(share), max_examples=40, seed=0)
+    ticks = iter(range(0, 10**9, 1000))
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: float(next(ticks)))
+    rushed = search.run_search(synthetic_space(share), max_examples=40, seed=0)
+    assert rushed.chosen == calm.chosen == Size(60)
+    assert list(rushed.discovery) == list(calm.discovery)
+    assert engine.MAX_SHRINKING_SECONDS == 300  # restored after the search
+
+
 def test_an_existential_claim_is_confirmed_by_the_edit_found_and_refuted_by_all():
     """C13[search] ("some edit beats DPO"): p from the chosen candidate, p against from all."""
     entry = paper.entry("C13[search]")

@@ -751,8 +751,9 @@ def docs_markdown() -> str:
         "candidate is tested there as one test, and so is every candidate discovery measured (for 'every "
         "candidate', an intersection-union test over them; for 'some candidate', the chosen one). The verdict is "
         "therefore valid however the candidates were chosen, and it cannot depend on history: no example "
-        "database is kept, the draws follow the measurement seed, so a cold run, a warm rerun and another "
-        "machine draw, choose and decide the same. What it costs: each half has half the prompts, so a "
+        "database is kept, the draws follow the measurement seed, and Hypothesis's wall-clock limit on shrinking "
+        "is lifted (shrinking is bounded by its count of steps), so a cold run, a warm rerun and a slower or "
+        "faster machine draw, choose and decide the same. What it costs: each half has half the prompts, so a "
         "confirmation interval is about 1.4 times as wide as one over all of them, and a candidate needs a "
         "generation and a perplexity pass over every prompt and text (both halves are read from one cached pass).",
         "",

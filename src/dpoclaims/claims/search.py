@@ -34,14 +34,16 @@ History does not enter. Hypothesis runs with no example database and a fixed see
 measurement seed, through ``hypothesis.seed``), so the candidates it draws depend only on the
 seed, ``max_examples``, the space and the measured figures: a cold run, a warm rerun and a run on
 another machine draw, choose and confirm the same candidates, and give the same verdict and
-p-values. Every measurement is cached, so a warm rerun generates nothing. Hypothesis is a test
+p-values. Nor does the machine's speed: Hypothesis's wall-clock limit on shrinking is lifted
+(:func:`_shrinking_without_a_clock`), so a slow cold run shrinks as far as a fast warm one. Every measurement is cached, so a warm rerun generates nothing. Hypothesis is a test
 dependency: it is imported only when a search runs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
@@ -283,7 +285,8 @@ def run_search(
     chosen: C | None = None
     hit = False
     try:
-        look_for_the_opposite()
+        with _shrinking_without_a_clock():
+            look_for_the_opposite()
     except _Hit as found:
         chosen, hit = found.candidate, True
     if chosen is None:  # a stated candidate may be a hit Hypothesis never drew: the smallest one
@@ -295,6 +298,37 @@ def run_search(
         chosen = _best(space, discovery)
     confirmation = {c: space.measure(c, "confirmation") for c in discovery}
     return SearchResult(space, discovery, confirmation, chosen, hit, max_examples, seed)
+
+
+@contextmanager
+def _shrinking_without_a_clock() -> Iterator[None]:
+    """Hypothesis stops shrinking after a fixed number of seconds of wall time
+    (``MAX_SHRINKING_SECONDS`` in its engine, 300 in the locked version). Each example here is a
+    generation pass, so a cold run (every candidate generated) would stop shrinking sooner than a
+    warm one (every measurement cached) and could choose another candidate: a verdict that
+    depends on the machine's speed and the cache's history. Within this context the limit is
+    lifted; shrinking stays bounded by Hypothesis's own count of shrink steps and by the finite
+    space. If a Hypothesis release drops the constant, the search refuses to run rather than
+    quietly depending on time again."""
+    try:
+        from hypothesis.internal.conjecture import engine
+    except ImportError as exc:  # pragma: no cover - Hypothesis moved its engine
+        raise SearchError(_CLOCK_UNKNOWN) from exc
+    if not hasattr(engine, "MAX_SHRINKING_SECONDS"):
+        raise SearchError(_CLOCK_UNKNOWN)
+    saved = engine.MAX_SHRINKING_SECONDS
+    engine.MAX_SHRINKING_SECONDS = math.inf  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = saved
+
+
+_CLOCK_UNKNOWN = (
+    "this Hypothesis release limits shrinking in a way the searches do not know, so their verdict "
+    "could depend on the machine's speed; install the locked version (pip install -c "
+    "requirements/lock.txt hypothesis)"
+)
 
 
 def _best(space: SearchSpace[C], discovery: dict[C, Evaluated]) -> C | None:
