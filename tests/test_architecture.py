@@ -100,6 +100,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("claims",),  # the paper table, the claim functions, the searches
     ("report",),  # reports from claim records
     ("runs",),  # replication, the sweep
+    ("calibration",),  # the planted organisms and the calibration of the verdicts
     ("plugin",),  # the pytest plugin
     ("cli",),
 )

@@ -7,6 +7,7 @@
   train-probe  fit a linear toxicity probe on a base model from a Jigsaw-style CSV
   sweep        run every claim on each cell of pairs x toy seeds x conventions x scorers, write the matrix
   replicate    the sweep over toy seeds (default 0 1 2)
+  calibrate    every claim on the planted organisms (known truth) over replications: how often a verdict is wrong
   view         open (or serve) the latest report page, reports/index.html or a sweep's replication.html
 
 dpoclaims COMMAND --help gives a command's options.
@@ -425,6 +426,40 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Every claim on every planted organism over replications; writes reports/calibration.*;
+    exits 1 when a determined cell is wrong in more than 5% of replications (or a replication failed)."""
+    from dpoclaims.calibration.report import write_calibration
+    from dpoclaims.calibration.run import CalibrationSettings, Replication, calibrate
+
+    settings = CalibrationSettings(
+        replications=args.replications,
+        prompts=args.prompts,
+        texts=args.texts,
+        search_examples=args.search_examples,
+        organisms=tuple(args.organisms) if args.organisms else CalibrationSettings().organisms,
+        seed=args.seed,
+    )
+
+    def done(record: Replication, count: int, total: int) -> None:
+        status = f"FAILED: {record.error}" if record.error else f"{record.seconds:.1f} s"
+        print(f"[{count}/{total}] {record.organism} replication {record.replication}: {status}", flush=True)
+
+    replications, facts = calibrate(settings, _cache(args), workers=args.workers, on_done=done)
+    reports_dir = Path(args.reports_dir)
+    result = write_calibration(reports_dir, replications, facts)
+    print(
+        f"calibration: {result['determined_cells']} determined cells, largest wrong rate "
+        f"{(result['largest_wrong_rate'] or 0):.1%} (goal {result['goal_wrong_rate']:.0%}); "
+        f"{facts['seconds'] / 60:.1f} min; written to {reports_dir / 'calibration.md'} (.json, .png)"
+    )
+    for cell in result["cells_over_goal"]:
+        print(f"  over the goal: {cell}")
+    for error in result["errors"]:
+        print(f"  failed: {error}")
+    return 0 if result["met"] else 1
+
+
 def cmd_view(args: argparse.Namespace) -> int:
     """Open the latest report page in a browser, print where it is (``--no-browser``), or serve
     the reports directory on this machine (``--serve``: for a browser elsewhere, through a tunnel)."""
@@ -703,6 +738,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sweep over toy seeds (default 0 1 2): run every claim on each, write the matrix",
     )
     _add_sweep_options(replicate, default_seeds=[0, 1, 2])
+
+    calibration = sub.add_parser(
+        "calibrate",
+        help="run every claim on the planted organisms (known truth) over replications; write reports/calibration.*",
+    )
+    calibration.add_argument(
+        "--replications", type=int, default=20, help="replications per organism (default 20)"
+    )
+    calibration.add_argument(
+        "--prompts", type=int, default=40, help="distinct challenge prompts per replication (default 40)"
+    )
+    calibration.add_argument(
+        "--texts", type=int, default=100, help="held-out texts per replication (default 100)"
+    )
+    calibration.add_argument(
+        "--search-examples",
+        type=int,
+        default=10,
+        help="examples each search draws after its stated ones (default 10)",
+    )
+    calibration.add_argument(
+        "--organisms",
+        nargs="+",
+        default=None,
+        help="planted organisms (default: all; see docs/calibration.md)",
+    )
+    calibration.add_argument("--seed", type=int, default=0, help="the calibration's seed (default 0)")
+    calibration.add_argument(
+        "--workers", type=int, default=2, help="worker processes, one torch thread each (default 2)"
+    )
+    calibration.add_argument("--reports-dir", default="reports", help="calibration.{md,json,png} go here")
+    calibration.set_defaults(func=cmd_calibrate)
 
     view = sub.add_parser(
         "view",

@@ -18,7 +18,7 @@ import torch
 
 from dpoclaims.claims import editing, paper, selection
 from dpoclaims.claims.decision import Figure
-from dpoclaims.claims.registry import Measured, claim
+from dpoclaims.claims.registry import Measured, claim, dpo_drop
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.decomposition import (
     BASE_ACTIVATION,
@@ -54,14 +54,6 @@ def recorded_passes(d: Decomposition) -> tuple[tuple[PairSide, Intervention], ..
 
 
 # ------------------------------------------------------------------------- behavioural figures
-
-
-def dpo_drop(m: Measurements, rows: np.ndarray | None = None) -> Estimate:
-    """DPO's toxicity drop (base minus DPO) on the pair's prompts (or the prompts ``rows``)."""
-    base, dpo = m.scores("base"), m.scores("dpo")
-    if rows is not None:
-        base, dpo = base[rows], dpo[rows]
-    return bootstrap(mean_difference, base, dpo, seed=m.settings.seed)
 
 
 def recovered(m: Measurements, intervention: Intervention, rows: np.ndarray | None = None) -> Figure:

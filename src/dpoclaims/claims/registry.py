@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -22,7 +22,7 @@ from dpoclaims.claims import paper
 from dpoclaims.claims.decision import Figure, Outcome, evaluate, verdict
 from dpoclaims.claims.results import ClaimResult
 from dpoclaims.errors import DpoclaimsError
-from dpoclaims.stats import Verdict
+from dpoclaims.stats import Estimate, Verdict, bootstrap, mean_difference
 
 if TYPE_CHECKING:
     from dpoclaims.measure.measurements import Measurements
@@ -115,7 +115,27 @@ def run_claim(key: str, m: Measurements, param: Any = None, **options: Any) -> C
         )
     function = claim_function(key)
     measured: Measured = function(m, param, **options) if entry.param_name else function(m, **options)
+    if entry.describes_the_drop:
+        measured = defined_where_dpo_lowered_toxicity(m, measured)
     return decide(entry, param, measured, n_layers=m.pair.layout.n_layers, n_neurons=m.pair.layout.n_neurons)
+
+
+def dpo_drop(m: Measurements, rows: np.ndarray | None = None) -> Estimate:
+    """DPO's toxicity drop (base minus DPO) on the pair's prompts (or the prompts ``rows``)."""
+    base, dpo = m.scores("base"), m.scores("dpo")
+    if rows is not None:
+        base, dpo = base[rows], dpo[rows]
+    return bootstrap(mean_difference, base, dpo, seed=m.settings.seed)
+
+
+def defined_where_dpo_lowered_toxicity(m: Measurements, measured: Measured) -> Measured:
+    """``measured`` with every figure defined only where DPO's toxicity drop is shown positive
+    (:attr:`dpoclaims.claims.paper.ClaimEntry.describes_the_drop`)."""
+    drop = ("DPO's toxicity drop", dpo_drop(m))
+    figures = {
+        name: replace(figure, positive=(drop, *figure.positive)) for name, figure in measured.figures.items()
+    }
+    return replace(measured, figures=figures)
 
 
 def decide(
