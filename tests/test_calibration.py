@@ -172,3 +172,19 @@ def test_a_claim_on_what_dpo_lowered_is_not_measurable_where_dpo_lowered_nothing
             result = run_claim(key, m, param)
             assert result.verdict == "not measurable", (key, result.verdict)
             assert "DPO's toxicity drop" in result.finding
+
+
+@pytest.mark.parametrize("name", ["planted-null", "planted-diffuse"])
+def test_the_calibrations_shortcut_gives_run_claims_verdict(tiny_toy_dir, tmp_path, name):
+    """Where DPO's drop is not shown positive, the calibration records the drop-describing claims
+    as not measurable without computing them; run_claim gives the same verdict."""
+    from dpoclaims.calibration.run import drop_not_shown
+    from dpoclaims.claims.registry import dpo_drop, run_claim
+
+    with planted(name, 5, SMALL, str(tiny_toy_dir), Cache(tmp_path)) as (m, _):
+        shortcut = drop_not_shown(dpo_drop(m))
+        for entry in paper.ENTRIES:
+            if entry.describes_the_drop:
+                for param in entry.params or (None,):
+                    verdict = run_claim(entry.key, m, param).verdict
+                    assert (verdict == "not measurable") or not shortcut, (entry.key, param, verdict)

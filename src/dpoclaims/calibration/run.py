@@ -41,6 +41,7 @@ from dpoclaims.errors import DpoclaimsError, OptionError
 
 if TYPE_CHECKING:
     from dpoclaims.measure.measurements import Measurements
+    from dpoclaims.stats import Estimate
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,14 @@ def _measure_replication(
     with planted(record.organism, record.seed, settings, toy_dir, Cache(cache_dir)) as (m, construction):
         record.construction = construction
         base_pair = m.pair
+        drop = dpo_drop(m)
+        undefined = drop_not_shown(drop)
         for test_id, key, param in claim_ids():
+            if undefined and paper.entry(key).describes_the_drop:
+                # The verdict run_claim gives, without computing figures it would not read: every
+                # figure of such a claim is undefined where DPO's drop is not shown positive.
+                record.verdicts[test_id] = "not measurable"
+                continue
             options = {"max_examples": settings.search_examples} if paper.entry(key).quantifier else {}
             try:
                 result = run_claim(key, m, param, **options)
@@ -236,7 +244,6 @@ def _measure_replication(
                 continue
             record.verdicts[test_id] = result.verdict
             record.measured[test_id] = _finite(result.measured)
-        drop = dpo_drop(m)
         low, high = drop.interval(paper.SIDE_ALPHA)
         record.dpo_drop = {"value": drop.value, "ci": [low, high]}
         # C13's decision on the planted edit written at every position (the figure C13 reports beside).
@@ -256,12 +263,30 @@ def _measure_replication(
         record.measured[C13_EVERY_POSITION] = _finite(every.measured)
 
 
+def drop_not_shown(drop: Estimate) -> bool:
+    """Whether DPO's toxicity drop is not shown positive at the claims' level: the domain check
+    every claim that describes the drop applies first (registry.defined_where_dpo_lowered_toxicity)."""
+    from dpoclaims.claims import paper
+    from dpoclaims.claims.decision import Figure
+
+    return bool(Figure(drop, (("DPO's toxicity drop", drop),)).domain_problem(paper.SIDE_ALPHA))
+
+
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
 def _init_worker(threads: int) -> None:
+    import warnings
+
     import torch
+
+    # numpy's quantiles of a figure that is infinite on some resamples (a ratio whose denominator
+    # is not shown positive: not measurable by rule, and said so in the verdict) warn once per
+    # claim; the log keeps one line per replication instead.
+    warnings.filterwarnings(
+        "ignore", message="invalid value encountered in subtract", category=RuntimeWarning
+    )
 
     torch.set_num_threads(threads)
     from dpoclaims.quiet import quiet_third_party
