@@ -26,6 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from dpoclaims.cache import Cache
+from dpoclaims.calibration import (
+    DEFAULT_PROMPTS,
+    DEFAULT_REPLICATIONS,
+    DEFAULT_SEARCH_EXAMPLES,
+    DEFAULT_TEXTS,
+)
 from dpoclaims.errors import DpoclaimsError, OptionError
 from dpoclaims.files import (
     PICKLE_GLOBALS_ENV,
@@ -744,19 +750,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every claim on the planted organisms (known truth) over replications; write reports/calibration.*",
     )
     calibration.add_argument(
-        "--replications", type=int, default=20, help="replications per organism (default 20)"
+        "--replications",
+        type=int,
+        default=DEFAULT_REPLICATIONS,
+        help=f"replications per organism (default {DEFAULT_REPLICATIONS})",
     )
     calibration.add_argument(
-        "--prompts", type=int, default=40, help="distinct challenge prompts per replication (default 40)"
+        "--prompts",
+        type=int,
+        default=DEFAULT_PROMPTS,
+        help=f"distinct challenge prompts per replication (default {DEFAULT_PROMPTS})",
     )
     calibration.add_argument(
-        "--texts", type=int, default=100, help="held-out texts per replication (default 100)"
+        "--texts",
+        type=int,
+        default=DEFAULT_TEXTS,
+        help=f"held-out texts per replication (default {DEFAULT_TEXTS})",
     )
     calibration.add_argument(
         "--search-examples",
         type=int,
-        default=10,
-        help="examples each search draws after its stated ones (default 10)",
+        default=DEFAULT_SEARCH_EXAMPLES,
+        help=f"examples each search draws after its stated ones (default {DEFAULT_SEARCH_EXAMPLES})",
     )
     calibration.add_argument(
         "--organisms",

@@ -9,3 +9,10 @@
 - :mod:`dpoclaims.calibration.report`: the cells (claim x organism: truth, verdict counts, wrong
   rate) as ``calibration.json``, ``calibration.md`` and a figure.
 """
+
+# The calibration's defaults, in one place (light: the command line reads them for its help). They
+# fit 4 organisms x 20 replications in 20 minutes on 2 CPU cores (benchmarks/bench_calibrate.py).
+DEFAULT_REPLICATIONS = 20  # replications per organism: 0 wrong of 20 bounds a cell's rate at 13.9%
+DEFAULT_PROMPTS = 40  # distinct challenge prompts per replication (of the toy's 184)
+DEFAULT_TEXTS = 100  # held-out texts per replication (of the toy's 400)
+DEFAULT_SEARCH_EXAMPLES = 10  # drawn per search, after its stated candidates (the suite's default is 16)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -32,7 +32,7 @@ import torch
 from transformers import PreTrainedModel
 
 from dpoclaims.claims import paper
-from dpoclaims.claims.editing import SIGN_GROUP_SIGNS, EditSpec, edit_intervention
+from dpoclaims.claims.editing import EditSpec, edit_intervention, sign_groups
 from dpoclaims.claims.selection import top_toxic
 from dpoclaims.errors import DpoclaimsError
 from dpoclaims.models.loading import MLPLayout
@@ -66,20 +66,25 @@ class BaseFacts:
 # ------------------------------------------------------------------------- weight edits
 
 
-def _neuron(flat: int, layout: MLPLayout) -> tuple[int, int]:
-    return divmod(int(flat), layout.d_mlp)
-
-
-def _key_rows_and_bias(
-    model: PreTrainedModel, layout: MLPLayout, layer: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    in_proj, _ = mlp_modules(model, layout)[layer]
-    bias = getattr(in_proj, "bias", None)
-    if not isinstance(bias, torch.Tensor):
-        raise PlantingError(
-            f"layer {layer}'s MLP input projection has no bias: a neuron cannot be set to a constant"
-        )
-    return neuron_rows(in_proj, layout.d_mlp, layout.d_model, neurons_are="outputs"), bias
+def _by_layer(
+    model: PreTrainedModel, layout: MLPLayout, ids: np.ndarray
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]]:
+    """For each layer holding some of the flat neuron ``ids``: its key vectors ``[d_mlp, d_model]``
+    and bias ``[d_mlp]`` (views into ``model``'s weights), the neurons' indices in the layer, and
+    their positions in ``ids``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    layers, indices = np.divmod(ids, layout.d_mlp)
+    for layer, (in_proj, _) in enumerate(mlp_modules(model, layout)):
+        where = np.flatnonzero(layers == layer)
+        if not len(where):
+            continue
+        bias = getattr(in_proj, "bias", None)
+        if not isinstance(bias, torch.Tensor):
+            raise PlantingError(
+                f"layer {layer}'s MLP input projection has no bias: a neuron cannot be set to a constant"
+            )
+        rows = neuron_rows(in_proj, layout.d_mlp, layout.d_model, neurons_are="outputs")
+        yield rows, bias, indices[where], where
 
 
 def gelu_new(x: np.ndarray) -> np.ndarray:
@@ -121,11 +126,9 @@ def set_constant(model: PreTrainedModel, layout: MLPLayout, ids: np.ndarray, con
     check_activation(model)
     biases = inverse_gelu_new(np.asarray(constants, dtype=np.float64))
     biases[np.asarray(constants) == 0] = 0.0  # gelu_new(0) = 0 exactly: a silenced neuron is exactly 0
-    for flat, bias_value in zip(ids, biases):
-        layer, index = _neuron(flat, layout)
-        rows, bias = _key_rows_and_bias(model, layout, layer)
-        rows[index] = 0
-        bias[index] = float(bias_value)
+    for rows, bias, index, where in _by_layer(model, layout, ids):
+        rows[torch.from_numpy(index)] = 0
+        bias[torch.from_numpy(index)] = torch.from_numpy(biases[where]).to(bias.dtype)
 
 
 @torch.no_grad()
@@ -339,11 +342,11 @@ def scale_preactivation(
     """Multiply each neuron's key vector and bias by its factor: its pre-activation is scaled, so
     its activation follows gelu_new(f h), about f times the activation (it keeps its variation)."""
     check_activation(model)
-    for flat, factor in zip(ids, factors):
-        layer, index = _neuron(flat, layout)
-        rows, bias = _key_rows_and_bias(model, layout, layer)
-        rows[index] *= float(factor)
-        bias[index] *= float(factor)
+    factors = np.asarray(factors, dtype=np.float64)
+    for rows, bias, index, where in _by_layer(model, layout, ids):
+        scale = torch.from_numpy(factors[where]).to(rows.dtype)  # [k]
+        rows[torch.from_numpy(index)] *= scale[:, None]
+        bias[torch.from_numpy(index)] *= scale
 
 
 _PLANTED = (
@@ -426,20 +429,17 @@ class PlantedDiffuse(PlantedOrganism):
         mean = facts.mean_base.double().numpy()
         proj = facts.projection.double().numpy()
         n_layers, d_mlp = cos.shape
-        untouched = np.zeros(cos.size, dtype=bool)
+        untouched = np.zeros(cos.size, dtype=bool)  # the top toxic neurons: no shortcut
         untouched[top_toxic(facts.cosines, paper.scale_n(1000, cos.size)).numpy()] = True
         untouched[positive_toxic_ids(facts, 2000)] = True
-        excluded = untouched.reshape(cos.shape)
+        masks = sign_groups(facts.cosines, facts.mean_base)  # sign group -> [L * d_mlp]
         late = set(range(n_layers)[paper.late_layers(n_layers)])
         roles = {group: sign for roles_ in DIFFUSE_ROLES.values() for group, sign in roles_}
         chosen: dict[tuple[str, int], np.ndarray] = {}  # (planted group, layer) -> neuron indices
-        for sign_group, (toxic, positive) in SIGN_GROUP_SIGNS.items():
-            (reducing, _), (opposing, _) = DIFFUSE_ROLES[sign_group]
+        for sign_group, ((reducing, _), (opposing, _)) in DIFFUSE_ROLES.items():
+            eligible = (masks[sign_group].numpy() & ~untouched).reshape(cos.shape)
             for layer in range(n_layers):
-                member = ((cos[layer] > 0) if toxic else (cos[layer] < 0)) & (
-                    (mean[layer] > 0) if positive else (mean[layer] < 0)
-                )
-                members = rng.permutation(np.flatnonzero(member & ~excluded[layer]))
+                members = rng.permutation(np.flatnonzero(eligible[layer]))
                 n_reducing = int(round(DIFFUSE_REDUCING * len(members)))
                 n_opposing = 0 if layer in late else int(round(DIFFUSE_OPPOSING * len(members)))
                 chosen[(reducing, layer)] = members[:n_reducing]
@@ -449,9 +449,9 @@ class PlantedDiffuse(PlantedOrganism):
         floor_cap = np.where(mean < 0, DIFFUSE_FLOOR / np.minimum(mean, -1e-12) - 1, np.inf)
         caps = {
             (group, layer): np.clip(
-                np.minimum(
-                    DIFFUSE_ALPHA_CAP, floor_cap[layer, index] if roles[group] > 0 else np.inf + 0 * index
-                ),
+                np.minimum(DIFFUSE_ALPHA_CAP, floor_cap[layer, index])
+                if roles[group] > 0
+                else np.full(len(index), DIFFUSE_ALPHA_CAP),
                 0,
                 None,
             )
@@ -495,7 +495,8 @@ class PlantedDiffuse(PlantedOrganism):
         layer_net = planted.sum(1)
         late_layers = sorted(late)
         late_groups = groups_planted[:, late_layers].sum(1)
-        late_tp_an = float((late_groups[0] + late_groups[3]) / late_groups.sum())
+        tp, an = reducing_groups.index("TP-"), reducing_groups.index("AN-")
+        late_tp_an = float((late_groups[tp] + late_groups[an]) / late_groups.sum())
         peak = int(np.argmax(layer_net))
         if peak not in late or late_tp_an < DIFFUSE_MIN_LATE_TP_AN:
             raise PlantingError(

@@ -16,7 +16,6 @@ first whatever the count); the defaults fit 4 organisms x 20 replications in 20 
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +29,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dpoclaims.cache import Cache, stable_hash
+from dpoclaims.calibration import (
+    DEFAULT_PROMPTS,
+    DEFAULT_REPLICATIONS,
+    DEFAULT_SEARCH_EXAMPLES,
+    DEFAULT_TEXTS,
+)
 from dpoclaims.calibration.organisms import (
     C13_EVERY_POSITION,
     ORGANISM_NAMES,
@@ -43,18 +48,16 @@ if TYPE_CHECKING:
     from dpoclaims.measure.measurements import Measurements
     from dpoclaims.stats import Estimate
 
-log = logging.getLogger(__name__)
-
 CALIBRATION_FORMAT = 1  # bump when what a replication measures changes
 _SEED_STREAM = 0x43414C  # "CAL": the replications' random stream, apart from every other
 
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    replications: int = 20
-    prompts: int = 40  # distinct challenge prompts per replication (of the toy's 184)
-    texts: int = 100  # held-out texts per replication (of the toy's 400)
-    search_examples: int = 10  # drawn per search, after its stated candidates
+    replications: int = DEFAULT_REPLICATIONS
+    prompts: int = DEFAULT_PROMPTS
+    texts: int = DEFAULT_TEXTS
+    search_examples: int = DEFAULT_SEARCH_EXAMPLES
     organisms: tuple[str, ...] = ORGANISM_NAMES
     seed: int = 0  # the calibration's seed: replication r draws from (seed, r)
 
