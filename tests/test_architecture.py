@@ -92,7 +92,17 @@ def test_the_cycle_check_finds_a_cycle_hidden_inside_a_function(tmp_path):
 
 #: The library's layers, lowest first: a module imports from its own layer or lower ones only.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "files", "cache", "versions", "devices", "quiet", "progress", "stats"),  # infrastructure
+    (
+        "errors",
+        "files",
+        "cache",
+        "versions",
+        "devices",
+        "quiet",
+        "progress",
+        "phases",
+        "stats",
+    ),  # infrastructure
     ("models",),  # loading models, where the MLP neurons are, pairs
     ("hooks",),  # reaching the neurons: hooks, interventions, the bridge
     ("measure",),  # generation, scoring, captures, decomposition, the measurement cache

@@ -272,3 +272,20 @@ def test_split_without_offsets_cuts_at_the_token_midpoint(tokenizer):
     assert (prefix, reference) == (ids[: len(ids) // 2], ids[len(ids) // 2 :][:20])
     aligned, _ = split_for_continuation(tokenizer, text)
     assert len(aligned) < len(prefix)  # with offsets the cut moves back to a word start
+
+
+def test_a_standardized_balanced_probe_reads_raw_residuals():
+    """Fitted on standardized features, the probe's direction and bias are folded back so that
+    decision_function on raw features equals the standardized model's decision."""
+    from sklearn.linear_model import LogisticRegression
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 8, generator=generator) * torch.arange(1, 9) + 3.0
+    labels = (features[:, 0] + 0.1 * features[:, 3] > 3.5).long().tolist()
+    probe = LinearProbe(C=0.1, standardize=True, balanced=True).fit(features, labels)
+    x = features.numpy().astype("float64")
+    mean, scale = x.mean(0), x.std(0)
+    reference = LogisticRegression(C=0.1, max_iter=2000, random_state=0, class_weight="balanced")
+    reference.fit((x - mean) / scale, labels)
+    expected = reference.decision_function((x - mean) / scale)
+    assert torch.allclose(probe.decision_function(features).double(), torch.from_numpy(expected), atol=1e-4)

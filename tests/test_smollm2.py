@@ -91,18 +91,73 @@ def test_prompts_are_halves_of_the_toy_grammar_drawn_from_a_seeded_stream():
     assert all(len(p.split()) >= 4 for p in first)
 
 
-def test_the_challenge_rule_keeps_the_first_prompts_rated_toxic_in_drawing_order():
+def test_a_pool_is_drawn_round_robin_over_the_four_ranges_of_prompt_toxicity():
     scorer = ProfanityCheckScorer()
-    config = replace(smollm2.SmolConfig(), n_challenge=30, n_challenge_candidates=2000)
-    chosen, record = smollm2.select_challenge(config, scorer)
-    assert len(chosen) == len(set(chosen)) == 30
-    assert min(scorer.score(chosen)) >= config.challenge_min_prompt_score
-    candidates = list(dict.fromkeys(smollm2.comment_halves(2000, f"smollm2-challenge-{config.seed}")))
-    drawn = candidates[: record["candidates_drawn"]]
-    rated = [c for c, s in zip(drawn, scorer.score(drawn)) if s >= config.challenge_min_prompt_score]
-    assert rated == chosen  # none skipped, none taken from further on
-    with pytest.raises(CheckpointError, match="raise n_challenge_candidates"):
-        smollm2.select_challenge(replace(config, n_challenge_candidates=20), scorer)
+    pool = smollm2.stratified_pool("stream-a", 3000, scorer, exclude=set())
+    assert pool == smollm2.stratified_pool("stream-a", 3000, scorer, exclude=set())
+    assert len(pool) == len(set(pool))
+    ranges = [min(int(s * 4), 3) for s in scorer.score(pool[:40])]
+    assert ranges == [0, 1, 2, 3] * 10  # the smaller ranges hold more than 10 of 3,000 drawn
+    candidates = list(dict.fromkeys(smollm2.comment_halves(3000, "stream-a")))
+    for b in range(4):  # each range in drawing order
+        members = [p for p in pool if min(int(scorer.score([p])[0] * 4), 3) == b][:5]
+        in_order = [c for c in candidates if c in set(members)]
+        assert members == in_order
+    assert not set(pool[:10]) & set(smollm2.stratified_pool("stream-a", 3000, scorer, exclude=set(pool[:10])))
+
+
+def _fake_samples(monkeypatch, toxic_prompts: set[str]) -> list[list[str]]:
+    """sampled_batches stubbed: a prompt in ``toxic_prompts`` gets one sample rated 0.9, the
+    others 0.1; returns the batches asked for (their prompts)."""
+    asked: list[list[str]] = []
+
+    def fake(model, tokenizer, prompts, config, scorer, stream):
+        k, step = config.challenge_samples, config.generation.batch_size
+        for start in range(0, len(prompts), step):
+            batch = prompts[start : start + step]
+            asked.append(batch)
+            yield [
+                (
+                    p,
+                    [f"{p} sample {i}" for i in range(k)],
+                    [0.9 if p in toxic_prompts and i == 1 else 0.1 for i in range(k)],
+                )
+                for p in batch
+            ]
+
+    monkeypatch.setattr(smollm2, "sampled_batches", fake)
+    return asked
+
+
+def test_the_challenge_rule_keeps_the_first_pool_prompts_with_a_sample_rated_toxic(monkeypatch):
+    scorer = ProfanityCheckScorer()
+    config = replace(smollm2.SmolConfig(), n_challenge=10, n_pool_candidates=2000)
+    pool = smollm2.stratified_pool(f"smollm2-challenge-{config.seed}", 2000, scorer, set())
+    toxic = set(pool[::3])
+    asked = _fake_samples(monkeypatch, toxic)
+    kept, sampled, record = smollm2.select_challenge(None, None, config, scorer, progress=False)  # type: ignore[arg-type]
+    assert kept == [p for p in pool if p in toxic][:10]  # in pool order, none skipped
+    assert sampled == pool[: pool.index(kept[-1]) + 1]  # every prompt sampled up to the last kept
+    assert (record["k"], record["kept"], record["pool_prompts_sampled"]) == (4, 10, len(sampled))
+    assert record["kept_share"] == round(10 / len(sampled), 4)
+    assert len(asked) == 1  # one batch of 64 was enough: sampling stops once enough are kept
+    with pytest.raises(CheckpointError, match="raise max_pool_prompts"):
+        smollm2.select_challenge(None, None, replace(config, max_pool_prompts=12), scorer, progress=False)  # type: ignore[arg-type]
+
+
+def test_the_probe_texts_are_every_sample_labelled_by_the_scorer_and_never_an_excluded_prompt(monkeypatch):
+    scorer = ProfanityCheckScorer()
+    config = replace(smollm2.SmolConfig(), n_probe_toxic=20, n_pool_candidates=2000)
+    pool = smollm2.stratified_pool(f"smollm2-probe-{config.seed}", 2000, scorer, set())
+    excluded = set(pool[:5])
+    _fake_samples(monkeypatch, set(pool[::2]))
+    texts, labels, record = smollm2.probe_texts(None, None, config, scorer, excluded, progress=False)  # type: ignore[arg-type]
+    assert not any(t.startswith(tuple(excluded)) for t in texts)
+    assert sum(labels) >= 20 and len(texts) == len(labels) == 4 * record["prompts_sampled"]
+    assert all(
+        label == int(t.endswith("sample 1") and t.rsplit(" sample", 1)[0] in set(pool[::2]))
+        for t, label in zip(texts, labels)
+    )
 
 
 def test_heldout_text_is_prose_paragraphs_of_the_python_reference():

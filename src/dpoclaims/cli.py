@@ -202,9 +202,26 @@ def cmd_build_pair(args: argparse.Namespace) -> int:
     print(
         f"  perplexity (held-out, {ppl['texts']} texts)  base {ppl['base']:.3f}  DPO {ppl['dpo']:.3f}  change {figure(ppl['increase'])}"
     )
-    probe = report["data"]["probe"]
+    probes = report["data"]["probe"]
+    agreement, grammar = probes["scorer"]["heldout"], probes["grammar"]
+
+    def rate(value: float, interval: list[float]) -> str:
+        return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
     print(
-        f"  probe accuracy {probe['accuracy']:.3f} [{probe['accuracy_interval'][0]:.3f}, {probe['accuracy_interval'][1]:.3f}] on {probe['n_heldout']} held-out texts"
+        f"  probe (smollm2) agrees with profanity-check on {agreement['n']} held-out sampled continuations "
+        f"({agreement['toxic']} rated toxic): balanced accuracy {rate(agreement['balanced_accuracy'], agreement['balanced_accuracy_interval'])}, "
+        f"accuracy {rate(agreement['accuracy'], agreement['accuracy_interval'])} (goal 0.85)"
+    )
+    print(
+        f"  grammar probe (smollm2-grammar-probe): accuracy {rate(grammar['accuracy'], grammar['accuracy_interval'])} on "
+        f"{grammar['n_heldout']} held-out comments; on the same continuations balanced accuracy "
+        f"{rate(grammar['scorer_heldout']['balanced_accuracy'], grammar['scorer_heldout']['balanced_accuracy_interval'])}"
+    )
+    challenge = report["data"]["challenge"]
+    print(
+        f"  challenge prompts: {challenge['kept']} of {challenge['pool_prompts_sampled']} pool prompts kept "
+        f"({challenge['kept_share']:.1%}): at least 1 of k = {challenge['k']} samples rated toxic"
     )
     print("bands of the pair's setting (docs/real-pair.md, 'Bands'):")
     all_ok = _print_bands(report["bands"], width=26)

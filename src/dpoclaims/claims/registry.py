@@ -22,6 +22,7 @@ from dpoclaims.claims import paper
 from dpoclaims.claims.decision import Figure, Outcome, evaluate, verdict
 from dpoclaims.claims.results import ClaimResult
 from dpoclaims.errors import DpoclaimsError
+from dpoclaims.phases import phase
 from dpoclaims.stats import Estimate, Verdict, bootstrap, mean_difference
 
 if TYPE_CHECKING:
@@ -114,10 +115,13 @@ def run_claim(key: str, m: Measurements, param: Any = None, **options: Any) -> C
             "to meet this criterion, so the claim cannot fail here"
         )
     function = claim_function(key)
-    measured: Measured = function(m, param, **options) if entry.param_name else function(m, **options)
-    if entry.describes_the_drop:
-        measured = defined_where_dpo_lowered_toxicity(m, measured)
-    return decide(entry, param, measured, n_layers=m.pair.layout.n_layers, n_neurons=m.pair.layout.n_neurons)
+    with phase("statistics"):  # a claim's own work; its generations and searches are charged to theirs
+        measured: Measured = function(m, param, **options) if entry.param_name else function(m, **options)
+        if entry.describes_the_drop:
+            measured = defined_where_dpo_lowered_toxicity(m, measured)
+        return decide(
+            entry, param, measured, n_layers=m.pair.layout.n_layers, n_neurons=m.pair.layout.n_neurons
+        )
 
 
 def dpo_drop(m: Measurements, rows: np.ndarray | None = None) -> Estimate:

@@ -51,6 +51,7 @@ from dpoclaims.claims import paper
 from dpoclaims.claims.decision import Figure, Outcome
 from dpoclaims.claims.registry import Measured
 from dpoclaims.errors import DpoclaimsError, OptionError
+from dpoclaims.phases import phase
 from dpoclaims.stats import ONE_SIDED_ALPHA
 
 DEFAULT_EXAMPLES = 16  # Hypothesis steers by target() only after 10 examples: 16 leaves it 6
@@ -235,6 +236,11 @@ def run_search(
     space: SearchSpace[C], *, max_examples: int = DEFAULT_EXAMPLES, seed: int = 0
 ) -> SearchResult[C]:
     """Discovery with Hypothesis on the first half, confirmation on the second (module docstring)."""
+    with phase("searches"):
+        return _run_search(space, max_examples=max_examples, seed=seed)
+
+
+def _run_search(space: SearchSpace[C], *, max_examples: int, seed: int) -> SearchResult[C]:
     if max_examples < 1:
         raise OptionError(f"a search needs at least 1 example, not {max_examples}")
     try:

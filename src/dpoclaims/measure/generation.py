@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from dpoclaims.devices import module_device
 from dpoclaims.errors import ContextWindowError
 from dpoclaims.models.loading import model_positions
+from dpoclaims.phases import phase
 from dpoclaims.progress import track_progress
 
 
@@ -149,7 +150,10 @@ def greedy_generate(
         input_ids = batch["input_ids"].to(device)  # [batch, prompt_len]
         attention_mask = batch["attention_mask"].to(device)
         check_fits(model, input_ids.shape[1], settings.max_new_tokens)
-        with observer.generating(input_ids, attention_mask) if observer else nullcontext():
+        with (
+            observer.generating(input_ids, attention_mask) if observer else nullcontext(),
+            phase("generation") as counted,
+        ):
             output = generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -157,7 +161,8 @@ def greedy_generate(
                 pad_token_id=tokenizer.pad_token_id,
                 **GREEDY,
                 eos_token_id=eos,
-            )
+            )  # [batch, prompt_len + steps]
+            counted["tokens"] = output.numel()
         rows = _new_tokens(output, input_ids.shape[1], eos)
         if observer:
             observer.generated(input_ids, attention_mask, rows)
@@ -205,23 +210,25 @@ def sample_generate(
         input_ids = batch["input_ids"].to(device)  # [batch, prompt_len]
         check_fits(model, input_ids.shape[1], settings.max_new_tokens)
         torch.manual_seed(sampling.seed + number)
-        output = generate(
-            input_ids=input_ids,
-            attention_mask=batch["attention_mask"].to(device),
-            max_new_tokens=settings.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos,
-            do_sample=True,
-            temperature=sampling.temperature,
-            top_k=0,
-            top_p=1.0,
-            min_p=None,
-            typical_p=1.0,
-            repetition_penalty=1.0,
-            num_beams=1,
-            num_return_sequences=sampling.n_samples,
-            use_cache=True,
-        )  # [batch * n_samples, prompt_len + new], a prompt's samples adjacent
+        with phase("generation") as counted:
+            output = generate(
+                input_ids=input_ids,
+                attention_mask=batch["attention_mask"].to(device),
+                max_new_tokens=settings.max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_k=0,
+                top_p=1.0,
+                min_p=None,
+                typical_p=1.0,
+                repetition_penalty=1.0,
+                num_beams=1,
+                num_return_sequences=sampling.n_samples,
+                use_cache=True,
+            )  # [batch * n_samples, prompt_len + new], a prompt's samples adjacent
+            counted["tokens"] = output.numel()
         texts = _decode(tokenizer, _new_tokens(output, input_ids.shape[1], eos))
         samples.extend(texts[i : i + sampling.n_samples] for i in range(0, len(texts), sampling.n_samples))
     return samples

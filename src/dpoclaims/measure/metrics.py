@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dpoclaims.errors import OptionError
 from dpoclaims.measure.generation import GenerationSettings, greedy_generate, model_input_device
+from dpoclaims.phases import phase
 
 #: The most tokens of a held-out text scored on its own (without windows), as the paper's
 #: models take: a model with fewer positions scores each text on as many as it has.
@@ -60,7 +61,8 @@ def perplexity_rows(
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk])
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in chunk])
         ids, mask = ids.to(device), mask.to(device)  # [batch, width]
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        with phase("perplexity", tokens=ids.numel()):
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         targets, target_mask = ids[:, 1:], mask[:, 1:].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         nll_sums.append((nll * target_mask).double().sum(1).cpu())  # [batch]

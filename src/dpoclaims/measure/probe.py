@@ -81,14 +81,30 @@ class LinearProbe:
     seed: int = 0
     direction: torch.Tensor | None = field(default=None, repr=False)
     bias: float = 0.0
+    # Fit on standardized features with classes weighted to balance (for rare toxic texts); the
+    # direction and bias are then folded back into the raw residual space, so decision_function
+    # and cos(v_i, w) read raw residuals as for an unstandardized probe.
+    standardize: bool = False
+    balanced: bool = False
 
     def fit(self, features: torch.Tensor, labels: Sequence[int]) -> LinearProbe:
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
-        model.fit(features.numpy().astype(np.float64), np.asarray(labels))
-        self.direction = torch.tensor(model.coef_[0], dtype=torch.float32)
-        self.bias = float(model.intercept_[0])
+        x = features.numpy().astype(np.float64)  # [n, d_model]
+        mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+        if self.standardize:
+            mean, scale = x.mean(0), x.std(0)
+            scale[scale == 0] = 1.0
+        model = LogisticRegression(
+            C=self.C,
+            max_iter=2000,
+            random_state=self.seed,
+            class_weight="balanced" if self.balanced else None,
+        )
+        model.fit((x - mean) / scale, np.asarray(labels))
+        coef = model.coef_[0] / scale  # w on raw features: w . x + b == coef . (x - mean) / scale + intercept
+        self.direction = torch.tensor(coef, dtype=torch.float32)
+        self.bias = float(model.intercept_[0] - coef @ mean)
         return self
 
     @property

@@ -346,7 +346,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 #: The pairs built on first use, and what their first build takes on 2 CPU cores.
-BUILT_HERE = {"toy": "about 5 minutes", "smollm2": "about 45 minutes"}
+BUILT_HERE = {
+    "toy": "about 5 minutes",
+    "smollm2": "about 45 minutes",
+    "smollm2-grammar-probe": "about 45 minutes",
+}
 
 
 def _build_pair(config: pytest.Config, cache: Cache, name: str) -> None:

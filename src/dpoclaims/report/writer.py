@@ -25,6 +25,7 @@ from dpoclaims.files import (
     owned_outputs,
     refuse_overwriting,
 )
+from dpoclaims.phases import phase
 from dpoclaims.report.render import FIGURE_FILES, badge_filename, check_badge_names, render_reports
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,18 @@ def write_reports(
     (a sentence: the run was interrupted) marks ``claims.md``, ``claims.json`` and every badge.
     A reports directory (or its ``figures``/``badges``) that is a file, cannot be created or is
     not writable is a :class:`ReportError` naming the path, before anything is written."""
+    with phase("reports"):
+        return _write_reports(records, out_dir, header, figure_data, run_manifest=run_manifest)
+
+
+def _write_reports(
+    records: Sequence[ClaimRecord],
+    out_dir: Path,
+    header: dict[str, Any],
+    figure_data: dict[str, Any] | None,
+    *,
+    run_manifest: Mapping[str, Any] | None,
+) -> list[Path]:
     for directory in (out_dir, out_dir / "figures", out_dir / "badges"):
         ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
     check_badge_names(records)

@@ -114,15 +114,23 @@ def checked_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
     return built
 
 
-def _smollm2_spec(cache: Cache) -> PairSpec:
-    """SmolLM2-135M-Instruct and its DPO model (:mod:`dpoclaims.train.smollm2`), built on first use.
-    A missing package is a :class:`MissingDownload` giving the install line."""
+#: The smollm2 pair's specs by name, each with its probe file in the data stage: the probe trained
+#: on the base's sampled continuations as profanity-check labels them (the default), and the
+#: probe trained on the toy grammar's comments (a second spec of the same models and prompts, so
+#: that a claims table shows what the choice of probe changes).
+SMOLLM2_PROBES: dict[str, str] = {"smollm2": "probe.pt", "smollm2-grammar-probe": "probe_grammar.pt"}
+
+
+def _smollm2_spec(cache: Cache, name: str = "smollm2") -> PairSpec:
+    """SmolLM2-135M-Instruct and its DPO model (:mod:`dpoclaims.train.smollm2`), built on first use,
+    with the probe ``name`` names (:data:`SMOLLM2_PROBES`). A missing package is a
+    :class:`MissingDownload` giving the install line."""
     built = checked_smollm2(cache)
     return PairSpec(
-        name="smollm2",
+        name=name,
         base=str(built.base),
         dpo=str(built.dpo),
-        probe=str(built.data / "probe.pt"),
+        probe=str(built.data / SMOLLM2_PROBES[name]),
         extras={
             "challenge_prompts": str(built.data / "challenge_prompts.json"),
             "neutral_texts": str(built.data / "heldout_texts.json"),
@@ -140,6 +148,7 @@ NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {
     "toy": _toy_spec,
     "gpt2-medium": _gpt2_medium_spec,
     "smollm2": _smollm2_spec,
+    "smollm2-grammar-probe": lambda cache: _smollm2_spec(cache, "smollm2-grammar-probe"),
 }
 DEFAULT_PAIR = "toy"
 
