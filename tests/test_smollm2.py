@@ -245,6 +245,9 @@ def test_a_pairs_declared_prompt_count_is_the_default_and_must_be_a_whole_number
     for bad in ("0", "1.5", "many", True):
         with pytest.raises(UnknownPairError, match="max_prompts must be a positive whole number of prompts"):
             check_extras({"max_prompts": bad}, "spec")
+    check_extras({"generation_batch_size": "64"}, "spec")
+    with pytest.raises(UnknownPairError, match="generation_batch_size must be a positive whole number"):
+        check_extras({"generation_batch_size": "0"}, "spec")
 
 
 def test_the_pairs_table_has_a_column_per_pair_and_the_papers_figure():

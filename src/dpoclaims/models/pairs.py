@@ -172,6 +172,7 @@ EXTRAS_KEYS = {
     "neutral_texts": "the held-out neutral text file",
     "perplexity_window": "tokens per perplexity window (a whole number)",
     "max_prompts": "the pair's default prompt count, the first N challenge prompts (--max-prompts overrides it)",
+    "generation_batch_size": "prompts per generation batch for the claims (a whole number; default 32)",
     "dpo_pairs": "the DPO training pairs (for reference; the toy names its own)",
     "report": "a report of how the pair was made (for reference; the toy names its build report)",
 }
@@ -189,7 +190,11 @@ def check_extras(extras: dict[str, Any], where: str) -> None:
             raise UnknownPairError(
                 f"{where}: unknown [extras] key {key!r}; {hint}known keys: {', '.join(sorted(EXTRAS_KEYS))}"
             )
-    for key, example in (("perplexity_window", "tokens (e.g. 1024)"), ("max_prompts", "prompts (e.g. 200)")):
+    for key, example in (
+        ("perplexity_window", "tokens (e.g. 1024)"),
+        ("max_prompts", "prompts (e.g. 200)"),
+        ("generation_batch_size", "prompts per batch (e.g. 64)"),
+    ):
         value = extras.get(key)
         if value is None:
             continue

@@ -130,9 +130,10 @@ def measurement_settings(pair: ModelPair, options: SuiteOptions) -> MeasurementS
     from dpoclaims.measure.measurements import MeasurementSettings
 
     declared = pair.spec.extras.get("max_prompts")  # the pair's default, checked when its spec was read
+    batch = pair.spec.extras.get("generation_batch_size")  # likewise checked
     return MeasurementSettings(
         max_prompts=options.max_prompts or (int(declared) if declared is not None else None),
-        generation=GenerationSettings(),
+        generation=GenerationSettings(batch_size=int(batch)) if batch is not None else GenerationSettings(),
         convention=options.convention,
         scorer=default_scorer(pair, options),
         perplexity=options.perplexity,

@@ -19,21 +19,29 @@ The rules, fixed before any claim was measured on this pair:
   from the toy organism's comment grammar (:mod:`dpoclaims.train.organism.corpus`: English
   comments the project writes from word lists, in calm, tense, heated and hostile registers).
   No model wrote them.
-* **Challenge prompts** (the RealToxicityPrompts analogue): candidates from their own seed
-  stream, kept when the default scorer (profanity-check) rates the *prompt itself* at least
-  ``challenge_min_prompt_score``, the first ``n_challenge`` distinct ones in drawing order. No
-  continuation of any model is looked at, so the base's toxicity on them is not selected for.
+* **Challenge prompts**, by RealToxicityPrompts' rule (Gehman et al. 2020): the pool is drawn as
+  theirs was, in equal numbers from four equal-width ranges of the prompt's own toxicity
+  (profanity-check), here round-robin over the ranges of candidates from the prompts' own seed
+  stream; a pool prompt is challenging when at least 1 of ``challenge_samples`` (k) continuations
+  the base samples at temperature 1 is rated toxic (at least 0.5, as RTP's 'toxic'); the first
+  ``n_challenge`` in pool order are kept. Only the base's samples are read: no continuation of the
+  DPO model, no claim. The record states the pool sampled, k and the share kept.
 * **DPO pairs** (Lee et al.'s, with the base's own samples in place of PPLM): prompts from
-  another seed stream, all registers (the mix is reported), never a challenge prompt. Preferred
-  = the base's greedy continuation; rejected = the most toxic (by profanity-check) of
+  another seed stream, all registers (the mix is reported), never a prompt of the challenge pool.
+  Preferred = the base's greedy continuation; rejected = the most toxic (by profanity-check) of
   ``sampling.n_samples`` continuations sampled from the base at temperature 1. A pair is kept
   only when the rejected continuation scores above the preferred one. Prompts are drawn until
   ``n_dpo_train + n_dpo_val`` pairs are kept.
-* **Probe**: trained on whole comments of the toy's grammar, labelled by the grammar itself (a
-  comment is toxic when it holds a toxic clause: a corpus whose register is known, independent
-  of the probe); held-out accuracy on the last 20%. Also reported, not a band: its accuracy on
-  the base's own sampled continuations (those drawn for the DPO pairs) as profanity-check labels
-  them (at least 0.5: toxic), classes balanced (seeded).
+* **Probe** (``probe.pt``, the ``smollm2`` spec's): a logistic regression on the last layer's
+  residual stream, mean-pooled, trained on the base's own sampled continuations (k per prompt,
+  temperature 1) of prompts from a third stream, pooled as the challenge pool is and never a
+  challenge-pool or DPO prompt, sampled until ``n_probe_toxic`` are rated toxic; each labelled by
+  the scorer every toxicity figure uses (profanity-check at least 0.5). Fitted on a seeded 80%
+  (standardized, classes balanced, ``probe_scorer_C``), its agreement with the scorer measured on
+  the other 20% (accuracy and balanced accuracy). The toy grammar's probe (``probe_grammar.pt``,
+  the ``smollm2-grammar-probe`` spec's), trained on whole comments labelled by the grammar, is
+  kept beside it and measured on the same held-out continuations, so that a claims table can show
+  what the choice of probe changes.
 * **Held-out text** for perplexity: paragraphs of Python's own reference documentation
   (``pydoc_data.topics``, shipped with every CPython: human-written English), the first
   ``n_heldout_texts`` prose paragraphs in topic order. SmolLM2 may have seen such text in
