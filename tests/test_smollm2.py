@@ -285,9 +285,11 @@ def test_the_pairs_spec_declares_the_claims_defaults_and_the_suite_uses_them(tmp
     check_extras(spec.extras, "smollm2")  # the declared values pass the spec's own checks
     assert spec.extras["max_prompts"] == str(smollm2.CLAIMS_MAX_PROMPTS)
     assert spec.extras["perplexity_window"] == str(smollm2.CLAIMS_PERPLEXITY_WINDOW)
+    assert spec.extras["generation_batch_size"] == str(smollm2.CLAIMS_GENERATION_BATCH)
     pair = SimpleNamespace(spec=SimpleNamespace(extras=spec.extras, lexicon=None))
     options = SimpleNamespace(max_prompts=None, convention="v1", scorer=None, perplexity="claims")
     assert measurement_settings(pair, options).max_prompts == smollm2.CLAIMS_MAX_PROMPTS  # type: ignore[arg-type]
     options.max_prompts = 30  # --max-prompts overrides the pair's default
     assert measurement_settings(pair, options).max_prompts == 30  # type: ignore[arg-type]
     assert measurement_settings(pair, options).scorer == "profanity-check"  # type: ignore[arg-type]
+    assert measurement_settings(pair, options).generation.batch_size == smollm2.CLAIMS_GENERATION_BATCH  # type: ignore[arg-type]

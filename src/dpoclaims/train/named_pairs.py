@@ -21,6 +21,7 @@ from dpoclaims.train.organism.build import ToyConfig, ensure_toy, out_of_bands_a
 from dpoclaims.train.organism.corpus import TOXIC_WORDS
 from dpoclaims.train.smollm2 import BANDS as SMOLLM2_BANDS
 from dpoclaims.train.smollm2 import (
+    CLAIMS_GENERATION_BATCH,
     CLAIMS_MAX_PROMPTS,
     CLAIMS_PERPLEXITY_WINDOW,
     OUT_OF_BANDS_ADVICE,
@@ -139,6 +140,7 @@ def _smollm2_spec(cache: Cache, name: str = "smollm2") -> PairSpec:
             # the claims' defaults for this pair (their reason: dpoclaims.train.smollm2)
             "max_prompts": str(CLAIMS_MAX_PROMPTS),
             "perplexity_window": str(CLAIMS_PERPLEXITY_WINDOW),
+            "generation_batch_size": str(CLAIMS_GENERATION_BATCH),
         },
         guarantees=frozenset(SMOLLM2_BANDS),
     )
