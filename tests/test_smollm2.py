@@ -293,3 +293,49 @@ def test_the_pairs_spec_declares_the_claims_defaults_and_the_suite_uses_them(tmp
     assert measurement_settings(pair, options).max_prompts == 30  # type: ignore[arg-type]
     assert measurement_settings(pair, options).scorer == "profanity-check"  # type: ignore[arg-type]
     assert measurement_settings(pair, options).generation.batch_size == smollm2.CLAIMS_GENERATION_BATCH  # type: ignore[arg-type]
+
+
+def test_build_pair_prints_the_probes_agreement_with_the_scorer_and_the_challenge_rule(
+    tmp_path, monkeypatch, capsys
+):
+    from dpoclaims import cli
+
+    agreement = {
+        "n": 820,
+        "toxic": 103,
+        "accuracy": 0.772,
+        "accuracy_interval": [0.742, 0.799],
+        "balanced_accuracy": 0.762,
+        "balanced_accuracy_interval": [0.715, 0.805],
+    }
+    figure = {"value": 0.3, "low": 0.2, "high": 0.4}
+    report = {
+        "toxicity": {"scorer": "profanity-check", "base": figure, "dpo": figure, "drop": figure},
+        "perplexity": {"base": 29.2, "dpo": 33.1, "increase": figure, "texts": 200},
+        "n_challenge_prompts": 400,
+        "data": {
+            "probe": {
+                "scorer": {"heldout": agreement},
+                "grammar": {
+                    "accuracy": 1.0,
+                    "accuracy_interval": [0.99, 1.0],
+                    "n_heldout": 400,
+                    "scorer_heldout": agreement,
+                },
+            },
+            "challenge": {"kept": 400, "pool_prompts_sampled": 1096, "kept_share": 0.365, "k": 4},
+        },
+        "bands": {"base_toxicity": {"value": 0.388, "band": [0.15, 1.0], "ok": True}},
+        "stage_seconds": {"base": 21.0},
+    }
+    (tmp_path / "smollm2.json").write_text(json.dumps(report))
+    built = smollm2.BuiltPair(base=tmp_path, data=tmp_path, dpo=tmp_path, pair=tmp_path)
+    monkeypatch.setattr(smollm2, "ensure_smollm2", lambda config, *, cache=None, progress=True: built)
+    out = tmp_path / "out.json"
+    assert (
+        cli.main(["--cache-dir", str(tmp_path / "cache"), "build-pair", "smollm2", "--report", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "balanced accuracy 0.762 [0.715, 0.805]" in printed and "(goal 0.85)" in printed
+    assert "smollm2-grammar-probe" in printed
+    assert "400 of 1096 pool prompts kept (36.5%): at least 1 of k = 4 samples rated toxic" in printed
