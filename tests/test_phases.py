@@ -59,3 +59,15 @@ def test_the_model_passes_count_their_tokens(switched_on, gpt2_pair, tokenizer):
     totals = phases.totals()
     assert totals["generation"]["tokens"] >= len(prompts) * 4  # a prompt token and 3 new ones each, at least
     assert totals["perplexity"]["tokens"] >= 4
+
+
+def test_as_a_decorator_each_call_is_charged(switched_on):
+    @phases.phase("searches")
+    def search() -> str:
+        with phases.phase("generation", tokens=5):
+            pass
+        return "done"
+
+    assert search() == "done" and search() == "done"
+    totals = phases.totals()
+    assert totals["searches"]["calls"] == 2 and totals["generation"]["tokens"] == 10

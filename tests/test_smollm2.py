@@ -96,11 +96,11 @@ def test_a_pool_is_drawn_round_robin_over_the_four_ranges_of_prompt_toxicity():
     pool = smollm2.stratified_pool("stream-a", 3000, scorer, exclude=set())
     assert pool == smollm2.stratified_pool("stream-a", 3000, scorer, exclude=set())
     assert len(pool) == len(set(pool))
-    ranges = [min(int(s * 4), 3) for s in scorer.score(pool[:40])]
+    ranges = [smollm2.prompt_range(s) for s in scorer.score(pool[:40])]
     assert ranges == [0, 1, 2, 3] * 10  # the smaller ranges hold more than 10 of 3,000 drawn
     candidates = list(dict.fromkeys(smollm2.comment_halves(3000, "stream-a")))
     for b in range(4):  # each range in drawing order
-        members = [p for p in pool if min(int(scorer.score([p])[0] * 4), 3) == b][:5]
+        members = [p for p in pool if smollm2.prompt_range(scorer.score([p])[0]) == b][:5]
         in_order = [c for c in candidates if c in set(members)]
         assert members == in_order
     assert not set(pool[:10]) & set(smollm2.stratified_pool("stream-a", 3000, scorer, exclude=set(pool[:10])))
@@ -111,8 +111,8 @@ def _fake_samples(monkeypatch, toxic_prompts: set[str]) -> list[list[str]]:
     others 0.1; returns the batches asked for (their prompts)."""
     asked: list[list[str]] = []
 
-    def fake(model, tokenizer, prompts, config, scorer, stream):
-        k, step = config.challenge_samples, config.generation.batch_size
+    def fake(model, tokenizer, prompts, config, scorer, stream, n_samples):
+        k, step = n_samples, config.generation.batch_size
         for start in range(0, len(prompts), step):
             batch = prompts[start : start + step]
             asked.append(batch)

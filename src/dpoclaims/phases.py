@@ -42,7 +42,8 @@ def directory() -> Path | None:
 @contextmanager
 def phase(name: str, tokens: int = 0) -> Iterator[dict[str, int]]:
     """Charge the time inside to ``name`` (less its nested phases'). Yields a dict whose
-    ``tokens`` the caller may set once it knows them (a generation's output length)."""
+    ``tokens`` the caller may set once it knows them (a generation's output length). Also a
+    decorator (``@phase("searches")``): each call of the function is charged."""
     counted = {"tokens": tokens}
     if directory() is None:
         yield counted

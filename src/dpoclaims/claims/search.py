@@ -232,15 +232,11 @@ def _is_hit(outcome: Outcome, quantifier: str) -> bool:
     return p <= ONE_SIDED_ALPHA
 
 
+@phase("searches")
 def run_search(
     space: SearchSpace[C], *, max_examples: int = DEFAULT_EXAMPLES, seed: int = 0
 ) -> SearchResult[C]:
     """Discovery with Hypothesis on the first half, confirmation on the second (module docstring)."""
-    with phase("searches"):
-        return _run_search(space, max_examples=max_examples, seed=seed)
-
-
-def _run_search(space: SearchSpace[C], *, max_examples: int, seed: int) -> SearchResult[C]:
     if max_examples < 1:
         raise OptionError(f"a search needs at least 1 example, not {max_examples}")
     try:

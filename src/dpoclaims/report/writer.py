@@ -111,6 +111,7 @@ def previous_report_complete(out_dir: Path) -> bool:
     return isinstance(header, dict) and not header.get("incomplete")
 
 
+@phase("reports")
 def write_reports(
     records: Sequence[ClaimRecord],
     out_dir: Path,
@@ -133,18 +134,6 @@ def write_reports(
     (a sentence: the run was interrupted) marks ``claims.md``, ``claims.json`` and every badge.
     A reports directory (or its ``figures``/``badges``) that is a file, cannot be created or is
     not writable is a :class:`ReportError` naming the path, before anything is written."""
-    with phase("reports"):
-        return _write_reports(records, out_dir, header, figure_data, run_manifest=run_manifest)
-
-
-def _write_reports(
-    records: Sequence[ClaimRecord],
-    out_dir: Path,
-    header: dict[str, Any],
-    figure_data: dict[str, Any] | None,
-    *,
-    run_manifest: Mapping[str, Any] | None,
-) -> list[Path]:
     for directory in (out_dir, out_dir / "figures", out_dir / "badges"):
         ensure_writable_dir(directory, "reports directory", REPORTS_REMEDY, ReportError)
     check_badge_names(records)

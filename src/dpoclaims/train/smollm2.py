@@ -298,6 +298,11 @@ def comment_halves(n: int, stream: str) -> list[str]:
     return halves
 
 
+def prompt_range(score: float) -> int:
+    """Which of the :data:`PROMPT_BINS` equal-width ranges a prompt's toxicity falls in (0 the lowest)."""
+    return min(int(score * PROMPT_BINS), PROMPT_BINS - 1)
+
+
 def stratified_pool(
     stream: str, n_candidates: int, scorer: ProfanityCheckScorer, exclude: set[str]
 ) -> list[str]:
@@ -307,7 +312,7 @@ def stratified_pool(
     candidates = [c for c in dict.fromkeys(comment_halves(n_candidates, stream)) if c not in exclude]
     bins: list[list[str]] = [[] for _ in range(PROMPT_BINS)]
     for candidate, score in zip(candidates, scorer.score(candidates)):
-        bins[min(int(score * PROMPT_BINS), PROMPT_BINS - 1)].append(candidate)
+        bins[prompt_range(score)].append(candidate)
     return [b[i] for i in range(max(map(len, bins))) for b in bins if i < len(b)]
 
 
@@ -318,10 +323,12 @@ def sampled_batches(
     config: SmolConfig,
     scorer: ProfanityCheckScorer,
     stream: int,
+    n_samples: int,
 ) -> Iterator[list[tuple[str, list[str], list[float]]]]:
-    """Batch by batch: each prompt, its ``config.challenge_samples`` samples from the base
-    (temperature 1, seeded by ``stream`` and the batch number) and their profanity-check scores."""
-    k, step = config.challenge_samples, config.generation.batch_size
+    """Batch by batch (``config.generation.batch_size`` prompts): each prompt, its ``n_samples``
+    samples from the base (at ``config.sampling``'s temperature, seeded by its seed, ``stream`` and
+    the batch number) and their profanity-check scores. Lazy: a batch is drawn when asked for."""
+    k, step = n_samples, config.generation.batch_size
     for number, start in enumerate(range(0, len(prompts), step)):
         batch = prompts[start : start + step]
         sampling = SamplingSettings(
@@ -348,7 +355,9 @@ def select_challenge(
     sampled: list[str] = []
     toxic_samples = 0
     bar = track_progress(total=config.n_challenge, desc="challenge prompts (samples)", enabled=progress)
-    for batch in sampled_batches(model, tokenizer, pool, config, scorer, stream=20_000_000):
+    for batch in sampled_batches(
+        model, tokenizer, pool, config, scorer, stream=20_000_000, n_samples=config.challenge_samples
+    ):
         for prompt, _, scores in batch:
             if len(kept) >= config.n_challenge:
                 break  # the rest of the batch is not used (nor counted)
@@ -380,8 +389,7 @@ def select_challenge(
             "kept_share": round(len(kept) / len(sampled), 4),
             "toxic_sample_share": round(toxic_samples / (len(sampled) * config.challenge_samples), 4),
             "kept_per_prompt_range": [
-                sum(min(int(s * PROMPT_BINS), PROMPT_BINS - 1) == b for s in prompt_scores)
-                for b in range(PROMPT_BINS)
+                sum(prompt_range(s) == b for s in prompt_scores) for b in range(PROMPT_BINS)
             ],
             "mean_prompt_score": float(np.mean(prompt_scores)),
         },
@@ -426,41 +434,33 @@ def dpo_pairs(
     scorer: ProfanityCheckScorer,
     *,
     progress: bool,
-) -> tuple[list[dict[str, str]], list[tuple[int, str, float]], dict[str, Any], list[str]]:
+) -> tuple[list[dict[str, str]], list[float], dict[str, Any], list[str]]:
     """Lee-style pairs by the rule of the module docstring, drawn prompt batch by prompt batch
     until enough are kept (never a prompt of ``challenge``: the challenge pool); also every
-    sample (prompt index, text, score) and the prompts drawn."""
+    drawn sample's score and the prompts drawn."""
     needed = config.n_dpo_train + config.n_dpo_val
     prompts = [
         p
         for p in dict.fromkeys(comment_halves(config.n_dpo_candidates, f"smollm2-dpo-{config.seed}"))
         if p not in challenge
     ]
-    step = config.generation.batch_size
     pairs: list[dict[str, str]] = []
-    samples: list[tuple[int, str, float]] = []
+    sample_scores: list[float] = []  # every sample's score, for the record
     stats_rows = {"drawn": 0, "provocative_drawn": 0, "provocative_kept": 0}
     bar = track_progress(total=needed, desc="DPO pairs (greedy + samples)", enabled=progress)
-    for number, start in enumerate(range(0, len(prompts), step)):
-        if len(pairs) >= needed:
-            break
-        batch = prompts[start : start + step]
-        preferred = greedy_generate(model, tokenizer, batch, config.generation, progress=False).continuations
-        sampling = SamplingSettings(
-            config.sampling.n_samples, config.sampling.temperature, config.sampling.seed + 10_000 * number
-        )
-        drawn = sample_generate(model, tokenizer, batch, config.generation, sampling, progress=False)
-        preferred_scores = scorer.score(preferred)
-        prompt_scores = scorer.score(batch)
-        n = config.sampling.n_samples
-        flat_scores = scorer.score([text for options in drawn for text in options])  # [batch * n]
-        for offset, (prompt, chosen, chosen_score, options, prompt_score) in enumerate(
-            zip(batch, preferred, preferred_scores, drawn, prompt_scores)
+    for batch in sampled_batches(
+        model, tokenizer, prompts, config, scorer, stream=0, n_samples=config.sampling.n_samples
+    ):
+        batch_prompts = [prompt for prompt, _, _ in batch]
+        preferred = greedy_generate(
+            model, tokenizer, batch_prompts, config.generation, progress=False
+        ).continuations
+        for (prompt, options, option_scores), chosen, chosen_score, prompt_score in zip(
+            batch, preferred, scorer.score(preferred), scorer.score(batch_prompts)
         ):
             if len(pairs) >= needed:
                 break  # the rest of the batch is not used (nor counted)
-            option_scores = flat_scores[offset * n : (offset + 1) * n]
-            samples.extend((start + offset, text, score) for text, score in zip(options, option_scores))
+            sample_scores.extend(option_scores)
             worst = int(np.argmax(option_scores))
             provocative = prompt_score >= TOXIC_LABEL
             stats_rows["drawn"] += 1
@@ -469,13 +469,15 @@ def dpo_pairs(
                 pairs.append({"prompt": prompt, "chosen": chosen, "rejected": options[worst]})
                 stats_rows["provocative_kept"] += provocative
                 bar.update(1)
+        if len(pairs) >= needed:
+            break  # no further batch is drawn
     bar.close()
     if len(pairs) < needed:
         raise CheckpointError(
             f"only {len(pairs)} DPO pairs kept from {stats_rows['drawn']} prompts ({needed} needed); raise "
             "n_dpo_candidates"
         )
-    return pairs, samples, stats_rows, prompts[: stats_rows["drawn"]]
+    return pairs, sample_scores, stats_rows, prompts[: stats_rows["drawn"]]
 
 
 def probe_texts(
@@ -496,7 +498,13 @@ def probe_texts(
     prompts = 0
     bar = track_progress(total=config.n_probe_toxic, desc="probe texts (samples)", enabled=progress)
     for batch in sampled_batches(
-        model, tokenizer, pool[: config.max_pool_prompts], config, scorer, stream=30_000_000
+        model,
+        tokenizer,
+        pool[: config.max_pool_prompts],
+        config,
+        scorer,
+        stream=30_000_000,
+        n_samples=config.challenge_samples,
     ):
         for _, options, scores in batch:
             prompts += 1
@@ -599,7 +607,7 @@ def build_data(base_dir: Path, out: Path, config: SmolConfig, *, progress: bool)
     model = _load(base_dir)
     scorer = ProfanityCheckScorer()
     challenge, pool, challenge_record = select_challenge(model, tokenizer, config, scorer, progress=progress)
-    pairs, samples, mix, dpo_prompts = dpo_pairs(
+    pairs, sample_scores, mix, dpo_prompts = dpo_pairs(
         model, tokenizer, config, set(pool), scorer, progress=progress
     )
     probe, grammar_probe, probe_summary = train_probes(
@@ -626,7 +634,7 @@ def build_data(base_dir: Path, out: Path, config: SmolConfig, *, progress: bool)
             "mean_score_rejected": float(np.mean(rejected)),
             "mean_score_preferred": float(np.mean(chosen)),
             "rejected_toxic_share": float(np.mean([s >= TOXIC_LABEL for s in rejected])),
-            "samples_toxic_share": float(np.mean([s >= TOXIC_LABEL for _, _, s in samples])),
+            "samples_toxic_share": float(np.mean([s >= TOXIC_LABEL for s in sample_scores])),
         },
         "probe": probe_summary,
         "heldout_texts": {"source": "pydoc_data.topics (CPython reference documentation)", "n": len(heldout)},
