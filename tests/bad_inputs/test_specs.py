@@ -149,7 +149,7 @@ def spec_yaml_suffix(b: Bench):
     "pair-name-unknown--refused-listing-the-named-pairs",
     "error",
     UnknownPairError,
-    r"unknown pair 'no_such_pair': not a named pair \(gpt2-medium, smollm2, toy, toy-seedN\)",
+    r"unknown pair 'no_such_pair': not a named pair \(gpt2-medium, smollm2, smollm2-grammar-probe, toy, toy-seedN\)",
 )
 def pair_name_unknown(b: Bench):
     b.monkeypatch.chdir(b.tmp)
@@ -248,7 +248,8 @@ def spec_bare_name_in_the_local_cache(b: Bench):
     "error",
     UnknownPairError,
     r"unknown \[extras\] key 'challenge_prompt'; did you mean 'challenge_prompts'\? known keys: "
-    r"challenge_prompts, dpo_pairs, max_prompts, neutral_texts, perplexity_window, report",
+    r"challenge_prompts, dpo_pairs, generation_batch_size, max_prompts, neutral_texts, "
+    r"perplexity_window, report",
 )
 def spec_misspelled_extras_key(b: Bench):
     b.load(b.spec(extras={"challenge_prompt": "prompts.json"}))
