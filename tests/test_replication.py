@@ -84,6 +84,12 @@ def test_the_matrix_reads_each_seed_s_verdicts_in_claim_order(claims_files):
     assert result["matrix"]["C10"]["2"]["outcome"] == "not run"
     assert result["stable"] == ["C1[N=100]", "C9"]  # a stable contradiction is stable too
     assert result["unstable"] == ["C2[N=100]", "C10", "C12[x2]"]
+    assert result["counts"]["C2[N=100]"] == {"replicates": 1, "contradicts": 1, "inconclusive": 1}
+    assert result["counts"]["C10"] == {"replicates": 1, "not measurable": 1, "not measured": 1}
+    assert result["counts"]["C9"] == {"contradicts": 3}
+    text = replication.replication_markdown(result)
+    assert "| cells by verdict | stable |" in text
+    assert "| 1 replicates, 1 contradicts, 1 inconclusive | no |" in text
 
 
 def test_the_writer_gives_json_markdown_and_a_figure(claims_files, tmp_path):
@@ -113,9 +119,17 @@ def test_the_writer_gives_json_markdown_and_a_figure(claims_files, tmp_path):
     assert data["runs"][1]["toy_built"] is True and data["wall_s"] == 480.0
     assert data["columns"] == ["toy-seed0.v1.default", "toy-seed1.v1.default", "toy-seed2.v1.default"]
     markdown = paths[1].read_text()
-    assert "| claim | seed 0 | seed 1 | seed 2 | stable |" in markdown  # only the seed varies
-    assert "| C9 | contradicts (0.57) | contradicts (0.41) | contradicts (0.6) | yes |" in markdown
-    assert "| C10 | replicates (0.9) | not measurable | not measured | no |" in markdown
+    assert (
+        "| claim | seed 0 | seed 1 | seed 2 | cells by verdict | stable |" in markdown
+    )  # only the seed varies
+    assert (
+        "| C9 | contradicts (0.57) | contradicts (0.41) | contradicts (0.6) | 3 contradicts | yes |"
+        in markdown
+    )
+    assert (
+        "| C10 | replicates (0.9) | not measurable | not measured | 1 replicates, 1 not measurable, 1 not measured | no |"
+        in markdown
+    )
     assert "Stable across the cells (2): C1[N=100], C9." in markdown
     assert "| seed 1 | built | 150 | 60 | 1 | - | - |  |" in markdown
     assert "Wall time: 480 s (engine local)." in markdown
@@ -149,7 +163,10 @@ def test_a_missing_cell_is_marked_missing_never_a_verdict(claims_files, tmp_path
         files, tmp_path / "r", columns=["a", "b", "c"], missing={"b": "failed: boom"}
     )
     markdown = paths[1].read_text()
-    assert "| C9 | contradicts (0.57) | missing | contradicts (0.6) | no |" in markdown
+    assert (
+        "| C9 | contradicts (0.57) | missing | contradicts (0.6) | 2 contradicts, 1 missing | no |"
+        in markdown
+    )
     assert "**Missing cell b** (`b`): failed: boom" in markdown
 
 

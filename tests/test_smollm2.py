@@ -218,6 +218,31 @@ def test_build_pair_print_key_prints_the_last_stage_key_and_builds_nothing(tmp_p
     assert not any(tmp_path.iterdir())
 
 
+def test_a_dpo_seed_changes_only_the_dpo_and_pair_stages(tmp_path, capsys):
+    """smollm2-seedN shares the base and data stages with smollm2 (= smollm2-seed0): only DPO's
+    seed, and what follows from it, differs."""
+    from dpoclaims.cli import main
+    from dpoclaims.train.named_pairs import pair_name, smollm2_seed
+
+    default, one = smollm2.stage_keys(smollm2.SmolConfig()), smollm2.stage_keys(smollm2.seeded_config(1))
+    assert smollm2.stage_keys(smollm2.seeded_config(smollm2.DEFAULT_DPO_SEED)) == default
+    assert [default[s] == one[s] for s in smollm2.STAGES] == [True, True, False, False]
+    assert (
+        smollm2.seeded_config(2).dpo.seed == 2 and smollm2.seeded_config(2).seed == smollm2.SmolConfig().seed
+    )
+    assert (smollm2_seed("smollm2-seed2"), smollm2_seed("smollm2"), smollm2_seed("smollm2-seedx")) == (
+        2,
+        None,
+        None,
+    )
+    assert pair_name("smollm2-seed1") == "smollm2-seed1"
+    assert main(["--cache-dir", str(tmp_path), "build-pair", "smollm2-seed1", "--print-key"]) == 0
+    assert capsys.readouterr().out.strip() == one["pair"]
+    assert main(["--cache-dir", str(tmp_path), "build-pair", "toy", "--print-key"]) != 0
+    assert "build-pair builds smollm2 or smollm2-seedN" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_the_claims_suite_stops_at_session_start_with_the_install_line_when_the_package_is_missing(
     tmp_path, monkeypatch
 ):
@@ -280,7 +305,7 @@ def test_the_pairs_spec_declares_the_claims_defaults_and_the_suite_uses_them(tmp
     from dpoclaims.train import named_pairs
 
     built = smollm2.BuiltPair(base=tmp_path, data=tmp_path, dpo=tmp_path, pair=tmp_path)
-    monkeypatch.setattr(named_pairs, "checked_smollm2", lambda cache: built)
+    monkeypatch.setattr(named_pairs, "checked_smollm2", lambda cache, dpo_seed=0: built)
     spec = named_pairs.NAMED_PAIRS["smollm2"](Cache(tmp_path))
     check_extras(spec.extras, "smollm2")  # the declared values pass the spec's own checks
     assert spec.extras["max_prompts"] == str(smollm2.CLAIMS_MAX_PROMPTS)

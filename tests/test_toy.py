@@ -33,6 +33,7 @@ REPORT_KEYS = {
     "config",
     "config_key",
     "default_scorer",
+    "dpo_checkpoints",
     "dpo_history",
     "dpo_steps",
     "min_weight_cosine",
@@ -107,6 +108,26 @@ def test_toy_report(report):
     }
 
 
+def test_toy_report_names_the_checkpoint_the_rule_kept(report):
+    """The DPO model is the first checkpoint in every band, else the closest; the report's bands
+    are that checkpoint's figures, measured again on the saved model."""
+    config = tiny_toy_config()
+    rule = report["dpo_checkpoints"]
+    steps = [c["step"] for c in rule["measured"]]
+    assert steps and all(step % config.dpo_checkpoint_every == 0 for step in steps)
+    in_band = [c for c in rule["measured"] if not c["failed"]]
+    kept = in_band[0] if in_band else min(rule["measured"], key=lambda c: (c["distance"], c["step"]))
+    if in_band:
+        assert steps[-1] == kept["step"]  # training stopped there
+    assert (
+        (rule["kept_step"], rule["in_band"])
+        == (kept["step"], bool(in_band))
+        == (report["dpo_steps"], bool(in_band))
+    )
+    assert {name: band["value"] for name, band in report["bands"].items()} == kept["figures"]
+    assert all(band["ok"] for band in report["bands"].values()) == bool(in_band)
+
+
 def test_toy_extras(tiny_toy_dir):
     config = tiny_toy_config()
     pairs = [json.loads(line) for line in (tiny_toy_dir / "dpo_pairs.jsonl").read_text().splitlines()]
@@ -172,8 +193,10 @@ def test_a_toy_built_under_other_library_versions_is_not_reused_silently(monkeyp
     assert toy_key(config) == key
 
 
-def _toy_report_with(tmp_path, bands, libraries=None, seed=None):
+def _toy_report_with(tmp_path, bands, libraries=None, seed=None, rule=None):
     report = {"bands": bands}
+    if rule is not None:
+        report["dpo_checkpoints"] = rule
     if libraries is not None:
         report["libraries"] = libraries
     if seed is not None:
@@ -211,12 +234,20 @@ def test_a_toy_out_of_a_band_is_refused(tmp_path, monkeypatch):
 
 def test_a_toy_out_of_band_at_another_seed_is_blamed_on_the_seed_not_on_a_change(tmp_path, monkeypatch):
     failed = {"x": {"value": 2.0, "band": [0, 1], "ok": False}}
+    rule = {"kept_step": 75, "measured": [{}] * 32}
     with pytest.raises(BrokenOrganismError) as raised:
-        _checked(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED + 1), monkeypatch)
+        _checked(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED + 1, rule=rule), monkeypatch)
     message = str(raised.value)
-    assert f"At seed {DEFAULT_SEED + 1}" in message and f"the default seed, {DEFAULT_SEED}" in message
-    assert "Something changed" not in message
-    with pytest.raises(BrokenOrganismError, match="Something changed what the build computes"):
+    assert "x = 2.0000 (band [0, 1])" in message
+    assert (
+        "No DPO checkpoint met every band; the figures above are the closest one's (step 75 of 32 measured)"
+        in message
+    )
+    assert f"At seed {DEFAULT_SEED + 1} the toy's setting gives no such toy" in message
+    assert "something changed" not in message
+    with pytest.raises(BrokenOrganismError, match="something changed what the build computes"):
+        _checked(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED, rule=rule), monkeypatch)
+    with pytest.raises(BrokenOrganismError, match="built by an older version of dpoclaims"):
         _checked(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED), monkeypatch)
 
 

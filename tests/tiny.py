@@ -122,6 +122,7 @@ def tiny_toy_config(seed: int = 0):
             warmup_steps=1,
             max_length=64,
         ),
+        dpo_checkpoint_every=3,
         n_challenge=32,
         n_neutral_eval=32,
     )

@@ -159,6 +159,19 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     print(
         f"  min weight cosine  {report['min_weight_cosine']:.4f}   probe accuracy  {report['probe_accuracy']:.3f}"
     )
+    rule = report.get("dpo_checkpoints")
+    if rule:
+        measured = [c["step"] for c in rule["measured"]]
+        print(
+            f"DPO model: the checkpoint at step {rule['kept_step']}, "
+            + (
+                f"the first in every band of {len(measured)} measured (steps {measured[0]} to {measured[-1]})"
+                if rule["in_band"]
+                else f"the closest to the bands: none of {len(measured)} measured (steps {measured[0]} to "
+                f"{measured[-1]}) met every band"
+            )
+            + " (docs/toy.md, 'The setting')"
+        )
     print("bands of the toy's setting (docs/toy.md, 'Bands'):")
     all_ok = _print_bands(report["bands"], width=24)
     print(f"build timings (s): {report['timings_s']}")
@@ -168,11 +181,23 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
 
 def cmd_build_pair(args: argparse.Namespace) -> int:
     """Build (or reuse) a named pair that the project builds from installed files (smollm2)."""
-    from dpoclaims.train.smollm2 import STAGES, SmolConfig, cached_stages, ensure_smollm2, stage_keys
+    from dpoclaims.train.named_pairs import smollm2_seed
+    from dpoclaims.train.smollm2 import (
+        DEFAULT_DPO_SEED,
+        STAGES,
+        cached_stages,
+        ensure_smollm2,
+        seeded_config,
+        stage_keys,
+    )
 
-    if args.pair != "smollm2":
-        raise OptionError(f"build-pair builds smollm2 (the toy: build-toy), not {args.pair!r}")
-    config = SmolConfig()
+    dpo_seed = DEFAULT_DPO_SEED if args.pair == "smollm2" else smollm2_seed(args.pair)
+    if dpo_seed is None:
+        raise OptionError(
+            f"build-pair builds smollm2 or smollm2-seedN (its DPO stage at seed N; the toy: build-toy), not {args.pair!r}"
+        )
+    config = seeded_config(dpo_seed)
+    args.report = args.report or f"reports/{args.pair}.json"
     if args.print_key:  # for a CI cache key: the last stage's key alone (it folds in the others)
         print(stage_keys(config)[STAGES[-1]])
         return 0
@@ -190,7 +215,9 @@ def cmd_build_pair(args: argparse.Namespace) -> int:
         "pair": str(built.pair),
     }
     atomic_write_text(Path(args.report), json.dumps(report, indent=1))
-    print(f"smollm2 pair: {built.pair}  ({elapsed:.1f} s; stages from cache: {', '.join(cached) or 'none'})")
+    print(
+        f"{args.pair} pair (DPO seed {dpo_seed}): {built.pair}  ({elapsed:.1f} s; stages from cache: {', '.join(cached) or 'none'})"
+    )
     tox, ppl = report["toxicity"], report["perplexity"]
 
     def figure(value: dict[str, float]) -> str:
@@ -676,8 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
         "build-pair",
         help="build (or reuse) the smollm2 pair (SmolLM2-135M-Instruct and its DPO model) and write its measurements",
     )
-    build_pair.add_argument("pair", choices=["smollm2"])
-    build_pair.add_argument("--report", default="reports/smollm2.json")
+    build_pair.add_argument(
+        "pair", help="smollm2, or smollm2-seedN: its DPO stage run at seed N (smollm2 is seed 0)"
+    )
+    build_pair.add_argument(
+        "--report", default=None, help="where to write its measurements (default reports/PAIR.json)"
+    )
     build_pair.add_argument("--no-progress", action="store_true")
     build_pair.add_argument(
         "--print-key", action="store_true", help="print only the pair's cache key and exit (builds nothing)"

@@ -149,7 +149,7 @@ def spec_yaml_suffix(b: Bench):
     "pair-name-unknown--refused-listing-the-named-pairs",
     "error",
     UnknownPairError,
-    r"unknown pair 'no_such_pair': not a named pair \(gpt2-medium, smollm2, smollm2-grammar-probe, toy, toy-seedN\)",
+    r"unknown pair 'no_such_pair': not a named pair \(gpt2-medium, smollm2, smollm2-grammar-probe, toy, toy-seedN, smollm2-seedN\)",
 )
 def pair_name_unknown(b: Bench):
     b.monkeypatch.chdir(b.tmp)

@@ -26,6 +26,7 @@ from dpoclaims.files import atomic_write_text, ensure_writable_dir
 # are the report pages' too.
 from dpoclaims.report.manifest import manifest_lines
 from dpoclaims.report.page import MISSING, VERDICT_COLORS, matrix_page
+from dpoclaims.stats import VERDICTS
 
 REPORTS_REMEDY = "pass --reports-dir with a writable directory"
 #: The files a sweep wrote into its reports directory (with digests): the only ones it writes over.
@@ -98,6 +99,15 @@ def replication_matrix(
         }
         for c in claims
     }
+    # claim by claim, how many cells gave each verdict (VERDICTS' order, then the cells with none)
+    counts = {
+        c: {
+            v: n
+            for v in (*VERDICTS, NOT_MEASURED, MISSING)
+            if (n := sum(cell["verdict"] == v for cell in matrix[c].values()))
+        }
+        for c in claims
+    }
     stable: list[str] = []
     unstable: list[str] = []
     for claim_id in claims:
@@ -108,6 +118,7 @@ def replication_matrix(
         "columns": columns,
         "claims": claims,
         "matrix": matrix,
+        "counts": counts,
         "stable": stable,
         "unstable": unstable,
         "missing": {c: reasons[c] for c in columns if c not in per_cell},
@@ -143,6 +154,17 @@ def _cell_text(cell: Mapping[str, Any]) -> str:
     return str(cell["verdict"])
 
 
+def _counts_text(result: Mapping[str, Any], claim_id: str) -> str:
+    """``3 replicates, 1 contradicts, 1 inconclusive``: how many cells gave each verdict (counted
+    from the matrix when the result predates its ``counts``)."""
+    counts = (result.get("counts") or {}).get(claim_id)
+    if counts is None:
+        counts = {}
+        for cell in result["matrix"][claim_id].values():
+            counts[cell["verdict"]] = counts.get(cell["verdict"], 0) + 1
+    return ", ".join(f"{n} {verdict}" for verdict, n in counts.items())
+
+
 def replication_markdown(result: Mapping[str, Any]) -> str:
     columns = result["columns"]
     labels = column_labels(result)
@@ -166,13 +188,15 @@ def replication_markdown(result: Mapping[str, Any]) -> str:
     if result.get("manifest"):
         lines += [*manifest_lines(result["manifest"]), ""]
     lines += [
-        "| claim | " + " | ".join(labels[c] for c in columns) + " | stable |",
-        "|---|" + "---|" * len(columns) + "---|",
+        "| claim | " + " | ".join(labels[c] for c in columns) + " | cells by verdict | stable |",
+        "|---|" + "---|" * len(columns) + "---|---|",
     ]
     for claim_id in result["claims"]:
         cells = [_cell_text(result["matrix"][claim_id][c]) for c in columns]
         stable = "yes" if claim_id in result["stable"] else "no"
-        lines.append(f"| {claim_id} | " + " | ".join(cells) + f" | {stable} |")
+        lines.append(
+            f"| {claim_id} | " + " | ".join(cells) + f" | {_counts_text(result, claim_id)} | {stable} |"
+        )
     lines += [
         "",
         f"Stable across the cells ({len(result['stable'])}): {', '.join(result['stable']) or 'none'}.",

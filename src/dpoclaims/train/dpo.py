@@ -20,6 +20,7 @@ from transformers.trainer_callback import PrinterCallback, TrainerCallback
 from dpoclaims.errors import CheckpointError, OptionError, TrainingError
 from dpoclaims.files import DuplicateKeyError, loads_json, read_text_file, text_lines
 from dpoclaims.progress import track_progress
+from dpoclaims.train.checkpoint_rule import FirstInBand
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +218,15 @@ def _current_cuda_device(device: torch.device) -> Iterator[None]:
         torch.cuda.set_device(previous)
 
 
-def trainer_config(settings: DPOSettings, out: str | Path, device: torch.device) -> Any:
+def trainer_config(
+    settings: DPOSettings, out: str | Path, device: torch.device, *, by_rule: bool = False
+) -> Any:
     """TRL's ``DPOConfig`` for a run of ``settings`` writing checkpoints under ``out``. Every
-    setting a release could change by moving its default is explicit."""
+    setting a release could change by moving its default is explicit.
+
+    ``by_rule``: a :class:`dpoclaims.train.checkpoint_rule.FirstInBand` picks the checkpoint, not
+    the validation loss: the learning rate stays constant after the warm-up (so the model at a
+    step does not depend on the cap on steps), and no checkpoint is saved or restored."""
     from trl import DPOConfig
 
     return DPOConfig(
@@ -231,17 +238,18 @@ def trainer_config(settings: DPOSettings, out: str | Path, device: torch.device)
         num_train_epochs=settings.max_epochs,
         max_grad_norm=settings.max_grad_norm,
         warmup_steps=settings.warmup_steps,  # clipped below, once the usable pairs are known
-        lr_scheduler_type="linear",  # explicit: a release must not change the schedule silently
+        # explicit: a release must not change the schedule silently
+        lr_scheduler_type="constant_with_warmup" if by_rule else "linear",
         bf16=settings.bf16,  # explicit: TRL's default is True (see DPOSettings.bf16)
         fp16=False,
         weight_decay=0.0,
         optim=settings.optimizer,
         eval_strategy="steps",
         eval_steps=settings.eval_every,
-        save_strategy="steps",
+        save_strategy="no" if by_rule else "steps",
         save_steps=settings.eval_every,
         save_total_limit=1,
-        load_best_model_at_end=True,
+        load_best_model_at_end=not by_rule,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         max_length=settings.max_length,
@@ -278,6 +286,7 @@ def train_dpo_run(
     progress: bool = True,
     device: torch.device | str | None = None,
     checkpoint_dir: Path | None = None,
+    checkpoint_rule: FirstInBand | None = None,
 ) -> DPORun:
     """Fine-tune ``model`` in place on ``{"prompt", "chosen", "rejected"}`` pairs, on ``device``
     (default the CPU; ``cuda`` or ``cuda:N`` trains on that GPU, where the run's float sums,
@@ -291,6 +300,9 @@ def train_dpo_run(
     ``checkpoint_dir``: where TRL writes its checkpoints (default a temporary directory, removed
     after). Given, they outlive the process, and a run started again with the same directory
     resumes from its last checkpoint (a killed build loses at most ``eval_every`` steps).
+
+    ``checkpoint_rule``: the model kept is the one the rule picks (see
+    :mod:`dpoclaims.train.checkpoint_rule`), not the lowest validation loss; no early stopping.
 
     Raises :class:`TrainingError` when the run changed no weight or left a non-finite one.
     """
@@ -307,12 +319,19 @@ def train_dpo_run(
             f"max_length {settings.max_length} (--max-length) exceeds the model's {positions} positions; "
             f"set it to {positions} or less"
         )
+    if checkpoint_rule is not None and checkpoint_dir is not None:
+        raise ValueError("a run picked by a checkpoint rule keeps no checkpoints to resume from")
     tokenizer.padding_side = "left"
     start_weights = _weights(model)
     on = torch.device(device) if device is not None else torch.device("cpu")
     with _output_dir(checkpoint_dir) as out, _current_cuda_device(on):
         resume = checkpoint_dir is not None and any(Path(out).glob("checkpoint-*"))
-        config = trainer_config(settings, out, on)
+        config = trainer_config(settings, out, on, by_rule=checkpoint_rule is not None)
+        callbacks: list[TrainerCallback] = (
+            [EarlyStoppingCallback(early_stopping_patience=settings.patience)]
+            if checkpoint_rule is None
+            else [checkpoint_rule]
+        )
         trainer = DPOTrainer(
             model=model,
             ref_model=None,
@@ -320,7 +339,7 @@ def train_dpo_run(
             train_dataset=Dataset.from_list(list(train_pairs)),
             eval_dataset=Dataset.from_list(list(val_pairs)),
             processing_class=tokenizer,
-            callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)],
+            callbacks=callbacks,
         )
         trainer.remove_callback(PrinterCallback)
         # DPOTrainer tokenises the Datasets it is given with Dataset.map: they stay sized.
@@ -360,6 +379,12 @@ def train_dpo_run(
         if resume:
             log.info("DPO resumes from the last checkpoint in %s", out)
         trainer.train(resume_from_checkpoint=True if resume else None)
+        if checkpoint_rule is not None:  # before the closing evaluation: it measures the kept model
+            if not isinstance(trainer.model, PreTrainedModel):
+                raise TrainingError(
+                    f"DPOTrainer trained a {type(trainer.model).__name__}, not a PreTrainedModel"
+                )
+            checkpoint_rule.settle(trainer.model)
         history = list(trainer.state.log_history)
         if bar is not None:
             trainer.remove_callback(bar)

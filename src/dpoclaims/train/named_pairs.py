@@ -24,10 +24,11 @@ from dpoclaims.train.smollm2 import (
     CLAIMS_GENERATION_BATCH,
     CLAIMS_MAX_PROMPTS,
     CLAIMS_PERPLEXITY_WINDOW,
+    DEFAULT_DPO_SEED,
     OUT_OF_BANDS_ADVICE,
     BuiltPair,
-    SmolConfig,
     ensure_smollm2,
+    seeded_config,
 )
 
 
@@ -107,10 +108,11 @@ def _gpt2_medium_spec(cache: Cache) -> PairSpec:
     return PairSpec(name="gpt2-medium", base=base, dpo=str(dpo), probe=str(probe), extras=extras)
 
 
-def checked_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
-    """The smollm2 pair the claims may measure: its stages (:func:`ensure_smollm2`: reused from the
-    cache, or built), refused (BrokenOrganismError) if out of its bands."""
-    built = ensure_smollm2(SmolConfig(), cache=cache, progress=progress)
+def checked_smollm2(cache: Cache, *, dpo_seed: int = DEFAULT_DPO_SEED, progress: bool = True) -> BuiltPair:
+    """The smollm2 pair the claims may measure, with its DPO stage at ``dpo_seed``: its stages
+    (:func:`ensure_smollm2`: reused from the cache, or built), refused (BrokenOrganismError) if out
+    of its bands."""
+    built = ensure_smollm2(seeded_config(dpo_seed), cache=cache, progress=progress)
     check_bands(built.report(), organism=f"the smollm2 pair in {built.pair}", advice=OUT_OF_BANDS_ADVICE)
     return built
 
@@ -122,16 +124,28 @@ def checked_smollm2(cache: Cache, *, progress: bool = True) -> BuiltPair:
 SMOLLM2_PROBES: dict[str, str] = {"smollm2": "probe.pt", "smollm2-grammar-probe": "probe_grammar.pt"}
 
 
-def _smollm2_spec(cache: Cache, name: str = "smollm2") -> PairSpec:
-    """SmolLM2-135M-Instruct and its DPO model (:mod:`dpoclaims.train.smollm2`), built on first use,
-    with the probe ``name`` names (:data:`SMOLLM2_PROBES`). A missing package is a
+# The smollm2 pair with its DPO stage run at another seed, e.g. "smollm2-seed1" (the same base,
+# prompts, pairs and probe; smollm2 itself is smollm2-seed0).
+SMOLLM2_SEED_NAME = re.compile(r"smollm2-seed(\d+)")
+
+
+def smollm2_seed(pair: object) -> int | None:
+    """The DPO seed of a ``smollm2-seedN`` pair name, else None."""
+    match = SMOLLM2_SEED_NAME.fullmatch(pair) if isinstance(pair, str) else None
+    return int(match[1]) if match else None
+
+
+def _smollm2_spec(cache: Cache, name: str = "smollm2", dpo_seed: int = DEFAULT_DPO_SEED) -> PairSpec:
+    """SmolLM2-135M-Instruct and its DPO model (:mod:`dpoclaims.train.smollm2`) at DPO seed
+    ``dpo_seed``, built on first use, with the probe of the spec ``name``
+    (:data:`SMOLLM2_PROBES`; ``smollm2-seedN`` has the default probe). A missing package is a
     :class:`MissingDownload` giving the install line."""
-    built = checked_smollm2(cache)
+    built = checked_smollm2(cache, dpo_seed=dpo_seed)
     return PairSpec(
         name=name,
         base=str(built.base),
         dpo=str(built.dpo),
-        probe=str(built.data / SMOLLM2_PROBES[name]),
+        probe=str(built.data / SMOLLM2_PROBES.get(name, SMOLLM2_PROBES["smollm2"])),
         extras={
             "challenge_prompts": str(built.data / "challenge_prompts.json"),
             "neutral_texts": str(built.data / "heldout_texts.json"),
@@ -155,11 +169,17 @@ NAMED_PAIRS: dict[str, Callable[[Cache], PairSpec]] = {
 DEFAULT_PAIR = "toy"
 
 
+def seeded_name(name: str) -> bool:
+    """Whether ``name`` is a named pair or a seed of one (``toy-seedN``, ``smollm2-seedN``), as
+    written (a spec's name is folded first: :func:`built_in_name`)."""
+    return name in NAMED_PAIRS or toy_seed(name) is not None or smollm2_seed(name) is not None
+
+
 def built_in_name(name: str) -> bool:
     """Whether ``name`` names a built-in pair (``toy``, ``toy-seedN``, ``gpt2-medium``, ...),
     whose declared expectations and report title belong to that pair."""
     folded = name.strip().casefold()
-    return folded in NAMED_PAIRS or toy_seed(folded) is not None
+    return seeded_name(folded)
 
 
 def spec_file(path: Path) -> PairSpec:
@@ -185,13 +205,15 @@ def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> Pai
         return NAMED_PAIRS[pair](cache)
     if (seed := toy_seed(pair)) is not None:
         return _seeded_toy_spec(cache, seed)
+    if (seed := smollm2_seed(pair)) is not None:
+        return _smollm2_spec(cache, str(pair), dpo_seed=seed)
     path = Path(pair).expanduser()
     if path.is_file():
         return spec_file(path)
     if path.is_dir() and (path / "pair.toml").is_file():
         return spec_file(path / "pair.toml")
     raise UnknownPairError(
-        f"unknown pair {str(pair)!r}: not a named pair ({', '.join(sorted(NAMED_PAIRS))}, toy-seedN) "
+        f"unknown pair {str(pair)!r}: not a named pair ({', '.join(sorted(NAMED_PAIRS))}, toy-seedN, smollm2-seedN) "
         "nor a .toml/.json pair spec file or a directory holding pair.toml"
     )
 
@@ -199,7 +221,7 @@ def resolve_spec(pair: str | Path | PairSpec, cache: Cache | None = None) -> Pai
 def pair_name(pair: str | Path) -> str:
     """The name of a pair argument without loading (or building) it: a named pair's name, or the
     ``name`` in a spec file (its stem if it has none)."""
-    if isinstance(pair, str) and (pair in NAMED_PAIRS or toy_seed(pair) is not None):
+    if isinstance(pair, str) and seeded_name(pair):
         return pair
     path = Path(pair).expanduser()
     if path.is_dir():

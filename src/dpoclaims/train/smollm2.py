@@ -58,7 +58,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +181,16 @@ class SmolConfig:
 
 
 STAGES = ("base", "data", "dpo", "pair")
+
+#: The DPO seed of the pair ``smollm2`` (``smollm2-seedN`` is the DPO stage run with seed N on the
+#: same base and data stages: TRL's data order, and anything else DPO draws).
+DEFAULT_DPO_SEED = 0
+
+
+def seeded_config(dpo_seed: int = DEFAULT_DPO_SEED) -> SmolConfig:
+    """The pair's config with its DPO stage at ``dpo_seed`` (the data stage, and its key, unchanged)."""
+    config = SmolConfig()
+    return replace(config, dpo=replace(config.dpo, seed=dpo_seed))
 
 
 def stage_keys(config: SmolConfig, gguf_sha256: str = GGUF_SHA256) -> dict[str, str]:

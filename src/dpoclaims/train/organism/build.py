@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,20 +22,21 @@ from transformers import AutoTokenizer, GPT2Config, PreTrainedModel, PreTrainedT
 
 from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.devices import torch_threads
-from dpoclaims.measure.generation import GenerationSettings, greedy_generate
+from dpoclaims.measure.generation import GenerationSettings, greedy_generate, model_input_device
 from dpoclaims.measure.metrics import perplexity, weight_cosines
 from dpoclaims.measure.probe import train_probe
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
 from dpoclaims.progress import stage_done
 from dpoclaims.train.bands import band_checks
-from dpoclaims.train.dpo import DPOSettings, train_dpo, write_lee_pairs
+from dpoclaims.train.checkpoint_rule import FirstInBand
+from dpoclaims.train.dpo import DPOSettings, train_dpo_run, write_lee_pairs
 from dpoclaims.train.organism import DEFAULT_SEED, corpus
 from dpoclaims.train.organism.lm import move, pack_examples, pretrain, train_tokenizer
 from dpoclaims.versions import build_versions
 
 log = logging.getLogger(__name__)
 
-TOY_FORMAT_VERSION = 4  # bump when the build code changes what a config produces
+TOY_FORMAT_VERSION = 5  # bump when the build code changes what a config produces
 DEFAULT_SCORER = "lexicon"
 TOY_THREADS = 2
 
@@ -65,23 +68,28 @@ class ToyConfig:
     n_dpo_pairs: int = 1600
     n_dpo_val: int = 160
     # DPO in train_dtype, never bf16 (DPOSettings.bf16: TRL's default bf16 made the toy differ
-    # from CPU to CPU), for 3 epochs (300 steps). With float64 training no build at seed 0 met
-    # every band: DPO/base toxicity 0.648 at 4 epochs and 0.596 at 8 (band 0.5), where 8 also
-    # raised held-out perplexity 26% (band 15%). Seeds 1 and 2 were tried next, at 4 epochs, then
-    # 2, then 3, judged on the bands alone, no claim measured; seed 2 at 3 epochs is the first to
-    # meet every band (DPO/base 0.458, perplexity +8.2%). Figures: docs/toy.md and docs/history.md.
+    # from CPU to CPU). The DPO model is picked by the checkpoint rule
+    # (dpoclaims.train.checkpoint_rule), judged on the bands alone, no claim measured: every
+    # dpo_checkpoint_every steps the model is measured on the bands, and the first checkpoint
+    # meeting every band is kept; up to max_epochs (8 epochs, 800 steps: the top rung of the epoch
+    # ladder tried before the rule), after which the build fails with the closest checkpoint's
+    # figures. Checkpoints were first every 25 steps: seeds 1 and 3 then crossed the toxicity band
+    # between two checkpoints with perplexity already past its band (seed 1: DPO/base 0.514 at
+    # +12.2% at step 175, 0.486 at +17.0% at 200), so every 5 steps. Before the rule: seed 2 at 3
+    # epochs, picked among seeds and epoch counts. Figures: docs/history.md, "The toy".
     dpo: DPOSettings = field(
         default_factory=lambda: DPOSettings(
             learning_rate=3e-5,
             batch_size=16,
-            max_epochs=3,
-            eval_every=20,
-            patience=3,
+            max_epochs=8,
+            eval_every=25,
+            patience=3,  # unused: the checkpoint rule, not the validation loss, ends the run
             warmup_steps=10,
             max_length=64,
             optimizer="rmsprop",
         )
     )
+    dpo_checkpoint_every: int = 5  # steps (an epoch is 100 steps: 1,600 pairs in batches of 16)
     # The float type the build trains in and generates its DPO pairs with; the built models are
     # saved in float32, which is what the claims measure. float32 training made the toy depend on
     # the CPU: each machine's vector kernels sum (and torch's normal_ draws) in their own way, the
@@ -124,20 +132,28 @@ def read_toy_report(directory: Path) -> dict[str, Any]:
 
 def out_of_bands_advice(report: dict[str, Any]) -> str:
     """What a toy outside its bands means and what to do (:func:`dpoclaims.train.bands.check_bands`'s
-    advice): a toy at another seed than the default may simply be such a toy; at the default seed
-    something changed what the build computes."""
+    advice): no DPO checkpoint met every band, and the closest one was kept; at the default seed
+    that means something changed what the build computes."""
     seed = (report.get("config") or {}).get("seed", DEFAULT_SEED)
+    rule = report.get("dpo_checkpoints") or {}
+    kept = (
+        f"No DPO checkpoint met every band; the figures above are the closest one's (step "
+        f"{rule.get('kept_step')} of {len(rule.get('measured') or [])} measured)"
+        if rule
+        else "The build report names no checkpoint rule: it was built by an older version of dpoclaims"
+    )
     cause = (
-        f"At seed {seed} the toy's setting gives such a toy: only the default seed, {DEFAULT_SEED}, "
-        "was chosen to meet the bands (docs/sweeps.md, 'Claims across organism seeds')"
+        f"At seed {seed} the toy's setting gives no such toy: its other seeds are judged by the same rule "
+        "and bands (docs/toy.md, 'The setting')"
         if seed != DEFAULT_SEED
-        else "Something changed what the build computes: other library versions (install the "
-        "locked ones: README, 'Set-up', pip install -c requirements/lock.txt ...; the toy is "
-        "rebuilt for them), a change of the build's settings or code, or a CPU that is not "
-        "x86-64 (the toy is checked to be the same across x86 vector kernels only)"
+        else "At the default seed the setting met every band when it was fixed, so something changed what "
+        "the build computes: other library versions (install the locked ones: README, 'Set-up', pip "
+        "install -c requirements/lock.txt ...; the toy is rebuilt for them), a change of the build's "
+        "settings or code, or a CPU that is not x86-64 (the toy is checked to be the same across x86 "
+        "vector kernels only)"
     )
     return (
-        f"{cause}; the bands and the build's settings are in docs/toy.md. Run the claims "
+        f"{kept}. {cause}; the bands and the build's settings are in docs/toy.md. Run the claims "
         "on another pair meanwhile (--pair)"
     )
 
@@ -254,11 +270,20 @@ def build_toy(
         write_lee_pairs(out / "dpo_pairs.jsonl", pairs)
         t = _timed(timings, "dpo_data", t, progress)
 
-        # DPO trains a fresh copy from disk (the reference model is the base as saved).
+        # DPO trains a fresh copy from disk (the reference model is the base as saved); the
+        # checkpoint rule keeps the first checkpoint meeting every band.
         from transformers import GPT2LMHeadModel
 
+        sides = _SideMeasure(tokenizer, config)
+        base_figures = sides.figures(base, progress=progress, desc="challenge (base)")
+        rule = FirstInBand(
+            every=config.dpo_checkpoint_every,
+            measure=_CheckpointBands(sides, base, base_figures, probe_accuracy),
+            bands=BANDS,
+            progress=progress,
+        )
         policy = GPT2LMHeadModel.from_pretrained(base_dir, dtype=dtype)
-        dpo_model, history = train_dpo(
+        run = train_dpo_run(
             policy,
             tokenizer,
             pairs[: config.n_dpo_pairs],
@@ -266,18 +291,42 @@ def build_toy(
             config.dpo,
             progress=progress,
             device=None if on_cpu else device,
+            checkpoint_rule=rule,
         )
+        dpo_model = run.model
         move(dpo_model, torch.float32)
         _check_tied(dpo_model)
         dpo_model.save_pretrained(dpo_dir)
-        tokenizer.save_pretrained(dpo_dir)
+        # The base's tokenizer as saved (the one in hand carries the padding and truncation
+        # state that generation and DPO set on it).
+        AutoTokenizer.from_pretrained(base_dir).save_pretrained(dpo_dir)
         t = _timed(timings, "dpo_train", t, progress)
 
-        report = measure_toy(base_dir, dpo_dir, config, progress=progress, device=device)
+        dpo_saved = GPT2LMHeadModel.from_pretrained(dpo_dir).eval()
+        if not on_cpu:
+            dpo_saved.to(device)
+        dpo_figures = sides.figures(dpo_saved, progress=progress, desc="challenge (DPO)")
+        report = _toy_report(base, dpo_saved, base_figures, dpo_figures)
+        kept = rule.closest  # train_dpo_run has settled the model on it
+        if kept is None:
+            raise RuntimeError("the DPO run kept no checkpoint")
+        measured = _band_figures(report, probe_accuracy)
+        if measured != kept.figures:  # the rule measured what was saved, or the build is wrong
+            raise RuntimeError(
+                f"the saved DPO model measures {measured}, not the figures {kept.figures} its checkpoint "
+                f"(step {kept.step}) was kept for: the checkpoint rule measured another model than was saved"
+            )
         report["probe_accuracy"] = probe_accuracy
         report["pretrain_final_loss"] = sum(losses[-50:]) / len(losses[-50:])
-        report["dpo_history"] = [h for h in history if "eval_loss" in h]
-        report["dpo_steps"] = max((h.get("step", 0) for h in history), default=0)
+        report["dpo_history"] = [h for h in run.history if "eval_loss" in h]
+        report["dpo_steps"] = kept.step
+        report["dpo_checkpoints"] = {
+            "rule": f"the first of the checkpoints every {config.dpo_checkpoint_every} steps that meets every "
+            f"band, up to {run.warmup.max_steps} steps; else the closest, and the build fails its bands",
+            "kept_step": kept.step,
+            "in_band": kept.in_band,
+            "measured": [c.as_record() for c in rule.checkpoints],
+        }
         _timed(timings, "evaluate", t, progress)
         report["timings_s"] = timings
         report["config"] = asdict(config)
@@ -285,14 +334,6 @@ def build_toy(
         report["libraries"] = build_versions()
         if not on_cpu:
             report["device"] = str(device)
-        measured = {
-            "base_toxicity": report["toxicity"][DEFAULT_SCORER]["base"],
-            "dpo_over_base_toxicity": report["toxicity"][DEFAULT_SCORER]["dpo"]
-            / max(report["toxicity"][DEFAULT_SCORER]["base"], 1e-9),
-            "perplexity_increase": report["perplexity"]["dpo"] / report["perplexity"]["base"] - 1,
-            "min_weight_cosine": report["min_weight_cosine"],
-            "probe_accuracy": probe_accuracy,
-        }
         report["bands"] = band_checks(measured, BANDS)
         report["default_scorer"] = DEFAULT_SCORER
 
@@ -311,49 +352,105 @@ def build_toy(
         return report
 
 
-def measure_toy(
-    base_dir: Path,
-    dpo_dir: Path,
-    config: ToyConfig,
-    *,
-    progress: bool = True,
-    device: torch.device | str | None = None,
-) -> dict[str, Any]:
-    """Toxicity (both scorers), perplexity and weight cosines of a built toy pair (on ``device``,
-    default the CPU)."""
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+class _SideMeasure:
+    """The build report's figures of one side of the pair: toxicity by both scorers on the
+    challenge prompts (greedy; each distinct prompt generated once and counted as often as it
+    is repeated: its greedy continuations are the same), perplexity on the neutral texts."""
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    models = {
-        "base": GPT2LMHeadModel.from_pretrained(base_dir).eval(),
-        "dpo": GPT2LMHeadModel.from_pretrained(dpo_dir).eval(),
-    }
-    if device is not None and torch.device(device).type != "cpu":
-        for model in models.values():
-            model.to(device)
-    challenge = corpus.challenge_prompts(config.n_challenge, config.seed + 1)
-    neutral = corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)
-    scorers: list[Scorer] = [LexiconScorer(corpus.TOXIC_WORDS), ProfanityCheckScorer()]
-    toxicity: dict[str, dict[str, float]] = {s.name: {} for s in scorers}
-    samples: dict[str, list[str]] = {}
-    ppl: dict[str, float] = {}
-    for side, model in models.items():
-        generations = greedy_generate(
-            model, tokenizer, challenge, config.generation, progress=progress, desc=f"challenge ({side})"
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ToyConfig) -> None:
+        self.tokenizer = tokenizer
+        self.generation = config.generation
+        self.challenge = corpus.challenge_prompts(config.n_challenge, config.seed + 1)
+        self.neutral = corpus.neutral_texts(config.n_neutral_eval, config.seed + 1)
+
+    def figures(
+        self,
+        model: PreTrainedModel,
+        *,
+        scorers: Sequence[str] = ("lexicon", "profanity-check"),
+        progress: bool = False,
+        desc: str = "challenge",
+    ) -> dict[str, Any]:
+        known: dict[str, Callable[[], Scorer]] = {
+            "lexicon": lambda: LexiconScorer(corpus.TOXIC_WORDS),
+            "profanity-check": ProfanityCheckScorer,
+        }
+        distinct = list(dict.fromkeys(self.challenge))
+        continuations = greedy_generate(
+            model, self.tokenizer, distinct, self.generation, progress=progress, desc=desc
+        ).continuations
+        by_prompt = dict(zip(distinct, continuations))
+        toxicity: dict[str, float] = {}
+        for name in scorers:
+            scorer = known[name]()
+            score = dict(zip(distinct, scorer.score(continuations)))
+            toxicity[scorer.name] = sum(score[p] for p in self.challenge) / len(self.challenge)
+        return {
+            "toxicity": toxicity,
+            "perplexity": perplexity(model, self.tokenizer, self.neutral),
+            "samples": [p + " |" + by_prompt[p] for p in self.challenge[:5]],
+            "n_challenge_prompts": len(self.challenge),
+        }
+
+
+class _CheckpointBands:
+    """The checkpoint rule's measure for the toy: the DPO model in training, copied to float32
+    as it would be saved, to the bands' figures (:func:`_band_figures`)."""
+
+    def __init__(
+        self, sides: _SideMeasure, base: PreTrainedModel, base_figures: dict[str, Any], probe_accuracy: float
+    ):
+        self.sides, self.base, self.base_figures, self.probe_accuracy = (
+            sides,
+            base,
+            base_figures,
+            probe_accuracy,
         )
-        for scorer in scorers:
-            scores = scorer.score(generations.continuations)
-            toxicity[scorer.name][side] = sum(scores) / len(scores)
-        samples[side] = [p + " |" + c for p, c in zip(challenge[:5], generations.continuations[:5])]
-        ppl[side] = perplexity(model, tokenizer, neutral)
-    cosines = weight_cosines(models["base"], models["dpo"])
+
+    def __call__(self, model: PreTrainedModel) -> dict[str, float]:
+        from transformers import GPT2LMHeadModel
+
+        # Saved in float32 and loaded back, exactly as the build saves the kept model and
+        # measures it: a copy measured in place differed from it in perplexity's 8th digit.
+        copied = copy.deepcopy(model)
+        move(copied, torch.float32)
+        with tempfile.TemporaryDirectory(prefix="dpoclaims-checkpoint-") as tmp:
+            copied.save_pretrained(tmp)
+            saved = GPT2LMHeadModel.from_pretrained(tmp).eval()
+        saved.to(model_input_device(model))
+        dpo_figures = self.sides.figures(saved, scorers=(DEFAULT_SCORER,))
+        report = _toy_report(self.base, saved, self.base_figures, dpo_figures)
+        return _band_figures(report, self.probe_accuracy)
+
+
+def _toy_report(
+    base: PreTrainedModel, dpo: PreTrainedModel, base_figures: dict[str, Any], dpo_figures: dict[str, Any]
+) -> dict[str, Any]:
+    """The build report's measurements of a pair from both sides' figures (and the weights)."""
+    sides = {"base": base_figures, "dpo": dpo_figures}
+    cosines = weight_cosines(base, dpo)
     return {
-        "toxicity": toxicity,
-        "perplexity": ppl,
+        "toxicity": {
+            name: {side: figures["toxicity"][name] for side, figures in sides.items()}
+            for name in dpo_figures["toxicity"]
+        },
+        "perplexity": {side: figures["perplexity"] for side, figures in sides.items()},
         "min_weight_cosine": min(cosines.values()),
         "weight_cosines": cosines,
-        "samples": samples,
-        "n_challenge_prompts": len(challenge),
+        "samples": {side: figures["samples"] for side, figures in sides.items()},
+        "n_challenge_prompts": base_figures["n_challenge_prompts"],
+    }
+
+
+def _band_figures(report: dict[str, Any], probe_accuracy: float) -> dict[str, float]:
+    """The figures the bands (:data:`BANDS`) judge, from a build report's measurements."""
+    toxicity = report["toxicity"][DEFAULT_SCORER]
+    return {
+        "base_toxicity": toxicity["base"],
+        "dpo_over_base_toxicity": toxicity["dpo"] / max(toxicity["base"], 1e-9),
+        "perplexity_increase": report["perplexity"]["dpo"] / report["perplexity"]["base"] - 1,
+        "min_weight_cosine": report["min_weight_cosine"],
+        "probe_accuracy": probe_accuracy,
     }
 
 
