@@ -240,7 +240,7 @@ def test_a_toy_out_of_band_at_another_seed_is_blamed_on_the_seed_not_on_a_change
     message = str(raised.value)
     assert "x = 2.0000 (band [0, 1])" in message
     assert (
-        "No DPO checkpoint met every band; the figures above are the closest one's (step 75 of 32 measured)"
+        "No DPO checkpoint met every band; the figures above are the closest one's (step 75; 32 checkpoints measured)"
         in message
     )
     assert f"At seed {DEFAULT_SEED + 1} the toy's setting gives no such toy" in message

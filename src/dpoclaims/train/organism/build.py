@@ -138,7 +138,7 @@ def out_of_bands_advice(report: dict[str, Any]) -> str:
     rule = report.get("dpo_checkpoints") or {}
     kept = (
         f"No DPO checkpoint met every band; the figures above are the closest one's (step "
-        f"{rule.get('kept_step')} of {len(rule.get('measured') or [])} measured)"
+        f"{rule.get('kept_step')}; {len(rule.get('measured') or [])} checkpoints measured)"
         if rule
         else "The build report names no checkpoint rule: it was built by an older version of dpoclaims"
     )
