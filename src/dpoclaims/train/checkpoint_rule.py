@@ -23,6 +23,7 @@ from transformers import PreTrainedModel
 from transformers.trainer_callback import TrainerCallback
 
 from dpoclaims.progress import stage_done
+from dpoclaims.train.bands import band_checks
 
 #: What a checkpoint is measured by: the DPO model as it stands (training float type, train
 #: mode) to the bands' figures, by name (a copy is measured; the model itself is left as it is).
@@ -98,9 +99,10 @@ class FirstInBand(TrainerCallback):
         missing = sorted(set(self.bands) - set(figures))
         if missing:
             raise KeyError(f"the checkpoint measure gave no figure for the bands {missing}")
-        distances = {name: distance_outside(figures[name], band) for name, band in self.bands.items()}
-        failed = tuple(name for name, band in self.bands.items() if not band[0] <= figures[name] <= band[1])
-        checkpoint = Checkpoint(step, figures, failed, sum(distances.values()))
+        checks = band_checks(figures, self.bands)  # the build report's own judgement of the bands
+        failed = tuple(name for name, check in checks.items() if not check["ok"])
+        distance = sum(distance_outside(figures[name], band) for name, band in self.bands.items())
+        checkpoint = Checkpoint(step, figures, failed, distance)
         previous = self.closest
         self.checkpoints.append(checkpoint)
         stage_done(

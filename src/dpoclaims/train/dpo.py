@@ -379,19 +379,15 @@ def train_dpo_run(
         if resume:
             log.info("DPO resumes from the last checkpoint in %s", out)
         trainer.train(resume_from_checkpoint=True if resume else None)
+        trained = trainer.model
+        if not isinstance(trained, PreTrainedModel):  # DPOTrainer trains the model it was given
+            raise TrainingError(f"DPOTrainer returned a {type(trained).__name__}, not a PreTrainedModel")
         if checkpoint_rule is not None:  # before the closing evaluation: it measures the kept model
-            if not isinstance(trainer.model, PreTrainedModel):
-                raise TrainingError(
-                    f"DPOTrainer trained a {type(trainer.model).__name__}, not a PreTrainedModel"
-                )
-            checkpoint_rule.settle(trainer.model)
+            checkpoint_rule.settle(trained)
         history = list(trainer.state.log_history)
         if bar is not None:
             trainer.remove_callback(bar)
         end_val_loss = float(trainer.evaluate()["eval_loss"])
-        trained = trainer.model
-        if not isinstance(trained, PreTrainedModel):  # DPOTrainer trains the model it was given
-            raise TrainingError(f"DPOTrainer returned a {type(trained).__name__}, not a PreTrainedModel")
         steps, trainer_max_steps = int(trainer.state.global_step), int(trainer.state.max_steps)
     trained.eval()
     log.info("DPO settings %s", asdict(settings))

@@ -393,19 +393,15 @@ class _SideMeasure:
         }
 
 
+@dataclass(frozen=True)
 class _CheckpointBands:
     """The checkpoint rule's measure for the toy: the DPO model in training, copied to float32
     as it would be saved, to the bands' figures (:func:`_band_figures`)."""
 
-    def __init__(
-        self, sides: _SideMeasure, base: PreTrainedModel, base_figures: dict[str, Any], probe_accuracy: float
-    ):
-        self.sides, self.base, self.base_figures, self.probe_accuracy = (
-            sides,
-            base,
-            base_figures,
-            probe_accuracy,
-        )
+    sides: _SideMeasure
+    base: PreTrainedModel
+    base_figures: dict[str, Any]
+    probe_accuracy: float
 
     def __call__(self, model: PreTrainedModel) -> dict[str, float]:
         from transformers import GPT2LMHeadModel
