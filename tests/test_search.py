@@ -76,26 +76,41 @@ def _noise(seed: int) -> np.ndarray:
 
 
 def synthetic_space(
-    share_of: Any, key: str = "C1[search]", calls: list[tuple[Size, str]] | None = None, grid: int = 100
+    share_of: Any,
+    key: str = "C1[search]",
+    calls: list[tuple[Size, str]] | None = None,
+    grid: int = 100,
+    *,
+    perplexity_of: Any = lambda n: 0.0,
+    deferred: bool = False,
+    perplexity_calls: list[tuple[Size, str]] | None = None,
 ) -> search.SearchSpace[Size]:
     """Candidates n = 1..``grid``; on each half a share of DPO's drop ``share_of(n, fold)`` measured
-    with per-prompt noise (the two halves' noise independent), a perplexity figure well inside
-    the margin, and DPO's drop clearly positive."""
+    with per-prompt noise (the two halves' noise independent), a perplexity figure over DPO's of
+    ``perplexity_of(n)`` (by default well inside the margin), and DPO's drop clearly positive; the
+    perplexity measured only where it can matter when ``deferred``."""
     entry = paper.entry(key)
     drop = bootstrap(
         lambda x, axis: np.mean(x, axis=axis), np.full(N_PROMPTS // 2, 0.3) + _noise(9)[: N_PROMPTS // 2]
     )
 
-    def measure(candidate: Size, fold: search.Fold) -> search.Evaluated:
+    def measure(candidate: Size, fold: search.Fold, skip: frozenset[str]) -> search.Evaluated:
         if calls is not None:
             calls.append((candidate, fold))
         noise = _noise(0 if fold == "discovery" else 1)[: N_PROMPTS // 2]
         share = bootstrap(lambda x, axis: np.mean(x, axis=axis), noise + share_of(candidate.n, fold))
-        perplexity = bootstrap(lambda x, axis: np.mean(x, axis=axis), _noise(2)[: N_PROMPTS // 2] * 0.01)
-        figures = {
-            paper.SHARE: Figure(share, (("DPO's drop", drop),)),
-            paper.PERPLEXITY_VS_DPO: Figure(perplexity),
-        }
+        figures = {paper.SHARE: Figure(share, (("DPO's drop", drop),))}
+        if paper.PERPLEXITY_VS_DPO in skip:
+            figures[paper.PERPLEXITY_VS_DPO] = search.unmeasured_figure("not needed")
+        else:
+            if perplexity_calls is not None:
+                perplexity_calls.append((candidate, fold))
+            figures[paper.PERPLEXITY_VS_DPO] = Figure(
+                bootstrap(
+                    lambda x, axis: np.mean(x, axis=axis),
+                    _noise(2)[: N_PROMPTS // 2] * 0.01 + perplexity_of(candidate.n),
+                )
+            )
         return search.Evaluated(figures, evaluate(entry.decision, figures, paper.SIDE_ALPHA))
 
     def draw(st: Any) -> Any:
@@ -104,7 +119,15 @@ def synthetic_space(
     def target(evaluated: search.Evaluated) -> float:
         return evaluated.figures[paper.SHARE].estimate.value - paper.MATCH_SHARE
 
-    return search.SearchSpace(entry, draw, (Size(1),), measure, target, size=lambda c: c.n)
+    return search.SearchSpace(
+        entry,
+        draw,
+        (Size(1),),
+        measure,
+        target,
+        size=lambda c: c.n,
+        deferred=frozenset({paper.PERPLEXITY_VS_DPO}) if deferred else frozenset(),
+    )
 
 
 def _decided(result: search.SearchResult[Size]) -> Any:
@@ -180,7 +203,7 @@ def test_an_existential_claim_is_confirmed_by_the_edit_found_and_refuted_by_all(
     entry = paper.entry("C13[search]")
 
     def space(toxicity_of: Any) -> search.SearchSpace[Size]:
-        def measure(candidate: Size, fold: search.Fold) -> search.Evaluated:
+        def measure(candidate: Size, fold: search.Fold, skip: frozenset[str]) -> search.Evaluated:
             noise = _noise(0 if fold == "discovery" else 1)[: N_PROMPTS // 2] * 0.1
             toxicity = bootstrap(lambda x, axis: np.mean(x, axis=axis), noise + toxicity_of(candidate.n))
             perplexity = bootstrap(lambda x, axis: np.mean(x, axis=axis), _noise(2)[: N_PROMPTS // 2] * 0.01)
@@ -203,6 +226,47 @@ def test_an_existential_claim_is_confirmed_by_the_edit_found_and_refuted_by_all(
     decided = decide(entry, None, never.measured(), n_layers=1, n_neurons=1)
     assert not never.hit and decided.verdict == "contradicts"
     assert decided.p_against == max(e.outcome.p_fails for e in never.confirmation.values())
+
+
+@pytest.mark.parametrize(
+    ("case", "share_of", "perplexity_of"),
+    [
+        ("no candidate matches", lambda n, fold: 0.3 - n / 1000, lambda n: -0.05),
+        ("a confirmed counterexample", lambda n, fold: 1.2 if n >= 60 else 0.2, lambda n: -0.05),
+        ("a counterexample that perplexity refutes", lambda n, fold: 1.2 if n >= 60 else 0.2, lambda n: 0.2),
+        ("candidates at the threshold", lambda n, fold: 0.6 + n / 250, lambda n: 0.04),
+    ],
+)
+def test_a_deferred_perplexity_is_measured_only_where_it_can_change_the_outcome(
+    case, share_of, perplexity_of
+):
+    """Deferring the perplexity changes no verdict, chosen candidate or draw, and a p-value only
+    upward; the perplexity of a candidate decided by its share alone is never measured, the chosen
+    one's always (on the confirmation half)."""
+    full = search.run_search(synthetic_space(share_of, perplexity_of=perplexity_of), max_examples=40, seed=0)
+    passes: list[tuple[Size, str]] = []
+    lazy = search.run_search(
+        synthetic_space(share_of, perplexity_of=perplexity_of, deferred=True, perplexity_calls=passes),
+        max_examples=40,
+        seed=0,
+    )
+    assert list(lazy.discovery) == list(full.discovery) and lazy.chosen == full.chosen
+    a, b = _decided(full), _decided(lazy)
+    assert a.verdict == b.verdict
+    assert b.p_value >= a.p_value and b.p_against >= a.p_against
+    assert (lazy.chosen, "confirmation") in passes
+    for candidate, evaluated in lazy.confirmation.items():
+        measured = not evaluated.figures[paper.PERPLEXITY_VS_DPO].unmeasured
+        assert measured == ((candidate, "confirmation") in passes)
+        if not measured:  # decided by its share: shown below 80% at the claim's level
+            share = evaluated.figures[paper.SHARE].estimate
+            assert share.interval(paper.SIDE_ALPHA)[1] < paper.MATCH_SHARE
+            assert evaluated.outcome.p_fails == 1.0
+    if case == "no candidate matches":
+        # the share falls with n: the stated n = 1 has the highest target, and no later candidate
+        # reaches it, so n = 1, the best, is the only one whose perplexity is measured
+        assert lazy.chosen == Size(1) and len(lazy.discovery) > 10
+        assert passes == [(Size(1), "discovery"), (Size(1), "confirmation")]
 
 
 def test_a_search_needs_an_example():

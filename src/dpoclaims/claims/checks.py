@@ -580,16 +580,10 @@ class EditComparison:
         )
 
 
-def compare_with_dpo(
-    m: Measurements,
-    intervention: Intervention,
-    prompts: np.ndarray | None = None,
-    texts: np.ndarray | None = None,
-) -> EditComparison:
+def compare_with_dpo(m: Measurements, intervention: Intervention) -> EditComparison:
     """``intervention`` on the base against DPO, paired over prompts (toxicity) and over texts or
     windows (perplexity, at every scored position): one generation pass and one perplexity pass."""
-    toxicity = toxicity_vs_dpo(m, intervention, prompts)
-    return EditComparison(toxicity, perplexity_vs(m, "base", intervention, "dpo", rows=texts))
+    return EditComparison(toxicity_vs_dpo(m, intervention), perplexity_vs(m, "base", intervention, "dpo"))
 
 
 def toxicity_vs_dpo(

@@ -775,7 +775,12 @@ def docs_markdown() -> str:
         "is lifted (shrinking is bounded by its count of steps), so a cold run, a warm rerun and a slower or "
         "faster machine draw, choose and decide the same. What it costs: each half has half the prompts, so a "
         "confirmation interval is about 1.4 times as wide as one over all of them, and a candidate needs a "
-        "generation and a perplexity pass over every prompt and text (both halves are read from one cached pass).",
+        "generation pass over every prompt (both halves are read from one cached pass). Its perplexity pass over "
+        "the held-out text is made only where its perplexity could change what a half decides (whether it is a "
+        "hit on discovery; whether its p-values are within the claim's level on confirmation), and always for "
+        "the chosen candidate: elsewhere the perplexity test is taken at its worst case, so no verdict differs "
+        "from the one measuring it would give and no p-value is smaller (dpoclaims.claims.search, 'Deferred "
+        "figures').",
         "",
         f"Neuron counts are scaled to a pair by the fraction of all MLP neurons they are in GPT-2 medium "
         f"({PAPER_NEURONS:,} neurons). Activation positions follow the capture convention: `v1`, the last "

@@ -30,6 +30,30 @@ What it costs: each half has half the prompts, so a confirmation interval is abo
 wide as one over all prompts; in return no multiplicity correction over the candidates is needed,
 and the verdict cannot depend on what an earlier run found.
 
+**Deferred figures.** A candidate's held-out perplexity costs a pass over the held-out text, as
+its toxicity costs a generation pass, and most candidates are decided by their toxicity alone (an
+ablation shown to recover less than 80% of DPO's drop fails to match DPO whatever its perplexity;
+an edit shown to leave more toxicity than DPO does not beat it). So a space names figures it
+measures only where they can matter (``SearchSpace.deferred``): on a half, a candidate is first
+measured without them, and the decision is evaluated with them at their worst case (both p-values
+1) and at their best (both 0). Both p-values of a decision are monotone in its parts', so the two
+bound what measuring them could give; where the bounds agree on what the half decides (discovery:
+whether the candidate is a hit; confirmation: whether each p-value is within the claim's level),
+the figures are not measured and their tests stay at the worst case. Else, and always for the
+chosen candidate and for one already measured on the discovery half (its pass is done), they are.
+The target, which steers Hypothesis and chooses the best candidate when there is no hit, takes
+the other figures' part alone where one is unmeasured (an upper bound of what it would be); on
+discovery a candidate whose bound reaches the highest target so far (of the candidates measured,
+and of those Hypothesis was given) is measured in full, so the highest target, the one Hypothesis
+climbs from and the best candidate, is always an exact one. What is left is Hypothesis's mutator,
+which compares a fresh example's target with a mutant's: where both are bounds their order may
+differ from their exact values', and the draws after it with it. So the candidates drawn can
+differ from a run that measures every perplexity; the verdict stays valid either way (it is read
+on the confirmation half), no verdict differs from the one measuring every figure of the same
+candidates would give, and every p-value reported is at least that one's (equal wherever the
+other figure decides the candidate's p-values, as it does for a candidate far from DPO on
+toxicity and near the base on perplexity).
+
 History does not enter. Hypothesis runs with no example database and a fixed seed (the
 measurement seed, through ``hypothesis.seed``), so the candidates it draws depend only on the
 seed, ``max_examples``, the space and the measured figures: a cold run, a warm rerun and a run on
@@ -48,7 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from dpoclaims.claims import paper
-from dpoclaims.claims.decision import Figure, Outcome
+from dpoclaims.claims.decision import Figure, Outcome, evaluate
 from dpoclaims.claims.registry import Measured
 from dpoclaims.errors import DpoclaimsError, OptionError
 from dpoclaims.phases import phase
@@ -108,10 +132,15 @@ class SearchSpace(Generic[C]):
     entry: paper.ClaimEntry  # the search's claim: its quantifier and per-candidate criterion
     draw: Callable[[Any], Any]  # strategies module -> a Hypothesis strategy of candidates
     stated: tuple[C, ...]
-    measure: Callable[[C, Fold], Evaluated]
+    # A candidate on a half, the figures named in the set left unmeasured (unmeasured_figure).
+    measure: Callable[[C, Fold, frozenset[str]], Evaluated]
+    # How close it comes to the opposite of the claim; where a deferred figure is unmeasured, an
+    # upper bound (the other figures' part alone).
     target: Callable[[Evaluated], float]
     size: Callable[[C], int]  # how many neurons a candidate touches (ties prefer fewer)
     description: dict[str, Any] = field(default_factory=dict)  # the space, for the report
+    # Figures measured only where they can matter (module docstring, 'Deferred figures').
+    deferred: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.entry.quantifier is None:
@@ -250,14 +279,26 @@ def run_search(
     quantifier = space.entry.quantifier
     assert quantifier is not None
     discovery: dict[C, Evaluated] = {}
+    # The highest target so far: of every candidate measured, and of those Hypothesis was given.
+    highest = {"measured": -math.inf, "given": -math.inf}
 
-    def measured(candidate: C) -> Evaluated:
-        if candidate not in discovery:
-            discovery[candidate] = space.measure(candidate, "discovery")
-        return discovery[candidate]
+    def measured(candidate: C, highest_so_far: float) -> Evaluated:
+        """The candidate on discovery, its deferred figures measured where they decide the hit or
+        where its target (a bound without them) reaches ``highest_so_far``."""
+        evaluated = discovery.get(candidate)
+        if evaluated is None:
+            evaluated = _measure(
+                space, candidate, "discovery", lambda o: _is_hit(o, quantifier), steers_from=highest_so_far
+            )
+        elif not _complete(evaluated) and _steers(space, evaluated, highest_so_far):
+            evaluated = space.measure(candidate, "discovery", frozenset())
+        discovery[candidate] = evaluated  # (a key keeps its place in the order of measurement)
+        if evaluated.outcome.measurable:
+            highest["measured"] = max(highest["measured"], space.target(evaluated))
+        return evaluated
 
     for candidate in space.stated:
-        measured(candidate)
+        measured(candidate, highest["measured"])
 
     # The order matters: @seed fixes the examples drawn; the settings after it keep no database
     # (so nothing an earlier run stored can change what this one draws or chooses).
@@ -278,9 +319,11 @@ def run_search(
     )
     @hypothesis_seed(seed)
     def look_for_the_opposite(candidate: C) -> None:
-        evaluated = measured(candidate)
+        evaluated = measured(candidate, highest["given"])
         if evaluated.outcome.measurable:
-            target(space.target(evaluated), label="toward the opposite of the claim")
+            score = space.target(evaluated)
+            highest["given"] = max(highest["given"], score)
+            target(score, label="toward the opposite of the claim")
         if _is_hit(evaluated.outcome, quantifier):
             raise _Hit(candidate)
 
@@ -298,8 +341,58 @@ def run_search(
             chosen, hit = min(hits, key=lambda c: (space.size(c), order.index(c))), True
     if chosen is None:
         chosen = _best(space, discovery)
-    confirmation = {c: space.measure(c, "confirmation") for c in discovery}
+    confirmation = {
+        c: _measure(
+            space, c, "confirmation", _at_the_claims_level, always=c == chosen or _complete(discovery[c])
+        )
+        for c in discovery
+    }
     return SearchResult(space, discovery, confirmation, chosen, hit, max_examples, seed)
+
+
+def unmeasured_figure(why: str) -> Figure:
+    """A figure left unmeasured (``why``): its test counts at its worst case (both p-values 1)."""
+    return Figure(_nan_estimate(), unmeasured=why)
+
+
+def _complete(evaluated: Evaluated) -> bool:
+    return not any(f.unmeasured for f in evaluated.figures.values())
+
+
+def _at_the_claims_level(outcome: Outcome) -> tuple[bool, bool]:
+    """What a candidate's outcome on the confirmation half decides: whether each of its p-values is
+    within the claim's level (the claim's p-values are the largest or the chosen candidate's)."""
+    return outcome.p_holds <= paper.SIDE_ALPHA, outcome.p_fails <= paper.SIDE_ALPHA
+
+
+def _steers(space: SearchSpace[C], evaluated: Evaluated, highest_so_far: float) -> bool:
+    """Whether a candidate's target (a bound while a deferred figure is unmeasured) reaches the
+    highest so far: only then can its exact value change what the search steers toward or chooses."""
+    return evaluated.outcome.measurable and space.target(evaluated) >= highest_so_far
+
+
+def _measure(
+    space: SearchSpace[C],
+    candidate: C,
+    fold: Fold,
+    decides: Callable[[Outcome], Hashable],
+    *,
+    always: bool = False,
+    steers_from: float = math.inf,
+) -> Evaluated:
+    """``candidate`` on ``fold``, its deferred figures measured only when ``always``, when they
+    can change what the half decides (``decides``: the hit on discovery, the comparisons at the
+    claim's level on confirmation: the outcome with them at their worst case and at their best
+    differ), or when its target's bound reaches ``steers_from`` (discovery's highest so far).
+    Otherwise their tests stay at the worst case, so every p-value reported is at least what
+    measuring them would give, and no verdict differs from the one measuring would give."""
+    if space.deferred and not always:
+        partial = space.measure(candidate, fold, space.deferred)
+        worst = evaluate(space.entry.decision, partial.figures, paper.SIDE_ALPHA, unmeasured="worst")
+        best = evaluate(space.entry.decision, partial.figures, paper.SIDE_ALPHA, unmeasured="best")
+        if decides(worst) == decides(best) and not _steers(space, partial, steers_from):
+            return partial
+    return space.measure(candidate, fold, frozenset())
 
 
 @contextmanager

@@ -22,9 +22,17 @@ from typing import Any, Literal
 import numpy as np
 
 from dpoclaims.claims import checks, editing, paper, selection
-from dpoclaims.claims.decision import Outcome, evaluate
+from dpoclaims.claims.decision import Figure, Outcome, evaluate
 from dpoclaims.claims.registry import Measured, claim
-from dpoclaims.claims.search import DEFAULT_EXAMPLES, Evaluated, Fold, SearchError, SearchSpace, run_search
+from dpoclaims.claims.search import (
+    DEFAULT_EXAMPLES,
+    Evaluated,
+    Fold,
+    SearchError,
+    SearchSpace,
+    run_search,
+    unmeasured_figure,
+)
 from dpoclaims.errors import OptionError
 from dpoclaims.hooks.interventions import Intervention
 from dpoclaims.measure.decomposition import Decomposition
@@ -55,6 +63,19 @@ def n_grid(largest: int, ratio: float = GRID_RATIO) -> tuple[int, ...]:
 def _rows(m: Measurements, fold: Fold, n: int) -> np.ndarray:
     fold_a = m.fold_a(n)
     return fold_a if fold == "discovery" else ~fold_a
+
+
+#: The figure every search measures only where it can matter (dpoclaims.claims.search, 'Deferred
+#: figures'): a candidate's perplexity costs a pass over the held-out text, as its toxicity costs a
+#: generation pass.
+DEFERRED = frozenset({paper.PERPLEXITY_VS_DPO})
+
+
+def _capability(m: Measurements, intervention: Intervention, fold: Fold, skip: frozenset[str]) -> Figure:
+    """The intervened base's held-out perplexity over DPO's on ``fold``'s texts, unless skipped."""
+    if paper.PERPLEXITY_VS_DPO in skip:
+        return unmeasured_figure("not needed: it could not change this half's outcome")
+    return checks.capability(m, intervention, _rows(m, fold, len(m.perplexity_rows("dpo")[1])))
 
 
 def _evaluated(
@@ -130,22 +151,26 @@ def ablation_space(m: Measurements, key: str, rules: tuple[Rule, ...]) -> Search
 
         return ablations()
 
-    def measure(candidate: Ablation, fold: Fold) -> Evaluated:
+    def measure(candidate: Ablation, fold: Fold, skip: frozenset[str]) -> Evaluated:
         intervention = ablation_for(d, candidate)
         prompts = _rows(m, fold, len(m.prompts))
-        texts = _rows(m, fold, len(m.perplexity_rows("dpo")[1]))
         figures = {
             paper.SHARE: checks.recovered(m, intervention, prompts),
-            paper.PERPLEXITY_VS_DPO: checks.capability(m, intervention, texts),
+            paper.PERPLEXITY_VS_DPO: _capability(m, intervention, fold, skip),
         }
         return _evaluated(m, entry, figures, {"intervention": intervention.id})
 
     def target(evaluated: Evaluated) -> float:
         """How far the candidate goes toward matching DPO: the smaller of its share's excess over
-        80% and its perplexity's room under DPO's plus the margin (positive: it matches)."""
-        share = evaluated.figures[paper.SHARE].estimate.value
-        perplexity = evaluated.figures[paper.PERPLEXITY_VS_DPO].estimate.value
-        return min(share - paper.MATCH_SHARE, paper.PERPLEXITY_MARGIN - perplexity)
+        80% and its perplexity's room under DPO's plus the margin (positive: it matches); the
+        share's excess alone where the perplexity was not measured (an upper bound)."""
+        share = evaluated.figures[paper.SHARE].estimate.value - paper.MATCH_SHARE
+        perplexity = evaluated.figures[paper.PERPLEXITY_VS_DPO]
+        return (
+            share
+            if perplexity.unmeasured
+            else min(share, paper.PERPLEXITY_MARGIN - perplexity.estimate.value)
+        )
 
     # The paper's own N first (the claims' cached passes), then the rules' largest.
     stated = [
@@ -164,6 +189,7 @@ def ablation_space(m: Measurements, key: str, rules: tuple[Rule, ...]) -> Search
         target=target,
         size=lambda candidate: candidate.n,
         description={"rules": list(rules), "largest_n": largest, "grid_ratio": GRID_RATIO},
+        deferred=DEFERRED,
     )
 
 
@@ -218,20 +244,25 @@ def edit_space(m: Measurements) -> SearchSpace[editing.EditSpec]:
 
         return edits()
 
-    def measure(spec: editing.EditSpec, fold: Fold) -> Evaluated:
+    def measure(spec: editing.EditSpec, fold: Fold, skip: frozenset[str]) -> Evaluated:
         intervention = checks.activation_edit(m, spec)
         sizes[spec] = len(intervention.neurons)
         prompts = _rows(m, fold, len(m.prompts))
-        texts = _rows(m, fold, len(m.perplexity_rows("dpo")[1]))
-        comparison = checks.compare_with_dpo(m, intervention, prompts, texts)
-        return _evaluated(m, entry, dict(comparison.figures), {"intervention": intervention.id})
+        figures = {
+            "toxicity_vs_dpo": Figure(checks.toxicity_vs_dpo(m, intervention, prompts)),
+            paper.PERPLEXITY_VS_DPO: _capability(m, intervention, fold, skip),
+        }
+        return _evaluated(m, entry, figures, {"intervention": intervention.id})
 
     def target(evaluated: Evaluated) -> float:
         """Minus the worse of the two margins (toxicity relative to DPO's; perplexity over DPO's
-        beyond the allowed margin): positive when the edit beats DPO on both."""
+        beyond the allowed margin): positive when the edit beats DPO on both; minus the toxicity
+        margin alone where the perplexity was not measured (an upper bound)."""
         toxicity = evaluated.figures["toxicity_vs_dpo"].estimate.value / max(dpo_toxicity, 1e-9)
-        perplexity = evaluated.figures[paper.PERPLEXITY_VS_DPO].estimate.value - paper.PERPLEXITY_MARGIN
-        return -max(toxicity, perplexity)
+        perplexity = evaluated.figures[paper.PERPLEXITY_VS_DPO]
+        if perplexity.unmeasured:
+            return -toxicity
+        return -max(toxicity, perplexity.estimate.value - paper.PERPLEXITY_MARGIN)
 
     def size(spec: editing.EditSpec) -> int:
         if spec not in sizes:
@@ -253,6 +284,7 @@ def edit_space(m: Measurements) -> SearchSpace[editing.EditSpec]:
             "alphas": list(ALPHAS),
             "betas": list(BETAS),
         },
+        deferred=DEFERRED,
     )
 
 
