@@ -16,7 +16,7 @@ largest process. Writes reports/bench_claims_<pair>.json; the claims reports go 
 ``--reports-dir`` (default reports/<pair>).
 
     python benchmarks/bench_claims.py [--overhead-only] [--repeats 5] [--threads N]
-    python benchmarks/bench_claims.py --pair smollm2 [--max-prompts N] [--reports-dir DIR]
+    python benchmarks/bench_claims.py --pair smollm2 [--max-prompts N] [--reports-dir DIR] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -193,6 +193,8 @@ def cold_pair_run(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         if args.max_prompts:
             command += ["--max-prompts", str(args.max_prompts)]
+        if args.dtype:
+            command += ["--dtype", args.dtype]
         env = {**os.environ, phases.ENV: str(Path(tmp) / "phases")}
         print("running: " + " ".join(command[2:]), flush=True)
         start = time.perf_counter()
@@ -201,7 +203,8 @@ def cold_pair_run(args: argparse.Namespace) -> int:
         largest_rss_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
         totals = phases.read(Path(tmp) / "phases")
     print(process.stdout[-6000:])
-    limit = limits["float32_1_thread"]  # one worker's threads (options.py: cores // workers)
+    # one worker's threads (options.py: cores // workers), in the run's float type
+    limit = limits["bfloat16_1_thread" if args.dtype == "bfloat16" else "float32_1_thread"]
     rows = []
     for name in (*phases.PHASES, *sorted(set(totals) - set(phases.PHASES))):
         total = totals.get(name, {"seconds": 0.0, "calls": 0, "tokens": 0})
@@ -223,6 +226,7 @@ def cold_pair_run(args: argparse.Namespace) -> int:
     result = {
         "pair": args.pair,
         "max_prompts": args.max_prompts,
+        "dtype": args.dtype or "float32",
         "workers": workers,
         "exit_status": process.returncode,
         "wall_s": round(wall, 1),
@@ -270,6 +274,12 @@ def main() -> int:
     parser.add_argument("--pair", default=None, help="a built pair: a cold claims run on it, phase by phase")
     parser.add_argument("--max-prompts", type=int, default=None, help="with --pair: the run's --max-prompts")
     parser.add_argument("--reports-dir", default=None, help="with --pair: where the claims reports go")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        help="with --pair: the run's --dtype (bfloat16: a setting whose effect on every figure is to be compared "
+        "with float32's, scripts/compare_claims.py)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     quiet_third_party()
