@@ -4,6 +4,7 @@ one half, confirmation on the other, and verdicts that history cannot change."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +118,13 @@ def synthetic_space(
         return st.integers(1, grid).map(Size)
 
     def target(evaluated: search.Evaluated) -> float:
-        return evaluated.figures[paper.SHARE].estimate.value - paper.MATCH_SHARE
+        """As C1[search]'s: the share's excess over 80%, bounded by the perplexity's room under the
+        margin where it was measured."""
+        share = evaluated.figures[paper.SHARE].estimate.value - paper.MATCH_SHARE
+        perplexity = evaluated.figures[paper.PERPLEXITY_VS_DPO]
+        if perplexity.unmeasured:
+            return share
+        return min(share, paper.PERPLEXITY_MARGIN - perplexity.estimate.value)
 
     return search.SearchSpace(
         entry,
@@ -267,6 +274,48 @@ def test_a_deferred_perplexity_is_measured_only_where_it_can_change_the_outcome(
         # reaches it, so n = 1, the best, is the only one whose perplexity is measured
         assert lazy.chosen == Size(1) and len(lazy.discovery) > 10
         assert passes == [(Size(1), "discovery"), (Size(1), "confirmation")]
+
+
+def test_the_best_candidate_is_chosen_on_exact_targets_where_perplexity_binds():
+    """Every ablation is clearly short of DPO (so none needs its perplexity to decide anything),
+    but the larger ones cost more perplexity: by share alone the largest would look best, by the
+    exact target a middling one is. Candidates whose bound reaches the highest target so far are
+    measured in full, so the deferred search chooses the candidate a full search chooses, with a
+    complete record on both halves."""
+    share = lambda n, fold: 0.2 + n / 500  # noqa: E731
+    perplexity = lambda n: 0.0 if n < 40 else 0.9  # noqa: E731
+    full = search.run_search(synthetic_space(share, perplexity_of=perplexity), max_examples=30, seed=0)
+    lazy = search.run_search(
+        synthetic_space(share, perplexity_of=perplexity, deferred=True), max_examples=30, seed=0
+    )
+    assert full.chosen is not None and full.chosen.n < 40 and not full.hit
+    assert lazy.chosen == full.chosen
+    for half in (lazy.discovery, lazy.confirmation):
+        assert not half[lazy.chosen].figures[paper.PERPLEXITY_VS_DPO].unmeasured
+    assert _decided(lazy).verdict == _decided(full).verdict
+    unmeasured = [c for c, e in lazy.discovery.items() if e.figures[paper.PERPLEXITY_VS_DPO].unmeasured]
+    assert unmeasured  # candidates below the highest target so far were left unmeasured
+
+
+def test_a_search_with_nothing_measurable_still_reports_its_chosen_candidate_in_full():
+    """Where DPO's drop is not shown positive, no candidate is measurable: the first is chosen,
+    and its perplexity (the confirmation half's pass) is in its record on both halves."""
+    space = synthetic_space(lambda n, fold: 0.2, deferred=True)
+    no_drop = bootstrap(lambda x, axis: np.mean(x, axis=axis), _noise(5)[: N_PROMPTS // 2])  # mean about 0
+
+    def measure(candidate: Size, fold: search.Fold, skip: frozenset[str]) -> search.Evaluated:
+        evaluated = space.measure(candidate, fold, skip)
+        figures = {
+            **evaluated.figures,
+            paper.SHARE: Figure(evaluated.figures[paper.SHARE].estimate, (("DPO's drop", no_drop),)),
+        }
+        return search.Evaluated(figures, evaluate(space.entry.decision, figures, paper.SIDE_ALPHA))
+
+    result = search.run_search(dataclasses.replace(space, measure=measure), max_examples=5, seed=0)
+    assert not any(e.outcome.measurable for e in result.discovery.values())
+    assert result.chosen == Size(1)
+    for half in (result.discovery, result.confirmation):
+        assert not half[Size(1)].figures[paper.PERPLEXITY_VS_DPO].unmeasured
 
 
 def test_a_search_needs_an_example():

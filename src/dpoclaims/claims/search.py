@@ -341,6 +341,10 @@ def run_search(
             chosen, hit = min(hits, key=lambda c: (space.size(c), order.index(c))), True
     if chosen is None:
         chosen = _best(space, discovery)
+    if chosen is not None and not _complete(discovery[chosen]):
+        # (where no candidate was measurable on discovery, the first is chosen unmeasured): its
+        # perplexity pass is made for the confirmation half anyway, so its record is made whole
+        discovery[chosen] = space.measure(chosen, "discovery", frozenset())
     confirmation = {
         c: _measure(
             space, c, "confirmation", _at_the_claims_level, always=c == chosen or _complete(discovery[c])
