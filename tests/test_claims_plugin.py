@@ -231,3 +231,47 @@ def test_wrong(check_claim):
     result = pytester.runpytest_subprocess(*_args(tmp_path))
     result.assert_outcomes(failed=1)
     result.stdout.re_match_lines([r".*\(claim C9\) recorded the result of C6\[fake\]"])
+
+
+class _Item:
+    """A collected test with or without the ``search`` marker (what searches_first reads)."""
+
+    def __init__(self, name: str, search: bool) -> None:
+        self.name, self.search = name, search
+
+    def get_closest_marker(self, name: str) -> object | None:
+        return object() if name == "search" and self.search else None
+
+
+def test_the_searches_run_first_and_the_rest_keep_their_order():
+    from dpoclaims.plugin.resources import searches_first
+
+    items = [
+        _Item("C1[N=100]", False),
+        _Item("C13[search]", True),
+        _Item("C4", False),
+        _Item("C1[search]", True),
+    ]
+    ordered = searches_first(items)  # type: ignore[arg-type]
+    assert [i.name for i in ordered] == ["C13[search]", "C1[search]", "C1[N=100]", "C4"]
+
+
+@pytest.mark.parametrize(
+    ("args", "reorder"), [(["claims/"], False), (["claims/test_search.py"], False), (["tests"], True)]
+)
+def test_a_claims_run_keeps_its_collection_order_under_loadfile(tmp_path, args, reorder):
+    """xdist's loadfile reorders files by their number of tests unless told not to: a claims run
+    is told not to, so its searches' files (one or two tests each) start first; other runs are
+    left alone."""
+    from types import SimpleNamespace
+
+    from dpoclaims.plugin import resources
+
+    (tmp_path / "claims").mkdir()
+    config = SimpleNamespace(
+        rootpath=tmp_path,
+        args=[str(tmp_path / a) for a in args],
+        option=SimpleNamespace(loadscopereorder=True),
+    )
+    resources.pytest_configure(config)  # type: ignore[arg-type]
+    assert config.option.loadscopereorder is reorder
