@@ -78,6 +78,16 @@ def _capability(m: Measurements, intervention: Intervention, fold: Fold, skip: f
     return checks.capability(m, intervention, _rows(m, fold, len(m.perplexity_rows("dpo")[1])))
 
 
+def _within_perplexity(evaluated: Evaluated, margin: float) -> float:
+    """A search's target: the smaller of the candidate's own ``margin`` toward the claim's opposite
+    and its perplexity's room under DPO's plus the allowed margin; ``margin`` alone (an upper
+    bound: see :data:`DEFERRED`) while its perplexity is unmeasured."""
+    perplexity = evaluated.figures[paper.PERPLEXITY_VS_DPO]
+    if perplexity.unmeasured:
+        return margin
+    return min(margin, paper.PERPLEXITY_MARGIN - perplexity.estimate.value)
+
+
 def _evaluated(
     m: Measurements, entry: paper.ClaimEntry, figures: dict[str, Any], details: dict[str, Any]
 ) -> Evaluated:
@@ -164,12 +174,8 @@ def ablation_space(m: Measurements, key: str, rules: tuple[Rule, ...]) -> Search
         """How far the candidate goes toward matching DPO: the smaller of its share's excess over
         80% and its perplexity's room under DPO's plus the margin (positive: it matches); the
         share's excess alone where the perplexity was not measured (an upper bound)."""
-        share = evaluated.figures[paper.SHARE].estimate.value - paper.MATCH_SHARE
-        perplexity = evaluated.figures[paper.PERPLEXITY_VS_DPO]
-        return (
-            share
-            if perplexity.unmeasured
-            else min(share, paper.PERPLEXITY_MARGIN - perplexity.estimate.value)
+        return _within_perplexity(
+            evaluated, evaluated.figures[paper.SHARE].estimate.value - paper.MATCH_SHARE
         )
 
     # The paper's own N first (the claims' cached passes), then the rules' largest.
@@ -259,10 +265,7 @@ def edit_space(m: Measurements) -> SearchSpace[editing.EditSpec]:
         beyond the allowed margin): positive when the edit beats DPO on both; minus the toxicity
         margin alone where the perplexity was not measured (an upper bound)."""
         toxicity = evaluated.figures["toxicity_vs_dpo"].estimate.value / max(dpo_toxicity, 1e-9)
-        perplexity = evaluated.figures[paper.PERPLEXITY_VS_DPO]
-        if perplexity.unmeasured:
-            return -toxicity
-        return -max(toxicity, perplexity.estimate.value - paper.PERPLEXITY_MARGIN)
+        return _within_perplexity(evaluated, -toxicity)
 
     def size(spec: editing.EditSpec) -> int:
         if spec not in sizes:
