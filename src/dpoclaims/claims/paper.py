@@ -778,7 +778,8 @@ def docs_markdown() -> str:
         "generation pass over every prompt (both halves are read from one cached pass). Its perplexity pass over "
         "the held-out text is made only where its perplexity could change what a half decides (whether it is a "
         "hit on discovery; whether its p-values are within the claim's level on confirmation), where its target "
-        "could be the highest so far on discovery, and always for the chosen candidate: elsewhere the perplexity test is taken at its worst case, so no verdict differs "
+        "could be the highest so far on discovery, and always for the chosen candidate: elsewhere the perplexity "
+        "test is taken at its worst case, so no verdict differs "
         "from the one measuring it would give and no p-value is smaller (dpoclaims.claims.search, 'Deferred "
         "figures').",
         "",
