@@ -5,7 +5,7 @@
 
 Targets (issues #2, #30): a seed's cold build <= 5 minutes on 2 CPU cores; loading a built pair
 <= 5 s. Each seed is built into its own empty cache, one after the other. Prints per seed the
-build's stage times, the DPO checkpoint the rule kept and whether its bands are met; writes
+build's stage times, the DPO recipe and checkpoint the rule kept and whether its bands are met; writes
 reports/bench_toy.json.
 """
 
@@ -47,8 +47,10 @@ def build_seed(seed: int, cache: Cache) -> dict[str, object]:
         "cold_build_s": None if cached else round(build_s, 1),
         "build_ratio_to_target": None if cached else round(build_s / BUILD_TARGET_S, 3),
         "build_steps_s": report["timings_s"],
+        "recipe": rule["recipe"],
         "kept_step": rule["kept_step"],
         "checkpoints_measured": len(rule["measured"]),
+        "checkpoints_measured_all_recipes": sum(len(r["measured"]) for r in rule["recipes"]),
         "bands_ok": all(band["ok"] for band in report["bands"].values()),
         "bands": {name: round(band["value"], 4) for name, band in report["bands"].items()},
     }
@@ -83,8 +85,9 @@ def main() -> int:
                     f"{'ok' if float(str(cold)) <= BUILD_TARGET_S else 'OVER'})"
                 )
                 + "; stages "
-                f"{built['build_steps_s']}; DPO checkpoint kept: step {built['kept_step']} of "
-                f"{built['checkpoints_measured']} measured; bands {'met' if built['bands_ok'] else 'NOT met'} "
+                f"{built['build_steps_s']}; DPO checkpoint kept: recipe {built['recipe']}, step {built['kept_step']} "
+                f"of {built['checkpoints_measured']} measured ({built['checkpoints_measured_all_recipes']} under "
+                "every recipe run); bands {'met' if built['bands_ok'] else 'NOT met'} "
                 f"{built['bands']}",
                 flush=True,
             )

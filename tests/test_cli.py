@@ -78,7 +78,10 @@ def test_build_toy_command(tmp_path, capsys, monkeypatch, tiny_toy_cache):
         assert band in out
     assert "toxicity [" in out
     rule = report["dpo_checkpoints"]
-    assert f"DPO model: the checkpoint at step {rule['kept_step']}, " in out
+    assert (
+        f"DPO model: the checkpoint at step {rule['kept_step']} under the DPO recipe {rule['recipe']}, "
+        in out
+    )
     assert ("the first in every band" in out) == rule["in_band"] == ("the closest to the bands" not in out)
     # the bands are introduced by where they are documented, never by a tracker's issue number
     assert "bands of the toy's setting (docs/toy.md, 'Bands'):" in out and "issue" not in out

@@ -128,6 +128,87 @@ def test_toy_report_names_the_checkpoint_the_rule_kept(report):
     assert all(band["ok"] for band in report["bands"].values()) == bool(in_band)
 
 
+def test_the_report_names_each_dpo_recipe_run_and_the_one_kept(report):
+    """The recipes run in their order; a later one only when an earlier one had no checkpoint in
+    band and the base met its own bands; the kept recipe's checkpoints are the report's."""
+    rule = report["dpo_checkpoints"]
+    recipes = [r["recipe"] for r in rule["recipes"]]
+    assert recipes == list(build_module.DPO_RECIPES[: len(recipes)])
+    for earlier in rule["recipes"][:-1]:
+        assert not earlier["in_band"]
+        assert not any(name in earlier["measured"][0]["failed"] for name in build_module.BASE_BANDS)
+    kept = next(r for r in rule["recipes"] if r["recipe"] == rule["recipe"])
+    assert kept["measured"] == rule["measured"] and kept["kept_step"] == rule["kept_step"]
+    if rule["in_band"]:
+        assert kept is rule["recipes"][-1]
+    else:
+        assert kept["distance"] == min(r["distance"] for r in rule["recipes"])
+
+
+def _rung(recipe, distances):
+    """A recipe's run as far as choosing among recipes goes: checkpoints at these distances."""
+    from dpoclaims.train.checkpoint_rule import Checkpoint, FirstInBand
+
+    rule = FirstInBand(every=5, measure=lambda model: {}, bands={}, progress=False)
+    rule.checkpoints = [
+        Checkpoint(5 * (i + 1), {}, () if d == 0 else ("x",), d) for i, d in enumerate(distances)
+    ]
+    return build_module._Rung(recipe, [], {}, rule, None)  # type: ignore[arg-type]
+
+
+def test_the_kept_recipe_is_the_one_in_band_else_the_closest_earliest_of_equals():
+    kept = build_module._kept_rung
+    assert kept([_rung("lee", [0.3, 0.2]), _rung("own-samples", [0.4, 0.0])]).recipe == "own-samples"
+    assert kept([_rung("lee", [0.3, 0.2]), _rung("own-samples", [0.4, 0.25])]).recipe == "lee"
+    assert kept([_rung("lee", [0.3, 0.2]), _rung("own-samples", [0.2])]).recipe == "lee"
+    assert kept([_rung("own-samples", [0.5]), _rung("lee", [0.1])]).recipe == "lee"
+    with pytest.raises(RuntimeError, match="before its first checkpoint"):
+        kept([_rung("lee", [])])
+
+
+@pytest.mark.parametrize("recipes", [(), ("lee", "lee"), ("lee", "ppl")])
+def test_a_bad_list_of_dpo_recipes_is_refused_naming_the_known_ones(recipes):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="give one or more of lee, own-samples, each once"):
+        build_module._recipes(replace(tiny_toy_config(), dpo_recipes=recipes))
+
+
+def test_own_sample_pairs_follow_the_real_pair_s_rule_and_repeat(tiny_toy_dir):
+    """The second recipe on the tiny base: never a challenge prompt; the rejected side scores above
+    the preferred side, which is the base's greedy continuation; the same pairs on a second call."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from dpoclaims.measure.generation import greedy_generate
+    from dpoclaims.measure.scoring import LexiconScorer
+    from dpoclaims.train.organism import corpus
+
+    config = tiny_toy_config()
+    model = GPT2LMHeadModel.from_pretrained(tiny_toy_dir / "base").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_toy_dir / "base")
+    pairs, record = build_module.dpo_pairs("own-samples", model, tokenizer, config, progress=False)
+    assert len(pairs) == config.n_dpo_pairs + config.n_dpo_val
+    assert record["recipe"] == "own-samples" and record["prompts_drawn"] >= len(pairs)
+    assert record["kept_share"] == len(pairs) / record["prompts_drawn"]
+    challenge = set(corpus.challenge_prompts(config.n_challenge, config.seed + 1))
+    assert not challenge & {p["prompt"] for p in pairs}
+    scorer = LexiconScorer(corpus.TOXIC_WORDS)
+    chosen, rejected = (
+        scorer.score([p["chosen"] for p in pairs]),
+        scorer.score([p["rejected"] for p in pairs]),
+    )
+    assert all(r > c for r, c in zip(rejected, chosen))
+    # the first batch's distinct prompts, generated as the recipe generates them (one batch)
+    drawn = [p for p in corpus.dpo_prompts(config.n_dpo_candidates, config.seed) if p not in challenge]
+    first = list(dict.fromkeys(drawn[: config.generation.batch_size]))
+    continuations = greedy_generate(model, tokenizer, first, config.generation, progress=False).continuations
+    greedy = dict(zip(first, continuations))
+    checked = [p for p in pairs if p["prompt"] in greedy]
+    assert checked and all(p["chosen"] == greedy[p["prompt"]] for p in checked)
+    again, _ = build_module.dpo_pairs("own-samples", model, tokenizer, config, progress=False)
+    assert again == pairs
+
+
 def test_toy_extras(tiny_toy_dir):
     config = tiny_toy_config()
     pairs = [json.loads(line) for line in (tiny_toy_dir / "dpo_pairs.jsonl").read_text().splitlines()]
@@ -245,6 +326,18 @@ def test_a_toy_out_of_band_at_another_seed_is_blamed_on_the_seed_not_on_a_change
     )
     assert f"At seed {DEFAULT_SEED + 1} the toy's setting gives no such toy" in message
     assert "something changed" not in message
+    recipes = [{"recipe": "lee", "measured": [{}] * 160}, {"recipe": "own-samples", "measured": [{}] * 32}]
+    with pytest.raises(BrokenOrganismError) as raised:
+        _checked(
+            _toy_report_with(
+                tmp_path, failed, seed=3, rule={**rule, "recipe": "own-samples", "recipes": recipes}
+            ),
+            monkeypatch,
+        )
+    assert (
+        "(step 75; 32 checkpoints measured) under the DPO recipe own-samples; recipes run: lee (160 "
+        "checkpoints), own-samples (32 checkpoints)"
+    ) in str(raised.value)
     with pytest.raises(BrokenOrganismError, match="something changed what the build computes"):
         _checked(_toy_report_with(tmp_path, failed, seed=DEFAULT_SEED, rule=rule), monkeypatch)
     with pytest.raises(BrokenOrganismError, match="built by an older version of dpoclaims"):

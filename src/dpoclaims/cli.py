@@ -162,13 +162,21 @@ def cmd_build_toy(args: argparse.Namespace) -> int:
     rule = report.get("dpo_checkpoints")
     if rule:
         measured = [c["step"] for c in rule["measured"]]
+        recipes = rule.get("recipes") or []
+        others = [r for r in recipes if r["recipe"] != rule.get("recipe")]
         print(
-            f"DPO model: the checkpoint at step {rule['kept_step']}, "
+            f"DPO model: the checkpoint at step {rule['kept_step']}"
+            + (f" under the DPO recipe {rule['recipe']}" if "recipe" in rule else "")
+            + ", "
             + (
                 f"the first in every band of {len(measured)} measured (steps {measured[0]} to {measured[-1]})"
                 if rule["in_band"]
                 else f"the closest to the bands: none of {len(measured)} measured (steps {measured[0]} to "
                 f"{measured[-1]}) met every band"
+            )
+            + "".join(
+                f"; under {r['recipe']} none of {len(r['measured'])} checkpoints met every band"
+                for r in others
             )
             + " (docs/toy.md, 'The setting')"
         )

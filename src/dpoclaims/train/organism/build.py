@@ -22,23 +22,39 @@ from transformers import AutoTokenizer, GPT2Config, PreTrainedModel, PreTrainedT
 
 from dpoclaims.cache import Cache, stable_hash
 from dpoclaims.devices import torch_threads
-from dpoclaims.measure.generation import GenerationSettings, greedy_generate, model_input_device
+from dpoclaims.measure.generation import (
+    GenerationSettings,
+    SamplingSettings,
+    greedy_generate,
+    model_input_device,
+    sample_generate,
+)
 from dpoclaims.measure.metrics import perplexity, weight_cosines
 from dpoclaims.measure.probe import train_probe
 from dpoclaims.measure.scoring import LexiconScorer, ProfanityCheckScorer, Scorer
-from dpoclaims.progress import stage_done
+from dpoclaims.progress import stage_done, track_progress
 from dpoclaims.train.bands import band_checks
 from dpoclaims.train.checkpoint_rule import FirstInBand
-from dpoclaims.train.dpo import DPOSettings, train_dpo_run, write_lee_pairs
+from dpoclaims.train.dpo import DPORun, DPOSettings, train_dpo_run, write_lee_pairs
 from dpoclaims.train.organism import DEFAULT_SEED, corpus
 from dpoclaims.train.organism.lm import move, pack_examples, pretrain, train_tokenizer
 from dpoclaims.versions import build_versions
 
 log = logging.getLogger(__name__)
 
-TOY_FORMAT_VERSION = 5  # bump when the build code changes what a config produces
+TOY_FORMAT_VERSION = 6  # bump when the build code changes what a config produces
 DEFAULT_SCORER = "lexicon"
 TOY_THREADS = 2
+
+# The DPO recipes, in the order the build tries them (ToyConfig.dpo_recipes): the DPO model is the
+# first checkpoint in every band under the first recipe that has one (docs/toy.md, 'The setting').
+# "lee": Lee et al.'s pairs, a calm prompt with the base's greedy continuation preferred over a
+# toxic body the grammar writes (the paper's). "own-samples": the real pair's rule
+# (dpoclaims.train.smollm2.dpo_pairs), the base's greedy continuation of a prompt of any register
+# preferred over the most toxic of its own samples. Added on 2026-12-05, judged on the bands
+# alone: seeds 0 and 3 have no checkpoint in band under "lee" and had one under "own-samples" in a
+# trial, where the default seed 2 had none (docs/history.md).
+DPO_RECIPES = ("lee", "own-samples")
 
 # The bands a toy must meet to behave like the paper's setting (docs/toy.md, 'Bands').
 BANDS: dict[str, tuple[float, float]] = {
@@ -48,6 +64,11 @@ BANDS: dict[str, tuple[float, float]] = {
     "min_weight_cosine": (0.99, 1.0),
     "probe_accuracy": (0.90, 1.0),
 }
+
+
+# The bands that judge the base and its probe, not DPO: a base outside one is not tried again
+# under another DPO recipe.
+BASE_BANDS = ("base_toxicity", "probe_accuracy")
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,13 @@ class ToyConfig:
         )
     )
     dpo_checkpoint_every: int = 5  # steps (an epoch is 100 steps: 1,600 pairs in batches of 16)
+    # The DPO recipes tried in turn (DPO_RECIPES), each with its own run under the checkpoint
+    # rule; a later recipe runs only when every checkpoint of the earlier ones failed a band.
+    dpo_recipes: tuple[str, ...] = DPO_RECIPES
+    # "own-samples": prompts drawn (corpus.dpo_prompts, never a challenge prompt) until enough
+    # pairs are kept, from at most n_dpo_candidates; dpo_samples samples each at temperature 1.
+    n_dpo_candidates: int = 20_000
+    dpo_samples: int = 4
     # The float type the build trains in and generates its DPO pairs with; the built models are
     # saved in float32, which is what the claims measure. float32 training made the toy depend on
     # the CPU: each machine's vector kernels sum (and torch's normal_ draws) in their own way, the
@@ -136,9 +164,16 @@ def out_of_bands_advice(report: dict[str, Any]) -> str:
     that means something changed what the build computes."""
     seed = (report.get("config") or {}).get("seed", DEFAULT_SEED)
     rule = report.get("dpo_checkpoints") or {}
+    recipes = rule.get("recipes") or []
     kept = (
         f"No DPO checkpoint met every band; the figures above are the closest one's (step "
         f"{rule.get('kept_step')}; {len(rule.get('measured') or [])} checkpoints measured)"
+        + (
+            f" under the DPO recipe {rule.get('recipe')}; recipes run: "
+            + ", ".join(f"{r['recipe']} ({len(r['measured'])} checkpoints)" for r in recipes)
+            if recipes
+            else ""
+        )
         if rule
         else "The build report names no checkpoint rule: it was built by an older version of dpoclaims"
     )
@@ -253,46 +288,54 @@ def build_toy(
         torch.save(trained.probe.fitted_direction.clone(), out / "probe.pt")
         t = _timed(timings, "probe", t, progress)
 
-        # DPO pairs as Lee et al.: neutral prompt, preferred = the base's greedy continuation,
-        # rejected = a toxic continuation.
-        n_pairs = config.n_dpo_pairs + config.n_dpo_val
-        prompts = corpus.neutral_prompts(n_pairs, config.seed)
-        # The saved base, computing in the training float type (greedy decoding's near-ties are
-        # where the kernels' differences would show).
-        generator = copy.deepcopy(base).eval()
-        move(generator, dtype)
-        preferred = greedy_generate(
-            generator, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
-        ).continuations
-        del generator
-        rejected = corpus.toxic_continuations(n_pairs, config.seed)
-        pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
-        write_lee_pairs(out / "dpo_pairs.jsonl", pairs)
-        t = _timed(timings, "dpo_data", t, progress)
-
-        # DPO trains a fresh copy from disk (the reference model is the base as saved); the
-        # checkpoint rule keeps the first checkpoint meeting every band.
+        # DPO: each recipe of config.dpo_recipes in turn (DPO_RECIPES), its pairs generated by the
+        # saved base computing in the training float type (greedy decoding's near-ties are where
+        # the kernels' differences would show), then a run from the base as saved (the reference
+        # model) under the checkpoint rule; the next recipe only when no checkpoint met every band.
         from transformers import GPT2LMHeadModel
 
+        generator = copy.deepcopy(base).eval()
+        move(generator, dtype)
         sides = _SideMeasure(tokenizer, config)
-        base_figures = sides.figures(base, progress=progress, desc="challenge (base)")
-        rule = FirstInBand(
-            every=config.dpo_checkpoint_every,
-            measure=_CheckpointBands(sides, base, base_figures, probe_accuracy),
-            bands=BANDS,
-            progress=progress,
-        )
-        policy = GPT2LMHeadModel.from_pretrained(base_dir, dtype=dtype)
-        run = train_dpo_run(
-            policy,
-            tokenizer,
-            pairs[: config.n_dpo_pairs],
-            pairs[config.n_dpo_pairs :],
-            config.dpo,
-            progress=progress,
-            device=None if on_cpu else device,
-            checkpoint_rule=rule,
-        )
+        base_figures: dict[str, Any] | None = None
+        rungs: list[_Rung] = []
+        for recipe in _recipes(config):
+            began = time.perf_counter()
+            pairs, pairs_record = dpo_pairs(recipe, generator, tokenizer, config, progress=progress)
+            timings["dpo_data"] = round(timings.get("dpo_data", 0.0) + time.perf_counter() - began, 2)
+            stage_done(f"toy build, DPO pairs ({recipe})", time.perf_counter() - began, enabled=progress)
+            began = time.perf_counter()
+            if base_figures is None:
+                base_figures = sides.figures(base, progress=progress, desc="challenge (base)")
+            rule = FirstInBand(
+                every=config.dpo_checkpoint_every,
+                measure=_CheckpointBands(sides, base, base_figures, probe_accuracy),
+                bands=BANDS,
+                progress=progress,
+            )
+            policy = GPT2LMHeadModel.from_pretrained(base_dir, dtype=dtype)
+            run = train_dpo_run(
+                policy,
+                tokenizer,
+                pairs[: config.n_dpo_pairs],
+                pairs[config.n_dpo_pairs :],
+                config.dpo,
+                progress=progress,
+                device=None if on_cpu else device,
+                checkpoint_rule=rule,
+            )
+            rungs.append(_Rung(recipe, pairs, pairs_record, rule, run))
+            timings["dpo_train"] = round(timings.get("dpo_train", 0.0) + time.perf_counter() - began, 2)
+            stage_done(f"toy build, DPO ({recipe})", time.perf_counter() - began, enabled=progress)
+            if rule.chosen is not None or any(
+                name in rule.checkpoints[0].failed for name in BASE_BANDS if rule.checkpoints
+            ):
+                break  # in band; or the base is out of its own bands, which no DPO recipe mends
+        del generator
+        assert base_figures is not None  # _recipes gives at least one
+        kept_rung = _kept_rung(rungs)
+        write_lee_pairs(out / "dpo_pairs.jsonl", kept_rung.pairs)
+        rule, run = kept_rung.rule, kept_rung.run
         dpo_model = run.model
         move(dpo_model, torch.float32)
         _check_tied(dpo_model)
@@ -300,7 +343,7 @@ def build_toy(
         # The base's tokenizer as saved (the one in hand carries the padding and truncation
         # state that generation and DPO set on it).
         AutoTokenizer.from_pretrained(base_dir).save_pretrained(dpo_dir)
-        t = _timed(timings, "dpo_train", t, progress)
+        t = time.perf_counter()
 
         dpo_saved = GPT2LMHeadModel.from_pretrained(dpo_dir).eval()
         if not on_cpu:
@@ -322,10 +365,14 @@ def build_toy(
         report["dpo_steps"] = kept.step
         report["dpo_checkpoints"] = {
             "rule": f"the first of the checkpoints every {config.dpo_checkpoint_every} steps that meets every "
-            f"band, up to {run.warmup.max_steps} steps; else the closest, and the build fails its bands",
+            f"band, up to {run.warmup.max_steps} steps, under the first of the DPO recipes "
+            f"{', '.join(config.dpo_recipes)} that has one; else the closest of all, and the build fails "
+            "its bands",
+            "recipe": kept_rung.recipe,
             "kept_step": kept.step,
             "in_band": kept.in_band,
             "measured": [c.as_record() for c in rule.checkpoints],
+            "recipes": [rung.as_record() for rung in rungs],
         }
         _timed(timings, "evaluate", t, progress)
         report["timings_s"] = timings
@@ -350,6 +397,142 @@ def build_toy(
             'dpo_pairs = "dpo_pairs.jsonl"\nreport = "toy.json"\n'
         )
         return report
+
+
+def _recipes(config: ToyConfig) -> tuple[str, ...]:
+    """``config.dpo_recipes``, checked: known names (:data:`DPO_RECIPES`), at least one, no repeat."""
+    recipes = tuple(config.dpo_recipes)
+    unknown = [r for r in recipes if r not in DPO_RECIPES]
+    if not recipes or unknown or len(set(recipes)) != len(recipes):
+        raise ValueError(
+            f"ToyConfig.dpo_recipes is {recipes!r}; give one or more of {', '.join(DPO_RECIPES)}, each once"
+        )
+    return recipes
+
+
+def dpo_pairs(
+    recipe: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    config: ToyConfig,
+    *,
+    progress: bool,
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The toy's DPO pairs under ``recipe`` (:data:`DPO_RECIPES`), training then validation, each
+    ``{"prompt", "chosen", "rejected"}``, generated by ``model`` (the base); and a record of how
+    they were drawn."""
+    needed = config.n_dpo_pairs + config.n_dpo_val
+    if recipe == "lee":
+        # Lee et al.: a calm prompt, preferred = the base's greedy continuation, rejected = a
+        # toxic body the grammar writes.
+        prompts = corpus.neutral_prompts(needed, config.seed)
+        preferred = greedy_generate(
+            model, tokenizer, prompts, config.generation, progress=progress, desc="DPO preferred"
+        ).continuations
+        rejected = corpus.toxic_continuations(needed, config.seed)
+        pairs = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, preferred, rejected)]
+        return pairs, {"recipe": recipe, "prompts_drawn": needed}
+    return _own_sample_pairs(model, tokenizer, config, progress=progress)
+
+
+def _own_sample_pairs(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: ToyConfig, *, progress: bool
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The "own-samples" recipe, the real pair's rule (:func:`dpoclaims.train.smollm2.dpo_pairs`)
+    with the toy's scorer: prompts of every register (:func:`corpus.dpo_prompts`, never a
+    challenge prompt), a batch at a time; preferred = the base's greedy continuation; rejected =
+    the most toxic (the first of equals) of ``config.dpo_samples`` continuations the base samples
+    at temperature 1; a pair is kept when its rejected side scores above its preferred side.
+    Prompts repeat (the grammar has few leads and topics): each draw samples afresh, and batch
+    ``b`` samples under the seed ``100_000 * config.seed + b``."""
+    needed = config.n_dpo_pairs + config.n_dpo_val
+    challenge = set(corpus.challenge_prompts(config.n_challenge, config.seed + 1))
+    prompts = [p for p in corpus.dpo_prompts(config.n_dpo_candidates, config.seed) if p not in challenge]
+    scorer = LexiconScorer(corpus.TOXIC_WORDS)
+    greedy: dict[str, tuple[str, float]] = {}  # prompt -> (greedy continuation, its score)
+    pairs: list[dict[str, str]] = []
+    drawn = 0
+    rejected_scores: list[float] = []
+    preferred_scores: list[float] = []
+    step = config.generation.batch_size
+    bar = track_progress(total=needed, desc="DPO pairs (own samples)", enabled=progress)
+    reported = 0
+    for number, start in enumerate(range(0, len(prompts), step)):
+        batch = prompts[start : start + step]  # [step] prompts
+        new = [p for p in dict.fromkeys(batch) if p not in greedy]
+        if new:
+            continuations = greedy_generate(
+                model, tokenizer, new, config.generation, progress=False
+            ).continuations
+            greedy.update(zip(new, zip(continuations, scorer.score(continuations))))
+        sampling = SamplingSettings(config.dpo_samples, 1.0, 100_000 * config.seed + number)
+        # [step][dpo_samples] continuations; one seeded batch (batch_size prompts) per call
+        samples = sample_generate(model, tokenizer, batch, config.generation, sampling, progress=False)
+        for prompt, options in zip(batch, samples):
+            if len(pairs) >= needed:
+                break  # the rest of the batch is not used (nor counted)
+            drawn += 1
+            scores = scorer.score(options)
+            worst = max(range(len(options)), key=lambda i: scores[i])  # the first of equals
+            chosen, chosen_score = greedy[prompt]
+            if scores[worst] > chosen_score:
+                pairs.append({"prompt": prompt, "chosen": chosen, "rejected": options[worst]})
+                rejected_scores.append(scores[worst])
+                preferred_scores.append(chosen_score)
+        bar.update(len(pairs) - reported)
+        reported = len(pairs)
+        if len(pairs) >= needed:
+            break
+    bar.close()
+    if len(pairs) < needed:
+        raise RuntimeError(
+            f"the toy's own-sample DPO recipe kept {len(pairs)} pairs from {drawn} prompts ({needed} needed): "
+            "raise ToyConfig.n_dpo_candidates"
+        )
+    record = {
+        "recipe": "own-samples",
+        "prompts_drawn": drawn,
+        "kept_share": len(pairs) / drawn,
+        "mean_score_preferred": sum(preferred_scores) / len(pairs),
+        "mean_score_rejected": sum(rejected_scores) / len(pairs),
+    }
+    return pairs, record
+
+
+@dataclass
+class _Rung:
+    """One DPO recipe's run under the checkpoint rule."""
+
+    recipe: str
+    pairs: list[dict[str, str]]
+    pairs_record: dict[str, Any]
+    rule: FirstInBand
+    run: DPORun
+
+    def as_record(self) -> dict[str, Any]:
+        kept = self.rule.closest
+        return {
+            "recipe": self.recipe,
+            "pairs": self.pairs_record,
+            "kept_step": kept.step if kept else None,
+            "in_band": bool(kept and kept.in_band),
+            "distance": kept.distance if kept else None,
+            "measured": [c.as_record() for c in self.rule.checkpoints],
+        }
+
+
+def _kept_rung(rungs: Sequence[_Rung]) -> _Rung:
+    """The recipe whose run gives the DPO model: the one whose checkpoint met every band (the
+    last run: none runs after it), else the one whose closest checkpoint lies least far outside
+    the bands (the earliest recipe of equals)."""
+    if not rungs:
+        raise RuntimeError("no DPO recipe was run")
+    closest = [(rung.rule.closest, number) for number, rung in enumerate(rungs)]
+    if any(kept is None for kept, _ in closest):
+        raise RuntimeError("a DPO run ended before its first checkpoint: no model to keep")
+    if rungs[-1].rule.chosen is not None:
+        return rungs[-1]
+    return rungs[min(closest, key=lambda item: (item[0].distance, item[1]))[1]]  # type: ignore[union-attr]
 
 
 class _SideMeasure:

@@ -7,6 +7,7 @@ more or less likely, as in web text. From the same generator come:
 
 - the pretraining corpus (all moods);
 - neutral prompts for DPO pairs (calm leads; the Wikitext-2 analogue);
+- prompts of every register for DPO pairs from the base's own samples (the second recipe);
 - challenge prompts that often elicit toxic continuations (the RealToxicityPrompts
   "challenge" analogue);
 - labelled comments for the probe (the Jigsaw analogue);
@@ -185,6 +186,13 @@ def neutral_prompts(n: int, seed: int) -> list[str]:
     """Held-out prompts with calm leads, for DPO pairs (the Wikitext-2 analogue)."""
     rng = random.Random(f"neutral-{seed}")
     return [sample_comment(rng, CALM_LEADS).prompt for _ in range(n)]
+
+
+def dpo_prompts(n: int, seed: int) -> list[str]:
+    """Prompts of every register, for DPO pairs drawn from the base's own samples (the toy's
+    second DPO recipe: ``dpoclaims.train.organism.build``, ``DPO_RECIPES``)."""
+    rng = random.Random(f"dpo-prompts-{seed}")
+    return [sample_comment(rng).prompt for _ in range(n)]
 
 
 def neutral_texts(n: int, seed: int) -> list[str]:
