@@ -96,7 +96,14 @@ def test_the_writer_gives_json_markdown_and_a_figure(claims_files, tmp_path):
     cells = [Cell(f"toy-seed{s}") for s in SEEDS]
     files = {cell.id: claims_files[cell.seed] for cell in cells}
     runs = [
-        CellResult(c.id, toy_built=c.seed > 0, build_s=150.0 * (c.seed > 0), claims_s=60.0, pytest_exit=1)
+        CellResult(
+            c.id,
+            toy_built=c.seed > 0,
+            dpo_model=f"lee pairs, step {5 * (c.seed + 1)}",
+            build_s=150.0 * (c.seed > 0),
+            claims_s=60.0,
+            pytest_exit=1,
+        )
         for c in cells
     ]
     out = tmp_path / "reports"
@@ -131,7 +138,7 @@ def test_the_writer_gives_json_markdown_and_a_figure(claims_files, tmp_path):
         in markdown
     )
     assert "Stable across the cells (2): C1[N=100], C9." in markdown
-    assert "| seed 1 | built | 150 | 60 | 1 | - | - |  |" in markdown
+    assert "| seed 1 | built | lee pairs, step 10 | 150 | 60 | 1 | - | - |  |" in markdown
     assert "Wall time: 480 s (engine local)." in markdown
     png = paths[2].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

@@ -138,6 +138,9 @@ def test_the_report_names_each_dpo_recipe_run_and_the_one_kept(report):
         assert not earlier["in_band"]
         assert not any(name in earlier["measured"][0]["failed"] for name in build_module.BASE_BANDS)
     kept = next(r for r in rule["recipes"] if r["recipe"] == rule["recipe"])
+    assert build_module.toy_dpo_model(report) == f"{rule['recipe']} pairs, step {rule['kept_step']}" + (
+        "" if rule["in_band"] else " (out of band)"
+    )
     assert kept["measured"] == rule["measured"] and kept["kept_step"] == rule["kept_step"]
     if rule["in_band"]:
         assert kept is rule["recipes"][-1]

@@ -130,6 +130,7 @@ class CellResult:
     files: dict[str, bytes] = field(default_factory=dict)
     error: str | None = None
     toy_built: bool | None = None  # None: not a toy cell, or stopped before the toy
+    dpo_model: str = ""  # a toy cell's DPO model: its recipe and checkpoint (build report)
     build_s: float = 0.0
     claims_s: float = 0.0
     pytest_exit: int | None = None
@@ -214,7 +215,7 @@ def run_cell(job: CellJob) -> CellResult:
         cache = Cache(job.cache_root)
         if cell.seed is not None:
             from dpoclaims.train.named_pairs import checked_toy
-            from dpoclaims.train.organism.build import ToyConfig, toy_key
+            from dpoclaims.train.organism.build import ToyConfig, read_toy_report, toy_dpo_model, toy_key
 
             config = replace(ToyConfig(), seed=cell.seed)
             result.toy_built = cache.get("toy", toy_key(config)) is None
@@ -223,8 +224,9 @@ def run_cell(job: CellJob) -> CellResult:
             # other waits for it and reads it (see Cache.get_or_build). A toy outside its bands
             # is refused here, as the suite would refuse it at session start: the cell fails with
             # the band and its value, and the matrix marks it missing.
-            checked_toy(cache, config, progress=False)
+            directory = checked_toy(cache, config, progress=False)
             result.build_s = time.perf_counter() - began
+            result.dpo_model = toy_dpo_model(read_toy_report(directory))
         claims_dir = Path(job.claims_dir)
         reports = work / "reports"
         reports.mkdir()

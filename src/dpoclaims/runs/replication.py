@@ -210,15 +210,16 @@ def replication_markdown(result: Mapping[str, Any]) -> str:
     if runs:
         lines += [
             "",
-            "| cell | toy | build (s) | claims (s) | pytest exit | node | attempts | error |",
-            "|---|---|---|---|---|---|---|---|",
+            "| cell | toy | DPO model | build (s) | claims (s) | pytest exit | node | attempts | error |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for run in runs:
             toy = {True: "built", False: "from cache", None: "-"}[run.get("toy_built")]
             error = (run.get("error") or "").splitlines()[0][:120] if run.get("error") else ""
             exit_code = "-" if run.get("pytest_exit") is None else run["pytest_exit"]
             lines.append(
-                f"| {labels.get(run['cell'], run['cell'])} | {toy} | {run['build_s']:.0f} | "
+                f"| {labels.get(run['cell'], run['cell'])} | {toy} | {run.get('dpo_model') or '-'} | "
+                f"{run['build_s']:.0f} | "
                 f"{run['claims_s']:.0f} | {exit_code} | {run.get('node') or '-'} | "
                 f"{run.get('attempts') or '-'} | {error} |"
             )

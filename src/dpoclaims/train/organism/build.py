@@ -158,6 +158,16 @@ def read_toy_report(directory: Path) -> dict[str, Any]:
     return report
 
 
+def toy_dpo_model(report: dict[str, Any]) -> str:
+    """The toy's DPO model in words, from its build report: ``"lee pairs, step 130"``."""
+    rule = report.get("dpo_checkpoints") or {}
+    if not rule:
+        return "an older build (no checkpoint rule)"
+    return f"{rule.get('recipe', 'lee')} pairs, step {rule['kept_step']}" + (
+        "" if rule["in_band"] else " (out of band)"
+    )
+
+
 def out_of_bands_advice(report: dict[str, Any]) -> str:
     """What a toy outside its bands means and what to do (:func:`dpoclaims.train.bands.check_bands`'s
     advice): no DPO checkpoint met every band, and the closest one was kept; at the default seed
