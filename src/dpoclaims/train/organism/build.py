@@ -51,7 +51,7 @@ TOY_THREADS = 2
 # "lee": Lee et al.'s pairs, a calm prompt with the base's greedy continuation preferred over a
 # toxic body the grammar writes (the paper's). "own-samples": the real pair's rule
 # (dpoclaims.train.smollm2.dpo_pairs), the base's greedy continuation of a prompt of any register
-# preferred over the most toxic of its own samples. Added on 2026-12-05, judged on the bands
+# preferred over the most toxic of its own samples. Added on 2026-12-04, judged on the bands
 # alone: seeds 0 and 3 have no checkpoint in band under "lee" and had one under "own-samples" in a
 # trial, where the default seed 2 had none (docs/history.md).
 DPO_RECIPES = ("lee", "own-samples")
