@@ -87,7 +87,7 @@ def main() -> int:
                 + "; stages "
                 f"{built['build_steps_s']}; DPO checkpoint kept: recipe {built['recipe']}, step {built['kept_step']} "
                 f"of {built['checkpoints_measured']} measured ({built['checkpoints_measured_all_recipes']} under "
-                "every recipe run); bands {'met' if built['bands_ok'] else 'NOT met'} "
+                f"every recipe run); bands {'met' if built['bands_ok'] else 'NOT met'} "
                 f"{built['bands']}",
                 flush=True,
             )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import threading
@@ -246,24 +245,6 @@ def test_a_failing_cell_is_reported_and_the_other_goes_on(tmp_path, ray_result):
     assert "--no-such-option" in results[0].error  # the tail of its pytest log says why
     assert results[1].ok and "claims.json" in results[1].files
     assert any("1 done, 0 running, 0 queued, 1 failed" in line for line in lines)
-
-
-def test_no_more_cells_run_at_once_than_the_cluster_has_cpus_for(tmp_path, ray_cluster):
-    """Three cells of one CPU each on a 2-CPU cluster: never more than two running. (A task that
-    waited in ray.get for its start to be recorded lent its CPU back, and all three ran.) Each
-    cell fails at pytest's option parsing, after its start is recorded: seconds, nothing built."""
-    claims_dir = str(Path(__file__).resolve().parent.parent / "claims")
-    cells = grid(["toy"], [DEFAULT_SEED], ["v1", "emnlp"]) + grid(
-        ["toy"], [DEFAULT_SEED], ["v1"], ["profanity-check"]
-    )
-    jobs = [
-        CellJob(c, str(tmp_path / "cache"), claims_dir, MAX_PROMPTS, ("--no-such-option",)) for c in cells
-    ]
-    lines: list[str] = []
-    results = run_ray(jobs, cpus_per_cell=CPUS_PER_CELL, progress=lines.append)
-    assert len({c.id for c in cells}) == 3 and not any(r.ok for r in results)
-    running = [int(m.group(1)) for line in lines if (m := re.search(r"(\d+) running", line))]
-    assert running and max(running) == 2, lines
 
 
 def test_ctrl_c_on_the_driver_cancels_the_cells_and_leaves_the_cache_consistent(

@@ -218,9 +218,7 @@ def _run_on_ray(
             return self.starts
 
     def cell_task(job: CellJob, starts: Any) -> CellResult:
-        # Not waited on: a task blocked in ray.get lends its CPUs back to the scheduler, which
-        # then starts a further cell on them (3 cells ran at once on 2 CPUs, 2026-12-04).
-        starts.started.remote(job.cell.id, socket.gethostname())
+        ray.get(starts.started.remote(job.cell.id, socket.gethostname()))
         return run_cell(replace(job, threads=job.threads or cell_threads(cpus_per_cell)))
 
     # ray.remote called, not applied as a class decorator: type checkers keep a decorated class's own
