@@ -112,7 +112,8 @@ class ToyConfig:
     )
     dpo_checkpoint_every: int = 5  # steps (an epoch is 100 steps: 1,600 pairs in batches of 16)
     # The DPO recipes tried in turn (DPO_RECIPES), each with its own run under the checkpoint
-    # rule; a later recipe runs only when every checkpoint of the earlier ones failed a band.
+    # rule; a later recipe runs only when every checkpoint of the earlier ones failed a band and
+    # the base met its own bands (BASE_BANDS).
     dpo_recipes: tuple[str, ...] = DPO_RECIPES
     # "own-samples": prompts drawn (corpus.dpo_prompts, never a challenge prompt) until enough
     # pairs are kept, from at most n_dpo_candidates; dpo_samples samples each at temperature 1.
@@ -204,9 +205,10 @@ def out_of_bands_advice(report: dict[str, Any]) -> str:
 
 
 def _timed(timings: dict[str, float], name: str, start: float, progress: bool) -> float:
-    """Record a build stage's time (and, off a terminal, say it: one line per stage)."""
+    """Record a build stage's time, added to what the stage took before (the DPO stages run once
+    per recipe), and, off a terminal, say it: one line per stage."""
     now = time.perf_counter()
-    timings[name] = round(now - start, 2)
+    timings[name] = round(timings.get(name, 0.0) + now - start, 2)
     stage_done(f"toy build, {name}", now - start, enabled=progress)
     return now
 
@@ -310,11 +312,8 @@ def build_toy(
         base_figures: dict[str, Any] | None = None
         rungs: list[_Rung] = []
         for recipe in _recipes(config):
-            began = time.perf_counter()
             pairs, pairs_record = dpo_pairs(recipe, generator, tokenizer, config, progress=progress)
-            timings["dpo_data"] = round(timings.get("dpo_data", 0.0) + time.perf_counter() - began, 2)
-            stage_done(f"toy build, DPO pairs ({recipe})", time.perf_counter() - began, enabled=progress)
-            began = time.perf_counter()
+            t = _timed(timings, "dpo_data", t, progress)
             if base_figures is None:
                 base_figures = sides.figures(base, progress=progress, desc="challenge (base)")
             rule = FirstInBand(
@@ -335,8 +334,7 @@ def build_toy(
                 checkpoint_rule=rule,
             )
             rungs.append(_Rung(recipe, pairs, pairs_record, rule, run))
-            timings["dpo_train"] = round(timings.get("dpo_train", 0.0) + time.perf_counter() - began, 2)
-            stage_done(f"toy build, DPO ({recipe})", time.perf_counter() - began, enabled=progress)
+            t = _timed(timings, "dpo_train", t, progress)
             if rule.chosen is not None or any(
                 name in rule.checkpoints[0].failed for name in BASE_BANDS if rule.checkpoints
             ):
@@ -537,12 +535,15 @@ def _kept_rung(rungs: Sequence[_Rung]) -> _Rung:
     the bands (the earliest recipe of equals)."""
     if not rungs:
         raise RuntimeError("no DPO recipe was run")
-    closest = [(rung.rule.closest, number) for number, rung in enumerate(rungs)]
-    if any(kept is None for kept, _ in closest):
-        raise RuntimeError("a DPO run ended before its first checkpoint: no model to keep")
+    distances = []
+    for rung in rungs:
+        kept = rung.rule.closest
+        if kept is None:
+            raise RuntimeError("a DPO run ended before its first checkpoint: no model to keep")
+        distances.append(kept.distance)
     if rungs[-1].rule.chosen is not None:
         return rungs[-1]
-    return rungs[min(closest, key=lambda item: (item[0].distance, item[1]))[1]]  # type: ignore[union-attr]
+    return rungs[distances.index(min(distances))]  # the earliest of equals
 
 
 class _SideMeasure:
